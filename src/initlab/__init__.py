@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so ``import initlab`` stays fast and optional pieces stay optional):
 
-* ``initlab.roles(model)`` -> :class:`~initlab.roles.RoleMap` (which tensor is Q, K, V, O, ...)
+* ``initlab.roles(model)`` (the package is callable) -> :class:`~initlab.roles.RoleMap` (which tensor is Q, K, V, O, ...)
 * ``initlab.mimetic_(model, ...)``: mimetic attention initialization (arXiv 2305.09828)
 * ``initlab.Parametrization``, ``initlab.parametrize_``, ``initlab.param_groups``: the
   effective-theory family (arXiv 2304.02034)
@@ -17,7 +17,6 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "roles": ("initlab.roles", "roles"),
     "Role": ("initlab.roles", "Role"),
     "RoleMap": ("initlab.roles", "RoleMap"),
     "mimetic_": ("initlab.mimetic", "mimetic_"),

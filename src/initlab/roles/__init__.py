@@ -4,6 +4,9 @@
 """
 from __future__ import annotations
 
+import sys as _sys
+import types as _types
+
 from .core import (ATTENTION_ROLES, BIAS, WEIGHT, AttentionLayer, ModelControls, ParamInfo,
                    Projection, Role, RoleMap, RoleMapBuilder, Slot)
 from .registry import adapters, register_adapter, roles, unwrap
@@ -12,3 +15,17 @@ from . import initlab_models  # noqa: F401  (registers the built-in adapters)
 __all__ = ["roles", "Role", "RoleMap", "RoleMapBuilder", "ParamInfo", "Slot", "Projection",
            "AttentionLayer", "ModelControls", "register_adapter", "adapters", "unwrap",
            "ATTENTION_ROLES", "WEIGHT", "BIAS"]
+
+
+class _CallableModule(_types.ModuleType):
+    """``initlab.roles`` is both this package and the function: ``initlab.roles(model)``.
+
+    Importing a subpackage binds it as an attribute of its parent, which would shadow a function
+    of the same name; making the package callable keeps the one public spelling working.
+    """
+
+    def __call__(self, model, mapping=None):
+        return roles(model, mapping)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

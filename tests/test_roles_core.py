@@ -1,0 +1,128 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import initlab
+from initlab.errors import RoleMapError
+from initlab.models import GPT, ViT
+from initlab.roles import Role
+
+
+def vit(**kw):
+    return ViT(**{**dict(width=32, depth=2, heads=4, patch_size=7), **kw})
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_parameter_has_exactly_one_entry(fused):
+    m = vit(fused_qkv=fused)
+    rm = initlab.roles(m)
+    assert list(rm.params) == [n for n, _ in m.named_parameters()]
+    assert all(Role.OTHER not in info.roles for info in rm)
+    assert rm.role_of("head.weight") == "head"
+    assert rm.role_of("blocks.1.mlp.fc1.weight") == "mlp_in"
+    assert rm.role_of("blocks.1.mlp.fc2.bias") == "mlp_out" and rm["blocks.1.mlp.fc2.bias"].is_bias
+    assert rm.role_of("patch_embed.weight") == "patch_embed"
+    assert rm["patch_embed.weight"].fan_in == 7 * 7 * 1
+    assert rm.role_of("blocks.0.norm1.weight") == "norm"
+    if fused:
+        assert rm.role_of("blocks.0.attn.qkv.weight") == "q+k+v"
+    else:
+        assert rm.role_of("blocks.0.attn.k.weight") == "k"
+    assert len(rm.attention) == 2 and rm.width == 32 and rm.depth == 2
+
+
+def test_fused_slots_tile_the_tensor():
+    rm = initlab.roles(vit())
+    info = rm["blocks.0.attn.qkv.weight"]
+    covered = torch.zeros(info.param.shape, dtype=torch.int32)
+    for slot in info.slots:
+        covered[slot.index] += 1
+    assert torch.equal(covered, torch.ones_like(covered))
+    assert [s.role for s in info.slots] == [Role.Q, Role.K, Role.V]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_head_views_match_the_forward_pass(fused):
+    """q of head h computed by the module equals x @ q_head(h) (+ bias): the views are the layout."""
+    torch.manual_seed(0)
+    m = vit(fused_qkv=fused)
+    att = initlab.roles(m).attention[1]
+    mod = m.blocks[1].attn
+    x = torch.randn(5, 32)
+    q_all, k_all, v_all = (mod.qkv(x).split(32, -1) if fused else (mod.q(x), mod.k(x), mod.v(x)))
+    bq, bk = att.q.bias_view(), att.k.bias_view()
+    for h in range(4):
+        sl = slice(h * 8, (h + 1) * 8)
+        torch.testing.assert_close(q_all[:, sl], x @ att.q_head(h) + bq[sl])
+        torch.testing.assert_close(k_all[:, sl], x @ att.k_head(h) + bk[sl])
+    # output projection: proj(concat heads) = sum_h head_h @ o_head(h) + b
+    heads = torch.randn(5, 32)
+    expect = sum(heads[:, h * 8:(h + 1) * 8] @ att.o_head(h) for h in range(4)) + att.o.bias_view()
+    torch.testing.assert_close(mod.proj(heads), expect)
+
+
+def test_views_write_in_place_and_keep_identity():
+    m = vit()
+    rm = initlab.roles(m)
+    p = m.blocks[0].attn.qkv.weight
+    with torch.no_grad():
+        rm.attention[0].k_head(1).fill_(3.0)
+    assert p is m.blocks[0].attn.qkv.weight
+    assert torch.all(p[32 + 8:32 + 16] == 3.0)
+    assert (p[:32] != 3.0).all()
+
+
+def test_gpt_tied_embedding_is_token_embed_and_controls():
+    m = GPT(vocab_size=30, block_size=8, width=16, depth=1, heads=2)
+    rm = initlab.roles(m)
+    assert rm.role_of("tok_embed.weight") == "token_embed"
+    assert not rm.by_role("head")
+    rm.controls.set_head_multiplier(0.5)
+    assert m.head_multiplier == 0.5 and rm.controls.get_head_multiplier() == 0.5
+    untied = GPT(vocab_size=30, block_size=8, width=16, depth=1, heads=2, tie_head=False)
+    assert initlab.roles(untied).role_of("head.weight") == "head"
+
+
+def test_logit_scale_and_skip_scale_controls():
+    m = vit()
+    rm = initlab.roles(m)
+    rm.attention[0].set_logit_scale(0.125)
+    assert m.blocks[0].attn.scale == 0.125
+    rm.controls.set_skip_scale(1.5)
+    assert all(b.skip_scale == 1.5 for b in m.blocks)
+
+
+def test_branch_gains_have_role_gain():
+    rm = initlab.roles(vit(branch_gain="layerscale"))
+    assert rm.role_of("blocks.0.gain1.gain") == "gain"
+
+
+def test_survives_deepcopy_and_compile_wrapper():
+    m = vit()
+    names = list(initlab.roles(m).params)
+    assert list(initlab.roles(copy.deepcopy(m)).params) == names
+    compiled = torch.compile(m)  # wrapper only; nothing is compiled until called
+    rm = initlab.roles(compiled)
+    assert list(rm.params) == names
+    assert rm["head.weight"].param is m.head.weight
+
+
+def test_unknown_model_error_names_class_and_mapping():
+    class Mystery(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+    with pytest.raises(RoleMapError, match=r"Mystery.*mapping="):
+        initlab.roles(Mystery())
+    with pytest.raises(RoleMapError, match="needs a torch.nn.Module"):
+        initlab.roles("not a model")
+
+
+def test_summary_lists_every_tensor():
+    m = vit(depth=1)
+    text = initlab.roles(m).summary()
+    assert len(text.splitlines()) == 1 + len(list(m.parameters()))
+    assert "q+k+v" in text
