@@ -1,0 +1,220 @@
+"""Explicit mappings: module-name patterns to roles, for any model no adapter knows.
+
+Format (every key optional except ``attention``; patterns are :mod:`fnmatch` patterns matched
+against the names of ``model.named_modules()``, or of ``model.named_parameters()`` for tensors
+that live directly on a module, such as a class token)::
+
+    initlab.roles(model, mapping={
+        "attention": {
+            # separate q/k/v/o Linears (names relative to the matched module)
+            "blocks.*.attn": dict(q="q_proj", k="k_proj", v="v_proj", o="out_proj", heads=8),
+            # or a fused qkv tensor, [q | k | v] along the output axis
+            # "blocks.*.attn": dict(qkv="qkv", o="proj", heads=8, kv_heads=2),
+        },
+        "token_embed": ["tok_emb"], "pos_embed": ["pos_emb"], "patch_embed": ["stem"],
+        "cls_token": ["cls"], "mlp_in": ["*.fc1"], "mlp_out": ["*.fc2"], "head": ["lm_head"],
+        "gain": ["*.ls*"], "norm": ["*.ln*"],     # norms are also found automatically
+        "other": ["rotary.*"],                     # mapped but touched by no scheme
+        "strict": True,                            # unmapped parameters are an error
+    })
+
+In an attention spec:
+
+* ``heads`` (required) and ``kv_heads`` (default ``heads``; fewer for grouped-query attention):
+  an int, or a string naming an attribute of the attention module or of the model
+  (``"num_heads"``, ``"config.num_key_value_heads"``).
+* ``layout``: ``"auto"`` (default: Hugging Face ``Conv1D`` is ``"in_out"``, everything else
+  ``"out_in"`` like ``nn.Linear``), ``"out_in"`` or ``"in_out"``.
+* ``head_dim``: optional; default = q width / heads.
+
+A pattern that matches nothing is an error (it is almost always a typo). Layer numbers of other
+tensors are the first integer in their module path (``blocks.3.mlp.fc1`` -> 3).
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any
+
+from torch import nn
+
+from ..errors import RoleMapError
+from .core import BIAS, Projection, Role, RoleMap, RoleMapBuilder
+
+_ROLE_KEYS = ("patch_embed", "token_embed", "pos_embed", "cls_token", "mlp_in", "mlp_out", "norm",
+              "head", "gain", "other")
+_ATTN_KEYS = {"q", "k", "v", "o", "qkv", "heads", "kv_heads", "layout", "head_dim"}
+
+
+def _first_int(name: str) -> int | None:
+    m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
+    return int(m.group(1)) if m else None
+
+
+def _resolve_count(value: Any, module: nn.Module, model: nn.Module, what: str, where: str) -> int:
+    if isinstance(value, bool):
+        raise RoleMapError(f"{where}: {what} must be an int or an attribute name, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        n = None
+        for root in (module, model):
+            obj = root
+            try:
+                for part in value.split("."):
+                    obj = getattr(obj, part)
+            except AttributeError:
+                continue
+            n = obj
+            break
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise RoleMapError(f"{where}: {what}={value!r} names no integer attribute of the "
+                               f"attention module or the model; give the number instead")
+    else:
+        raise RoleMapError(f"{where}: {what} must be an int or an attribute name, got {value!r}")
+    if n <= 0:
+        raise RoleMapError(f"{where}: {what} must be positive, got {n}")
+    return n
+
+
+def module_layout(module: nn.Module) -> str:
+    """``"in_out"`` for Hugging Face ``Conv1D`` (weight (in, out)), else ``"out_in"``."""
+    return "in_out" if type(module).__name__ == "Conv1D" else "out_in"
+
+
+def _sub(prefix: str, rel: str) -> str:
+    return f"{prefix}.{rel}" if prefix else rel
+
+
+def _matching(names, pattern: str) -> list[str]:
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def add_attention_spec(b: RoleMapBuilder, index: int, name: str, spec: dict, model: nn.Module,
+                       ) -> None:
+    """Register one attention module described by a mapping spec (see module docstring)."""
+    unknown = set(spec) - _ATTN_KEYS
+    if unknown:
+        raise RoleMapError(f"attention spec for {name}: unknown keys {sorted(unknown)}; "
+                           f"allowed: {sorted(_ATTN_KEYS)}")
+    module = model.get_submodule(name)
+    if "heads" not in spec:
+        raise RoleMapError(f"attention spec for {name}: 'heads' is required (e.g. heads=8)")
+    heads = _resolve_count(spec["heads"], module, model, "heads", name)
+    kv_heads = _resolve_count(spec.get("kv_heads", heads), module, model, "kv_heads", name)
+    if heads % kv_heads:
+        raise RoleMapError(f"{name}: {heads} query heads do not split into {kv_heads} key/value "
+                           f"groups; kv_heads must divide heads")
+    layout_opt = spec.get("layout", "auto")
+    if layout_opt not in ("auto", "out_in", "in_out"):
+        raise RoleMapError(f"{name}: layout must be 'auto', 'out_in' or 'in_out', got {layout_opt!r}")
+
+    def lin(rel: str, **kw) -> Projection:
+        full = _sub(name, rel)
+        try:
+            mod = model.get_submodule(full)
+        except AttributeError:
+            raise RoleMapError(f"attention spec for {name}: no submodule {rel!r} "
+                               f"(looked for {full})") from None
+        if not isinstance(getattr(mod, "weight", None), nn.Parameter):
+            raise RoleMapError(f"{full} has no weight parameter; name the Linear/Conv1D module")
+        layout = module_layout(mod) if layout_opt == "auto" else layout_opt
+        return b.linear(full, layout=layout, **kw)
+
+    if "qkv" in spec:
+        if any(k in spec for k in ("q", "k", "v")):
+            raise RoleMapError(f"attention spec for {name}: give either qkv= or q=, k=, v=, not both")
+        whole = lin(spec["qkv"])
+        total = whole.d_out
+        head_dim = spec.get("head_dim") or total // (heads + 2 * kv_heads)
+        if (heads + 2 * kv_heads) * head_dim != total:
+            raise RoleMapError(f"{whole.name}: fused width {total} does not hold {heads} query and "
+                               f"2x{kv_heads} key/value heads of equal size; check heads/kv_heads")
+        dq, dkv = heads * head_dim, kv_heads * head_dim
+        q = lin(spec["qkv"], offset=0, d_out=dq)
+        k = lin(spec["qkv"], offset=dq, d_out=dkv)
+        v = lin(spec["qkv"], offset=dq + dkv, d_out=dkv)
+    else:
+        missing = [k for k in ("q", "k", "v") if k not in spec]
+        if missing:
+            raise RoleMapError(f"attention spec for {name}: missing {missing}; give q=, k=, v= "
+                               f"(separate projections) or qkv= (fused)")
+        q, k, v = lin(spec["q"]), lin(spec["k"]), lin(spec["v"])
+    if "o" not in spec:
+        raise RoleMapError(f"attention spec for {name}: missing o= (the output projection)")
+    o = lin(spec["o"])
+    b.add_attention(index, name, q=q, k=k, v=v, o=o, n_heads=heads, n_kv_heads=kv_heads)
+
+
+def roles_from_mapping(model: nn.Module, mapping: dict, *, adapter: str = "mapping",
+                       require_matches: bool = True) -> RoleMap:
+    """Build a :class:`RoleMap` from an explicit mapping (format in the module docstring).
+
+    ``require_matches=False`` lets adapters list optional parts (a pooler, a class token) that a
+    given model may not have.
+    """
+    if not isinstance(mapping, dict):
+        raise RoleMapError(f"mapping must be a dict, got {type(mapping).__name__}")
+    unknown = set(mapping) - set(_ROLE_KEYS) - {"attention", "strict"}
+    if unknown:
+        raise RoleMapError(f"mapping has unknown keys {sorted(unknown)}; allowed: attention, "
+                           f"{', '.join(_ROLE_KEYS)}, strict")
+    attn = mapping.get("attention") or {}
+    if not isinstance(attn, dict):
+        raise RoleMapError("mapping['attention'] must be a dict of module pattern -> spec dict")
+    b = RoleMapBuilder(model)
+    modules = dict(model.named_modules())
+    module_names = [n for n in modules if n]
+
+    # attention layers, numbered in model order
+    matched: list[tuple[str, dict]] = []
+    for pattern, spec in attn.items():
+        if not isinstance(spec, dict):
+            raise RoleMapError(f"attention spec for {pattern!r} must be a dict, got {spec!r}")
+        names = _matching(module_names, pattern)
+        if not names and require_matches:
+            raise RoleMapError(f"attention pattern {pattern!r} matches no module of "
+                               f"{type(model).__name__}")
+        matched += [(n, spec) for n in names]
+    order = {n: i for i, n in enumerate(module_names)}
+    matched.sort(key=lambda t: order[t[0]])
+    seen = set()
+    for i, (name, spec) in enumerate(m for m in matched if not (m[0] in seen or seen.add(m[0]))):
+        add_attention_spec(b, i, name, spec, model)
+
+    b.add_norms(layer_of=_first_int)  # first, so a broad pattern ("cls.*") cannot claim a norm
+    for key in _ROLE_KEYS:
+        patterns = mapping.get(key, [])
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        for pattern in patterns:
+            mods = [n for n in _matching(module_names, pattern)
+                    if any(True for _ in modules[n].parameters(recurse=False))]
+            params = [] if mods else _matching(b.named, pattern)
+            if not mods and not params:
+                if require_matches:
+                    raise RoleMapError(f"{key} pattern {pattern!r} matches no module or parameter "
+                                       f"of {type(model).__name__}")
+                continue
+            for n in mods:
+                for pname, p in modules[n].named_parameters(recurse=False):
+                    full = _sub(n, pname)
+                    if b.canonical_name(p) in b.infos:
+                        continue
+                    kind = BIAS if pname == "bias" else "weight"
+                    if kind == BIAS:
+                        b.add(full, key, kind=BIAS, layer=_first_int(n), fan_in=1, fan_out=p.numel())
+                    elif pname == "weight":
+                        b.add_module(n, key, layer=_first_int(n))
+                    else:
+                        b.add(full, key, layer=_first_int(n), fan_in=1, fan_out=p.shape[-1])
+            for n in params:
+                p = b.named[n]
+                if b.canonical_name(p) not in b.infos:
+                    b.add(n, key, kind=BIAS if n.endswith("bias") else "weight",
+                          layer=_first_int(n), fan_in=1, fan_out=p.shape[-1] if p.dim() else 1)
+    if not b.attention:
+        raise RoleMapError(f"the mapping for {type(model).__name__} found no attention layer")
+    width = b.attention[0].d_model
+    return b.build(width=width, depth=len(b.attention), adapter=adapter,
+                   allow_unmapped=not mapping.get("strict", True))
