@@ -1,0 +1,52 @@
+"""``initlab compare``: several inits, several seeds, one table.
+
+    initlab compare --data fashion-mnist --train-size 5000 --inits default,mimetic \\
+        --model vit-micro --epochs 4 --seeds 3 --out runs/cmp
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..experiments.configure import add_config_flags, build_config, check_init_spec, default_out, write_command
+from ..experiments.grid import parse_names, parse_seeds
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="train one model per (init, seed) and tabulate mean ± std",
+        description="Train the same configuration under several initialization schemes and seeds; print "
+                    "final/best test accuracy (vision) or validation bits per character (lm) as mean ± std "
+                    "over seeds; write metrics.csv/json, summary.csv/json and curves.png to --out.")
+    p.add_argument("--inits", default=None, metavar="A,B,...",
+                   help="comma-separated init specs, each a scheme name or names joined by '+' "
+                        "(e.g. default,mimetic,mimetic+nt); default: default,mimetic")
+    p.add_argument("--seeds", default=None, metavar="N|S1,S2",
+                   help="number of seeds (starting at --seed) or a comma list; default 1")
+    add_config_flags(p, init_flag=False)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    base, extra = build_config(args, extra_keys=("inits", "seeds"), check=False)
+    inits = parse_names(extra.get("inits", "default,mimetic"), "--inits")
+    seeds = parse_seeds(extra.get("seeds", 1), first=base.seed)
+    for init in inits:
+        check_init_spec(init)
+    from ..experiments.configure import check_config
+
+    check_config(base.replace(init=inits[0]), check_init=False)
+    out = base.out or default_out("compare")
+    if base.resume:
+        raise ConfigError("compare has no --resume; rerun the same command with the same --out to continue")
+    base = base.replace(out=out)
+    write_command(out, args)
+
+    from ..experiments.compare import run_compare
+
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    result = run_compare(base, inits, seeds, out, progress=not args.quiet, log=say)
+    print()
+    print(f"{base.task} {base.data}, model {base.model}, {len(seeds)} seed(s); final = last evaluation, "
+          f"best = best evaluation")
+    print(result.table)
+    print(f"\nwrote {out}/: summary.csv, summary.json, metrics.csv, metrics.json, curves.png, runs/")
+    return 0

@@ -1,0 +1,82 @@
+"""``compare``: one training per (init, seed) under one base config, summarized over seeds.
+
+Outputs in ``out``::
+
+    command.txt      the command line
+    config.json      base config + inits + seeds
+    runs/<init>-s<seed>/   each run's directory (config.json, history.csv, result.json, engine files)
+    metrics.csv      every logged row of every run (init, seed, step, epoch, metrics...)
+    metrics.json     the same as a list of run records
+    summary.csv/json one row per init: final/best metric mean ± std over seeds, epochs, times
+    table.txt        the printed table
+    curves.png       metric vs epoch per init, mean ± std band
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..train.config import TrainConfig
+from .plots import plot_curves
+from .records import RunRecord, write_csv, write_json
+from .runner import run_cell, slug
+from .summary import MetricSpec, compare_table, primary_metric, summarize
+
+
+@dataclass
+class CompareResult:
+    records: list[RunRecord]
+    summary: list[dict]
+    table: str
+    metric: MetricSpec
+    out: Path
+    files: dict[str, Path]
+
+
+def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str | Path, *,
+                progress: bool = True, log: Callable[[str], None] = print) -> CompareResult:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"base": base.to_dict(), "inits": list(inits), "seeds": list(seeds)})
+    records: list[RunRecord] = []
+    total = len(inits) * len(seeds)
+    for i, init in enumerate(inits):
+        for j, seed in enumerate(seeds):
+            k = i * len(seeds) + j + 1
+            config = base.replace(init=init, seed=seed, out=str(out / "runs" / f"{slug(init)}-s{seed}"), resume=False)
+            record, reused = run_cell(config, {"init": init, "seed": seed}, progress=progress)
+            records.append(record)
+            log(f"[{k}/{total}] init={init} seed={seed}: {_brief(record, base.task)}"
+                + (" (finished earlier, reused)" if reused else ""))
+    return write_compare_outputs(records, base.task, out)
+
+
+def _brief(record: RunRecord, task: str) -> str:
+    metric = primary_metric(task, [record])
+    value = record.final_metric(metric.key)
+    return f"{metric.key}={value * metric.scale:.{metric.digits}f}{'%' if metric.scale == 100 else ''} " \
+           f"in {record.wall_time_s:.1f}s [{record.status}]"
+
+
+def write_compare_outputs(records: list[RunRecord], task: str, out: Path) -> CompareResult:
+    metric = primary_metric(task, records)
+    summary = summarize(records, "init", metric)
+    table = compare_table(summary, metric)
+    rows = []
+    for rec in records:
+        for row in rec.history:
+            rows.append({**rec.labels, **row})
+    files = {
+        "metrics.csv": write_csv(out / "metrics.csv", rows, first=("init", "seed", "step", "epoch")),
+        "metrics.json": write_json(out / "metrics.json", [r.to_dict() for r in records]),
+        "summary.csv": write_csv(out / "summary.csv", summary),
+        "summary.json": write_json(out / "summary.json", {"metric": metric.key,
+                                                            "higher_is_better": metric.higher_is_better,
+                                                            "rows": summary}),
+    }
+    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
+    files["table.txt"] = out / "table.txt"
+    files["curves.png"] = plot_curves(records, metric, out / "curves.png", group_by="init",
+                                      title=f"{metric.key} per init (mean ± std over seeds)")
+    return CompareResult(records, summary, table, metric, out, files)

@@ -1,0 +1,194 @@
+"""Run records: what one training run produced, as plain rows, and how it is written to disk.
+
+A :class:`RunRecord` is the engine's ``RunResult`` reduced to JSON-able data plus the labels of
+the experiment cell it belongs to (init, seed, width, lr). Files are written atomically
+(temporary file + rename), so an interrupted command never leaves half a CSV behind.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Primary metric per task: (history key, higher is better, label, scale for display)
+PRIMARY = {
+    "vision": ("test_acc", True),
+    "lm": ("val_bpc", False),
+}
+
+
+@dataclass
+class RunRecord:
+    labels: dict  # e.g. {"init": "mimetic", "seed": 0}
+    history: list[dict]
+    final: dict
+    best: dict
+    wall_time_s: float
+    status: str
+    run_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_result(cls, result, labels: dict) -> "RunRecord":
+        history = [_plain(dict(row)) for row in (getattr(result, "history", None) or [])]
+        run_dir = getattr(result, "run_dir", None)
+        return cls(labels=dict(labels), history=history,
+                   final=_plain(dict(getattr(result, "final", None) or (history[-1] if history else {}))),
+                   best=_plain(dict(getattr(result, "best", None) or {})),
+                   wall_time_s=float(getattr(result, "wall_time_s", 0.0) or 0.0),
+                   status=str(getattr(result, "status", "completed")),
+                   run_dir=str(run_dir) if run_dir is not None else None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunRecord":
+        return cls(**{k: d[k] for k in ("labels", "history", "final", "best", "wall_time_s", "status")},
+                   run_dir=d.get("run_dir"), extra=d.get("extra", {}))
+
+    # ---- derived numbers ------------------------------------------------------------------
+    def final_metric(self, key: str) -> float:
+        """The metric at the end of training (``final``, else the last history row that has it)."""
+        if key in self.final and _is_number(self.final[key]):
+            return float(self.final[key])
+        for row in reversed(self.history):
+            if key in row and _is_number(row[key]):
+                return float(row[key])
+        return math.nan
+
+    def best_metric(self, key: str, higher_is_better: bool) -> float:
+        """Best value over evaluations (the engine's ``best`` if it has the key)."""
+        if key in self.best and _is_number(self.best[key]):
+            return float(self.best[key])
+        values = [float(row[key]) for row in self.history if key in row and _is_number(row[key])]
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            return math.nan
+        return max(values) if higher_is_better else min(values)
+
+    def epochs_done(self) -> float:
+        for source in (self.final, *reversed(self.history)):
+            if _is_number(source.get("epoch")):
+                return float(source["epoch"])
+        return math.nan
+
+    def curve(self, key: str, x: str = "epoch") -> tuple[list[float], list[float]]:
+        xs, ys = [], []
+        for row in self.history:
+            if key in row and _is_number(row[key]) and _is_number(row.get(x)):
+                xs.append(float(row[x]))
+                ys.append(float(row[key]))
+        return xs, ys
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain(value):
+    """Tensors/numpy scalars -> Python numbers, recursively, so json.dump never chokes."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+def _atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _json_safe(value):
+    """NaN/inf are not JSON; write them as null so other tools can read our files."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    path = Path(path)
+    _atomic_write(path, json.dumps(_json_safe(_plain(data)), indent=2) + "\n")
+    return path
+
+
+def read_json(path: str | os.PathLike):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def columns_of(rows: list[dict], first: tuple[str, ...] = ()) -> list[str]:
+    cols = [c for c in first if any(c in r for r in rows)]
+    for row in rows:
+        for key in row:
+            if key not in cols:
+                cols.append(key)
+    return cols
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], first: tuple[str, ...] = ()) -> Path:
+    """Rows with possibly different keys -> one CSV with the union of columns (blank = missing)."""
+    import io
+
+    path = Path(path)
+    cols = columns_of(rows, first)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    _atomic_write(path, buf.getvalue())
+    return path
+
+
+def _csv_cell(value):
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(_plain(value))
+    return value
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_run_files(record: RunRecord, run_dir: str | os.PathLike) -> None:
+    """Per-run metrics: ``history.csv`` (one row per logged step) and ``result.json``."""
+    run_dir = Path(run_dir)
+    write_csv(run_dir / "history.csv", record.history, first=("step", "epoch"))
+    write_json(run_dir / "result.json", record.to_dict())
+
+
+def load_run_record(run_dir: str | os.PathLike) -> RunRecord | None:
+    """The record a finished run left in ``run_dir/result.json`` (None if absent or unreadable)."""
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        return RunRecord.from_dict(read_json(path))
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,98 @@
+"""Running one configured training through the engine, with a record on disk.
+
+Every experiment cell goes through :func:`run_cell`: it writes the cell's ``config.json``, calls
+``initlab.train.run`` (looked up at call time, so tests can substitute a fake engine), and leaves
+``history.csv`` + ``result.json`` in the run directory. A cell whose ``result.json`` says it
+finished with the same config is not run again: that is what makes ``compare`` and ``sweep``
+resumable.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import TrainingError
+from ..train.config import TrainConfig
+from .records import RunRecord, load_run_record, read_json, write_json, write_run_files
+
+FINISHED = ("completed", "diverged")  # a diverged run is a result (inf loss), not something to retry
+
+# config fields that do not change what a run computes
+_NON_IDENTITY = ("out", "resume", "device", "checkpoint_every", "compile")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of an init spec or label."""
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", str(text)).strip("_") or "run"
+
+
+def engine_run():
+    """``initlab.train.run`` (imported late: the engine is optional until a run is requested)."""
+    try:
+        from .. import train as engine
+    except ImportError as exc:
+        raise TrainingError(f"the training engine initlab.train is not importable: {exc}") from None
+    run = getattr(engine, "run", None)
+    if run is None:
+        raise TrainingError("the training engine initlab.train has no run(); is the engine installed?")
+    return run
+
+
+def identity(config: TrainConfig | dict) -> dict:
+    d = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    d = {k: v for k, v in d.items() if k not in _NON_IDENTITY}
+    if "betas" in d:
+        d["betas"] = list(d["betas"])
+    return d
+
+
+def finished_record(config: TrainConfig, run_dir: Path) -> RunRecord | None:
+    """The stored record of this exact config in ``run_dir`` if it finished, else None."""
+    record = load_run_record(run_dir)
+    if record is None or record.status not in FINISHED:
+        return None
+    saved = record.extra.get("config")
+    if saved is None or identity(saved) != identity(config):
+        return None
+    return record
+
+
+def save_config(config: TrainConfig, run_dir: Path) -> None:
+    write_json(Path(run_dir) / "config.json", config.to_dict())
+
+
+def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse: bool = True) -> tuple[RunRecord, bool]:
+    """Train ``config`` (its ``out`` is the run directory); return (record, reused?)."""
+    run_dir = Path(config.out)
+    if reuse:
+        record = finished_record(config, run_dir)
+        if record is not None:
+            return record, True
+        # an unfinished run with a checkpoint continues where it stopped
+        if _has_checkpoint(run_dir) and _same_config(config, run_dir):
+            config = config.replace(resume=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir)
+    result = engine_run()(config, progress=progress)
+    record = RunRecord.from_result(result, labels)
+    record.run_dir = str(run_dir)
+    record.extra["config"] = config.to_dict()
+    write_run_files(record, run_dir)
+    return record, False
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    if not run_dir.is_dir():
+        return False
+    return any(p.suffix in (".pt", ".safetensors", ".ckpt") or p.name.startswith("checkpoint")
+               for p in run_dir.iterdir())
+
+
+def _same_config(config: TrainConfig, run_dir: Path) -> bool:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        return identity(read_json(path)) == identity(config)
+    except (ValueError, OSError):
+        return False
