@@ -13,7 +13,7 @@ import sys
 from ..errors import InitlabError
 
 # order = order in --help
-COMMANDS = ("compare", "train")
+COMMANDS = ("compare", "train", "sweep")
 
 
 class ArgumentParser(argparse.ArgumentParser):
