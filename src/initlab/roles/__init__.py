@@ -11,10 +11,12 @@ from .core import (ATTENTION_ROLES, BIAS, WEIGHT, AttentionLayer, ModelControls,
                    Projection, Role, RoleMap, RoleMapBuilder, Slot)
 from .registry import adapters, register_adapter, roles, unwrap
 from . import initlab_models  # noqa: F401  (registers the built-in adapters)
+from . import adapters_hf, adapters_timm, adapters_torch  # noqa: F401  (third-party layouts; import-guarded)
+from .mapping import roles_from_mapping
 
 __all__ = ["roles", "Role", "RoleMap", "RoleMapBuilder", "ParamInfo", "Slot", "Projection",
            "AttentionLayer", "ModelControls", "register_adapter", "adapters", "unwrap",
-           "ATTENTION_ROLES", "WEIGHT", "BIAS"]
+           "ATTENTION_ROLES", "WEIGHT", "BIAS", "roles_from_mapping"]
 
 
 class _CallableModule(_types.ModuleType):
