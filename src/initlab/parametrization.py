@@ -1,0 +1,458 @@
+"""The effective-theory family of parametrizations (Dinan, Yaida, Zhang, arXiv 2304.02034).
+
+One :class:`Parametrization` describes three things, all read from the role map
+(:func:`initlab.roles`), never from attributes stored on parameters:
+
+* **initialization** (eqs 1.25-1.34): per-role variance C_G/fan_in (or C_G for the tables), the head
+  variance C_head/n^(1+s) and the tied-head rescale N_rescale = n^(-(1+s)/2); see
+  :func:`parametrize_`;
+* **per-group learning-rate factors** (eqs 1.99-1.116) for SGD (λ_G) and AdamW (λ̃_G), with every
+  non-head group multiplied by n^s (SGD) or n^(s/2) (AdamW); see :func:`param_groups`;
+* **weight decay** as the paper's AdamW applies it, θ ← (1 − η·wd)·θ − λ̃·η·update: the decay is
+  *not* multiplied by λ̃, so each PyTorch group gets ``weight_decay = wd / λ̃_G`` (PyTorch decays by
+  group lr × group weight_decay = η·λ̃·wd/λ̃ = η·wd).
+
+Members: ``standard`` (no lr factors, head std n^-1/2, N_rescale 1), ``nt`` (s=0), ``hybrid``
+(s=1/2), ``mu`` (s=1) and any ``s=<float>`` in [0, 1]. With ``base_width`` every width power n^e of a
+learning-rate factor becomes (n/n_base)^e (all factors are 1 at the base width, tune there and
+transfer); see ``docs/parametrizations.md`` for the row-by-row map to the paper's tables.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, InitError
+from .roles import BIAS, ParamInfo, Role, RoleMap, Slot, roles
+
+NAMED_S = {"nt": 0.0, "hybrid": 0.5, "mu": 1.0}
+ALIASES = {"sp": "standard", "ntk": "nt", "ntp": "nt", "mup": "mu", "μp": "mu", "maximal": "mu"}
+OPTIMIZERS = ("adamw", "sgd")
+INIT_STYLES = ("vit", "lm")
+MLP_FACTORS = ("paper", "full")
+
+# Variance constants C_G of the paper's ViT runs (section 2 of the digest) and their distributions.
+# "fan_in": variance C/fan_in of the slot; "table": variance C (not divided by width);
+# "head": C/(n * w^s) (w = n, or n/n_base with a base width).
+VIT_CONSTANTS: dict[str, float] = {
+    "patch_embed": 1.0,
+    "pos_embed": 0.02 ** 2,
+    "cls_token": 0.02 ** 2,  # not in the paper (no class token): treated as a position-table row
+    "q": 0.5, "k": 0.5, "v": 0.5,  # Xavier on a fused qkv: 2/(n+3n) = (1/2)/n
+    "o": 1.0 / 3.0,  # PyTorch Linear default, uniform ±1/sqrt(n)
+    "mlp_in": 0.4,  # Xavier on (n, 4n): 2/(5n)
+    "mlp_out": 1.6,  # Xavier on (4n, n): 2/(5n) = 1.6/(4n)
+    "head": 1.0,
+    "token_embed": 1.0,  # C_WE of the NT language runs; "standard" uses 0.02^2
+}
+STANDARD_TOKEN_EMBED = 0.02 ** 2
+LM_STD = 0.02  # the paper's language runs (fairseq): std 0.02 for every weight
+DISTRIBUTIONS: dict[str, str] = {
+    "patch_embed": "normal", "pos_embed": "normal", "cls_token": "normal", "token_embed": "normal",
+    "q": "uniform", "k": "uniform", "v": "uniform", "o": "uniform",
+    "mlp_in": "uniform", "mlp_out": "uniform", "head": "normal",
+}
+_FAN_IN_ROLES = ("patch_embed", "q", "k", "v", "o", "mlp_in", "mlp_out")
+_TABLE_ROLES = ("pos_embed", "cls_token", "token_embed")
+# Roles whose tensors PyTorch should not decay unless asked (biases are never decayed either).
+DEFAULT_NO_DECAY = ("norm", "pos_embed", "cls_token", "gain")
+
+
+@dataclass(frozen=True)
+class Parametrization:
+    """One member of the effective-theory family.
+
+    Args:
+        name: ``"standard"``, ``"nt"``, ``"hybrid"``, ``"mu"`` or ``"s=<float>"``.
+        s: the family index in [0, 1]; ``None`` for standard.
+        base_width: optional n_base; learning-rate factors become (n/n_base)^e, and the extra
+            n^-s of the head variance and tied-head rescale becomes (n/n_base)^-s.
+        constants: per-role variance constants C_G overriding :data:`VIT_CONSTANTS`
+            (keys: patch_embed, pos_embed, cls_token, token_embed, q, k, v, o, mlp_in, mlp_out, head).
+        distributions: per-role ``"uniform"``/``"normal"`` overriding :data:`DISTRIBUTIONS`.
+        init_style: ``"vit"`` (C_G/fan_in with the ViT-run constants) or ``"lm"`` (the paper's
+            language runs: every body weight N(0, 0.02^2); only C_WE, the head and N_rescale vary).
+        mlp_factors: ``"paper"`` (the experiments' choice, footnote 41: MLP-in and -out get the
+            same factor as Q, K, V, U) or ``"full"`` (the tables' M-dependent factors).
+        attn_scale: attention logit scale set by :func:`parametrize_`: ``"sqrt"`` (1/sqrt(head_dim),
+            the paper's), ``"linear"`` (1/head_dim, true μP), a number, or ``None`` (leave as is).
+    """
+
+    name: str = "standard"
+    s: float | None = None
+    base_width: int | None = None
+    constants: Mapping[str, float] = field(default_factory=dict)
+    distributions: Mapping[str, str] = field(default_factory=dict)
+    init_style: str = "vit"
+    mlp_factors: str = "paper"
+    attn_scale: str | float | None = "sqrt"
+
+    def __post_init__(self):
+        if self.s is not None:
+            if not isinstance(self.s, (int, float)) or not (0.0 <= self.s <= 1.0):
+                raise ConfigError(f"parametrization s must be a number in [0, 1], got {self.s!r}")
+        if self.base_width is not None and (isinstance(self.base_width, bool) or
+                                            not isinstance(self.base_width, int) or self.base_width <= 0):
+            raise ConfigError(f"base_width must be a positive integer, got {self.base_width!r}")
+        if self.init_style not in INIT_STYLES:
+            raise ConfigError(f"init_style must be one of {', '.join(INIT_STYLES)}, got {self.init_style!r}")
+        if self.mlp_factors not in MLP_FACTORS:
+            raise ConfigError(f"mlp_factors must be 'paper' or 'full', got {self.mlp_factors!r}")
+        for role, c in self.constants.items():
+            if role not in VIT_CONSTANTS:
+                raise ConfigError(f"no variance constant for role {role!r}; known: {', '.join(VIT_CONSTANTS)}")
+            if not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+                raise ConfigError(f"variance constant C_{role} must be a finite number >= 0, got {c!r}")
+        for role, d in self.distributions.items():
+            if role not in DISTRIBUTIONS or d not in ("uniform", "normal"):
+                raise ConfigError(f"distribution for {role!r} must be 'uniform' or 'normal' "
+                                  f"(roles: {', '.join(DISTRIBUTIONS)}), got {d!r}")
+        a = self.attn_scale
+        if not (a is None or a in ("sqrt", "linear") or
+                (isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a > 0)):
+            raise ConfigError(f"attn_scale must be 'sqrt', 'linear', a positive number or None, got {a!r}")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, spec: "str | Parametrization", base_width: int | None = None,
+              **options) -> "Parametrization":
+        """``"standard"``, ``"nt"``, ``"hybrid"``, ``"mu"`` or ``"s=0.3"`` (also ``sp``, ``ntk``, ``mup``).
+
+        ``options`` set the other fields (constants, init_style, mlp_factors, attn_scale, ...).
+        Raises :class:`ConfigError` with a one-line message for anything else.
+        """
+        if isinstance(spec, Parametrization):
+            changes = dict(options)
+            if base_width is not None:
+                changes["base_width"] = base_width
+            return replace(spec, **changes) if changes else spec
+        if not isinstance(spec, str):
+            raise ConfigError(f"parametrization must be a string like 'nt' or 's=0.3', got {spec!r}")
+        key = spec.strip().lower().replace(" ", "")
+        key = ALIASES.get(key, key)
+        if key == "standard":
+            s = None
+        elif key in NAMED_S:
+            s = NAMED_S[key]
+        elif key.startswith("s="):
+            try:
+                s = float(key[2:])
+            except ValueError:
+                raise ConfigError(f"cannot read s from parametrization {spec!r}; write e.g. 's=0.3'") from None
+            if not math.isfinite(s) or not 0.0 <= s <= 1.0:
+                raise ConfigError(f"parametrization {spec!r}: s must lie in [0, 1] (0 = nt, 0.5 = hybrid, 1 = mu)")
+        else:
+            raise ConfigError(f"unknown parametrization {spec!r}; choose standard, nt, hybrid, mu or s=<value in [0, 1]>")
+        return cls(name=_name_of(s), s=s, base_width=base_width, **options)
+
+    @property
+    def is_standard(self) -> bool:
+        return self.s is None
+
+    def __str__(self) -> str:
+        return self.name + (f" (base width {self.base_width})" if self.base_width else "")
+
+    # -- width powers -------------------------------------------------------------------------
+    def _w(self, width: int) -> float:
+        """The width that enters a power: n, or n/n_base with a base width."""
+        return width / self.base_width if self.base_width else float(width)
+
+    # -- initialization -----------------------------------------------------------------------
+    def constant(self, role: str) -> float:
+        """C_G for a role (overrides first, then the ViT-run constants; standard C_WE = 0.02^2)."""
+        role = str(role)
+        if role in self.constants:
+            return float(self.constants[role])
+        if role == "token_embed" and self.is_standard:
+            return STANDARD_TOKEN_EMBED
+        return VIT_CONSTANTS[role]
+
+    def distribution(self, role: str) -> str:
+        role = str(role)
+        if self.init_style == "lm" and role in _FAN_IN_ROLES:
+            return self.distributions.get(role, "normal")
+        return self.distributions.get(role, DISTRIBUTIONS[role])
+
+    def variance(self, role: str, *, fan_in: int, width: int) -> float:
+        """Init variance of a weight slot playing ``role`` (fan_in of the slot, model width n).
+
+        fan-in roles: C_G/fan_in (``init_style="lm"``: 0.02^2, or C_G if overridden); tables
+        (pos, cls, token embedding): C_G; head: C_head/(fan_in · w^s), w = n or n/n_base
+        (standard: s = 0).
+        """
+        role = str(role)
+        if role in _FAN_IN_ROLES:
+            if self.init_style == "lm":
+                return float(self.constants.get(role, LM_STD ** 2))
+            return self.constant(role) / fan_in
+        if role in _TABLE_ROLES:
+            return self.constant(role)
+        if role == "head":
+            s = self.s or 0.0
+            return self.constant("head") / (fan_in * self._w(width) ** s)
+        raise InitError(f"no initialization variance for role {role!r}")
+
+    def head_multiplier(self, width: int, *, tied: bool) -> float:
+        """N_rescale: n^-(1+s)/2 for a tied head (n^-1/2 · (n/n_base)^-s/2 with a base width);
+        1 for an untied head (its variance carries the n^-s) and for standard."""
+        if not tied or self.is_standard:
+            return 1.0
+        return width ** -0.5 * self._w(width) ** (-self.s / 2)
+
+    def logit_scale(self, head_dim: int) -> float | None:
+        """Attention logit multiplier, or None to leave the model's own."""
+        a = self.attn_scale
+        if a is None:
+            return None
+        if a == "sqrt":
+            return 1.0 / math.sqrt(head_dim)
+        if a == "linear":
+            return 1.0 / head_dim
+        return float(a)
+
+    # -- learning rates -----------------------------------------------------------------------
+    def lr_rule(self, role: str, kind: str, optimizer: str, *, fan_in: int = 1,
+                fan_out: int = 1) -> tuple[float, float]:
+        """(constant, width exponent) of λ_G (SGD) or λ̃_G (AdamW) for one slot, s included.
+
+        The paper's factor is ``constant * n**exponent``. Standard: (1, 0). ``fan_in``/``fan_out``
+        are the slot's (for n_patch, M = mlp ratio and n_out).
+        """
+        optimizer = _check_optimizer(optimizer)
+        if self.is_standard:
+            return 1.0, 0.0
+        role = str(role)
+        adam = optimizer == "adamw"
+        head = role == "head"
+        if role == "other":
+            return 1.0, 0.0  # unmapped tensors: no factor (documented)
+        if head and kind == BIAS:  # b_head: 1 (SGD), n_out^-1/2 (AdamW), never multiplied by n^s
+            return (fan_out ** -0.5 if adam else 1.0), 0.0
+        if head:  # W_head: 1/n (SGD), 1/(n sqrt(n_out)) (AdamW)
+            return (fan_out ** -0.5 if adam else 1.0), -1.0
+        if kind == BIAS or role in ("norm", "gain", "pos_embed", "cls_token", "token_embed"):
+            # b_PE, W_WE: 1 (SGD), n^-1/2 (AdamW); hidden biases, norms, gains, cls: same by inference
+            const, exp = 1.0, (-0.5 if adam else 0.0)
+        elif role == "patch_embed":
+            const, exp = 1.0 / fan_in, (-0.5 if adam else 0.0)
+        elif role in ("q", "k", "v", "o"):
+            const, exp = 1.0, (-1.5 if adam else -1.0)
+        elif role == "mlp_in":  # fan_out = M n
+            m = fan_out / max(fan_in, 1)
+            const = (m ** -0.5 if adam else 1.0) if self.mlp_factors == "full" else 1.0
+            exp = -1.5 if adam else -1.0
+        elif role == "mlp_out":  # fan_in = M n
+            m = fan_in / max(fan_out, 1)
+            const = (1.0 / m) if self.mlp_factors == "full" else 1.0
+            exp = -1.5 if adam else -1.0
+        else:
+            raise InitError(f"no learning-rate rule for role {role!r}")
+        return const, exp + (self.s / 2 if adam else self.s)
+
+    def lr_factor(self, role: str, kind: str, optimizer: str, *, width: int, fan_in: int = 1,
+                  fan_out: int = 1) -> float:
+        """λ_G or λ̃_G at width n: constant·n^e, or (n/n_base)^e with a base width (=1 there)."""
+        const, exp = self.lr_rule(role, kind, optimizer, fan_in=fan_in, fan_out=fan_out)
+        if self.base_width:
+            return self._w(width) ** exp
+        return const * float(width) ** exp
+
+
+def _name_of(s: float | None) -> str:
+    if s is None:
+        return "standard"
+    for name, value in NAMED_S.items():
+        if s == value:
+            return name
+    return f"s={s:g}"
+
+
+def _check_optimizer(optimizer: str) -> str:
+    opt = str(optimizer).lower()
+    if opt not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be 'adamw' or 'sgd' for parametrized groups, got {optimizer!r}")
+    return opt
+
+
+def _coerce(p) -> Parametrization:
+    return p if isinstance(p, Parametrization) else Parametrization.parse(p)
+
+
+def is_tied(rmap: RoleMap) -> bool:
+    """True when the output layer is the token embedding (no separate head weight)."""
+    return bool(rmap.by_role(Role.TOKEN_EMBED)) and not rmap.by_role(Role.HEAD)
+
+
+# -- initialization ---------------------------------------------------------------------------------
+def _draw(shape, var: float, dist: str, generator) -> torch.Tensor:
+    """i.i.d. mean-0 draws with variance ``var`` on CPU (so a CPU generator works for any device)."""
+    if dist == "normal":
+        return torch.randn(shape, generator=generator, dtype=torch.float32) * math.sqrt(var)
+    bound = math.sqrt(3.0 * var)
+    return (torch.rand(shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound
+
+
+@torch.no_grad()
+def _write(view: torch.Tensor, value: torch.Tensor) -> None:
+    view.copy_(value.to(device=view.device, dtype=view.dtype))
+
+
+@torch.no_grad()
+def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: torch.Generator | None = None,
+                 role_map: RoleMap | None = None, keep: Iterable[str] = (),
+                 mimetic: bool | dict | None = None) -> nn.Module:
+    """Re-initialize ``model`` in place as parametrization ``p`` prescribes, role by role.
+
+    * weights: variance from :meth:`Parametrization.variance` (fused qkv: per slot region),
+      uniform or normal per role; the head: C_head/n^(1+s); tables: C_G;
+    * every bias 0 (hidden, patch and head biases), norms: weight 1, bias 0;
+    * branch gains and unmapped (``other``) tensors are left alone;
+    * the head multiplier: N_rescale for a tied head, 1 for an untied one;
+    * the attention logit scale: ``p.attn_scale`` (1/sqrt(head_dim) by default).
+
+    Args:
+        generator: CPU generator for reproducible draws.
+        role_map: a precomputed :func:`initlab.roles` map.
+        keep: role names to leave untouched (e.g. ``("q", "k", "v", "o")`` after mimetic init).
+        mimetic: run :func:`initlab.mimetic_` afterwards (``True`` or a dict of its options):
+            mimetic wins on the Q, K, V, O weights; everything else stays as prescribed here.
+    """
+    p = _coerce(p)
+    for n, t in model.named_parameters():
+        if t.is_meta:
+            raise InitError(f"parameter {n} is on the meta device; materialize the model first "
+                            f"(model.to_empty(device=...)), then parametrize it")
+    rmap = role_map if role_map is not None else roles(model)
+    keep = {str(Role(r)) for r in keep}
+    width = rmap.width
+    tied = is_tied(rmap)
+    for info in rmap:
+        for slot in info.slots:
+            role = str(slot.role)
+            if role in keep or role in ("gain", "other"):
+                continue
+            region = info.region(slot)
+            if role == "norm":
+                region.fill_(0.0 if info.kind == BIAS else 1.0)
+            elif info.kind == BIAS:
+                region.zero_()
+            else:
+                var = p.variance(role, fan_in=slot.fan_in, width=width)
+                _write(region, _draw(region.shape, var, p.distribution(role), generator))
+    mult = p.head_multiplier(width, tied=tied)
+    if rmap.controls.set_head_multiplier is not None:
+        rmap.controls.set_head_multiplier(mult)
+    elif mult != 1.0:
+        raise InitError(f"{rmap.model_class} exposes no head multiplier, but {p} needs N_rescale = "
+                        f"{mult:.4g} on its tied head; add set_head_multiplier to its adapter's controls")
+    for att in rmap.attention:
+        scale = p.logit_scale(att.head_dim)
+        if scale is None:
+            continue
+        if att.set_logit_scale is not None:
+            att.set_logit_scale(scale)
+        elif p.attn_scale != "sqrt":
+            raise InitError(f"{att.module_name}: the adapter cannot set the attention logit scale "
+                            f"(wanted {scale:.4g}); use attn_scale='sqrt' or None")
+    if mimetic:
+        from .mimetic import mimetic_
+        mimetic_(model, generator=generator, role_map=rmap, **(mimetic if isinstance(mimetic, dict) else {}))
+    return model
+
+
+# -- optimizer groups -------------------------------------------------------------------------------
+def _slot_factor(p: Parametrization, info: ParamInfo, slot: Slot, optimizer: str, width: int) -> float:
+    return p.lr_factor(str(slot.role), info.kind, optimizer, width=width, fan_in=slot.fan_in,
+                       fan_out=slot.fan_out)
+
+
+def _decays(info: ParamInfo, no_decay: set[str]) -> bool:
+    if info.kind == BIAS and "bias" in no_decay:
+        return False
+    return not any(str(r) in no_decay for r in info.roles)
+
+
+def group_key(info: ParamInfo) -> str:
+    """Group name of a tensor: its role key (``"q+k+v"``), plus ``".bias"`` for biases."""
+    return info.role + (".bias" if info.kind == BIAS else "")
+
+
+def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, weight_decay: float = 0.0,
+                 optimizer: str = "adamw", role_map: RoleMap | None = None,
+                 no_decay: Iterable[str] | None = None) -> list[dict]:
+    """PyTorch optimizer parameter groups implementing the paper's update rule, one per role.
+
+    Each group: ``params``, ``lr`` = lr·λ_G (SGD) or lr·λ̃_G (AdamW), ``weight_decay`` = wd/λ_G
+    (so PyTorch's per-step decay lr_G·wd_G equals the paper's η·wd), ``role`` (e.g. ``"q+k+v"``,
+    ``"head.bias"``), ``lr_factor`` (λ: a scheduler that sets lr itself should use
+    ``group["lr"] = lr_t * group["lr_factor"]``), ``decay`` (the wd this group realizes: per-step
+    decay = lr_t·decay) and ``param_names`` (PyTorch's own key for parameter names).
+
+    Biases, norms, position tables, the class token and branch gains get no decay unless
+    ``no_decay`` says otherwise (it lists role names, and ``"bias"`` for all biases; default
+    :data:`DEFAULT_NO_DECAY` plus biases). Frozen tensors (``requires_grad=False``) are left out.
+
+    ``torch.optim.AdamW(param_groups(model, p, lr=..., weight_decay=...))`` is the paper's AdamW.
+    """
+    p = _coerce(p)
+    optimizer = _check_optimizer(optimizer)
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    rmap = role_map if role_map is not None else roles(model)
+    nd = set(DEFAULT_NO_DECAY) | {"bias"} if no_decay is None else {str(r) for r in no_decay}
+    width = rmap.width
+    groups: dict[tuple, dict] = {}
+    for info in rmap:
+        if not info.param.requires_grad:
+            continue
+        factors = {_slot_factor(p, info, s, optimizer, width) for s in info.slots}
+        if len(factors) > 1:
+            raise InitError(f"{info.name} ({info.role}) holds slots with different learning-rate "
+                            f"factors {sorted(factors)}; split the tensor or use mlp_factors='paper'")
+        factor = factors.pop()
+        decay = weight_decay if _decays(info, nd) else 0.0
+        key = (group_key(info), factor, decay)
+        if key not in groups:
+            groups[key] = {"params": [], "lr": lr * factor, "weight_decay": decay / factor,
+                           "role": group_key(info), "lr_factor": factor, "decay": decay,
+                           "param_names": []}
+        groups[key]["params"].append(info.param)
+        groups[key]["param_names"].append(info.name)
+    return list(groups.values())
+
+
+def describe(model: nn.Module, p: "Parametrization | str", *, optimizer: str = "adamw",
+             role_map: RoleMap | None = None) -> str:
+    """A table of every tensor's role, init (distribution, std) and learning-rate factor."""
+    p = _coerce(p)
+    optimizer = _check_optimizer(optimizer)
+    rmap = role_map if role_map is not None else roles(model)
+    rows = [("name", "role", "init", "lr factor", "width exponent")]
+    for info in rmap:
+        for slot in info.slots:
+            role = str(slot.role)
+            if role in ("gain", "other"):
+                init = "kept"
+            elif role == "norm":
+                init = "0" if info.kind == BIAS else "1"
+            elif info.kind == BIAS:
+                init = "0"
+            else:
+                var = p.variance(role, fan_in=slot.fan_in, width=rmap.width)
+                init = f"{p.distribution(role)} std {math.sqrt(var):.4g}"
+            _, exp = p.lr_rule(role, info.kind, optimizer, fan_in=slot.fan_in, fan_out=slot.fan_out)
+            f = _slot_factor(p, info, slot, optimizer, rmap.width)
+            rows.append((info.name + (f"[{role}]" if len(info.slots) > 1 else ""), group_key(info),
+                         init, f"{f:.4g}", f"{exp:+g}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+__all__ = ["Parametrization", "parametrize_", "param_groups", "describe", "is_tied", "group_key",
+           "VIT_CONSTANTS", "DISTRIBUTIONS", "DEFAULT_NO_DECAY"]
