@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..experiments.configure import add_config_flags, build_config, check_init_spec, default_out, write_command
+from ..experiments.configure import (add_config_flags, build_config, check_init_spec, command_text, default_out,
+                                    write_command)
 from ..experiments.grid import parse_names, parse_seeds
 
 
@@ -43,7 +44,8 @@ def run(args) -> int:
     from ..experiments.compare import run_compare
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    result = run_compare(base, inits, seeds, out, progress=not args.quiet, log=say)
+    result = run_compare(base, inits, seeds, out, progress=not args.quiet, log=say,
+                         command=command_text(args))
     print()
     print(f"{base.task} {base.data}, model {base.model}, {len(seeds)} seed(s); final = last evaluation, "
           f"best = best evaluation")

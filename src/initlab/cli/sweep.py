@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from ..experiments.configure import add_config_flags, build_config, default_out, write_command
+from ..experiments.configure import add_config_flags, build_config, command_text, default_out, write_command
 from ..experiments.grid import parse_ints, parse_lrs
 
 
@@ -41,7 +41,8 @@ def run(args) -> int:
     from ..experiments.sweep import run_sweep
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"), progress=not args.quiet, log=say)
+    analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"), progress=not args.quiet,
+                               log=say, command=command_text(args))
     print()
     print(f"sweep {base.task} {base.data}, model {base.model}, param {base.param}, init {base.init}: "
           f"{len(widths)} widths × {len(lrs)} lrs ({info['ran']} cells run now, {info['skipped']} finished earlier)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..experiments.configure import add_config_flags, build_config, default_out, write_command
+from ..experiments.configure import add_config_flags, build_config, command_text, default_out
 
 
 def add_parser(subparsers) -> None:
@@ -49,9 +49,11 @@ def run(args) -> int:
     out = config.out or default_out("train")
     config = config.replace(out=out, resume=bool(resume_flag))
     Path(out).mkdir(parents=True, exist_ok=True)
-    write_command(out, args) if not resume_flag else _append_command(out, args)
-
-    record, _ = run_cell(config, {"init": config.init, "seed": config.seed}, progress=not args.quiet, reuse=False)
+    command = command_text(args)
+    record, _ = run_cell(config, {"init": config.init, "seed": config.seed}, progress=not args.quiet,
+                         reuse=False, command=command)
+    if not (Path(out) / "command.txt").exists():  # the engine records it; keep one either way
+        _append_command(out, command)
     from ..experiments.summary import primary_metric
 
     metric = primary_metric(config.task, [record])
@@ -64,10 +66,6 @@ def run(args) -> int:
     return 0 if record.status in ("completed", "interrupted") else 1
 
 
-def _append_command(out: str, args) -> None:
-    """A resumed run keeps its original command and adds the resume line below it."""
-    from ..experiments.configure import command_text
-
-    path = Path(out) / "command.txt"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(command_text(args) + "\n")
+def _append_command(out: str, command: str) -> None:
+    with open(Path(out) / "command.txt", "a", encoding="utf-8") as f:
+        f.write(command + "\n")

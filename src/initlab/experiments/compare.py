@@ -35,7 +35,8 @@ class CompareResult:
 
 
 def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str | Path, *,
-                progress: bool = True, log: Callable[[str], None] = print) -> CompareResult:
+                progress: bool = True, log: Callable[[str], None] = print,
+                command: str | None = None) -> CompareResult:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"base": base.to_dict(), "inits": list(inits), "seeds": list(seeds)})
@@ -45,7 +46,8 @@ def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str 
         for j, seed in enumerate(seeds):
             k = i * len(seeds) + j + 1
             config = base.replace(init=init, seed=seed, out=str(out / "runs" / f"{slug(init)}-s{seed}"), resume=False)
-            record, reused = run_cell(config, {"init": init, "seed": seed}, progress=progress)
+            record, reused = run_cell(config, {"init": init, "seed": seed}, progress=progress,
+                                       command=command)
             records.append(record)
             log(f"[{k}/{total}] init={init} seed={seed}: {_brief(record, base.task)}"
                 + (" (finished earlier, reused)" if reused else ""))

@@ -48,9 +48,12 @@ def parse_value(text: str):
         return text
 
 
+OFF = "off"  # "--clip none" (None itself means "flag not given")
+
+
 def _optional_float(text: str):
     if text.lower() in ("none", "off", "0"):
-        return None
+        return OFF
     try:
         return float(text)
     except ValueError:
@@ -131,6 +134,8 @@ def flag_values(args: argparse.Namespace) -> dict:
             continue
         if name in ("model_options", "init_options"):
             value = dict(value)
+        elif value is OFF:
+            value = None
         values[name] = value
     return values
 

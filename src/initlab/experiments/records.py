@@ -177,9 +177,11 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
 
 
 def write_run_files(record: RunRecord, run_dir: str | os.PathLike) -> None:
-    """Per-run metrics: ``history.csv`` (one row per logged step) and ``result.json``."""
+    """Per-run metrics: ``result.json`` (labels, history, final, best, status, config) and
+    ``metrics.csv`` (one row per evaluation) unless the engine already wrote it."""
     run_dir = Path(run_dir)
-    write_csv(run_dir / "history.csv", record.history, first=("step", "epoch"))
+    if not (run_dir / "metrics.csv").exists():
+        write_csv(run_dir / "metrics.csv", record.history, first=("step", "epoch"))
     write_json(run_dir / "result.json", record.to_dict())
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import TrainingError
 from ..train.config import TrainConfig
-from .records import RunRecord, load_run_record, read_json, write_json, write_run_files
+from .records import RunRecord, load_run_record, write_json, write_run_files
 
 FINISHED = ("completed", "diverged")  # a diverged run is a result (inf loss), not something to retry
 
@@ -61,38 +61,45 @@ def save_config(config: TrainConfig, run_dir: Path) -> None:
     write_json(Path(run_dir) / "config.json", config.to_dict())
 
 
-def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse: bool = True) -> tuple[RunRecord, bool]:
-    """Train ``config`` (its ``out`` is the run directory); return (record, reused?)."""
+def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse: bool = True,
+             command: str | None = None) -> tuple[RunRecord, bool]:
+    """Train ``config`` (its ``out`` is the run directory); return (record, reused?).
+
+    With ``reuse``, a run directory whose ``result.json`` holds a finished run of the same config is
+    read instead of trained again, and one that holds a checkpoint (an interrupted run) is resumed:
+    the engine refuses, in one line, a checkpoint whose config differs in what it computes.
+    """
     run_dir = Path(config.out)
     if reuse:
         record = finished_record(config, run_dir)
         if record is not None:
             return record, True
-        # an unfinished run with a checkpoint continues where it stopped
-        if _has_checkpoint(run_dir) and _same_config(config, run_dir):
+        if _has_checkpoint(run_dir):
             config = config.replace(resume=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir)
-    result = engine_run()(config, progress=progress)
+    if not (run_dir / "config.json").exists():
+        save_config(config, run_dir)
+    kwargs = {"progress": progress}
+    if command is not None:
+        kwargs["command"] = command
+    result = engine_run()(config, **kwargs)
     record = RunRecord.from_result(result, labels)
     record.run_dir = str(run_dir)
     record.extra["config"] = config.to_dict()
+    if not (run_dir / "config.json").exists():
+        save_config(config, run_dir)
     write_run_files(record, run_dir)
     return record, False
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
+    """An engine checkpoint in ``run_dir`` (checkpoint.pt or its last-good copy)."""
+    try:
+        from ..train.checkpoint import find_checkpoint
+    except ImportError:
+        find_checkpoint = None
     if not run_dir.is_dir():
         return False
-    return any(p.suffix in (".pt", ".safetensors", ".ckpt") or p.name.startswith("checkpoint")
-               for p in run_dir.iterdir())
-
-
-def _same_config(config: TrainConfig, run_dir: Path) -> bool:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return False
-    try:
-        return identity(read_json(path)) == identity(config)
-    except (ValueError, OSError):
-        return False
+    if find_checkpoint is not None:
+        return find_checkpoint(run_dir) is not None
+    return any(p.name.startswith("checkpoint") for p in run_dir.iterdir())

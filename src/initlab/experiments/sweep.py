@@ -96,7 +96,8 @@ def _sweep_identity(base: TrainConfig) -> dict:
 
 
 def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str | Path, *, metric: str | None = None,
-              progress: bool = True, log: Callable[[str], None] = print) -> tuple[SweepAnalysis, dict]:
+              progress: bool = True, log: Callable[[str], None] = print,
+              command: str | None = None) -> tuple[SweepAnalysis, dict]:
     out = Path(out)
     metric = metric or DEFAULT_METRIC[base.task]
     widths = sorted(widths)
@@ -127,7 +128,7 @@ def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str |
             skipped += 1
             continue
         config = base.replace(width=width, lr=lr, out=str(cell_dir(out, width, lr)), resume=False)
-        record, reused = run_cell(config, {"width": width, "lr": lr}, progress=progress)
+        record, reused = run_cell(config, {"width": width, "lr": lr}, progress=progress, command=command)
         ran += 0 if reused else 1
         skipped += 1 if reused else 0
         value = metric_value(record, metric)
