@@ -1,0 +1,44 @@
+"""Named initialization schemes, one keyword each: ``initlab.init_(model, "gpt2")``.
+
+Schemes are declarative per-role specs over the role map (:mod:`initlab.schemes.spec`); a few
+delegate to one closed-form construction (mimetic, structured, the effective-theory
+parametrizations). ``init_(model, "a+b")`` applies a chain left to right and refuses chains that
+make no sense (see :data:`COMPOSITION_RULES`). ``schemes()`` lists name, description, citation,
+roles touched and implied parametrization; ``initlab schemes`` prints the table.
+"""
+from __future__ import annotations
+
+from .delegates import MIMETIC, PARAMS, parametrization_scheme
+from .registry import (COMPOSITION_RULES, aliases_of, check_spec, get_scheme, init_, parametrization_of,
+                       parse, refusal, register_scheme, schemes, split_specs)
+from .spec import Context, Rule, Scheme, SchemeInfo, apply_rules, expected_std, truncated_std_factor
+from .structured import STRUCTURED, structured_
+from .zoo import ZOO
+
+_ALIASES = {
+    "default": ("pytorch", "none"),
+    "trunc_normal": ("timm", "bert", "vit"),
+    "gpt2": ("megatron", "nanogpt"),
+    "torchtitan": ("titan",),
+    "mitchell": ("olmo_mitchell",),
+    "full_megatron": ("olmo_full_megatron", "olmo_megatron"),
+    "small_init": ("smallinit",),
+    "wang_init": ("wang",),
+    "xavier": ("glorot", "xavier_uniform"),
+    "t_fixup": ("tfixup",),
+    "deepnorm": ("deepnet",),
+    "skipinit": ("skip_init",),
+    "layerscale": ("layer_scale",),
+    "zero_out": ("zero_init", "zero_out_proj"),
+    "structured": ("impulse", "convolutional"),
+    "mu": ("mup",),
+    "nt": ("ntk",),
+}
+
+for _s in ZOO[:11] + MIMETIC + PARAMS + (STRUCTURED,) + ZOO[11:]:
+    register_scheme(_s, aliases=_ALIASES.get(_s.name, ()))
+
+__all__ = ["init_", "schemes", "get_scheme", "register_scheme", "parametrization_of", "check_spec",
+           "refusal", "parse", "split_specs", "Scheme", "SchemeInfo", "Rule", "Context",
+           "apply_rules", "expected_std", "truncated_std_factor", "structured_",
+           "parametrization_scheme", "COMPOSITION_RULES", "aliases_of"]

@@ -1,0 +1,260 @@
+"""Declarative initialization specs: a scheme is a list of per-role rules over the role map.
+
+A :class:`Rule` says, for every tensor region (role slot) of some roles and kinds, which
+distribution to draw from and with what standard deviation, the std being a function of the
+slot's fans, the model's width and depth, the block index and the scheme's options. Rules never
+name modules or storage layouts: they only see :class:`Context`, which the role map provides, so
+one rule covers fused and separate q/k/v, nn.Linear and Conv1D alike.
+
+Fans are those of the role slot (the projection's own map), not of the stored tensor: a fused
+(3d, d) qkv weight gets q, k and v each with fan_in = fan_out = d, as separate Linears would
+(timm's ``moco`` convention). Convolutions use PyTorch's fans (channels × kernel area).
+
+Draws happen on the CPU from an optional ``torch.Generator`` in float32 and are copied into the
+existing parameters in place (identity, dtype, device and ``requires_grad`` kept).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+import torch
+from torch import nn
+
+from ..errors import InitError
+from ..roles import BIAS, WEIGHT, ParamInfo, Role, RoleMap, Slot
+
+#: every role a weight rule may target (norms and gains are only touched by schemes that say so)
+MATRIX_ROLES = ("q", "k", "v", "o", "mlp_in", "mlp_out", "head")
+IN_PROJ = ("q", "k", "v", "mlp_in")  # baselines.md: "in-proj"
+OUT_PROJ = ("o", "mlp_out")  # residual-branch output matrices
+TABLES = ("token_embed", "pos_embed", "cls_token")
+DISTRIBUTIONS = ("normal", "trunc_normal", "uniform", "xavier_uniform", "xavier_normal",
+                 "zeros", "constant")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a rule's std may depend on, for one tensor region."""
+
+    role: str
+    kind: str  # "weight" | "bias"
+    fan_in: int
+    fan_out: int
+    width: int  # d_model
+    depth: int  # number of blocks L
+    layer: int | None  # block index l (0-based), None outside the blocks
+    options: dict  # the scheme's options after defaults
+    name: str = ""  # parameter name (for error messages only)
+
+    @property
+    def opt(self) -> dict:
+        return self.options
+
+
+Number = Union[float, Callable[[Context], float]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One per-role initialization rule.
+
+    Args:
+        roles: role names it applies to (e.g. ``("o", "mlp_out")``).
+        dist: ``normal``, ``trunc_normal``, ``uniform`` (std-parametrized: bound = √3·std),
+            ``xavier_uniform``/``xavier_normal`` (std = gain·√(2/(fan_in+fan_out)), ``std`` is the
+            gain), ``zeros`` or ``constant`` (``std`` is the value).
+        std: a number or a function of :class:`Context` (for xavier: the gain; constant: the value).
+        truncate: for ``trunc_normal``, cut at ±truncate·std (a number of σ, or a function).
+        kind: ``"weight"``, ``"bias"`` or ``"both"``.
+        layers: optional predicate on the block index (None = every tensor of those roles).
+        note: one line shown in the docs/CLI table.
+    """
+
+    roles: tuple[str, ...]
+    dist: str = "normal"
+    std: Number = 0.0
+    truncate: Number | None = None
+    kind: str = WEIGHT
+    layers: Callable[[int | None], bool] | None = None
+    note: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.roles, str):
+            object.__setattr__(self, "roles", (self.roles,))
+        for r in self.roles:
+            Role(r)  # raises ValueError on a typo, at import time
+        if self.dist not in DISTRIBUTIONS:
+            raise InitError(f"unknown distribution {self.dist!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+        if self.kind not in (WEIGHT, BIAS, "both"):
+            raise InitError(f"rule kind must be 'weight', 'bias' or 'both', got {self.kind!r}")
+
+    def kinds(self) -> tuple[str, ...]:
+        return (WEIGHT, BIAS) if self.kind == "both" else (self.kind,)
+
+    def applies(self, info: ParamInfo, slot: Slot) -> bool:
+        return (slot.role.value in self.roles and info.kind in self.kinds()
+                and (self.layers is None or self.layers(info.layer)))
+
+
+def value(x: Number | None, ctx: Context) -> float | None:
+    return x(ctx) if callable(x) else x
+
+
+def target_std(rule: Rule, ctx: Context) -> float:
+    """The std a rule prescribes for one region (0 for zeros; the value itself for constant)."""
+    s = value(rule.std, ctx)
+    if rule.dist == "zeros":
+        return 0.0
+    if rule.dist in ("xavier_uniform", "xavier_normal"):
+        return float(s) * math.sqrt(2.0 / (ctx.fan_in + ctx.fan_out))
+    return float(s)
+
+
+def draw(rule: Rule, ctx: Context, shape: torch.Size,
+         generator: torch.Generator | None) -> torch.Tensor:
+    """Draw one region's values on the CPU in float32."""
+    std = target_std(rule, ctx)
+    if not math.isfinite(std) or (std < 0 and rule.dist != "constant"):
+        raise InitError(f"{ctx.name}: rule for role {ctx.role} gives std {std}; check the "
+                        f"scheme's options")
+    if rule.dist == "zeros":
+        return torch.zeros(shape)
+    if rule.dist == "constant":
+        return torch.full(shape, std)
+    if rule.dist in ("normal", "xavier_normal"):
+        return torch.randn(shape, generator=generator) * std
+    if rule.dist in ("uniform", "xavier_uniform"):
+        bound = math.sqrt(3.0) * std
+        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+    t = value(rule.truncate, ctx)
+    if t is None or not t > 0:
+        raise InitError(f"trunc_normal rule for {ctx.role} needs truncate > 0 (in units of std), got {t}")
+    out = torch.empty(shape)
+    if std == 0:
+        return out.zero_()
+    nn.init.trunc_normal_(out, 0.0, std, -t * std, t * std, generator=generator)
+    return out
+
+
+def context(rmap: RoleMap, info: ParamInfo, slot: Slot, options: dict) -> Context:
+    return Context(slot.role.value, info.kind, slot.fan_in, slot.fan_out, rmap.width, rmap.depth,
+                   info.layer, options, info.name)
+
+
+@torch.no_grad()
+def apply_rules(rmap: RoleMap, rules: tuple[Rule, ...], options: dict,
+                generator: torch.Generator | None = None) -> list[str]:
+    """Apply ``rules`` to every matching (tensor, slot) of ``rmap``; later rules win on overlap.
+
+    Returns the names of the tensors written. Regions no rule matches are left untouched.
+    """
+    written = []
+    for info in rmap:
+        for slot in info.slots:
+            rule = None
+            for r in rules:  # the last matching rule wins, so schemes can state exceptions last
+                if r.applies(info, slot):
+                    rule = r
+            if rule is None:
+                continue
+            ctx = context(rmap, info, slot, options)
+            if value(rule.std, ctx) is None:  # an option switched this rule off
+                continue
+            region = info.region(slot)
+            region.copy_(draw(rule, ctx, region.shape, generator).to(region.device, region.dtype))
+            written.append(info.name)
+    return written
+
+
+def expected_std(rmap: RoleMap, rules: tuple[Rule, ...], options: dict,
+                 info: ParamInfo, slot: Slot) -> tuple[Rule | None, float | None]:
+    """(rule, std the rule prescribes) for one region: what tests compare measurements against."""
+    rule = None
+    for r in rules:
+        if r.applies(info, slot):
+            rule = r
+    if rule is None:
+        return None, None
+    ctx = context(rmap, info, slot, options)
+    if value(rule.std, ctx) is None:
+        return None, None
+    return rule, target_std(rule, ctx)
+
+
+def truncated_std_factor(t: float) -> float:
+    """std of N(0,1) truncated to [-t, t]: √(1 − 2tφ(t)/(2Φ(t)−1))."""
+    phi = math.exp(-t * t / 2) / math.sqrt(2 * math.pi)
+    z = math.erf(t / math.sqrt(2))
+    return math.sqrt(1 - 2 * t * phi / z)
+
+
+@dataclass(frozen=True)
+class SchemeInfo:
+    """One registry entry as listed by :func:`initlab.schemes.schemes`."""
+
+    name: str
+    description: str
+    citation: str
+    roles: tuple[str, ...]
+    parametrization: str | None = None
+    formula: str = ""
+    models: str = "any role-mapped Transformer"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A named initialization scheme.
+
+    Rule-based schemes list ``rules``; schemes that run a closed-form construction over the role
+    map (mimetic, structured, the parametrizations) give ``apply(model, rmap, options, generator)``.
+    ``check(model, rmap, options)`` runs before anything of the chain is written and raises
+    :class:`InitError` when the model cannot cooperate; ``setup(model, rmap, options)`` runs after
+    the rules and sets model-level knobs (DeepNorm's α).
+
+    Composition metadata (see :func:`initlab.schemes.init_`):
+        writes: (role, kind) pairs this scheme overwrites; derived from ``rules`` when empty.
+        fixes: roles whose joint structure the scheme builds (mimetic's products): a later scheme
+            writing any of them would silently destroy it, so such chains are refused.
+        requires: model capabilities checked before anything is written.
+    """
+
+    name: str
+    description: str
+    citation: str
+    rules: tuple[Rule, ...] = ()
+    apply: Callable[..., Any] | None = None
+    check: Callable[..., Any] | None = None
+    setup: Callable[..., Any] | None = None
+    options: dict = field(default_factory=dict)
+    writes: tuple[tuple[str, str], ...] = ()
+    fixes: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    parametrization: str | None = None
+    formula: str = ""
+    models: str = "any role-mapped Transformer"
+    primary: str | None = None  # option a bare positional argument sets: "trunc_normal(0.01)"
+
+    def written(self) -> tuple[tuple[str, str], ...]:
+        if self.writes:
+            return self.writes
+        out = []
+        for r in self.rules:
+            for role in r.roles:
+                for k in r.kinds():
+                    if (role, k) not in out:
+                        out.append((role, k))
+        return tuple(out)
+
+    def roles(self) -> tuple[str, ...]:
+        seen = []
+        for role, _ in self.written():
+            if role not in seen:
+                seen.append(role)
+        return tuple(seen)
+
+    def info(self) -> SchemeInfo:
+        return SchemeInfo(self.name, self.description, self.citation, self.roles(),
+                          self.parametrization, self.formula, self.models, dict(self.options))
