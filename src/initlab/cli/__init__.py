@@ -13,7 +13,7 @@ import sys
 from ..errors import InitlabError
 
 # order = order in --help
-COMMANDS = ("compare", "train", "sweep")
+COMMANDS = ("compare", "train", "sweep", "download")
 
 
 class ArgumentParser(argparse.ArgumentParser):
