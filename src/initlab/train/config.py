@@ -20,6 +20,7 @@ class TrainConfig:
     train_size: int | None = None  # class-balanced subset of the training split (vision)
     augment: bool = True  # vision: random crop with padding (+ flips where they make sense)
     block_size: int = 128  # lm: context length
+    tokenizer: str = "char"  # lm: char (distinct characters of the text) | byte (UTF-8 bytes)
     # model
     model: str = "vit-micro"  # preset name from initlab.models.PRESETS
     width: int | None = None

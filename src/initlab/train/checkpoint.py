@@ -1,0 +1,139 @@
+"""Checkpoints that survive crashes: atomic writes, a last-good copy, loud failures.
+
+Layout in a run directory:
+
+* ``checkpoint.pt`` -- the newest checkpoint;
+* ``checkpoint.last_good.pt`` -- the one before it (kept so that a checkpoint damaged after it
+  was written, e.g. by a full disk or a bad copy, never costs the whole run).
+
+A checkpoint is written to a temporary file in the same directory, flushed and fsync'ed, and only
+then renamed over the old one (``os.replace`` is atomic on POSIX), so a kill at any moment leaves
+either the old or the new file, never a half-written one. A file that cannot be read raises
+:class:`~initlab.errors.CheckpointError` naming the file and the fix: a run is never restarted
+from scratch behind the user's back.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+CHECKPOINT = "checkpoint.pt"
+LAST_GOOD = "checkpoint.last_good.pt"
+FORMAT_VERSION = 1
+
+# config keys that may change between an interrupted run and its resumption: where things are
+# written or read from and how fast they run, never what is computed
+RESUME_MAY_CHANGE = frozenset({"out", "resume", "device", "compile", "checkpoint_every", "data_root"})
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
+    """Atomically write ``state`` as ``run_dir/checkpoint.pt``; the previous one becomes last-good."""
+    run_dir = Path(run_dir)
+    path, last_good = run_dir / CHECKPOINT, run_dir / LAST_GOOD
+    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=run_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        # a kill between these two renames leaves only last_good + no checkpoint.pt;
+        # find_checkpoint() then resumes from last_good, which is the newest complete state
+        if path.exists():
+            os.replace(path, last_good)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(run_dir)
+    return path
+
+
+def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a resumed run starts from, or None if the directory has none."""
+    run_dir = Path(run_dir)
+    for name in (CHECKPOINT, LAST_GOOD):
+        if (run_dir / name).exists():
+            return run_dir / name
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint; any damage raises :class:`CheckpointError` (never a silent fresh start)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    fix = (f"move {path.parent / LAST_GOOD} over it to resume from the previous checkpoint"
+           if path.name == CHECKPOINT and (path.parent / LAST_GOOD).exists()
+           else "delete the run directory (or pick another --out) to start over")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
+            ValueError, AttributeError, ImportError, IndexError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
+                              f"{exc}); {fix}") from exc
+    needed = ("format_version", "step", "model", "optimizer", "scheduler", "config")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+        raise CheckpointError(f"checkpoint {path} is not an initlab training checkpoint "
+                              f"(missing {', '.join(missing)}); {fix}")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {state['format_version']}, this "
+                              f"initlab reads format {FORMAT_VERSION}; resume it with the "
+                              f"initlab version that wrote it")
+    return state
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """The settings that differ in ways that change what a resumed run computes."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_MAY_CHANGE:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            a, b = list(a), list(b)
+        if a != b:
+            diffs.append(f"{key}: checkpoint has {a!r}, now {b!r}")
+    return diffs

@@ -1,0 +1,102 @@
+"""Distributed data parallel plumbing: process group from torchrun's environment, rank helpers.
+
+``torchrun --nproc_per_node N -m initlab train ...`` sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup` reads them and joins the group (gloo on CPU,
+nccl on CUDA). With ``WORLD_SIZE`` unset or 1 everything here is a no-op.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError, TrainingError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False  # we created the process group, so we destroy it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as exc:
+        raise ConfigError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from exc
+
+
+def setup(device: torch.device) -> DistInfo:
+    """Join the process group described by the environment (or use an existing one)."""
+    world = env_world_size()
+    if world <= 1:
+        return DistInfo()
+    for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise ConfigError(f"WORLD_SIZE={world} but {var} is not set; launch with torchrun "
+                              f"(see docs/training.md)")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+        owns = True
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, owns_group=owns)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_(t: torch.Tensor, info: DistInfo, op=None) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True if ``flag`` is true on any rank (a collective: every rank must call it at the same step)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+@torch.no_grad()
+def parameter_checksum(model: torch.nn.Module) -> torch.Tensor:
+    """A float64 fingerprint of every parameter and buffer: sum of (index-weighted) values."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i, t in enumerate(list(model.parameters()) + list(model.buffers())):
+        v = t.detach().to("cpu", torch.float64).flatten()
+        w = torch.arange(1, v.numel() + 1, dtype=torch.float64).remainder_(97).add_(1)
+        total += (i + 1) * (v * w).sum()
+    return total
+
+
+def check_same_init(model: torch.nn.Module, info: DistInfo, device: torch.device) -> float:
+    """Verify every rank built bit-identical weights (all-reduce MIN and MAX of the checksum)."""
+    c = parameter_checksum(model)
+    if not info.enabled:
+        return float(c)
+    t = torch.stack([c, -c]).to(device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    hi, lo = float(t[0]), -float(t[1])
+    if hi != lo:
+        raise TrainingError(f"ranks initialized different weights (checksum {lo!r} .. {hi!r}); "
+                            f"initialization must draw only from the seeded generator")
+    return float(c)

@@ -1,0 +1,76 @@
+"""Initialization of a freshly built model: parametrization, then the named init scheme.
+
+Order (documented in docs/training.md):
+
+1. ``torch.manual_seed(seed)`` before the model is built, so PyTorch's module defaults are
+   reproducible and identical on every rank;
+2. if the parametrization is not ``standard`` and the init spec does not itself imply one,
+   :func:`initlab.parametrize_` draws every weight as the parametrization prescribes (and sets the
+   head multiplier N_rescale);
+3. :func:`initlab.schemes.init_` applies the init spec (e.g. ``"mimetic"`` then rewrites Q, K,
+   V, O) with a CPU generator seeded from ``seed``.
+
+The parametrization used for the optimizer groups is ``config.param``, or the one the init spec
+implies (``parametrization_of("nt+mimetic") == "nt"``) when ``config.param`` is ``standard``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .config import TrainConfig
+
+INIT_STREAM = 7
+
+
+def init_generator(seed: int) -> torch.Generator:
+    from ..data.batches import derive_seed
+    return torch.Generator().manual_seed(derive_seed(seed, INIT_STREAM))
+
+
+def resolve_parametrization(config: TrainConfig):
+    """The :class:`~initlab.parametrization.Parametrization` of the run, and whether the init spec implies it."""
+    from ..parametrization import Parametrization
+    parametrization_of = _schemes()[1]
+    implied = parametrization_of(config.init)
+    chosen = Parametrization.parse(config.param, base_width=config.base_width)
+    if implied is not None:
+        implied_p = Parametrization.parse(implied, base_width=config.base_width)
+        if chosen.is_standard:
+            chosen = implied_p
+        elif chosen.s != implied_p.s:
+            raise ConfigError(f"init {config.init!r} implies parametrization {implied!r} but param is "
+                              f"{config.param!r}; drop one of them or make them agree")
+    if config.task == "lm":
+        chosen = Parametrization.parse(chosen, init_style="lm")
+    return chosen, implied is not None
+
+
+@torch.no_grad()
+def initialize_(model: nn.Module, config: TrainConfig):
+    """Initialize ``model`` (on CPU, freshly built) as ``config`` says; returns the parametrization."""
+    from ..parametrization import parametrize_
+    init_ = _schemes()[0]
+    p, implied = resolve_parametrization(config)
+    gen = init_generator(config.seed)
+    if not p.is_standard and not implied:
+        parametrize_(model, p, generator=gen)
+    init_(model, config.init, generator=gen, **config.init_options)
+    return p
+
+
+def _schemes():
+    # TEMPORARY until initlab.schemes lands (E): "default" and "mimetic" only. Remove at integration.
+    try:
+        from ..schemes import init_, parametrization_of
+        return init_, parametrization_of
+    except ImportError:
+        def init_(model, spec, *, generator=None, **options):
+            if spec == "mimetic":
+                from ..mimetic import mimetic_
+                mimetic_(model, generator=generator, **options)
+            elif spec != "default":
+                raise ConfigError(f"init {spec!r} needs initlab.schemes")
+            return model
+        return init_, lambda spec: None

@@ -1,0 +1,52 @@
+"""Meta-device construction (the FSDP2 / torchtitan flow): build shapes only, allocate, then init.
+
+    with torch.device("meta"):
+        model = create_model("vit-micro")
+    materialize_(model, "cpu", init="mimetic", generator=g)
+
+``to_empty`` allocates uninitialized memory, so every tensor must be written afterwards: module
+defaults via each module's ``reset_parameters()``, the learned tables via ``reset_tables()``
+(N(0, 0.02^2)), then the init scheme on top. With ``torch.manual_seed(s)`` before both, the
+result equals building the model directly on the device under the same seed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def materialize_(model: nn.Module, device: str | torch.device = "cpu", *, init: str = "default",
+                 generator: torch.Generator | None = None, **init_options) -> nn.Module:
+    """Allocate a meta-device ``model`` on ``device`` and initialize every tensor in place."""
+    model.to_empty(device=device)
+    for module in model.modules():  # parents before children, in registration order
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset) and module is not model:
+            reset()
+    # buffers that are not parameters (fixed sincos tables) are recomputed by the model's constructor
+    # logic; ours register them non-persistent, so rebuild them from a CPU twin when present
+    _restore_fixed_buffers(model, device)
+    reset_tables = getattr(model, "reset_tables", None)
+    if callable(reset_tables):
+        reset_tables()
+    if init != "default":
+        from ..schemes import init_
+        init_(model, init, generator=generator, **init_options)
+    return model
+
+
+def _restore_fixed_buffers(model: nn.Module, device) -> None:
+    """Recompute non-parameter buffers (sincos position tables) that ``to_empty`` left as garbage."""
+    from ..models.layers import sincos_1d, sincos_2d
+    pos = getattr(model, "pos_embed", None)
+    if isinstance(pos, torch.Tensor) and not isinstance(pos, nn.Parameter):
+        cfg = getattr(model, "config", {})
+        width = pos.shape[-1]
+        if hasattr(model, "grid"):
+            table = sincos_2d(model.grid, model.grid, width)
+            if cfg.get("pool") == "cls":
+                table = torch.cat([torch.zeros(1, width), table])
+        else:
+            table = sincos_1d(pos.shape[1], width)
+        pos.copy_(table[None].to(device=pos.device, dtype=pos.dtype))
