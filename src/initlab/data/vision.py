@@ -172,22 +172,19 @@ class VisionData:
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 (N, C, H, W) images, in [0, 1] units, float32 (C,).
 
-    Accumulated in float64 chunk by chunk, so 50k CIFAR images need no 600 MB float copy.
+    Exact: computed from each channel's 256-bin histogram in float64 (no float copy of the data).
     """
-    n, c = images.shape[:2]
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    count = 0
-    for chunk in images.split(8192):
-        x = chunk.to(torch.float64).transpose(0, 1).reshape(c, -1)
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
-        count += x.shape[1]
-    if count == 0:
+    if images.numel() == 0:
         raise DataError("cannot compute channel statistics of an empty image set")
-    mean = total / count
-    var = (total_sq / count - mean * mean).clamp_min(0.0)
-    return (mean / 255.0).float(), (var.sqrt() / 255.0).float()
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1).cpu(), minlength=256).to(torch.float64)
+        p = hist / hist.sum()
+        mean = (p * values).sum()
+        means.append(mean)
+        stds.append((p * (values - mean) ** 2).sum().sqrt())
+    return torch.stack(means).float(), torch.stack(stds).float()
 
 
 # ---------------------------------------------------------------------------------------------
