@@ -249,3 +249,9 @@ def test_error_exit_code_in_a_real_process(tmp_path):
                            "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "bad lr range" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_width_flag_is_not_an_abbreviation_of_widths(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "--widths", "64,128", "--lrs", "1e-3", "--width", "16"])
+    assert info.value.code == 2 and "unrecognized arguments: --width 16" in capsys.readouterr().err

