@@ -62,8 +62,8 @@ PARAMETRIZATIONS = {
     "mu": "maximal-update parametrization (s=1, μP) as initlab.parametrization implements it",
 }
 PARAM_CITE = "arXiv 2304.02034 (effective theory of Transformers at init); arXiv 2203.03466 (μP)"
-# what parametrize_ may rewrite: every weight and bias but the norms and branch gains
-PARAM_WRITES = _writes(("patch_embed", "token_embed", "pos_embed", "cls_token") + MATRIX_ROLES)
+# what parametrize_ rewrites: every weight and bias, norms reset to 1/0; branch gains are kept
+PARAM_WRITES = _writes(("patch_embed", "token_embed", "pos_embed", "cls_token") + MATRIX_ROLES + ("norm",))
 
 
 def _parametrization_module():
@@ -74,17 +74,22 @@ def _parametrization_module():
                         f"import ({exc})") from exc
 
 
+# options forwarded to Parametrization.parse when given (None = the parametrization's own default)
+PARAM_OPTIONS = dict(base_width=None, init_style=None, mlp_factors=None, attn_scale=None)
+
+
 def _param_apply(label: str):
     def apply(model, rmap, o, generator) -> None:
         mod = _parametrization_module()
-        p = mod.Parametrization.parse(label, base_width=o.get("base_width"))
+        extra = {k: v for k, v in o.items() if k != "base_width" and v is not None}
+        p = mod.Parametrization.parse(label, base_width=o.get("base_width"), **extra)
         mod.parametrize_(model, p, generator=generator, role_map=rmap)
     return apply
 
 
 def parametrization_scheme(label: str, description: str | None = None) -> Scheme:
     return Scheme(label, description or f"effective-theory parametrization {label}", PARAM_CITE,
-                  apply=_param_apply(label), options=dict(base_width=None),
+                  apply=_param_apply(label), options=dict(PARAM_OPTIONS),
                   writes=PARAM_WRITES, parametrization=label,
                   formula="initlab.parametrization.parametrize_ (see docs/parametrizations.md); the "
                           "engine also builds its optimizer groups from it")

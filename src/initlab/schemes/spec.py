@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 import torch
-from torch import nn
 
 from ..errors import InitError
 from ..roles import BIAS, WEIGHT, ParamInfo, Role, RoleMap, Slot
@@ -131,11 +130,29 @@ def draw(rule: Rule, ctx: Context, shape: torch.Size,
     t = value(rule.truncate, ctx)
     if t is None or not t > 0:
         raise InitError(f"trunc_normal rule for {ctx.role} needs truncate > 0 (in units of std), got {t}")
-    out = torch.empty(shape)
     if std == 0:
-        return out.zero_()
-    nn.init.trunc_normal_(out, 0.0, std, -t * std, t * std, generator=generator)
-    return out
+        return torch.zeros(shape)
+    return truncated_normal(shape, float(t), generator) * std
+
+
+def truncated_normal(shape, t: float, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, 1) conditioned on |x| <= t, float32 on the CPU.
+
+    Redraws the out-of-range entries (a few percent at t = 2, none in practice at t = 100), which is
+    exact and much faster on the CPU than ``nn.init.trunc_normal_``'s inverse-CDF path; narrow
+    cuts (t < 1) use the inverse CDF instead.
+    """
+    if t < 1.0:
+        lo = 0.5 * (1 + math.erf(-t / math.sqrt(2)))
+        u = torch.rand(shape, generator=generator, dtype=torch.float64) * (1 - 2 * lo) + lo
+        return torch.special.ndtri(u).clamp_(-t, t).float()
+    x = torch.randn(shape, generator=generator)
+    while True:
+        bad = x.abs() > t
+        n = int(bad.sum())
+        if n == 0:
+            return x
+        x[bad] = torch.randn(n, generator=generator)
 
 
 def context(rmap: RoleMap, info: ParamInfo, slot: Slot, options: dict) -> Context:

@@ -21,7 +21,9 @@ Zheng, Li & Lucey, "Convolutional Initialization for Data-Efficient Vision Trans
   Wq = V S⁻¹ U_c √S_c and Wk = V S⁻¹ V_c √S_c, so s·F Wq Wkᵀ Fᵀ = U C_k Uᵀ. When the
   number of positions is at most head_dim this reproduces T_h exactly (the tests check it); with
   more positions it is the best rank-head_dim fit (the code instead truncates a pseudo-inverse
-  and a second SVD, then rescales Wq, Wk to Frobenius norm 7).
+  and a second SVD, then rescales Wq, Wk to Frobenius norm 7). Inexact fits peak on the target
+  less sharply, so the logits are then rescaled (:func:`calibrate`) until the mean mass of the
+  on-grid queries on their targets is ``focus`` again.
 * **V/O (as the code).** The value/output product gets the mimetic target α₂Z − β₂I (0.4, 0.4)
   through :func:`initlab.mimetic.mimetic_`; ``vo="keep"`` leaves V and O alone.
 * **Pooling.** The authors state the method needs mean pooling (no class token). We allow a class
@@ -106,12 +108,17 @@ def impulse_logits(grid: tuple[int, int], n_prefix: int, offset: tuple[int, int]
     return t
 
 
-def fit_bilinear(features: torch.Tensor, target: torch.Tensor, rank: int,
-                 rcond: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Wq, Wk), each (d, rank), minimizing ‖F Wq Wkᵀ Fᵀ − target‖_F over rank-``rank`` products."""
+def feature_basis(features: torch.Tensor, rcond: float = 1e-6):
+    """Thin SVD (U, S, V) of F, dropping directions below rcond·S_max."""
     u, s, vh = torch.linalg.svd(features, full_matrices=False)
     keep = s > rcond * s[0]
-    u, s, v = u[:, keep], s[keep], vh[keep].t()
+    return u[:, keep], s[keep], vh[keep].t()
+
+
+def fit_bilinear(features: torch.Tensor, target: torch.Tensor, rank: int,
+                 rcond: float = 1e-6, basis=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Wq, Wk), each (d, rank), minimizing ‖F Wq Wkᵀ Fᵀ − target‖_F over rank-``rank`` products."""
+    u, s, v = basis if basis is not None else feature_basis(features, rcond)
     c = u.t() @ target @ u
     uc, sc, vch = torch.linalg.svd(c)
     k = min(rank, sc.numel())
@@ -123,6 +130,56 @@ def fit_bilinear(features: torch.Tensor, target: torch.Tensor, rank: int,
         pad = torch.zeros(d, rank - k, dtype=wq.dtype)
         wq, wk = torch.cat([wq, pad], 1), torch.cat([wk, pad], 1)
     return wq, wk
+
+
+def _targets(grid: tuple[int, int], n_prefix: int, offset: tuple[int, int]):
+    gh, gw = grid
+    rows, cols = [], []
+    for r in range(gh):
+        for c in range(gw):
+            rr, cc = r + offset[0], c + offset[1]
+            if 0 <= rr < gh and 0 <= cc < gw:
+                rows.append(n_prefix + r * gw + c)
+                cols.append(n_prefix + rr * gw + cc)
+    return torch.tensor(rows), torch.tensor(cols)
+
+
+def target_mass(logits: torch.Tensor, grid: tuple[int, int], n_prefix: int,
+                offset: tuple[int, int]) -> torch.Tensor:
+    """Mean softmax mass that queries with an on-grid target put on key = query + offset.
+
+    ``logits`` is (n, n) or a batch (b, n, n); returns a scalar or (b,)."""
+    rows, cols = _targets(grid, n_prefix, offset)
+    p = torch.softmax(logits[..., rows, :], dim=-1)
+    return p[..., torch.arange(len(rows)), cols].mean(-1)
+
+
+def calibrate(q: torch.Tensor, k: torch.Tensor, scale: float, grid, n_prefix: int, offset,
+              focus: float) -> float:
+    """Gain c on the logits (c·s·q kᵀ) at which the mean target mass equals ``focus``.
+
+    1 when the fit is exact. When it is not (more positions than head_dim, or tables such as the
+    2-D sin-cos one, whose rows are sums of a row code and a column code and cannot express a
+    product of row and column shifts), the least-squares logits still peak on the target but
+    less sharply; this restores the intended sharpness. The gain is searched over [1e-2, 1e3]
+    (two rounds of 61 log-spaced values); if ``focus`` is out of reach, the gain with the largest
+    mass is used.
+    """
+    base = scale * (q @ k.t())
+    if abs(float(target_mass(base, grid, n_prefix, offset)) - focus) < 1e-6:
+        return 1.0
+    lo, hi = -2.0, 3.0
+    for _ in range(3):
+        cs = torch.logspace(lo, hi, 61, dtype=torch.float64)
+        masses = target_mass(cs[:, None, None] * base, grid, n_prefix, offset)
+        above = (masses >= focus).nonzero()
+        if len(above) == 0:
+            return float(cs[int(masses.argmax())])
+        i = int(above[0])
+        if i == 0:
+            return float(cs[0])
+        lo, hi = math.log10(float(cs[i - 1])), math.log10(float(cs[i]))
+    return 10 ** hi
 
 
 def logit_gap(focus: float, n_keys: int) -> float:
@@ -189,12 +246,16 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
     n_prefix = n_pos - grid[0] * grid[1]
     feats = F.layer_norm(table.double().cpu(), (table.shape[-1],), eps=1e-6)
     tau = logit_gap(focus, n_pos)
+    basis = feature_basis(feats, rcond)
     plan = draw_offsets(len(rmap.attention), rmap.attention[0].n_heads, kernel_size, offsets, generator)
     for att, layer_offsets in zip(rmap.attention, plan):
         scale = logit_scale(model, att)
         for h in range(att.n_heads):
-            target = impulse_logits(grid, n_prefix, layer_offsets[h % len(layer_offsets)], tau) / scale
-            wq, wk = fit_bilinear(feats, target, att.head_dim, rcond)
+            offset = layer_offsets[h % len(layer_offsets)]
+            target = impulse_logits(grid, n_prefix, offset, tau) / scale
+            wq, wk = fit_bilinear(feats, target, att.head_dim, rcond, basis)
+            gain = calibrate(feats @ wq, feats @ wk, scale, grid, n_prefix, offset, focus)
+            wq, wk = wq * math.sqrt(gain), wk * math.sqrt(gain)
             for view, w in ((att.q_head(h), wq), (att.k_head(h), wk)):
                 view.copy_(w.to(view.device, view.dtype))
         for proj in (att.q, att.k):
