@@ -147,3 +147,15 @@ def test_eval_batches_are_in_order_and_views():
     assert [len(y) for y in ys] == [16, 16, 8] and torch.equal(torch.cat(ys), data.labels)
     with pytest.raises(IndexError):
         batches.batch(0, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_batches_equal_cpu_batches():
+    data = toy_data(64, c=3, size=8, name="cifar10")
+    kw = dict(batch_size=16, augment=True, seed=4)
+    cpu = VisionBatches(data, **kw)
+    gpu = VisionBatches(data, device="cuda", **kw)
+    for k in range(len(cpu)):
+        (x, y), (xg, yg) = cpu.batch(2, k), gpu.batch(2, k)
+        assert xg.device.type == "cuda"
+        assert torch.allclose(x, xg.cpu(), atol=1e-6) and torch.equal(y, yg.cpu())

@@ -117,3 +117,11 @@ def test_eval_windows_are_fixed_and_non_overlapping():
     assert [len(x) for x, _ in batches] == [3, 3, 3, 1]
     assert all(torch.equal(y, x + 1) for x, y in batches)
     assert len(list(lm_eval_batches(tokens, 3, 10, max_batches=2))) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_lm_windows_on_cuda_match_cpu():
+    tokens = torch.arange(300)
+    a = LMBatches(tokens, batch_size=4, block_size=8, seed=2).batch(5)
+    b = LMBatches(tokens, batch_size=4, block_size=8, seed=2, device="cuda").batch(5)
+    assert b[0].device.type == "cuda" and torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
