@@ -1,16 +1,27 @@
 """Mimetic initialization of self-attention (Trockman & Kolter, arXiv 2305.09828).
 
 Per layer and head h:  W_q^h W_k^hᵀ ≈ α₁ Z_h + β₁ I   (best rank-head_dim approximation, via SVD)
-Per layer:             W_v W_o     = α₂ Z  − β₂ I    (exact, full-rank SVD)
+Per layer:             W_v W_o     = α₂ Z  + σ β₂ I  (exact, full-rank SVD; σ = −1 in the paper)
 
 with Z entries i.i.d., mean 0, variance 1/d (uniform on ±sqrt(3/d) by default, or normal).
 Matrices are canonical (d_in, d_out) acting on row vectors (see :mod:`initlab.roles.core`), so
-the identities hold whatever the storage layout. Factorizations run in float64 (float32 on
-devices without it) and are cast back to the parameters' dtype.
+the identities hold whatever the storage layout. Layout knowledge lives only in the role-map
+adapters; nothing here knows about fused tensors, Conv1D or packed in_proj weights.
 
-The factorization is a pure function of the target (:func:`qk_factors`, :func:`vo_factors`) and the
-targets are drawn separately from an explicit generator (:func:`draw_targets`), so tests can
-assert the paper's product identities exactly.
+The factorization is a pure function of the target (:func:`qk_factors`, :func:`vo_factors`,
+:func:`grouped_qk_factors`, :func:`grouped_vo_factors`) and the targets are drawn separately from an
+explicit generator (:func:`draw_targets`), so tests can assert the product identities exactly.
+
+Grouped-query attention (fewer K/V heads than Q heads) is not covered by the paper. Our own
+construction (docs/mimetic.md):
+
+* QK: the r = H/G query heads of a group share one K. We minimise Σ_{h∈g} ‖W_q^h W_kᵀ − A_h‖²_F
+  jointly: W_k spans the top-k right singular subspace of the stacked targets [A_h; …] (r·d × d)
+  and W_q^h = A_h V_k (rescaled), so W_q^h W_kᵀ = A_h P_g with P_g the projector onto that
+  subspace. With r = 1 this is exactly the paper's per-head truncation.
+* VO: the layer's map Σ_h W_v^{g(h)} W_o^h = [W_v^1 … W_v^G]·[Ō_1; …; Ō_G] has rank ≤ G·k. We set
+  it to the best rank-min(d, G·k) approximation of B (exactly B when G·k ≥ d, as in the paper), and
+  split each group's Ō_g equally over its r heads (W_o^h = Ō_g / r, the minimum-norm split).
 """
 from __future__ import annotations
 
@@ -20,57 +31,182 @@ import torch
 from torch import nn
 
 from .errors import InitError
-from .roles import AttentionLayer, roles
+from .roles import AttentionLayer, Role, roles
 
-VISION = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.4)
+VISION = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.4, vo_sign=-1)
+# Language models: see docs/mimetic.md ("language preset") for why these values.
+LANGUAGE = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.2, vo_sign=-1)
+PRESETS = {"vision": VISION, "language": LANGUAGE}
+
+SVD_METHODS = ("auto", "exact", "randomized")
+# "auto" switches to the randomized top-k factorization from this width on (the exact batched SVD
+# is cubic in d per head; the randomized one is ~d²·k).
+AUTO_RANDOMIZED_WIDTH = 512
 
 
 def noise(shape: tuple[int, ...], d: int, *, dist: str = "uniform",
-          generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
-    """i.i.d. entries with mean 0 and variance 1/d (drawn on CPU so a CPU generator works anywhere)."""
+          generator: torch.Generator | None = None, dtype=torch.float64,
+          device: torch.device | str | None = None) -> torch.Tensor:
+    """i.i.d. entries with mean 0 and variance 1/d.
+
+    Drawn on ``device`` (CPU by default, so a CPU generator works anywhere); a generator passed
+    with a non-CPU device must live on that device.
+    """
     if dist == "uniform":
         bound = math.sqrt(3.0 / d)
-        return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+        return (torch.rand(shape, generator=generator, dtype=dtype, device=device) * 2 - 1) * bound
     if dist == "normal":
-        return torch.randn(shape, generator=generator, dtype=dtype) / math.sqrt(d)
-    raise InitError(f"noise must be 'uniform' or 'normal', got {dist!r}")
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device) / math.sqrt(d)
+    raise InitError(f"noise must be 'uniform' or 'normal' (same variance 1/d), got {dist!r}")
 
 
-def qk_factors(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+# ---------------------------------------------------------------------------------------------
+# factorizations: pure functions of the targets
+# ---------------------------------------------------------------------------------------------
+def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversample: int | None = None,
+                 power_iters: int = 4, generator: torch.Generator | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``rank`` singular triplets of a batch of matrices ``m`` (…, p, q).
+
+    Returns (U (…, p, r), S (…, r), Vh (…, r, q)). ``method="randomized"`` is a subspace
+    iteration (Halko, Martinsson & Tropp 2011, Alg. 4.3) with ``oversample`` extra columns (default
+    ``rank``) and ``power_iters`` passes; targets of mimetic init have flat spectra
+    (σ₁/σ_k ≈ 1.5), so intermediate re-orthonormalization is not needed in float32.
+    """
+    if method == "exact":
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        return u[..., :rank], s[..., :rank], vh[..., :rank, :]
+    if method != "randomized":
+        raise InitError(f"svd must be one of {SVD_METHODS}, got {method!r}")
+    q = m.shape[-1]
+    width = min(rank + (rank if oversample is None else oversample), min(m.shape[-2:]))
+    omega = torch.randn(m.shape[:-2] + (q, width), generator=generator, dtype=m.dtype,
+                        device="cpu" if generator is None else generator.device)
+    y = m @ omega.to(m.device)
+    mt = m.transpose(-1, -2)
+    for _ in range(power_iters):
+        y = m @ (mt @ y)
+        y = y / y.norm(dim=-2, keepdim=True).amax(dim=-1, keepdim=True)  # keep float32 in range
+    basis, _ = torch.linalg.qr(y)
+    u, s, vh = torch.linalg.svd(basis.transpose(-1, -2) @ m, full_matrices=False)
+    return (basis @ u)[..., :rank], s[..., :rank], vh[..., :rank, :]
+
+
+def qk_factors(target: torch.Tensor, rank: int, **svd) -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-``rank`` factors of ``target`` (…, d, d): Wq Wkᵀ = truncated SVD of target.
 
-    Returns (Wq, Wk), each (…, d, rank): Wq = U_r sqrt(S_r), Wk = V_r sqrt(S_r).
+    Returns (Wq, Wk), each (…, d, rank): Wq = U_r sqrt(S_r), Wk = V_r sqrt(S_r). When ``rank`` > d
+    the extra columns are zero (a head wider than the model cannot have rank above d).
     """
-    u, s, vh = torch.linalg.svd(target)
-    root = s[..., :rank].sqrt().unsqueeze(-2)
-    return u[..., :, :rank] * root, vh[..., :rank, :].transpose(-1, -2) * root
+    d = target.shape[-1]
+    r = min(rank, d)
+    u, s, vh = top_singular(target, r, **svd)
+    root = s.sqrt().unsqueeze(-2)
+    wq, wk = u * root, vh.transpose(-1, -2) * root
+    return _pad_cols(wq, rank), _pad_cols(wk, rank)
 
 
-def vo_factors(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_qk_factors(targets: torch.Tensor, rank: int, n_groups: int, **svd,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """QK factors when ``n_groups`` key heads are shared by H/n_groups query heads each.
+
+    ``targets``: (H, d, d). Returns (Wq (H, d, rank), Wk (G, d, rank)) with
+    Wq[h] Wk[g(h)]ᵀ = A_h P_g, P_g the projector onto the top-``rank`` right singular subspace
+    of the group's stacked targets (the joint least-squares optimum). G = H gives
+    :func:`qk_factors` exactly.
+    """
+    n_heads, d, _ = targets.shape
+    if n_groups == n_heads:
+        return qk_factors(targets, rank, **svd)
+    r = n_heads // n_groups
+    k = min(rank, d)
+    stacked = targets.reshape(n_groups, r * d, d)
+    u, s, vh = top_singular(stacked, k, **svd)
+    # balance: per head, ‖Wq^h‖ ≈ ‖Wk‖ (reduces to sqrt(S) on both sides when r = 1)
+    wq = (u * (s * math.sqrt(r)).sqrt().unsqueeze(-2)).reshape(n_heads, d, k)
+    wk = vh.transpose(-1, -2) * (s / math.sqrt(r)).sqrt().unsqueeze(-2)
+    return _pad_cols(wq, rank), _pad_cols(wk, rank)
+
+
+def vo_factors(target: torch.Tensor, **svd) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact factors of ``target`` (…, d, d): Wv Wo = target, Wv = U sqrt(S), Wo = sqrt(S) Vᵀ."""
-    u, s, vh = torch.linalg.svd(target)
+    svd = {**svd, "method": "exact"}
+    u, s, vh = top_singular(target, target.shape[-1], **svd)
     root = s.sqrt()
     return u * root.unsqueeze(-2), root.unsqueeze(-1) * vh
 
 
+def grouped_vo_factors(target: torch.Tensor, head_dim: int, n_heads: int, n_groups: int, *,
+                       generator: torch.Generator | None = None, **svd,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """VO factors for H query heads sharing G value heads of width ``head_dim``.
+
+    Returns (Wv (d, G·k), Wo (H·k, d)) with Σ_h Wv^{g(h)} Wo^h equal to the best
+    rank-min(d, G·k) approximation of ``target`` (exactly ``target`` when G·k ≥ d). G·k = d is
+    the paper's U sqrt(S), sqrt(S) Vᵀ; G·k > d uses a random semi-orthogonal R (RᵀR = I) so no
+    value dimension is dead: Wv = U sqrt(S) Rᵀ, Ō = R sqrt(S) Vᵀ.
+    """
+    d = target.shape[-1]
+    m = n_groups * head_dim
+    r = n_heads // n_groups
+    if m == d:
+        wv, obar = vo_factors(target)
+    elif m < d:
+        u, s, vh = top_singular(target, m, generator=generator, **svd)
+        root = s.sqrt()
+        wv, obar = u * root.unsqueeze(-2), root.unsqueeze(-1) * vh
+    else:
+        u, s, vh = top_singular(target, d, method="exact")
+        g = torch.randn(m, d, generator=generator, dtype=target.dtype,
+                        device="cpu" if generator is None else generator.device)
+        rot, _ = torch.linalg.qr(g.to(target.device))  # (m, d), orthonormal columns
+        root = s.sqrt()
+        wv, obar = (u * root.unsqueeze(-2)) @ rot.t(), rot @ (root.unsqueeze(-1) * vh)
+    if r == 1:
+        return wv, obar
+    # Ō_g (k, d) per group, repeated over its r heads and divided by r: Σ_{h∈g} Wo^h = Ō_g
+    wo = (obar.reshape(n_groups, 1, head_dim, d) / r).expand(n_groups, r, head_dim, d)
+    return wv, wo.reshape(n_heads * head_dim, d)
+
+
+def _pad_cols(w: torch.Tensor, cols: int) -> torch.Tensor:
+    if w.shape[-1] == cols:
+        return w
+    return torch.nn.functional.pad(w, (0, cols - w.shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+# ---------------------------------------------------------------------------------------------
 def draw_targets(att: AttentionLayer, *, alpha_qk: float, beta_qk: float, alpha_vo: float,
-                 beta_vo: float, dist: str = "uniform", generator: torch.Generator | None = None,
+                 beta_vo: float, vo_sign: int = -1, dist: str = "uniform",
+                 generator: torch.Generator | None = None, dtype=torch.float64,
+                 device: torch.device | str | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B): A is (n_heads, d, d) = α₁ Z_h + β₁ I, B is (d, d) = α₂ Z − β₂ I (float64, CPU)."""
+    """(A, B): A is (n_heads, d, d) = α₁ Z_h + β₁ I, B is (d, d) = α₂ Z + σ β₂ I.
+
+    Draw order (fixed, so results are reproducible): the H QK noises of the layer, then its VO
+    noise. Float64 on CPU by default.
+    """
     d = att.d_model
-    eye = torch.eye(d, dtype=torch.float64)
-    a = alpha_qk * noise((att.n_heads, d, d), d, dist=dist, generator=generator) + beta_qk * eye
-    b = alpha_vo * noise((d, d), d, dist=dist, generator=generator) - beta_vo * eye
+    eye = torch.eye(d, dtype=dtype, device=device)
+    a = alpha_qk * noise((att.n_heads, d, d), d, dist=dist, generator=generator, dtype=dtype,
+                         device=device) + beta_qk * eye
+    b = alpha_vo * noise((d, d), d, dist=dist, generator=generator, dtype=dtype,
+                         device=device) + vo_sign * beta_vo * eye
     return a, b
 
 
+# ---------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------
 def _check_scalars(**kw: float) -> None:
     for k, v in kw.items():
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise InitError(f"{k} must be a finite number, got {v!r}")
         if v < 0:
-            raise InitError(f"{k} must be >= 0 (the signs of the targets are fixed by the method: "
-                            f"+β₁I for QK, −β₂I for VO), got {v}")
+            raise InitError(f"{k} must be >= 0 (the signs of the targets are fixed: +β₁I for QK, "
+                            f"and vo_sign=-1/+1 chooses the VO sign), got {v}")
 
 
 def _check_materialized(model: nn.Module) -> None:
@@ -80,56 +216,226 @@ def _check_materialized(model: nn.Module) -> None:
                             f"(model.to_empty(device=...)), then initialize it")
 
 
+def _check_layer(att: AttentionLayer) -> None:
+    d = att.d_model
+    dims = {"q": att.q.d_in, "k": att.k.d_in, "v": att.v.d_in}
+    if len(set(dims.values())) > 1:
+        raise InitError(f"{att.module_name}: queries, keys and values read inputs of different "
+                        f"widths {dims} (cross-attention with kdim/vdim); the QK and VO targets "
+                        f"are square d x d, so mimetic init needs kdim = vdim = embed_dim")
+    if att.o.d_out != d:
+        raise InitError(f"{att.module_name}: the output projection writes {att.o.d_out} features, "
+                        f"not d_model = {d}; the VO target is square, so mimetic init needs them equal")
+
+
+def _resolve(preset, **given):
+    if preset is None:
+        preset = "vision"
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise InitError(f"unknown mimetic preset {preset!r}; choose one of {sorted(PRESETS)}")
+        base = dict(PRESETS[preset])
+    elif isinstance(preset, dict):
+        base = {**VISION, **preset}
+    else:
+        raise InitError(f"preset must be a name {sorted(PRESETS)} or a dict, got {preset!r}")
+    for k, v in given.items():
+        if v is not None:
+            base[k] = v
+    return base
+
+
+# ---------------------------------------------------------------------------------------------
+# the initializer
+# ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def _write(view: torch.Tensor, value: torch.Tensor) -> None:
     view.copy_(value.to(device=view.device, dtype=view.dtype))
 
 
+def _layer_device(att: AttentionLayer, device) -> torch.device:
+    return torch.device(device) if device is not None else att.q.weight.device
+
+
 @torch.no_grad()
-def mimetic_(model: nn.Module, *, alpha_qk: float = 0.7, beta_qk: float = 0.7,
-             alpha_vo: float = 0.4, beta_vo: float = 0.4, noise_dist: str = "uniform",
+def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
+             alpha_qk: float | None = None, beta_qk: float | None = None,
+             alpha_vo: float | None = None, beta_vo: float | None = None,
+             vo_sign: int | None = None, noise_dist: str = "uniform",
              qk: bool = True, vo: bool = True, zero_bias: bool = True,
+             pos_embed: str | None = None, pos_grid: tuple[int, int] | None = None,
+             svd: str = "auto", oversample: int | None = None, power_iters: int = 4,
+             vo_layout: str = "exact", device: torch.device | str | None = None,
              generator: torch.Generator | None = None, role_map=None) -> nn.Module:
     """Mimetic initialization of every self-attention layer of ``model``, in place.
 
     Args:
-        alpha_qk, beta_qk: QK target α₁ Z + β₁ I (paper's vision values 0.7, 0.7).
-        alpha_vo, beta_vo: VO target α₂ Z − β₂ I (0.4, 0.4).
+        preset: ``"vision"`` (default; the paper's α₁=β₁=0.7, α₂=β₂=0.4, VO sign −) or
+            ``"language"`` (β₂=0.2, see docs/mimetic.md), or a dict of the values below.
+            Explicit arguments override the preset.
+        alpha_qk, beta_qk: QK target α₁ Z + β₁ I.
+        alpha_vo, beta_vo, vo_sign: VO target α₂ Z + vo_sign·β₂ I; ``vo_sign`` is −1 (paper) or +1.
         noise_dist: ``"uniform"`` (public code's default) or ``"normal"``, both variance 1/d.
         qk, vo: initialize the QK and/or VO products (QK-only and VO-only variants).
-        zero_bias: zero the q/k/v/o biases (they would shift the products' effect).
+        zero_bias: zero the q/k/v/o biases of the initialized products (default; the paper's
+            identities are about the weights, and a bias would add a token-independent term).
+            ``False`` leaves the biases as they were.
+        pos_embed: ``None`` (leave position tables alone), ``"sincos"`` (2-D when the model has a
+            patch embedding, else 1-D), ``"sincos-2d"`` or ``"sincos-1d"``: write fixed sin-cos
+            values into the learned position table(s); extra rows before the grid (class/register
+            tokens) get zeros. ``pos_grid=(rows, cols)`` overrides the grid guess.
+        svd: ``"exact"`` (batched full SVD in float64: the paper's construction to rounding),
+            ``"randomized"`` (top-k subspace iteration in float32; captures >= 99% of the exact
+            truncation's energy) or ``"auto"`` (exact below width 512, randomized from there).
+            The VO factorization is always exact when it can be (G·k ≥ d).
+        oversample, power_iters: randomized-SVD settings (default ``head_dim`` extra columns, 4).
+        vo_layout: ``"exact"`` (W_v W_o = B, default) or ``"compat"`` (the public Zheng/KAT code,
+            which stores U sqrt(S) and sqrt(S) Vᵀ untransposed in nn.Linear weights, so the map is
+            sqrt(S) Uᵀ V sqrt(S): similar to B, not equal). Only for reproducing that code.
+        device: where to draw and factorize (default: each layer's own device). Noise is drawn
+            from ``generator`` on CPU when the work runs on CPU; on an accelerator it is drawn there
+            from a generator seeded by one draw of ``generator`` (reproducible per device type).
         generator: a CPU ``torch.Generator`` for reproducible draws.
         role_map: a precomputed :func:`initlab.roles` map (built when omitted).
 
-    Touches only the Q, K, V, O weights (and their biases when ``zero_bias``). Returns ``model``.
+    Touches only the Q, K, V, O weights (their biases when ``zero_bias``, and the position tables
+    when ``pos_embed``). Keeps parameter identity, dtype, device and ``requires_grad``.
+    Returns ``model``.
     """
-    _check_scalars(alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo, beta_vo=beta_vo)
+    cfg = _resolve(preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo, beta_vo=beta_vo,
+                   vo_sign=vo_sign)
+    sign = cfg.pop("vo_sign")
+    if sign not in (-1, 1) or isinstance(sign, bool):
+        raise InitError(f"vo_sign must be -1 (the paper's W_v W_o ≈ α₂Z − β₂I) or +1, got {sign!r}")
+    _check_scalars(**cfg)
+    if svd not in SVD_METHODS:
+        raise InitError(f"svd must be one of {SVD_METHODS}, got {svd!r}")
+    if vo_layout not in ("exact", "compat"):
+        raise InitError(f"vo_layout must be 'exact' or 'compat', got {vo_layout!r}")
+    if not isinstance(power_iters, int) or power_iters < 0:
+        raise InitError(f"power_iters must be a non-negative int, got {power_iters!r}")
+    if noise_dist not in ("uniform", "normal"):
+        raise InitError(f"noise must be 'uniform' or 'normal' (same variance 1/d), got {noise_dist!r}")
+    if generator is not None and generator.device.type != "cpu":
+        raise InitError("pass a CPU torch.Generator (noise for accelerators is seeded from it)")
     _check_materialized(model)
     rmap = role_map if role_map is not None else roles(model)
     if not rmap.attention:
         raise InitError(f"{rmap.model_class} has no attention layers in its role map; nothing to "
                         f"initialize mimetically")
     for att in rmap.attention:
-        if att.n_kv_heads != att.n_heads:
-            raise InitError(f"{att.module_name}: grouped key/value heads are not supported here")
-        if att.d_model != att.o.d_out:
-            raise InitError(f"{att.module_name}: mimetic VO needs d_out of O equal to d_model")
-        a, b = draw_targets(att, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo,
-                            beta_vo=beta_vo, dist=noise_dist, generator=generator)
+        _check_layer(att)
+    if vo_layout == "compat" and any(a.n_kv_heads * a.head_dim != a.d_model for a in rmap.attention):
+        raise InitError("vo_layout='compat' reproduces code for square V/O weights only (no GQA)")
+
+    device_gens: dict[str, torch.Generator] = {}
+    for att in rmap.attention:
+        dev = _layer_device(att, device)
+        method = svd
+        if method == "auto":
+            method = "exact" if att.d_model < AUTO_RANDOMIZED_WIDTH else "randomized"
+        # exact on CPU: float64 (the paper's construction to rounding); otherwise float32
+        dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
+        if dev.type == "cpu":
+            gen = generator
+        else:
+            if dev.type not in device_gens:
+                seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+                device_gens[dev.type] = torch.Generator(dev).manual_seed(seed)
+            gen = device_gens[dev.type]
+        a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
+                            dtype=dtype, device=dev)
+        opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=gen)
         if qk:
-            wq, wk = qk_factors(a, att.head_dim)  # (H, d, hd) each, one batched SVD per layer
-            for h in range(att.n_heads):
-                _write(att.q_head(h), wq[h])
-                _write(att.k_head(h), wk[h])
+            wq, wk = grouped_qk_factors(a, att.head_dim, att.n_kv_heads, **opts)
+            del a
+            _write(att.q.matrix(), wq.transpose(0, 1).reshape(att.d_model, -1))
+            _write(att.k.matrix(), wk.transpose(0, 1).reshape(att.d_model, -1))
+        else:
+            del a
         if vo:
-            wv, wo = vo_factors(b)
+            if vo_layout == "compat":
+                wv, wo = vo_factors(b)
+                wv, wo = wv.t(), wo.t()
+            else:
+                wv, wo = grouped_vo_factors(b, att.head_dim, att.n_heads, att.n_kv_heads, **opts)
             _write(att.v.matrix(), wv)
             _write(att.o.matrix(), wo)
         if zero_bias:
-            for role, proj in att.projections().items():
-                if (role in ("q", "k") and not qk) or (role in ("v", "o") and not vo):
-                    continue
-                bias = proj.bias_view()
-                if bias is not None:
-                    bias.zero_()
+            _zero_biases(rmap, att, qk=qk, vo=vo)
+    if pos_embed is not None:
+        write_sincos_positions_(rmap, pos_embed, grid=pos_grid)
     return model
+
+
+def _zero_biases(rmap, att: AttentionLayer, *, qk: bool, vo: bool) -> None:
+    """Zero the q/k (when ``qk``) and v/o (when ``vo``) biases of this layer.
+
+    A projection's own bias slice when the adapter attached one; otherwise the bias slots the role
+    map lists for this layer (e.g. the packed ``in_proj_bias`` beside separate q/k/v weights).
+    """
+    wanted = ([Role.Q, Role.K] if qk else []) + ([Role.V, Role.O] if vo else [])
+    projections = att.projections()
+    for role in wanted:
+        proj = projections[role]
+        if proj.bias is not None:
+            proj.bias_view().zero_()
+            continue
+        for info, slot in rmap.slots(role, "bias"):
+            if info.layer == att.index:
+                info.region(slot).zero_()
+
+
+# ---------------------------------------------------------------------------------------------
+# position tables
+# ---------------------------------------------------------------------------------------------
+def sincos_table(n_rows: int, width: int, kind: str, *, grid: tuple[int, int] | None = None,
+                 extra_rows: int | None = None) -> torch.Tensor:
+    """A fixed sin-cos table of ``n_rows`` x ``width``: 1-D (Vaswani) or 2-D (MAE) over a grid.
+
+    For 2-D, rows before the grid (class/register tokens) are zero; the grid is ``grid`` or the
+    largest square that fits after ``extra_rows`` (default: 0 or 1).
+    """
+    from .models.layers import sincos_1d, sincos_2d
+    from .errors import ConfigError
+    try:
+        if kind == "sincos-1d":
+            return sincos_1d(n_rows, width)
+        if kind != "sincos-2d":
+            raise InitError(f"pos_embed must be 'sincos', 'sincos-1d' or 'sincos-2d', got {kind!r}")
+        if grid is None:
+            options = [extra_rows] if extra_rows is not None else [0, 1]
+            for extra in options:
+                side = math.isqrt(max(n_rows - extra, 0))
+                if side > 0 and side * side == n_rows - extra:
+                    grid = (side, side)
+                    break
+            else:
+                raise InitError(f"a position table of {n_rows} rows is not a square grid (plus a "
+                                f"class token); pass pos_grid=(rows, cols)")
+        rows, cols = grid
+        extra = n_rows - rows * cols
+        if extra < 0:
+            raise InitError(f"pos_grid {grid} needs {rows * cols} rows; the table has {n_rows}")
+        table = sincos_2d(rows, cols, width)
+        return torch.cat([torch.zeros(extra, width), table]) if extra else table
+    except ConfigError as exc:
+        raise InitError(str(exc)) from None
+
+
+@torch.no_grad()
+def write_sincos_positions_(rmap, kind: str = "sincos", *, grid=None) -> None:
+    """Write fixed sin-cos values into every learned position table of the role map."""
+    tables = rmap.by_role(Role.POS_EMBED)
+    if not tables:
+        raise InitError(f"{rmap.model_class} has no learned position table in its role map (it may "
+                        f"use a fixed table or rotary positions); drop pos_embed=")
+    if kind == "sincos":
+        kind = "sincos-2d" if rmap.by_role(Role.PATCH_EMBED) else "sincos-1d"
+    n_cls = sum(info.param.numel() // info.param.shape[-1] for info in rmap.by_role(Role.CLS_TOKEN))
+    for info in tables:
+        p = info.param
+        rows = p.numel() // p.shape[-1]
+        extra = None if grid is not None else (n_cls if kind == "sincos-2d" and n_cls else None)
+        table = sincos_table(rows, p.shape[-1], kind, grid=grid, extra_rows=extra)
+        _write(p.detach(), table.reshape(p.shape))
