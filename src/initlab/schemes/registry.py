@@ -44,12 +44,13 @@ def register_scheme(scheme: Scheme, *, aliases: Iterable[str] = (), replace: boo
         raise InitError(f"register_scheme needs a Scheme, got {type(scheme).__name__}")
     if "+" in scheme.name or "(" in scheme.name:
         raise InitError(f"scheme name {scheme.name!r} may not contain '+' or '('")
-    for n in (scheme.name, *aliases):
-        k = _key(n)
-        owner = _ALIASES.get(k)
+    names = (scheme.name, *aliases)
+    for n in names:  # validate every name before changing anything
+        owner = _ALIASES.get(_key(n))
         if owner is not None and owner != scheme.name and not replace:
             raise InitError(f"a scheme named {n!r} is already registered ({owner}); pass replace=True")
-        _ALIASES[k] = scheme.name
+    for n in names:
+        _ALIASES[_key(n)] = scheme.name
     _REGISTRY[scheme.name] = scheme
     return scheme
 

@@ -1,0 +1,74 @@
+"""``initlab schemes``: the table of initialization schemes (name, formula, source, roles).
+
+    initlab schemes                 # one line per scheme: name, roles, description
+    initlab schemes --long          # plus formula, options, models and citation
+    initlab schemes --check nt+mimetic   # does this chain compose? (exit 2 with the reason if not)
+"""
+from __future__ import annotations
+
+import textwrap
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "schemes", help="list the initialization schemes (names for --init/--inits)",
+        description="List every registered initialization scheme with the roles it writes, its "
+                    "formula and source. Join names with '+' to chain them (applied left to right).")
+    p.add_argument("--long", action="store_true", help="show formula, options, models and citation")
+    p.add_argument("--check", metavar="SPEC", default=None,
+                   help="check that an init spec (e.g. nt+mimetic) names known schemes and composes")
+    p.set_defaults(run=run)
+
+
+_GROUPS = ((("q", "k", "v", "o"), "qkvo"), (("q", "k"), "qk"), (("v", "o"), "vo"),
+           (("mlp_in", "mlp_out"), "mlp"), (("token_embed", "pos_embed", "cls_token"), "tables"))
+
+
+def short_roles(roles) -> str:
+    """``q,k,v,o,mlp_in,mlp_out`` -> ``qkvo,mlp``: the table's roles column stays narrow."""
+    left = list(roles)
+    out = []
+    for members, label in _GROUPS:
+        if all(m in left for m in members):
+            out.append(label)
+            left = [r for r in left if r not in members]
+    return ",".join(out + left) or "-"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    out = []
+    for r in rows:
+        out.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+    return "\n".join(line.rstrip() for line in out)
+
+
+def run(args) -> int:
+    from ..schemes import COMPOSITION_RULES, aliases_of, check_spec, parametrization_of, schemes
+
+    if args.check:
+        check_spec(args.check)  # InitError -> one line, exit 2
+        p = parametrization_of(args.check)
+        print(f"{args.check}: ok" + (f" (parametrization {p})" if p else ""))
+        return 0
+    infos = schemes()
+    if not args.long:
+        rows = [("name", "roles", "description")]
+        for s in infos:
+            rows.append((s.name, short_roles(s.roles), s.description))
+        print(_table(rows))
+    else:
+        for s in infos:
+            print(s.name + (f"  (aliases: {', '.join(aliases_of(s.name))})" if aliases_of(s.name) else ""))
+            for label, text in (("description", s.description), ("formula", s.formula),
+                                ("roles", ", ".join(s.roles) or "none"),
+                                ("options", ", ".join(f"{k}={v!r}" for k, v in s.options.items()) or "none"),
+                                ("parametrization", s.parametrization or "none"),
+                                ("models", s.models), ("source", s.citation)):
+                body = textwrap.fill(text, 100, initial_indent=" " * 20, subsequent_indent=" " * 20)
+                print(f"  {label:<16}  {body.strip()}")
+            print()
+    print("\nchains: join names with '+', applied left to right, e.g. trunc_normal+mimetic, nt+mimetic, "
+          "small_init+wang_init; options: name(value) or name(key=value;key=value).")
+    print("refused: " + "; ".join(COMPOSITION_RULES) + ".")
+    return 0
