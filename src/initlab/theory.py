@@ -640,16 +640,15 @@ def ntk_diagonal(grad_rms: dict[str, float], sizes: dict[str, int], width: int, 
     """Per-group contribution to the NTK diagonal (§6 item 5):
 
     SGD:   Θ_G = λ_G · Σ_μ (∂f/∂θ_μ)² = λ_G · P_G · RMS_G²
-    AdamW: Θ̃_G = (λ̃_G/|g_G|) · P_G · RMS_G²  (Adam normalizes each component by its size |g|)
+    AdamW: Θ̃_G = Σ_μ (λ̃_G/|g_μ|)(∂f/∂θ_μ)² = λ̃_G · P_G · RMS_G, since Adam divides each
+           component by its own typical size |g_μ| = RMS_G (n^{-1/2} under NT, n^{-1} under MU)
 
-    With the paper's factors each contribution is O(1) in width.
+    With the paper's factors (and s matching the head's n^{-s}) each contribution is O(1) in width.
     """
     out = {}
     for g, rms in grad_rms.items():
         lam = lr_factor(g, width, optimizer=optimizer, s=s, **kw)
-        if optimizer == "adamw":
-            lam /= gradient_scale(g, width, mlp_ratio=kw.get("mlp_ratio", 4), n_out=kw.get("n_out", 10))
-        out[g] = lam * sizes[g] * rms * rms
+        out[g] = lam * sizes[g] * (rms if optimizer == "adamw" else rms * rms)
     return out
 
 
