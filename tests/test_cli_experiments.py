@@ -66,14 +66,14 @@ def test_flags_map_to_train_config(fake):
     args = parse(["train", "--data", "fashion-mnist", "--train-size", "5000", "--model", "vit-micro",
                   "--width", "96", "--depth", "3", "--heads", "3", "--patch-size", "4", "--lr", "3e-3",
                   "--weight-decay", "0.1", "--batch-size", "64", "--warmup", "0.1", "--label-smoothing", "0.1",
-                  "--param", "mu", "--base-width", "64", "--epochs", "2", "--seed", "7", "--device", "cpu",
-                  "--init", "mimetic+nt", "--model-option", "pos=sincos", "--model-option", "fused_qkv=false",
+                  "--param", "nt", "--base-width", "64", "--epochs", "2", "--seed", "7", "--device", "cpu",
+                  "--init", "nt+mimetic", "--model-option", "pos=sincos", "--model-option", "fused_qkv=false",
                   "--init-option", "alpha=0.7", "--clip", "none", "--no-augment", "--checkpoint-every", "50"])
     config, _ = build_config(args)
     assert (config.width, config.depth, config.heads, config.patch_size) == (96, 3, 3, 4)
     assert (config.lr, config.weight_decay, config.batch_size, config.warmup) == (3e-3, 0.1, 64, 0.1)
-    assert (config.param, config.base_width, config.epochs, config.seed) == ("mu", 64, 2.0, 7)
-    assert config.init == "mimetic+nt" and config.init_options == {"alpha": 0.7}
+    assert (config.param, config.base_width, config.epochs, config.seed) == ("nt", 64, 2.0, 7)
+    assert config.init == "nt+mimetic" and config.init_options == {"alpha": 0.7}
     assert config.model_options == {"pos": "sincos", "fused_qkv": False}
     assert config.clip is None and config.augment is False and config.checkpoint_every == 50
     assert config.train_size == 5000 and config.label_smoothing == 0.1 and config.device == "cpu"
@@ -111,6 +111,7 @@ def test_lm_task_defaults_and_file_override(fake, tmp_path):
     (["sweep", "--widths", "64,96", "--lrs", "1e-3..1e-2:4", "--heads", "5"], "not divisible by heads 5"),
     (["sweep", "--lrs", "1e-3..1e-2:4"], "sweep needs --widths"),
     (["train", "--param", "weird"], "parametrization"),
+    (["compare", "--inits", "default,nt", "--param", "mu"], "implies parametrization 'nt'"),
     (["train", "--model", "gpt-mini"], "does not fit task"),
     (["train", "--config", "/nonexistent.toml"], "not found"),
     (["compare", "--seeds", "x"], "bad --seeds"),
@@ -255,3 +256,10 @@ def test_width_flag_is_not_an_abbreviation_of_widths(capsys):
     with pytest.raises(SystemExit) as info:
         main(["sweep", "--widths", "64,128", "--lrs", "1e-3", "--width", "16"])
     assert info.value.code == 2 and "unrecognized arguments: --width 16" in capsys.readouterr().err
+
+
+def test_sweep_under_mu_defaults_base_width_to_smallest_width(fake, tmp_path, capsys):
+    assert main(["sweep", "--widths", "128,64", "--lrs", "1e-3", "--param", "mu", "--epochs", "1",
+                 "--out", str(tmp_path / "mu"), "--quiet"]) == 0
+    assert {c.base_width for c in fake.calls} == {64} and [c.width for c in fake.calls] == [64, 128]
+    assert "using the smallest width 64" in capsys.readouterr().out

@@ -6,8 +6,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..experiments.configure import (add_config_flags, build_config, check_init_spec, command_text, default_out,
-                                    write_command)
+from ..experiments.configure import add_config_flags, build_config, command_text, default_out, write_command
 from ..experiments.grid import parse_names, parse_seeds
 
 
@@ -31,11 +30,10 @@ def run(args) -> int:
     base, extra = build_config(args, extra_keys=("inits", "seeds"), check=False)
     inits = parse_names(extra.get("inits", "default,mimetic"), "--inits")
     seeds = parse_seeds(extra.get("seeds", 1), first=base.seed)
-    for init in inits:
-        check_init_spec(init)
     from ..experiments.configure import check_config
 
-    check_config(base.replace(init=inits[0]), check_init=False)
+    for i, init in enumerate(inits):  # every init checked (names, param agreement) before any training
+        check_config(base.replace(init=init), check_data=i == 0)
     out = base.out or default_out("compare")
     if base.resume:
         raise ConfigError("compare has no --resume; rerun the same command with the same --out to continue")

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lrs", default=None, metavar="LO..HI:N|A,B,...",
                    help="learning rates: N log-spaced values from LO to HI (e.g. 1e-4..1e-1:8) or a comma list")
     p.add_argument("--metric", default=None,
-                   help="history key to minimize (default: test_loss for vision, val_loss for lm)")
+                   help="history key to minimize (default: train_loss for vision, val_loss for lm)")
     add_config_flags(p, width_flag=False, lr_flag=False)
     p.set_defaults(run=run)
 
@@ -37,10 +37,17 @@ def run(args) -> int:
         raise ConfigError("sweep has no --resume; rerun the same command with the same --out to continue")
     out = base.out or default_out("sweep")
     base = base.replace(out=out)
+    note = ""
+    if base.base_width is None and _not_standard(base):
+        # lr factors are then (n / n_base)^e: the lr grid means "the lr at the smallest width"
+        base = base.replace(base_width=min(widths))
+        note = f"note: --base-width not given; using the smallest width {min(widths)}\n"
     write_command(out, args)
 
     from ..experiments.sweep import run_sweep
 
+    if note:
+        print(note, end="")
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"), progress=not args.quiet,
                                log=say, command=command_text(args))
@@ -50,3 +57,14 @@ def run(args) -> int:
     print(analysis.report())
     print(f"\nwrote {out}/: sweep.csv, analysis.json, report.txt, transfer.png, cells/")
     return 0
+
+
+def _not_standard(config) -> bool:
+    if config.param.strip().lower() != "standard":
+        return True
+    try:
+        from ..schemes import parametrization_of
+    except ImportError:
+        return False
+    implied = parametrization_of(config.init)
+    return implied is not None and implied != "standard"

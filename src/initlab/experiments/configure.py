@@ -271,6 +271,7 @@ def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bo
     check_param(config.param, config.base_width)
     if check_init:
         check_init_spec(config.init)
+        check_init_param_agree(config)
     if check_data:
         check_data_available(config)
 
@@ -325,6 +326,15 @@ def check_init_spec(spec: str) -> None:
     if unknown:
         raise ConfigError(f"unknown init {', '.join(map(repr, unknown))} in {spec!r}; "
                           f"valid names: {', '.join(sorted(names))} (join with '+', e.g. mimetic+nt)")
+
+
+def check_init_param_agree(config: TrainConfig) -> None:
+    """An init that implies a parametrization (``nt``, ``mu``...) must agree with ``--param``."""
+    try:
+        from ..train.init import resolve_parametrization
+    except ImportError:
+        return
+    resolve_parametrization(config)  # ConfigError naming both when they disagree
 
 
 def check_data_available(config: TrainConfig) -> None:

@@ -24,7 +24,9 @@ from .records import RunRecord, read_csv, read_json, write_csv, write_json
 from .runner import FINISHED, identity, run_cell
 from .summary import format_table
 
-DEFAULT_METRIC = {"vision": "test_loss", "lm": "val_loss"}
+# vision: the training loss averaged over the last evaluation interval (the classic transfer plot
+# plots training loss; a held-out loss on a small training subset also measures overfitting)
+DEFAULT_METRIC = {"vision": "train_loss", "lm": "val_loss"}
 CSV_COLUMNS = ("width", "lr", "status", "metric", "value", "best_value", "wall_time_s", "epochs", "run_dir")
 
 
