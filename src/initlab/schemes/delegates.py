@@ -14,44 +14,59 @@ from ..errors import InitError
 from .spec import MATRIX_ROLES, Scheme
 
 ATTN = ("q", "k", "v", "o")
-_MIMETIC_OPTIONS = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.4, noise_dist="uniform",
-                        qk=True, vo=True, zero_bias=True)
+# Forwarded to initlab.mimetic.mimetic_ when not None (None = mimetic_'s own default / preset value)
+_MIMETIC_OPTIONS = dict(preset="vision", alpha_qk=None, beta_qk=None, alpha_vo=None, beta_vo=None,
+                        vo_sign=None, noise_dist=None, qk=True, vo=True, zero_bias=None,
+                        pos_embed=None, svd=None, vo_layout=None)
 MIMETIC_CITE = "arXiv 2305.09828 (Trockman & Kolter, ICML 2023); shared/papers/mimetic-init.md"
 
 
 def _mimetic_apply(model, rmap, o, generator) -> None:
     from ..mimetic import mimetic_
-    mimetic_(model, generator=generator, role_map=rmap, **o)
+    mimetic_(model, generator=generator, role_map=rmap, **{k: v for k, v in o.items() if v is not None})
 
 
 def _writes(roles) -> tuple:
     return tuple((r, k) for r in roles for k in ("weight", "bias"))
 
 
-def mimetic_scheme(name: str, description: str, *, qk: bool = True, vo: bool = True,
-                   **values) -> Scheme:
-    options = {**_MIMETIC_OPTIONS, **values, "qk": qk, "vo": vo}
+def _preset_values(preset: str) -> dict:
+    try:
+        from ..mimetic import PRESETS
+    except ImportError:  # an older mimetic module without presets
+        return {}
+    return dict(PRESETS.get(preset, {}))
+
+
+def mimetic_scheme(name: str, description: str, *, preset: str = "vision", qk: bool = True,
+                   vo: bool = True) -> Scheme:
+    options = {**_MIMETIC_OPTIONS, "preset": preset, "qk": qk, "vo": vo}
     touched = (("q", "k") if qk else ()) + (("v", "o") if vo else ())
+    v = _preset_values(preset)
     parts = []
     if qk:
-        parts.append(f"per head Wq Wkᵀ ≈ {options['alpha_qk']}·Z + {options['beta_qk']}·I (rank head_dim)")
+        parts.append(f"per head Wq Wkᵀ ≈ {v.get('alpha_qk', 'α₁')}·Z + {v.get('beta_qk', 'β₁')}·I "
+                     f"(rank head_dim)")
     if vo:
-        parts.append(f"Wv Wo = {options['alpha_vo']}·Z − {options['beta_vo']}·I")
+        sign = "+" if v.get("vo_sign", -1) > 0 else "−"
+        parts.append(f"Wv Wo = {v.get('alpha_vo', 'α₂')}·Z {sign} {v.get('beta_vo', 'β₂')}·I")
+    # (mimetic_'s optional pos_embed="sincos" also writes the position table; not listed, since
+    # it is off by default)
     return Scheme(name, description, MIMETIC_CITE, apply=_mimetic_apply, options=options,
-                  writes=_writes(touched), fixes=touched, requires=("attention",),
-                  formula="; ".join(parts) + "; Z_ij iid var 1/d; attention biases 0; rest untouched")
+                  writes=_writes(touched), fixes=touched,
+                  requires=("attention",),
+                  formula="; ".join(parts) + f" (preset {preset!r}); Z_ij iid var 1/d; attention "
+                          f"biases 0; rest untouched")
 
 
 MIMETIC = (
     mimetic_scheme("mimetic", "mimetic attention init, the paper's vision values (= mimetic-vision)"),
     mimetic_scheme("mimetic-vision", "mimetic attention init, α₁=β₁=0.7, α₂=β₂=0.4 (vision)"),
+    mimetic_scheme("mimetic-language", "mimetic attention init, initlab.mimetic's 'language' preset "
+                   "(docs/mimetic.md; the paper's LM values were not recovered)", preset="language"),
     mimetic_scheme("mimetic-qk", "mimetic QK products only (identity-like attention), V/O untouched",
                    vo=False),
     mimetic_scheme("mimetic-vo", "mimetic V·O product only (−β₂I), Q/K untouched", qk=False),
-    # The paper's language-model values were not recovered (digest §5); the digest's evidence
-    # favours an identity-like QK alone for LMs, so that is what this preset is (our choice).
-    mimetic_scheme("mimetic-language", "language preset (our choice, digest §5): QK only, "
-                   "α₁=β₁=0.7; the paper's LM values are not known", vo=False),
 )
 
 PARAMETRIZATIONS = {
