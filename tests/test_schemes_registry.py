@@ -145,6 +145,11 @@ def test_options_routing_errors_and_dotted_keys():
     model = vit()
     init_(model, "gpt2+wang_init", **{"gpt2.std": 0.05})
     assert abs(model.blocks[0].mlp.fc1.weight.std().item() / 0.05 - 1) < 0.05
+    init_(vit(), "gpt2", **{"structured.focus": 0.5})  # targets a scheme not in the chain: ignored
+    with pytest.raises(InitError, match="unknown init scheme 'strctured'"):
+        init_(vit(), "gpt2", **{"strctured.focus": 0.5})
+    with pytest.raises(InitError, match="has no option 'focs'"):
+        init_(vit(), "structured", **{"structured.focs": 0.5})
     with pytest.raises(InitError, match="must be finite"):
         init_(vit(), "gpt2", std=float("nan"))
 

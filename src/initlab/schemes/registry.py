@@ -233,9 +233,10 @@ def _route(chain: list[tuple[Scheme, dict]], options: dict) -> list[dict]:
             per[i][k] = v
     for k, v in dotted.items():
         sname, opt = k.split(".", 1)
-        idx = [i for i, (s, _) in enumerate(chain) if _key(s.name) == _key(sname)]
-        if not idx:
-            raise InitError(f"option {k!r} names {sname!r}, which is not in {'+'.join(names)}")
+        target = get_scheme(sname).name  # unknown scheme names are an error (typos)
+        # a scheme that is not in this chain ignores its dotted options, so one option set can
+        # serve every spec of a comparison ("structured.focus=0.8" with --inits default,structured)
+        idx = [i for i, (s, _) in enumerate(chain) if s.name == target]
         for i in idx:
             if opt not in chain[i][0].options:
                 raise InitError(f"{chain[i][0].name} has no option {opt!r}; its options: "
@@ -273,7 +274,8 @@ def init_(model: nn.Module, spec: str = "default", *, generator: torch.Generator
         generator: a CPU ``torch.Generator``; every draw of the chain uses it, in order.
         role_map: a precomputed role map (built when omitted).
         **options: scheme options. A plain key goes to every scheme of the chain that has it
-            (unknown keys are an error); ``"scheme.key"`` targets one scheme.
+            (unknown keys are an error); ``"scheme.key"`` targets one scheme and is ignored when
+            that scheme is not in the chain.
 
     Returns ``model``. Refused combinations and models that cannot cooperate raise
     :class:`~initlab.errors.InitError` before anything is written.
