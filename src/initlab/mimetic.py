@@ -316,6 +316,9 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         raise InitError(f"power_iters must be a non-negative int, got {power_iters!r}")
     if noise_dist not in ("uniform", "normal"):
         raise InitError(f"noise must be 'uniform' or 'normal' (same variance 1/d), got {noise_dist!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InitError(f"generator must be a torch.Generator, got {type(generator).__name__}; "
+                        f"use torch.Generator().manual_seed(seed)")
     if generator is not None and generator.device.type != "cpu":
         raise InitError("pass a CPU torch.Generator (noise for accelerators is seeded from it)")
     _check_materialized(model)
