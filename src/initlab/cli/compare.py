@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
                     "over seeds; write metrics.csv/json, summary.csv/json and curves.png to --out.")
     p.add_argument("--inits", default=None, metavar="A,B,...",
                    help="comma-separated init specs, each a scheme name or names joined by '+' "
-                        "(e.g. default,mimetic,mimetic+nt); default: default,mimetic")
+                        "(e.g. default,mimetic,nt+mimetic); default: default,mimetic")
     p.add_argument("--seeds", default=None, metavar="N|S1,S2",
                    help="number of seeds (starting at --seed) or a comma list; default 1")
     add_config_flags(p, init_flag=False)

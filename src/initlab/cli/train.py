@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
         "train", allow_abbrev=False,  # --width must never be read as --widths
         help="train one model (vision or character LM) into a run directory",
         description="Train one model. The run directory gets config.json (the effective config), "
-                    "command.txt, checkpoints, history.csv and result.json. --resume DIR continues a run "
+                    "command.txt, checkpoints, metrics.csv, summary.json and result.json. --resume DIR continues a run "
                     "from its last checkpoint with its saved config (flags given now override it).")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
                    help="continue the run in DIR (or in --out) from its last checkpoint")

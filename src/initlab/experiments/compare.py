@@ -4,7 +4,8 @@ Outputs in ``out``::
 
     command.txt      the command line
     config.json      base config + inits + seeds
-    runs/<init>-s<seed>/   each run's directory (config.json, history.csv, result.json, engine files)
+    runs/<init>-s<seed>/   each run's directory (config.json, command.txt, metrics.csv, summary.json,
+                           checkpoint.pt from the engine; result.json from compare)
     metrics.csv      every logged row of every run (init, seed, step, epoch, metrics...)
     metrics.json     the same as a list of run records
     summary.csv/json one row per init: final/best metric mean ± std over seeds, epochs, times

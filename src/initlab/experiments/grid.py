@@ -120,7 +120,7 @@ def _seed_list(items, spec) -> list[int]:
 
 
 def parse_names(spec: str | list | tuple, what: str = "--inits") -> list[str]:
-    """Comma-separated names (``"default,mimetic+nt"``), order kept, duplicates dropped."""
+    """Comma-separated names (``"default,nt+mimetic"``), order kept, duplicates dropped."""
     items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
     names = []
     for item in items:

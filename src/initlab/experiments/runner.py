@@ -1,10 +1,10 @@
 """Running one configured training through the engine, with a record on disk.
 
-Every experiment cell goes through :func:`run_cell`: it writes the cell's ``config.json``, calls
-``initlab.train.run`` (looked up at call time, so tests can substitute a fake engine), and leaves
-``history.csv`` + ``result.json`` in the run directory. A cell whose ``result.json`` says it
-finished with the same config is not run again: that is what makes ``compare`` and ``sweep``
-resumable.
+Every experiment cell goes through :func:`run_cell`: it calls ``initlab.train.run`` (looked up at
+call time, so tests can substitute a fake engine) and leaves ``result.json`` in the run directory
+(plus ``config.json``/``metrics.csv`` when the engine wrote none). A cell whose ``result.json``
+says it finished with the same config is not run again, and one with a checkpoint resumes: that is
+what makes ``compare`` and ``sweep`` resumable.
 """
 from __future__ import annotations
 
