@@ -29,8 +29,10 @@ LAST_GOOD = "checkpoint.last_good.pt"
 FORMAT_VERSION = 1
 
 # config keys that may change between an interrupted run and its resumption: where things are
-# written or read from and how fast they run, never what is computed
-RESUME_MAY_CHANGE = frozenset({"out", "resume", "device", "compile", "checkpoint_every", "data_root"})
+# written or read from, how fast it runs, what is measured, and the run's length (extending a
+# run: the cosine schedule is then stretched to the new end from the resumed step on)
+RESUME_MAY_CHANGE = frozenset({"out", "resume", "device", "compile", "checkpoint_every", "data_root",
+                               "eval_every", "eval_batches", "steps", "epochs"})
 
 
 def _fsync_dir(path: Path) -> None:

@@ -305,7 +305,13 @@ class _Trainer:
         if "rng" in state:
             set_rng_state(state["rng"])
         if self.step > self.total:
-            raise CheckpointError(f"checkpoint is at step {self.step} but the run has {self.total} steps")
+            raise CheckpointError(f"checkpoint is at step {self.step} but the run now has {self.total} "
+                                  f"steps; give at least {self.step} steps to resume it")
+        # the scheduler's state holds the schedule it was saved with; a run extended (or shortened)
+        # on resume follows the new schedule from the resumed step on
+        self.sched.lr_lambdas = [self.schedule] * len(self.opt.param_groups)
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            group["lr"] = base * self.schedule(self.step)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict:
