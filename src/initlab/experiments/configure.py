@@ -317,9 +317,8 @@ def check_param(param: str, base_width: int | None = None) -> None:
 
 def known_init_names() -> list[str] | None:
     """Scheme names registered in :mod:`initlab.schemes` (None when that module is not there)."""
-    try:
-        from .. import schemes as registry
-    except ImportError:
+    registry = _schemes_module()
+    if registry is None:
         return None
     listing = getattr(registry, "schemes", None)
     if listing is None:
@@ -331,17 +330,32 @@ def known_init_names() -> list[str] | None:
     return names
 
 
+def _schemes_module():
+    # import_module, not `from .. import schemes`: initlab's lazy attribute `schemes` is the listing function
+    import importlib
+
+    try:
+        return importlib.import_module("initlab.schemes")
+    except ImportError:
+        return None
+
+
 def check_init_spec(spec: str) -> None:
     """Every '+'-joined part of an init spec must be a registered scheme name."""
     parts = [part.strip() for part in str(spec).split("+")]
     if any(not part for part in parts):
         raise ConfigError(f"bad init spec {spec!r}: empty name around '+' (e.g. nt+mimetic)")
+    registry = _schemes_module()
+    if registry is not None and hasattr(registry, "check_spec"):
+        registry.check_spec(spec)  # the registry's own rules: names, aliases, refused chains
+        return
     names = known_init_names()
     if names is None:
         return
     unknown = [part for part in parts if part not in names]
     if unknown:
-        raise ConfigError(f"unknown init {', '.join(map(repr, unknown))} in {spec!r}; "
+        where = f" in {spec!r}" if "+" in str(spec) else ""
+        raise ConfigError(f"unknown init {', '.join(map(repr, unknown))}{where}; "
                           f"valid names: {', '.join(sorted(names))} (join with '+', e.g. nt+mimetic)")
 
 
