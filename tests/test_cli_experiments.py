@@ -265,3 +265,14 @@ def test_sweep_under_mu_defaults_base_width_to_smallest_width(fake, tmp_path, ca
                  "--out", str(tmp_path / "mu"), "--quiet"]) == 0
     assert {c.base_width for c in fake.calls} == {64} and [c.width for c in fake.calls] == [64, 128]
     assert "using the smallest width 64" in capsys.readouterr().out
+
+
+def test_sweep_lm_minimizes_val_loss(fake, tmp_path, capsys):
+    out = tmp_path / "lm-sweep"
+    assert main(["sweep", "--task", "lm", "--widths", "64,128", "--lrs", "2.5e-3..1e-2:3", "--steps", "5",
+                 "--out", str(out), "--quiet"]) == 0
+    assert all(c.task == "lm" and c.model == "gpt-mini" for c in fake.calls)
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["metric"] == "val_loss"
+    assert analysis["optimal_lr"] == {"64": 1e-2, "128": 5e-3}
+    assert "val_loss at lr*" in capsys.readouterr().out
