@@ -98,6 +98,16 @@ def test_parse_names(spec, name, s):
     assert Parametrization.parse(p, base_width=16).base_width == 16
 
 
+def test_parametrization_is_a_hashable_value():
+    overrides = {"q": 1.0}
+    a = Parametrization.parse("mu", constants=overrides)
+    overrides["q"] = 2.0  # the caller's dict is copied, not shared
+    assert a.constant("q") == 1.0
+    assert a == Parametrization.parse("mu", constants={"q": 1.0}) != Parametrization.parse("mu")
+    assert len({a, Parametrization.parse("mu", constants={"q": 1.0})}) == 1
+    assert str(Parametrization.parse("hybrid", base_width=32)) == "hybrid (base width 32)"
+
+
 @pytest.mark.parametrize("spec", ["s=1.5", "s=-0.1", "foo", "s=x", "s=nan", "", "s="])
 def test_parse_rejects_with_one_line_config_error(spec):
     with pytest.raises(ConfigError) as e:
@@ -494,3 +504,50 @@ def test_describe_lists_every_slot():
 def test_top_level_exports():
     assert initlab.Parametrization is Parametrization
     assert initlab.parametrize_ is parametrize_ and initlab.param_groups is param_groups
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_agrees_with_the_theory_modules_independent_table(optimizer):
+    """initlab.theory.lr_factor (F) derives λ̃ = λ·|g| from the same tables, written separately;
+    the two must agree with the full M factors, for every group, member and width."""
+    theory = pytest.importorskip("initlab.theory")
+    n_patch, n_out, m = 48, 100, 4
+    slots = {"patch_embed": (n_patch, None), "token_embed": (1, None), "pos_embed": (1, None),
+             "q": (None, None), "o": (None, None), "mlp_in": (None, m), "mlp_out": (m, 1),
+             "head": (None, n_out), "head_bias": (None, n_out)}
+    for s in (0.0, 0.5, 1.0):
+        p = Parametrization(name="x", s=s, mlp_factors="full")
+        for n in WIDTHS:
+            for group, (fi, fo) in slots.items():
+                fan_in = n * fi if group == "mlp_out" else (fi or n)
+                fan_out = n * fo if group in ("mlp_in", "mlp_out") else (fo or n)
+                role, kind = ("head", "bias") if group == "head_bias" else (group, "weight")
+                ours = p.lr_factor(role, kind, optimizer, width=n, fan_in=fan_in, fan_out=fan_out)
+                theirs = theory.lr_factor(group, n, optimizer=optimizer, s=s, n_patch=n_patch,
+                                          mlp_ratio=m, n_out=n_out)
+                assert ours == pytest.approx(theirs, rel=1e-12), (group, s, n)
+
+
+def test_foreign_models_through_their_adapters():
+    """Any model the role map covers: LLaMA (grouped-query k/v, RMSNorm, untied head) and GPT-2
+    (fused Conv1D qkv, tied head without a head-multiplier control)."""
+    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    n = 64
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=n, intermediate_size=2 * n, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128))
+    parametrize_(llama, "mu", generator=torch.Generator().manual_seed(0))
+    attn = llama.model.layers[0].self_attn
+    assert attn.k_proj.weight.double().pow(2).mean().item() == pytest.approx(0.5 / n, rel=0.1)
+    assert llama.lm_head.weight.double().pow(2).mean().item() == pytest.approx(1 / n ** 2, rel=0.1)
+    by = {g["role"]: g for g in param_groups(llama, "mu", lr=1.0)}
+    assert by["k"]["lr"] == pytest.approx(1 / n) and by["head"]["lr"] == pytest.approx(1 / (n * 128 ** 0.5))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=n, n_layer=1, n_head=2, vocab_size=128, n_positions=16, bos_token_id=0, eos_token_id=0))
+    parametrize_(gpt2, "standard")  # N_rescale = 1: nothing to set
+    with pytest.raises(InitError, match="N_rescale"):
+        parametrize_(gpt2, "nt")  # the tied head needs n^-1/2 and GPT-2 has no knob for it
+    by = {g["role"]: g for g in param_groups(gpt2, "nt", lr=1.0)}
+    assert by["q+k+v"]["lr"] == pytest.approx(n ** -1.5) and by["token_embed"]["lr"] == pytest.approx(n ** -0.5)

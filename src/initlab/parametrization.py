@@ -92,6 +92,9 @@ class Parametrization:
     attn_scale: str | float | None = "sqrt"
 
     def __post_init__(self):
+        # own copies, so that a caller's dict changing later cannot change this parametrization
+        object.__setattr__(self, "constants", dict(self.constants))
+        object.__setattr__(self, "distributions", dict(self.distributions))
         if self.s is not None:
             if not isinstance(self.s, (int, float)) or not (0.0 <= self.s <= 1.0):
                 raise ConfigError(f"parametrization s must be a number in [0, 1], got {self.s!r}")
@@ -115,6 +118,11 @@ class Parametrization:
         if not (a is None or a in ("sqrt", "linear") or
                 (isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a > 0)):
             raise ConfigError(f"attn_scale must be 'sqrt', 'linear', a positive number or None, got {a!r}")
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.s, self.base_width, tuple(sorted(self.constants.items())),
+                     tuple(sorted(self.distributions.items())), self.init_style, self.mlp_factors,
+                     self.attn_scale))
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
