@@ -1,0 +1,172 @@
+"""Coordinate check (as μP's ``mup.coord_check``), for our parametrizations.
+
+Train a few steps at several widths with the parametrization's initialization and per-group
+learning rates (:func:`initlab.parametrization.param_groups`) and record, per role and step, the
+RMS of each role's module output on a fixed batch (activation size) and the RMS of its change since
+step 0 (update size). Under a parametrization that is right for width these curves are flat across
+widths; under the standard parametrization at a fixed learning rate they grow with width.
+
+With ``base_width`` the factors are (n/n_base)^e, so at the base width every parametrization takes
+the same steps and the curves fan out from one point.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .roles import roles
+
+TRACKED = ("patch_embed", "token_embed", "q+k+v", "q", "k", "v", "o", "mlp_in", "mlp_out", "logits")
+
+
+@dataclass
+class CoordCheck:
+    """Records: one dict per (param, width, step, role) with ``act`` and ``delta`` (RMS)."""
+
+    records: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def value(self, param: str, width: int, role: str, *, step: int | None = None, key: str = "act") -> float:
+        rows = [r for r in self.records if r["param"] == param and r["width"] == width and r["role"] == role]
+        if not rows:
+            raise ConfigError(f"no record for {param}/{width}/{role}")
+        step = max(r["step"] for r in rows) if step is None else step
+        return next(r[key] for r in rows if r["step"] == step)
+
+    def slope(self, param: str, role: str, *, key: str = "act", step: int | None = None) -> float:
+        """Least-squares exponent e of value ∝ width^e across widths (0 = flat)."""
+        widths = sorted({r["width"] for r in self.records if r["param"] == param})
+        xs = [math.log(w) for w in widths]
+        ys = [math.log(max(self.value(param, w, role, step=step, key=key), 1e-30)) for w in widths]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+    def roles(self) -> list[str]:
+        return [r for r in TRACKED if any(x["role"] == r for x in self.records)]
+
+    def params(self) -> list[str]:
+        return list(dict.fromkeys(r["param"] for r in self.records))
+
+    def write_csv(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["param", "width", "step", "role", "act", "delta"])
+            w.writeheader()
+            w.writerows(self.records)
+        return path
+
+    def table(self) -> str:
+        lines = ["width exponent of the activation RMS (act) and its change since step 0 (delta) "
+                 "at the last step; 0 = flat across widths"]
+        for p in self.params():
+            lines.append(f"{p:>10}: " + "  ".join(
+                f"{r} {self.slope(p, r):+.2f}/{self.slope(p, r, key='delta'):+.2f}" for r in self.roles()))
+        return "\n".join(lines)
+
+    def plot(self, path, *, key: str = "delta") -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        params, rls = self.params(), self.roles()
+        steps = sorted({r["step"] for r in self.records})
+        fig, axes = plt.subplots(len(params), len(rls), figsize=(2.6 * len(rls), 2.4 * len(params)),
+                                 squeeze=False, sharex=True)
+        cmap = plt.get_cmap("viridis")
+        for i, p in enumerate(params):
+            widths = sorted({r["width"] for r in self.records if r["param"] == p})
+            for j, role in enumerate(rls):
+                ax = axes[i][j]
+                for k, st in enumerate(steps):
+                    if key == "delta" and st == 0:
+                        continue
+                    ax.loglog(widths, [self.value(p, w, role, step=st, key=key) for w in widths], "o-",
+                              ms=3, color=cmap(k / max(len(steps) - 1, 1)), label=f"step {st}")
+                ax.set_title(f"{p}: {role}", fontsize=9)
+                if i == len(params) - 1:
+                    ax.set_xlabel("width")
+        axes[0][0].legend(fontsize=7)
+        what = "RMS change of the output since step 0" if key == "delta" else "RMS of the output"
+        fig.suptitle(f"coordinate check: {what}, per role (flat = width-independent)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def _module_of(param_name: str) -> str:
+    return param_name.rsplit(".", 1)[0]
+
+
+def coord_check(make_model: Callable[[int], nn.Module], widths, batch: torch.Tensor, targets: torch.Tensor, *,
+                params=("standard", "nt", "mu"), optimizer: str = "adamw", lr: float = 1e-2,
+                steps: int = 4, base_width: int | None = None, seed: int = 0) -> CoordCheck:
+    """Train ``steps`` steps at each width for each parametrization and record per-role sizes.
+
+    Args:
+        make_model: width -> a fresh model (same depth, heads chosen so head_dim stays fixed).
+        batch, targets: one fixed batch, used for every step (the check is about sizes, not data).
+        params: parametrization specs for :func:`initlab.parametrization.Parametrization.parse`.
+        base_width: n_base of the lr factors (default: the smallest width).
+    """
+    from .parametrization import Parametrization, param_groups, parametrize_
+
+    widths = sorted(int(w) for w in widths)
+    if len(widths) < 2:
+        raise ConfigError("a coordinate check needs at least two widths")
+    base = base_width or widths[0]
+    out = CoordCheck(meta=dict(widths=widths, optimizer=optimizer, lr=lr, steps=steps, base_width=base))
+    for spec in params:
+        p = Parametrization.parse(spec, base_width=base)
+        for width in widths:
+            torch.manual_seed(seed)
+            model = make_model(width)
+            rm = roles(model)
+            parametrize_(model, p, generator=torch.Generator().manual_seed(seed), role_map=rm)
+            groups = param_groups(model, p, lr=lr, optimizer=optimizer, role_map=rm)
+            opt = (torch.optim.AdamW(groups, lr=lr, weight_decay=0.0) if optimizer == "adamw"
+                   else torch.optim.SGD(groups, lr=lr))
+            modules = {}
+            for info in rm:
+                if info.kind == "weight" and info.role in TRACKED and info.role not in modules:
+                    modules[info.role] = [model.get_submodule(_module_of(i.name)) for i in rm
+                                          if i.kind == "weight" and i.role == info.role]
+            first: dict = {}
+            for step in range(steps + 1):
+                acts: dict = {}
+                hooks = [m.register_forward_hook(lambda mod, i, o, role=role: acts.setdefault(role, []).append(o.detach()))
+                         for role, mods in modules.items() for m in mods]
+                try:
+                    logits = model(batch)
+                    logits = logits[0] if isinstance(logits, tuple) else logits
+                finally:
+                    for h in hooks:
+                        h.remove()
+                acts["logits"] = [logits.detach()]
+                for role, outs in acts.items():
+                    if step == 0:
+                        first[role] = [o.clone() for o in outs]
+                    act = math.sqrt(sum(float(o.double().pow(2).mean()) for o in outs) / len(outs))
+                    delta = math.sqrt(sum(float((o - f).double().pow(2).mean())
+                                          for o, f in zip(outs, first[role])) / len(outs))
+                    out.records.append(dict(param=str(spec), width=width, step=step, role=role,
+                                            act=act, delta=delta))
+                if step == steps:
+                    break
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return out
