@@ -276,3 +276,17 @@ def test_sweep_lm_minimizes_val_loss(fake, tmp_path, capsys):
     assert analysis["metric"] == "val_loss"
     assert analysis["optimal_lr"] == {"64": 1e-2, "128": 5e-3}
     assert "val_loss at lr*" in capsys.readouterr().out
+
+
+def test_interrupted_run_stops_the_experiment(fake, tmp_path, capsys, monkeypatch):
+    def interrupted(config, **kwargs):
+        result = FakeEngine()(config, **kwargs)
+        fake.calls.append(config)
+        result.status = "interrupted"
+        return result
+
+    monkeypatch.setattr(engine, "run", interrupted)
+    out = tmp_path / "int"
+    assert main(["compare", "--inits", "default,mimetic", "--epochs", "1", "--out", str(out), "--quiet"]) == 130
+    assert len(fake.calls) == 1  # the second init never started
+    assert "rerun the same command to continue" in capsys.readouterr().err

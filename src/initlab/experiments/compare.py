@@ -21,7 +21,7 @@ from typing import Callable
 from ..train.config import TrainConfig
 from .plots import plot_curves
 from .records import RunRecord, write_csv, write_json
-from .runner import run_cell, slug
+from .runner import run_cell, slug, stop_if_interrupted
 from .summary import MetricSpec, compare_table, primary_metric, summarize
 
 
@@ -49,6 +49,7 @@ def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str 
             config = base.replace(init=init, seed=seed, out=str(out / "runs" / f"{slug(init)}-s{seed}"), resume=False)
             record, reused = run_cell(config, {"init": init, "seed": seed}, progress=progress,
                                        command=command)
+            stop_if_interrupted(record)
             records.append(record)
             log(f"[{k}/{total}] init={init} seed={seed}: {_brief(record, base.task)}"
                 + (" (finished earlier, reused)" if reused else ""))

@@ -92,6 +92,16 @@ def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse:
     return record, False
 
 
+def stop_if_interrupted(record: RunRecord) -> None:
+    """A run stopped by Ctrl-C/SIGTERM stops the whole experiment (not just that run)."""
+    if record.status == "interrupted":
+        import sys
+
+        print(f"run in {record.run_dir} interrupted; its checkpoint is kept: rerun the same command to "
+              f"continue", file=sys.stderr)
+        raise KeyboardInterrupt
+
+
 def _has_checkpoint(run_dir: Path) -> bool:
     """An engine checkpoint in ``run_dir`` (checkpoint.pt or its last-good copy)."""
     try:

@@ -21,7 +21,7 @@ from ..train.config import TrainConfig
 from .grid import lr_label
 from .plots import plot_transfer
 from .records import RunRecord, read_csv, read_json, write_csv, write_json
-from .runner import FINISHED, identity, run_cell
+from .runner import FINISHED, identity, run_cell, stop_if_interrupted
 from .summary import format_table
 
 # vision: the training loss averaged over the last evaluation interval (the classic transfer plot
@@ -90,6 +90,13 @@ def metric_value(record: RunRecord, metric: str) -> float:
     return value if math.isfinite(value) else math.inf
 
 
+def lowest(record: RunRecord, metric: str) -> float:
+    """The lowest value of ``metric`` over the run's evaluations (inf if none is finite)."""
+    values = [float(row[metric]) for row in record.history
+              if isinstance(row.get(metric), (int, float)) and math.isfinite(float(row[metric]))]
+    return min(values) if values else math.inf
+
+
 def _sweep_identity(base: TrainConfig) -> dict:
     d = identity(base)
     d.pop("width", None)
@@ -133,10 +140,11 @@ def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str |
         record, reused = run_cell(config, {"width": width, "lr": lr}, progress=progress, command=command)
         ran += 0 if reused else 1
         skipped += 1 if reused else 0
+        stop_if_interrupted(record)
         value = metric_value(record, metric)
         rows[key] = {
             "width": width, "lr": lr_label(lr), "status": record.status, "metric": metric,
-            "value": value, "best_value": record.best_metric(metric, higher_is_better=False),
+            "value": value, "best_value": lowest(record, metric),
             "wall_time_s": record.wall_time_s, "epochs": record.epochs_done(), "run_dir": record.run_dir,
         }
         write_csv(csv_path, _sorted_rows(rows), first=CSV_COLUMNS)
