@@ -32,7 +32,7 @@ def init_generator(seed: int) -> torch.Generator:
 def resolve_parametrization(config: TrainConfig):
     """The :class:`~initlab.parametrization.Parametrization` of the run, and whether the init spec implies it."""
     from ..parametrization import Parametrization
-    parametrization_of = _schemes()[1]
+    from ..schemes import parametrization_of
     implied = parametrization_of(config.init)
     chosen = Parametrization.parse(config.param, base_width=config.base_width)
     if implied is not None:
@@ -51,7 +51,7 @@ def resolve_parametrization(config: TrainConfig):
 def initialize_(model: nn.Module, config: TrainConfig):
     """Initialize ``model`` (on CPU, freshly built) as ``config`` says; returns the parametrization."""
     from ..parametrization import parametrize_
-    init_ = _schemes()[0]
+    from ..schemes import init_
     p, implied = resolve_parametrization(config)
     gen = init_generator(config.seed)
     if not p.is_standard and not implied:
@@ -59,18 +59,3 @@ def initialize_(model: nn.Module, config: TrainConfig):
     init_(model, config.init, generator=gen, **config.init_options)
     return p
 
-
-def _schemes():
-    # TEMPORARY until initlab.schemes lands (E): "default" and "mimetic" only. Remove at integration.
-    try:
-        from ..schemes import init_, parametrization_of
-        return init_, parametrization_of
-    except ImportError:
-        def init_(model, spec, *, generator=None, **options):
-            if spec == "mimetic":
-                from ..mimetic import mimetic_
-                mimetic_(model, generator=generator, **options)
-            elif spec != "default":
-                raise ConfigError(f"init {spec!r} needs initlab.schemes")
-            return model
-        return init_, lambda spec: None

@@ -24,8 +24,7 @@ def materialize_(model: nn.Module, device: str | torch.device = "cpu", *, init: 
         reset = getattr(module, "reset_parameters", None)
         if callable(reset) and module is not model:
             reset()
-    # buffers that are not parameters (fixed sincos tables) are recomputed by the model's constructor
-    # logic; ours register them non-persistent, so rebuild them from a CPU twin when present
+    # fixed (non-parameter) sincos tables are computed in the constructor, so recompute them
     _restore_fixed_buffers(model, device)
     reset_tables = getattr(model, "reset_tables", None)
     if callable(reset_tables):
@@ -37,16 +36,19 @@ def materialize_(model: nn.Module, device: str | torch.device = "cpu", *, init: 
 
 
 def _restore_fixed_buffers(model: nn.Module, device) -> None:
-    """Recompute non-parameter buffers (sincos position tables) that ``to_empty`` left as garbage."""
+    """Recompute the fixed sincos position tables of our models, which ``to_empty`` left as garbage."""
+    from ..models import GPT, ViT
     from ..models.layers import sincos_1d, sincos_2d
     pos = getattr(model, "pos_embed", None)
-    if isinstance(pos, torch.Tensor) and not isinstance(pos, nn.Parameter):
-        cfg = getattr(model, "config", {})
-        width = pos.shape[-1]
-        if hasattr(model, "grid"):
-            table = sincos_2d(model.grid, model.grid, width)
-            if cfg.get("pool") == "cls":
-                table = torch.cat([torch.zeros(1, width), table])
-        else:
-            table = sincos_1d(pos.shape[1], width)
-        pos.copy_(table[None].to(device=pos.device, dtype=pos.dtype))
+    if not isinstance(pos, torch.Tensor) or isinstance(pos, nn.Parameter):
+        return
+    width = pos.shape[-1]
+    if isinstance(model, ViT):
+        table = sincos_2d(model.grid, model.grid, width)
+        if model.pool == "cls":
+            table = torch.cat([torch.zeros(1, width), table])
+    elif isinstance(model, GPT):
+        table = sincos_1d(pos.shape[1], width)
+    else:
+        return
+    pos.copy_(table[None].to(device=pos.device, dtype=pos.dtype))
