@@ -154,7 +154,7 @@ def test_multihead_attention_separate_weights_same_width_via_mapping():
     net = Net()
     mapping = {"attention": {"blocks.*.attn": dict(q="q_proj", k="k_proj", v="v_proj", o="out_proj",
                                                    heads=3)},
-               "token_embed": ["emb"], "mlp_in": ["*.fc1"]}
+               "token_embed": ["emb"], "mlp_in": ["**.fc1"]}
     rm = roles(net, mapping=mapping)
     assert rm.adapter == "mapping" and rm.depth == 2
     before = snapshot(net)
@@ -377,7 +377,7 @@ def test_mapping_fused_conv1d_gqa_and_errors():
         roles_from_mapping(net, {"attention": spec["attention"]})  # strict: 'extra' unmapped
     assert roles_from_mapping(net, {"attention": spec["attention"], "strict": False})["extra.weight"].role == "other"
     with pytest.raises(RoleMapError, match="matches no module"):
-        roles_from_mapping(net, {**spec, "mlp_in": ["*.fc1"]})
+        roles_from_mapping(net, {**spec, "mlp_in": ["**.fc1"]})
     with pytest.raises(RoleMapError, match="not divisible|equal size"):
         roles_from_mapping(net, {**spec, "attention": {"attn": dict(qkv="c_attn", o="c_proj", heads=5)}})
     with pytest.raises(RoleMapError, match="unknown keys"):
@@ -389,3 +389,12 @@ def test_mapping_fused_conv1d_gqa_and_errors():
 def test_unknown_model_error_mentions_mapping():
     with pytest.raises(RoleMapError, match="mapping"):
         roles(nn.Linear(3, 3))
+
+
+def test_pattern_segments():
+    from initlab.roles.mapping import pattern_regex
+    match = lambda p, n: bool(pattern_regex(p).match(n))
+    assert match("blocks.*.attn", "blocks.3.attn") and not match("blocks.*.attn", "blocks.3.attn.qkv")
+    assert match("**.fc1", "fc1") and match("**.fc1", "blocks.3.mlp.fc1") and not match("**.fc1", "xfc1")
+    assert match("layers.?", "layers.7") and not match("layers.?", "layers.12")
+    assert match("cls.**", "cls.predictions.decoder") and not match("*.fc1", "a.b.fc1")

@@ -30,41 +30,41 @@ from .registry import register_adapter
 _HEADS = "config.num_attention_heads"
 
 GPT2 = {
-    "attention": {"*h.*.attn": dict(qkv="c_attn", o="c_proj", heads="config.n_head")},
-    "token_embed": ["*wte"], "pos_embed": ["*wpe"],
-    "mlp_in": ["*.mlp.c_fc"], "mlp_out": ["*.mlp.c_proj"],
-    "head": ["lm_head", "score", "*multiple_choice_head.summary", "qa_outputs", "classifier"],
+    "attention": {"**.h.*.attn": dict(qkv="c_attn", o="c_proj", heads="config.n_head")},
+    "token_embed": ["**.wte"], "pos_embed": ["**.wpe"],
+    "mlp_in": ["**.mlp.c_fc"], "mlp_out": ["**.mlp.c_proj"],
+    "head": ["lm_head", "score", "**.multiple_choice_head.summary", "qa_outputs", "classifier"],
 }
 BERT = {
-    "attention": {"*layer.*.attention": dict(q="self.query", k="self.key", v="self.value",
+    "attention": {"**.layer.*.attention": dict(q="self.query", k="self.key", v="self.value",
                                              o="output.dense", heads=_HEADS)},
-    "token_embed": ["*embeddings.word_embeddings", "*embeddings.token_type_embeddings"],
-    "pos_embed": ["*embeddings.position_embeddings"],
-    "mlp_in": ["*layer.*.intermediate.dense"], "mlp_out": ["*layer.*.output.dense"],
-    "head": ["*pooler.dense", "cls.*", "classifier", "qa_outputs"],
+    "token_embed": ["**.embeddings.word_embeddings", "**.embeddings.token_type_embeddings"],
+    "pos_embed": ["**.embeddings.position_embeddings"],
+    "mlp_in": ["**.layer.*.intermediate.dense"], "mlp_out": ["**.layer.*.output.dense"],
+    "head": ["**.pooler.dense", "cls.**", "classifier", "qa_outputs"],
 }
 _VIT_COMMON = {
-    "patch_embed": ["*embeddings.patch_embeddings.projection"],
-    "cls_token": ["*embeddings.cls_token"], "pos_embed": ["*embeddings.position_embeddings"],
-    "other": ["*embeddings.mask_token"],
-    "head": ["classifier", "*pooler.dense"],
+    "patch_embed": ["**.embeddings.patch_embeddings.projection"],
+    "cls_token": ["**.embeddings.cls_token"], "pos_embed": ["**.embeddings.position_embeddings"],
+    "other": ["**.embeddings.mask_token"],
+    "head": ["classifier", "**.pooler.dense"],
 }
 VIT = {  # transformers >= 5
-    "attention": {"*layers.*.attention": dict(q="q_proj", k="k_proj", v="v_proj", o="o_proj",
+    "attention": {"**.layers.*.attention": dict(q="q_proj", k="k_proj", v="v_proj", o="o_proj",
                                               heads=_HEADS)},
-    "mlp_in": ["*layers.*.mlp.fc1"], "mlp_out": ["*layers.*.mlp.fc2"], **_VIT_COMMON,
+    "mlp_in": ["**.layers.*.mlp.fc1"], "mlp_out": ["**.layers.*.mlp.fc2"], **_VIT_COMMON,
 }
 VIT_V4 = {  # transformers < 5
-    "attention": {"*layer.*.attention": dict(q="attention.query", k="attention.key",
+    "attention": {"**.layer.*.attention": dict(q="attention.query", k="attention.key",
                                              v="attention.value", o="output.dense", heads=_HEADS)},
-    "mlp_in": ["*layer.*.intermediate.dense"], "mlp_out": ["*layer.*.output.dense"], **_VIT_COMMON,
+    "mlp_in": ["**.layer.*.intermediate.dense"], "mlp_out": ["**.layer.*.output.dense"], **_VIT_COMMON,
 }
 LLAMA = {
-    "attention": {"*layers.*.self_attn": dict(q="q_proj", k="k_proj", v="v_proj", o="o_proj",
+    "attention": {"**.layers.*.self_attn": dict(q="q_proj", k="k_proj", v="v_proj", o="o_proj",
                                               heads=_HEADS, kv_heads="config.num_key_value_heads")},
-    "token_embed": ["*embed_tokens"],
-    "mlp_in": ["*layers.*.mlp.gate_proj", "*layers.*.mlp.up_proj"],
-    "mlp_out": ["*layers.*.mlp.down_proj"],
+    "token_embed": ["**.embed_tokens"],
+    "mlp_in": ["**.layers.*.mlp.gate_proj", "**.layers.*.mlp.up_proj"],
+    "mlp_out": ["**.layers.*.mlp.down_proj"],
     "head": ["lm_head", "score"],
 }
 

@@ -21,7 +21,7 @@ TIMM_VIT_MAPPING = {
     "mlp_in": ["blocks.*.mlp.fc1"],
     "mlp_out": ["blocks.*.mlp.fc2"],
     "gain": ["blocks.*.ls1", "blocks.*.ls2"],
-    "head": ["head", "head.fc", "attn_pool.*"],
+    "head": ["head", "head.fc", "attn_pool.**"],
 }
 
 

@@ -1,8 +1,10 @@
 """Explicit mappings: module-name patterns to roles, for any model no adapter knows.
 
-Format (every key optional except ``attention``; patterns are :mod:`fnmatch` patterns matched
-against the names of ``model.named_modules()``, or of ``model.named_parameters()`` for tensors
-that live directly on a module, such as a class token)::
+Format (every key optional except ``attention``). Patterns are matched against the names of
+``model.named_modules()`` (or of ``model.named_parameters()`` for tensors that live directly on a
+module, such as a class token), segment by segment: ``*`` matches within one dotted segment
+(``blocks.*.attn`` matches ``blocks.3.attn`` but not ``blocks.3.attn.qkv``), ``**`` matches any
+number of segments (``**.fc1`` matches ``fc1`` and ``blocks.3.mlp.fc1``), ``?`` one character::
 
     initlab.roles(model, mapping={
         "attention": {
@@ -12,8 +14,8 @@ that live directly on a module, such as a class token)::
             # "blocks.*.attn": dict(qkv="qkv", o="proj", heads=8, kv_heads=2),
         },
         "token_embed": ["tok_emb"], "pos_embed": ["pos_emb"], "patch_embed": ["stem"],
-        "cls_token": ["cls"], "mlp_in": ["*.fc1"], "mlp_out": ["*.fc2"], "head": ["lm_head"],
-        "gain": ["*.ls*"], "norm": ["*.ln*"],     # norms are also found automatically
+        "cls_token": ["cls"], "mlp_in": ["**.fc1"], "mlp_out": ["**.fc2"], "head": ["lm_head"],
+        "gain": ["**.ls*"], "norm": ["**.ln*"],   # norms are also found automatically
         "other": ["rotary.*"],                     # mapped but touched by no scheme
         "strict": True,                            # unmapped parameters are an error
     })
@@ -32,7 +34,7 @@ tensors are the first integer in their module path (``blocks.3.mlp.fc1`` -> 3).
 """
 from __future__ import annotations
 
-import fnmatch
+import functools
 import re
 from typing import Any
 
@@ -86,8 +88,32 @@ def _sub(prefix: str, rel: str) -> str:
     return f"{prefix}.{rel}" if prefix else rel
 
 
+@functools.lru_cache(maxsize=256)
+def pattern_regex(pattern: str) -> re.Pattern:
+    """Compile a dotted-name pattern: ``*`` within a segment, ``**`` across segments, ``?``."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**.", i):
+            out.append(r"(?:.*\.)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(r".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append(r"[^.]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append(r"[^.]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
 def _matching(names, pattern: str) -> list[str]:
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    rx = pattern_regex(pattern)
+    return [n for n in names if rx.match(n)]
 
 
 def add_attention_spec(b: RoleMapBuilder, index: int, name: str, spec: dict, model: nn.Module,
