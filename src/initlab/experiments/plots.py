@@ -56,7 +56,7 @@ def plot_curves(records: list[RunRecord], metric: MetricSpec, path: str | Path, 
             std = np.nanstd(values, axis=1, ddof=1)
             ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xlabel(x)
-    ax.set_ylabel(f"{metric.key} ({metric.label})" if metric.label else metric.key)
+    ax.set_ylabel(metric.title or metric.key)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title or f"{metric.key}: mean ± std over seeds")

@@ -25,6 +25,7 @@ class MetricSpec:
     label: str  # column title
     scale: float = 1.0  # display factor (100 for accuracies stored as fractions)
     digits: int = 2
+    title: str = ""  # axis label
 
     def show(self, mean: float, std: float, n: int) -> str:
         if n == 0:
@@ -40,8 +41,8 @@ def primary_metric(task: str, records: list[RunRecord] | None = None) -> MetricS
         values = [r.final_metric(key) for r in records or []]
         finite = [v for v in values if math.isfinite(v)]
         scale = 100.0 if not finite or max(finite) <= 1.0 else 1.0
-        return MetricSpec(key, higher, "acc (%)", scale, 2)
-    return MetricSpec(key, higher, "val bpc", 1.0, 3)
+        return MetricSpec(key, higher, "acc (%)", scale, 2, "test accuracy (%)" if scale == 100 else "test accuracy")
+    return MetricSpec(key, higher, "val bpc", 1.0, 3, "validation bits per character")
 
 
 def summarize(records: list[RunRecord], group_by: str, metric: MetricSpec) -> list[dict]:
