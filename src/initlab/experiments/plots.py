@@ -90,6 +90,12 @@ def plot_transfer(table: dict[int, dict[float, float]], path: str | Path, *, met
         hi = sorted(finite_all)[max(0, int(0.9 * (len(finite_all) - 1)))]
         if hi > lo:
             ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.3 * (hi - lo))
+    top = ax.get_ylim()[1]
+    for i, width in enumerate(sorted(table)):  # diverged cells: an x at the top edge
+        bad = [lr for lr, v in table[width].items() if v is None or not math.isfinite(v)]
+        if bad:
+            ax.plot(bad, [top] * len(bad), "x", color=f"C{i}", ms=7, clip_on=False,
+                    label="diverged" if i == 0 else None)
     ax.set_xlabel("learning rate")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3, which="both")
