@@ -1,0 +1,36 @@
+"""``initlab probe`` and ``initlab coordcheck`` end to end on tiny models."""
+import json
+
+from initlab.cli import main
+
+
+def test_probe_command_writes_table_and_files(tmp_path, capsys):
+    rc = main(["probe", "--model", "vit", "--width", "64", "--depth", "2", "--param", "nt", "--samples", "8",
+               "--data", "synthetic", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "ViT width 64 depth 2" in out and "stem" in out
+    assert {p.name for p in tmp_path.iterdir()} >= {"probe.json", "probe.csv", "probe.png"}
+    d = json.loads((tmp_path / "probe.json").read_text())
+    assert d["meta"]["param"] == "nt" and len(d["predicted"]["blocks"]) == 2
+
+
+def test_probe_across_widths_and_gpt(tmp_path):
+    assert main(["probe", "--model", "gpt", "--widths", "32,64", "--depth", "1", "--heads", "2",
+                 "--samples", "8", "--data", "synthetic", "--tokens", "8", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "widths.png").exists() and (tmp_path / "probe_w32.json").exists()
+
+
+def test_probe_bad_flags_are_one_line(capsys):
+    assert main(["probe", "--widths", "64,x", "--no-theory"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--widths" in err[0]
+    assert main(["probe", "--width", "100", "--heads", "3", "--no-theory"]) == 2
+    assert main(["probe", "--param", "bogus", "--width", "64", "--no-theory"]) == 2
+
+
+def test_coordcheck_command(tmp_path, capsys):
+    assert main(["coordcheck", "--widths", "32,64", "--depth", "1", "--steps", "1", "--batch", "4",
+                 "--params", "standard,mu", "--data", "synthetic", "--out", str(tmp_path)]) == 0
+    assert "mu:" in capsys.readouterr().out
+    assert (tmp_path / "coordcheck.csv").exists() and (tmp_path / "coordcheck.png").exists()
