@@ -13,7 +13,7 @@ import sys
 from ..errors import InitlabError
 
 # order = order in --help
-COMMANDS = ("compare", "train", "sweep", "download", "schemes")
+COMMANDS = ("compare", "train", "sweep", "download", "schemes", "probe", "coordcheck")
 
 
 class ArgumentParser(argparse.ArgumentParser):
