@@ -150,6 +150,13 @@ def test_options_routing_errors_and_dotted_keys():
         init_(vit(), "gpt2", **{"strctured.focus": 0.5})
     with pytest.raises(InitError, match="has no option 'focs'"):
         init_(vit(), "structured", **{"structured.focs": 0.5})
+    with pytest.raises(InitError, match="option std must be a number"):
+        init_(vit(), "gpt2", std="big")
+    with pytest.raises(InitError, match="option attn must be true or false"):
+        init_(vit(), "zero_out", attn=2)
+    model = vit()
+    init_(model, "gpt2", std="0.05")  # a string from a config file is parsed
+    assert abs(model.blocks[0].mlp.fc1.weight.std().item() / 0.05 - 1) < 0.05
     with pytest.raises(InitError, match="must be finite"):
         init_(vit(), "gpt2", std=float("nan"))
 

@@ -244,9 +244,23 @@ def _route(chain: list[tuple[Scheme, dict]], options: dict) -> list[dict]:
             per[i][opt] = v
     for i, (s, _) in enumerate(chain):
         for k, v in per[i].items():
+            per[i][k] = v = _coerce(s, k, s.options.get(k), v)
             if isinstance(v, float) and not math.isfinite(v):
                 raise InitError(f"{s.name}: option {k} must be finite, got {v}")
     return per
+
+
+def _coerce(scheme: Scheme, key: str, default, value):
+    """Give an option the type of its default (strings from files/flags are parsed)."""
+    if isinstance(value, str) and not isinstance(default, str):
+        value = _parse_value(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise InitError(f"{scheme.name}: option {key} must be true or false, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InitError(f"{scheme.name}: option {key} must be a number, got {value!r}")
+    return value
 
 
 # -- the entry point ------------------------------------------------------------------------------
