@@ -57,6 +57,12 @@ def test_every_scheme_runs_or_refuses_cleanly_on_both_reference_models(name):
         assert torch.isfinite(model(x)).all(), name
 
 
+def test_initlab_schemes_is_callable_even_after_the_submodule_is_imported():
+    import initlab.schemes as mod
+    assert [s.name for s in initlab.schemes()] == [s.name for s in mod.schemes()]
+    assert initlab.init_ is mod.init_
+
+
 def test_aliases_case_and_unknown_names():
     assert get_scheme("Timm").name == "trunc_normal"
     assert get_scheme("olmo-mitchell").name == "mitchell"
