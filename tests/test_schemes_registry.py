@@ -252,3 +252,19 @@ def test_cli_lists_and_checks(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "must come first" in err
     assert issubclass(InitError, InitlabError)
+    assert main(["schemes", "--show", "gpt2", "--model", "vit-micro"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("blocks.0.mlp.fc1.weight"))
+    assert "mlp_in" in line and "changed" in line
+    assert abs(float(line.split()[6]) / 0.02 - 1) < 0.05  # std after
+    assert main(["schemes", "--show", "rezero", "--model", "vit-micro"]) == 2
+    assert "branch_gain='rezero'" in capsys.readouterr().err
+    assert main(["schemes", "--show", "rezero", "--model", "vit-micro", "--model-option",
+                 "branch_gain=rezero"]) == 0
+
+
+def test_default_is_a_no_op():
+    model = vit()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    init_(model, "default", generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

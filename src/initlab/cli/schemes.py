@@ -3,6 +3,7 @@
     initlab schemes                 # one line per scheme: name, roles, description
     initlab schemes --long          # plus formula, options, models and citation
     initlab schemes --check nt+mimetic   # does this chain compose? (exit 2 with the reason if not)
+    initlab schemes --show gpt2 --model vit-micro   # what a spec does to a model, tensor by tensor
 """
 from __future__ import annotations
 
@@ -17,7 +18,46 @@ def add_parser(subparsers) -> None:
     p.add_argument("--long", action="store_true", help="show formula, options, models and citation")
     p.add_argument("--check", metavar="SPEC", default=None,
                    help="check that an init spec (e.g. nt+mimetic) names known schemes and composes")
+    p.add_argument("--show", metavar="SPEC", default=None,
+                   help="initialize --model with SPEC and print every tensor's role, std before and after")
+    p.add_argument("--model", default="vit-micro", metavar="PRESET", help="model preset for --show")
+    p.add_argument("--model-option", dest="model_options", action="append", default=[],
+                   metavar="KEY=VALUE", help="model argument for --show, e.g. branch_gain=rezero")
+    p.add_argument("--seed", type=int, default=0, help="seed for --show")
     p.set_defaults(run=run)
+
+
+def show(spec: str, preset: str, model_options: list[str], seed: int) -> str:
+    """Table of one spec's effect on a freshly built model: name, role, layer, shape, std before/after."""
+    import torch
+
+    from ..errors import ConfigError
+    from ..models import create_model
+    from ..roles import roles
+    from ..schemes import init_
+    from ..schemes.registry import _parse_value
+
+    kwargs = {}
+    for item in model_options:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--model-option expects KEY=VALUE, got {item!r}")
+        kwargs[k.strip().replace("-", "_")] = _parse_value(v)
+    torch.manual_seed(seed)
+    model = create_model(preset, **kwargs)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    init_(model, spec, generator=torch.Generator().manual_seed(seed))
+    rows = [("tensor", "role", "kind", "layer", "shape", "std before", "std after", "mean after", "")]
+    for info in roles(model):
+        for slot in info.slots:
+            old = before[info.name][slot.index] if slot.index else before[info.name]
+            new = info.region(slot)
+            name = info.name + ("" if not slot.index or len(info.slots) == 1 else f"[{slot.role.value}]")
+            std = (lambda t: f"{t.double().std().item():.4g}" if t.numel() > 1 else f"{t.item():.4g}")
+            rows.append((name, slot.role.value, info.kind, "" if info.layer is None else str(info.layer),
+                         "x".join(map(str, new.shape)), std(old), std(new),
+                         f"{new.double().mean().item():.3g}", "" if torch.equal(old, new) else "changed"))
+    return _table(rows)
 
 
 _GROUPS = ((("q", "k", "v", "o"), "qkvo"), (("q", "k"), "qk"), (("v", "o"), "vo"),
@@ -46,6 +86,9 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 def run(args) -> int:
     from ..schemes import COMPOSITION_RULES, aliases_of, check_spec, parametrization_of, schemes
 
+    if args.show:
+        print(show(args.show, args.model, args.model_options, args.seed))
+        return 0
     if args.check:
         check_spec(args.check)  # InitError -> one line, exit 2
         p = parametrization_of(args.check)
