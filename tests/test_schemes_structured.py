@@ -137,3 +137,39 @@ def test_structured_runs_forward_and_is_finite():
     y = model(torch.randn(4, 1, 28, 28))
     assert torch.isfinite(y).all()
     assert math.isfinite(float(y.detach().std()))
+
+
+def test_gaussian_target_is_fitted_exactly_beyond_head_dim():
+    """Quadratic logits τ − ‖r_j − r_i − Δ‖² have rank <= 6: a learned table with more positions
+    (50) than head_dim (32) but fewer than width (64) fits them exactly; the impulse target cannot."""
+    import torch.nn.functional as F
+    from initlab.schemes.structured import gaussian_logits, impulse_logits
+    model = ViT(width=64, heads=2, depth=1, patch_size=4)
+    table = model.pos_embed.detach()[0].double()
+    feats = F.layer_norm(table, (64,), eps=1e-6)
+    for make, exact in ((gaussian_logits, True), (impulse_logits, False)):
+        target = make((7, 7), 1, (1, -1), 3.0)
+        wq, wk = fit_bilinear(feats, target, 32)
+        residual = ((feats @ wq @ wk.t() @ feats.t() - target).norm() / target.norm()).item()
+        assert (residual < 1e-9) == exact, (make.__name__, residual)
+
+
+@pytest.mark.parametrize("kw", [dict(width=64, heads=2, patch_size=4),
+                                dict(width=64, heads=2, patch_size=4, pos="sincos", pool="mean")])
+def test_gaussian_target_peaks_on_the_offset(kw):
+    model = ViT(depth=2, **kw)
+    init_(model, "structured(target=gaussian)", generator=torch.Generator().manual_seed(3))
+    plan = draw_offsets(2, 2, 3, "random", torch.Generator().manual_seed(3))
+    rmap = initlab.roles(model)
+    g, n = model.grid, model.pos_embed.shape[1]
+    for layer in range(2):
+        for h in range(2):
+            a = position_attention(model, rmap, layer, h)
+            dy, dx = plan[layer][h]
+            m = target_masses(model, a, (dy, dx))
+            assert abs(m.mean().item() - 0.9) < 2e-3
+            for r in range(g):  # every on-grid query's favourite key is its target
+                for c in range(g):
+                    if 0 <= r + dy < g and 0 <= c + dx < g:
+                        q = n - g * g + r * g + c
+                        assert int(a[q, n - g * g:].argmax()) == (r + dy) * g + c + dx

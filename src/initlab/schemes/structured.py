@@ -108,6 +108,29 @@ def impulse_logits(grid: tuple[int, int], n_prefix: int, offset: tuple[int, int]
     return t
 
 
+def gaussian_logits(grid: tuple[int, int], n_prefix: int, offset: tuple[int, int],
+                    tau: float) -> torch.Tensor:
+    """Target logits τ − ‖r_j − r_i − Δ‖² between patches (grid units), 0 for class tokens.
+
+    The quadratic ("Gaussian") relative-position logits of Cordonnier, Loukas & Jaggi (ICLR 2020,
+    arXiv 1911.03584) that make a head a shifted convolution tap: peaked at key = query + Δ, they
+    are a sum of a row term and a column term of rank <= 6, so any position table whose rows span
+    {1, y, y², x, x²} (learned tables with enough width, 2-D sin-cos tables) fits them exactly.
+    """
+    gh, gw = grid
+    ys = torch.arange(gh, dtype=torch.float64).repeat_interleave(gw)
+    xs = torch.arange(gw, dtype=torch.float64).repeat(gh)
+    dy = ys[None, :] - ys[:, None] - offset[0]
+    dx = xs[None, :] - xs[:, None] - offset[1]
+    n = n_prefix + gh * gw
+    t = torch.zeros(n, n, dtype=torch.float64)
+    t[n_prefix:, n_prefix:] = tau - (dy ** 2 + dx ** 2)
+    return t
+
+
+TARGETS = {"impulse": impulse_logits, "gaussian": gaussian_logits}
+
+
 def feature_basis(features: torch.Tensor, rcond: float = 1e-6):
     """Thin SVD (U, S, V) of F, dropping directions below rcond·S_max."""
     u, s, vh = torch.linalg.svd(features, full_matrices=False)
@@ -205,6 +228,8 @@ def _check(model, rmap, o) -> None:
     k = o["kernel_size"]
     if not (isinstance(k, int) and k >= 1 and k % 2 == 1):
         raise InitError(f"kernel_size must be a positive odd integer, got {k!r}")
+    if o.get("target", "impulse") not in TARGETS:
+        raise InitError(f"target must be one of {', '.join(TARGETS)}, got {o['target']!r}")
     if o["vo"] not in ("mimetic", "keep"):
         raise InitError(f"vo must be 'mimetic' or 'keep', got {o['vo']!r}")
     for att in rmap.attention:
@@ -215,6 +240,7 @@ def _check(model, rmap, o) -> None:
 
 @torch.no_grad()
 def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: float = 0.9,
+                target: str = "impulse",
                 pos_scale: float | None = 18.0, vo: str = "mimetic", alpha_vo: float = 0.4,
                 beta_vo: float = 0.4, rcond: float = 1e-6, generator: torch.Generator | None = None,
                 role_map=None):
@@ -224,6 +250,9 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
         kernel_size: offsets are drawn from a k×k neighbourhood (3 in the papers).
         offsets: ``"random"`` (iid per layer and head) or ``"ordered"`` (centre-out by head).
         focus: attention mass an interior query puts on its target, from positions alone.
+        target: ``"impulse"`` (the papers' one-hot logits) or ``"gaussian"`` (quadratic logits
+            τ − ‖r_j − r_i − Δ‖², Cordonnier et al. 2020: a peaked filter that 2-D sin-cos tables
+            and tables with fewer positions than width fit exactly).
         pos_scale: multiply a learned position table by this (None or 1: leave it).
         vo: ``"mimetic"`` (Wv Wo = α₂Z − β₂I, as the authors' code) or ``"keep"``.
         generator: CPU generator for the offsets and the V/O draws.
@@ -232,7 +261,7 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
     """
     from ..roles import roles
     rmap = role_map if role_map is not None else roles(model)
-    o = dict(kernel_size=kernel_size, vo=vo)
+    o = dict(kernel_size=kernel_size, vo=vo, target=target)
     _check(model, rmap, o)
     if not rmap.attention:
         raise InitError(f"{rmap.model_class} has no attention layers in its role map")
@@ -252,8 +281,8 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
         scale = logit_scale(model, att)
         for h in range(att.n_heads):
             offset = layer_offsets[h % len(layer_offsets)]
-            target = impulse_logits(grid, n_prefix, offset, tau) / scale
-            wq, wk = fit_bilinear(feats, target, att.head_dim, rcond, basis)
+            logits = TARGETS[target](grid, n_prefix, offset, tau) / scale
+            wq, wk = fit_bilinear(feats, logits, att.head_dim, rcond, basis)
             gain = calibrate(feats @ wq, feats @ wk, scale, grid, n_prefix, offset, focus)
             wq, wk = wq * math.sqrt(gain), wk * math.sqrt(gain)
             for view, w in ((att.q_head(h), wq), (att.k_head(h), wk)):
@@ -277,7 +306,7 @@ STRUCTURED = Scheme(
     "structured", "Zheng et al. convolutional/impulse attention init for ViTs: each head's attention "
     "map at init is a random k×k impulse filter over the patch grid",
     CITE, apply=_apply, check=_check,
-    options=dict(kernel_size=3, offsets="random", focus=0.9, pos_scale=18.0, vo="mimetic",
+    options=dict(kernel_size=3, offsets="random", focus=0.9, target="impulse", pos_scale=18.0, vo="mimetic",
                  alpha_vo=0.4, beta_vo=0.4, rcond=1e-6),
     writes=tuple((r, k) for r in ("q", "k", "v", "o") for k in ("weight", "bias")) + (("pos_embed", "weight"),),
     fixes=("q", "k", "v", "o", "pos_embed"), requires=("attention", "grid"),
