@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ..errors import InitError
-from ..roles import BIAS
+from ..roles import BIAS, unwrap
 from .spec import IN_PROJ, MATRIX_ROLES, OUT_PROJ, TABLES, Context, Rule, Scheme
 
 
@@ -189,7 +189,7 @@ def _deepnorm_check(model, rmap, o) -> None:
             f"deepnorm needs to set the residual skip multiplier α = (2L)^¼, but {rmap.model_class} "
             f"exposes no skip-scale control in its role map (initlab's ViT/GPT do: "
             f"skip_scale + norm_position='post'); use 'deepnorm_init' for the weight part only")
-    cfg = getattr(model, "config", None)
+    cfg = getattr(unwrap(model), "config", None)
     position = cfg.get("norm_position") if isinstance(cfg, dict) else None
     if position is not None and position != "post" and not o["allow_pre_ln"]:
         raise InitError(
@@ -201,7 +201,7 @@ def _deepnorm_check(model, rmap, o) -> None:
 def _deepnorm_setup(model, rmap, o) -> None:
     alpha = _deepnorm_alpha(o, rmap.depth)
     rmap.controls.set_skip_scale(alpha)
-    cfg = getattr(model, "config", None)
+    cfg = getattr(unwrap(model), "config", None)
     if isinstance(cfg, dict) and "skip_scale" in cfg:
         cfg["skip_scale"] = alpha  # keep the model's recorded config truthful for rebuilds
 
