@@ -54,9 +54,10 @@ def noise(shape: tuple[int, ...], d: int, *, dist: str = "uniform",
     """
     if dist == "uniform":
         bound = math.sqrt(3.0 / d)
-        return (torch.rand(shape, generator=generator, dtype=dtype, device=device) * 2 - 1) * bound
+        z = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+        return z.mul_(2 * bound).sub_(bound)
     if dist == "normal":
-        return torch.randn(shape, generator=generator, dtype=dtype, device=device) / math.sqrt(d)
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device).div_(math.sqrt(d))
     raise InitError(f"noise must be 'uniform' or 'normal' (same variance 1/d), got {dist!r}")
 
 
@@ -64,7 +65,7 @@ def noise(shape: tuple[int, ...], d: int, *, dist: str = "uniform",
 # factorizations: pure functions of the targets
 # ---------------------------------------------------------------------------------------------
 def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversample: int | None = None,
-                 power_iters: int = 4, generator: torch.Generator | None = None,
+                 power_iters: int = 6, generator: torch.Generator | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``rank`` singular triplets of a batch of matrices ``m`` (…, p, q).
 
@@ -87,9 +88,29 @@ def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversampl
     for _ in range(power_iters):
         y = m @ (mt @ y)
         y = y / y.norm(dim=-2, keepdim=True).amax(dim=-1, keepdim=True)  # keep float32 in range
-    basis, _ = torch.linalg.qr(y)
-    u, s, vh = torch.linalg.svd(basis.transpose(-1, -2) @ m, full_matrices=False)
-    return (basis @ u)[..., :rank], s[..., :rank], vh[..., :rank, :]
+    # Only small (width x width) decompositions from here on, in float64: large LAPACK calls
+    # (QR/SVD of tall matrices) cost more than all the matmuls above on CPUs.
+    basis = _orthonormal_columns(y)  # float64
+    c = basis.to(m.dtype).transpose(-1, -2) @ m  # (…, width, q)
+    c64 = c.double()
+    evals, evecs = torch.linalg.eigh(c64 @ c64.transpose(-1, -2))  # ascending
+    evals, evecs = evals.flip(-1)[..., :rank], evecs.flip(-1)[..., :rank]
+    s = evals.clamp_min(0).sqrt()
+    vh = (evecs.transpose(-1, -2) @ c64) / s.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(-1)
+    u = basis.double() @ evecs
+    return u.to(m.dtype), s.to(m.dtype), vh.to(m.dtype)
+
+
+def _orthonormal_columns(y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the columns of ``y`` by Cholesky-QR run twice (CholeskyQR2)."""
+    y = y.double()
+    eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
+    for _ in range(2):
+        gram = y.transpose(-1, -2) @ y
+        gram = gram + eye * (1e-14 * gram.diagonal(dim1=-2, dim2=-1).sum(-1))[..., None, None]
+        chol = torch.linalg.cholesky(gram)  # gram = L Lᵀ, y = Q Lᵀ
+        y = torch.linalg.solve_triangular(chol, y.transpose(-1, -2), upper=False).transpose(-1, -2)
+    return y
 
 
 def qk_factors(target: torch.Tensor, rank: int, **svd) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,11 +210,10 @@ def draw_targets(att: AttentionLayer, *, alpha_qk: float, beta_qk: float, alpha_
     noise. Float64 on CPU by default.
     """
     d = att.d_model
-    eye = torch.eye(d, dtype=dtype, device=device)
-    a = alpha_qk * noise((att.n_heads, d, d), d, dist=dist, generator=generator, dtype=dtype,
-                         device=device) + beta_qk * eye
-    b = alpha_vo * noise((d, d), d, dist=dist, generator=generator, dtype=dtype,
-                         device=device) + vo_sign * beta_vo * eye
+    a = noise((att.n_heads, d, d), d, dist=dist, generator=generator, dtype=dtype, device=device)
+    a.mul_(alpha_qk).diagonal(dim1=-2, dim2=-1).add_(beta_qk)
+    b = noise((d, d), d, dist=dist, generator=generator, dtype=dtype, device=device)
+    b.mul_(alpha_vo).diagonal().add_(vo_sign * beta_vo)
     return a, b
 
 
@@ -264,7 +284,7 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
              vo_sign: int | None = None, noise_dist: str = "uniform",
              qk: bool = True, vo: bool = True, zero_bias: bool = True,
              pos_embed: str | None = None, pos_grid: tuple[int, int] | None = None,
-             svd: str = "auto", oversample: int | None = None, power_iters: int = 4,
+             svd: str = "auto", oversample: int | None = None, power_iters: int = 6,
              vo_layout: str = "exact", device: torch.device | str | None = None,
              generator: torch.Generator | None = None, role_map=None) -> nn.Module:
     """Mimetic initialization of every self-attention layer of ``model``, in place.
@@ -288,7 +308,7 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
             ``"randomized"`` (top-k subspace iteration in float32; captures >= 99% of the exact
             truncation's energy) or ``"auto"`` (exact below width 512, randomized from there).
             The VO factorization is always exact when it can be (G·k ≥ d).
-        oversample, power_iters: randomized-SVD settings (default ``head_dim`` extra columns, 4).
+        oversample, power_iters: randomized-SVD settings (default ``head_dim`` extra columns, 6).
         vo_layout: ``"exact"`` (W_v W_o = B, default) or ``"compat"`` (the public Zheng/KAT code,
             which stores U sqrt(S) and sqrt(S) Vᵀ untransposed in nn.Linear weights, so the map is
             sqrt(S) Uᵀ V sqrt(S): similar to B, not equal). Only for reproducing that code.

@@ -1,0 +1,96 @@
+"""``initlab weights``: statistics of W_q W_kᵀ and W_v W_o from fresh models and local checkpoints."""
+import json
+import math
+
+import pytest
+import torch
+
+import initlab
+from initlab.cli import main
+from initlab.errors import CheckpointError
+from initlab.models import ViT
+from initlab.weights import (attention_stats, format_table, load_for_weights, product_stats,
+                             roles_from_state_dict)
+
+
+def test_product_stats_definitions():
+    p = torch.full((4, 4), 0.5)
+    p.fill_diagonal_(-2.0)
+    s = product_stats(p)
+    assert s.diag == -2.0 and s.ratio == pytest.approx(-4.0) and s.sign == "-"
+
+
+def test_fresh_mimetic_model_shows_the_papers_signs_and_default_does_not():
+    _, rm, _ = load_for_weights("vit-micro", init="mimetic", seed=1)
+    stats = attention_stats(rm)
+    assert len(stats) == len(rm.attention)
+    for s in stats:
+        assert s.qk_positive == len(s.qk) and s.qk_ratio > 3
+        assert s.vo.sign == "-" and s.vo.diag == pytest.approx(-0.4, abs=0.05) and s.vo.ratio < -3
+    _, rm0, _ = load_for_weights("vit-micro", init="default", seed=1)
+    for s in attention_stats(rm0):
+        assert abs(s.qk_ratio) < 1.5 and abs(s.vo.ratio) < 1.5  # no structure in a random init
+    assert "QK diag/off" in format_table(stats)
+
+
+def _vit():
+    torch.manual_seed(0)
+    m = ViT(width=32, heads=2, depth=2, image_size=28, patch_size=7)
+    initlab.mimetic_(m, generator=torch.Generator().manual_seed(0))
+    return m
+
+
+def _same_stats(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert [q.diag for q in x.qk] == pytest.approx([q.diag for q in y.qk], abs=1e-6)
+        assert x.vo.diag == pytest.approx(y.vo.diag, abs=1e-6)
+
+
+def test_safetensors_and_torch_save_checkpoints(tmp_path):
+    from safetensors.torch import save_file
+    m = _vit()
+    live = attention_stats(initlab.roles(m))
+    st = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(st))
+    _, rm, _ = load_for_weights(str(st), heads=2)
+    _same_stats(attention_stats(rm), live)
+    pt = tmp_path / "ckpt.pt"
+    torch.save({"model": m.state_dict(), "step": 3}, pt)  # a training checkpoint
+    _, rm, _ = load_for_weights(str(pt), heads=2)
+    _same_stats(attention_stats(rm), live)
+    with pytest.raises(CheckpointError, match="--heads"):
+        load_for_weights(str(st))
+    with pytest.raises(CheckpointError, match="no known attention layout"):
+        roles_from_state_dict({"foo.weight": torch.zeros(3, 3)}, heads=1)
+
+
+def test_hugging_face_folder_and_gpt2_state_dict(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=40, n_positions=16))
+    initlab.mimetic_(model, generator=torch.Generator().manual_seed(0))
+    live = attention_stats(initlab.roles(model))
+    model.save_pretrained(tmp_path / "gpt2")
+    _, rm, what = load_for_weights(str(tmp_path / "gpt2"))
+    assert "GPT2LMHeadModel" in what
+    _same_stats(attention_stats(rm), live)
+    # the bare Conv1D state dict: layout (in, out) must be recognised without the module classes
+    _, rm, _ = load_for_weights(str(tmp_path / "gpt2" / "model.safetensors"))  # heads from config.json
+    _same_stats(attention_stats(rm), live)
+
+
+def test_cli_table_png_json_and_errors(tmp_path, capsys):
+    png, js = tmp_path / "w.png", tmp_path / "w.json"
+    assert main(["weights", "vit-micro", "--init", "mimetic", "--png", str(png), "--json", str(js),
+                 "--layers", "0,1", "--max-heads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "VO sign" in out and "blocks.0.attn" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads(js.read_text())["layers"]
+    assert rows[0]["vo"]["diag"] < 0 and all(h["diag"] > 0 for h in rows[0]["qk"])
+    assert main(["weights", str(tmp_path / "missing.safetensors")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["weights", "vit-micro", "--layers", "a"]) == 2
