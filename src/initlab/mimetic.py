@@ -25,6 +25,7 @@ construction (docs/mimetic.md):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -42,6 +43,25 @@ SVD_METHODS = ("auto", "exact", "randomized")
 # "auto" switches to the randomized top-k factorization from this width on (the exact batched SVD
 # is cubic in d per head; the randomized one is ~d²·k).
 AUTO_RANDOMIZED_WIDTH = 512
+
+
+@contextlib.contextmanager
+def _lapack_threads(t: torch.Tensor):
+    """Run CPU decompositions single-threaded, then restore the thread count.
+
+    Measured on the project's 2-core machine under load: a 768x768 SVD took 27 s with 2 OpenMP
+    threads (barrier spinning while the other thread is descheduled) and 0.4 s with one; the
+    matmuls around it lose little. Accelerator work is unaffected.
+    """
+    if t.device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def noise(shape: tuple[int, ...], d: int, *, dist: str = "uniform",
@@ -75,7 +95,8 @@ def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversampl
     (σ₁/σ_k ≈ 1.5), so intermediate re-orthonormalization is not needed in float32.
     """
     if method == "exact":
-        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        with _lapack_threads(m):
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
         return u[..., :rank], s[..., :rank], vh[..., :rank, :]
     if method != "randomized":
         raise InitError(f"svd must be one of {SVD_METHODS}, got {method!r}")
@@ -90,10 +111,12 @@ def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversampl
         y = y / y.norm(dim=-2, keepdim=True).amax(dim=-1, keepdim=True)  # keep float32 in range
     # Only small (width x width) decompositions from here on, in float64: large LAPACK calls
     # (QR/SVD of tall matrices) cost more than all the matmuls above on CPUs.
-    basis = _orthonormal_columns(y)  # float64
+    with _lapack_threads(m):
+        basis = _orthonormal_columns(y)  # float64
     c = basis.to(m.dtype).transpose(-1, -2) @ m  # (…, width, q)
     c64 = c.double()
-    evals, evecs = torch.linalg.eigh(c64 @ c64.transpose(-1, -2))  # ascending
+    with _lapack_threads(m):
+        evals, evecs = torch.linalg.eigh(c64 @ c64.transpose(-1, -2))  # ascending
     evals, evecs = evals.flip(-1)[..., :rank], evecs.flip(-1)[..., :rank]
     s = evals.clamp_min(0).sqrt()
     vh = (evecs.transpose(-1, -2) @ c64) / s.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(-1)
@@ -180,7 +203,8 @@ def grouped_vo_factors(target: torch.Tensor, head_dim: int, n_heads: int, n_grou
         u, s, vh = top_singular(target, d, method="exact")
         g = torch.randn(m, d, generator=generator, dtype=target.dtype,
                         device="cpu" if generator is None else generator.device)
-        rot, _ = torch.linalg.qr(g.to(target.device))  # (m, d), orthonormal columns
+        with _lapack_threads(target):
+            rot, _ = torch.linalg.qr(g.to(target.device))  # (m, d), orthonormal columns
         root = s.sqrt()
         wv, obar = (u * root.unsqueeze(-2)) @ rot.t(), rot @ (root.unsqueeze(-1) * vh)
     if r == 1:
