@@ -82,6 +82,19 @@ def test_hugging_face_folder_and_gpt2_state_dict(tmp_path):
     _same_stats(attention_stats(rm), live)
 
 
+def test_gqa_state_dict_infers_kv_heads():
+    transformers = pytest.importorskip("transformers")
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=40))
+    initlab.mimetic_(model, generator=torch.Generator().manual_seed(0))
+    rm = roles_from_state_dict(model.state_dict(), heads=4)
+    assert rm.attention[0].n_kv_heads == 2
+    _same_stats(attention_stats(rm), attention_stats(initlab.roles(model)))
+
+
 def test_cli_table_png_json_and_errors(tmp_path, capsys):
     png, js = tmp_path / "w.png", tmp_path / "w.json"
     assert main(["weights", "vit-micro", "--init", "mimetic", "--png", str(png), "--json", str(js),

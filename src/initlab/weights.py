@@ -170,6 +170,11 @@ def _state_families(heads: int, kv_heads: int | None) -> list[tuple[str, dict]]:
 def roles_from_state_dict(state: dict[str, torch.Tensor], *, heads: int,
                           kv_heads: int | None = None) -> RoleMap:
     """Role map of a bare state dict (initlab, timm, GPT-2, LLaMA, ViT, BERT key layouts)."""
+    if kv_heads is None:  # grouped K/V: infer from the first q/k projection pair
+        q = next((k for k in state if k.endswith("q_proj.weight")), None)
+        k = q and q[:-len("q_proj.weight")] + "k_proj.weight"
+        if k in state and state[q].dim() == 2 and state[k].shape[0] < state[q].shape[0]:
+            kv_heads = heads * state[k].shape[0] // state[q].shape[0]
     model = _skeleton(state)
     tried = []
     for label, attention in _state_families(heads, kv_heads):
