@@ -34,3 +34,15 @@ def test_coordcheck_command(tmp_path, capsys):
                  "--params", "standard,mu", "--data", "synthetic", "--out", str(tmp_path)]) == 0
     assert "mu:" in capsys.readouterr().out
     assert (tmp_path / "coordcheck.csv").exists() and (tmp_path / "coordcheck.png").exists()
+
+
+def test_agreement_table(tmp_path, capsys):
+    assert main(["probe", "--agreement", "--widths", "32", "--depths", "1,2", "--params", "nt,mu",
+                 "--seeds", "0", "--samples", "8", "--data", "synthetic", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "theory_agreement.json").read_text())
+    assert [(r["param"], r["depth"]) for r in rows] == [("nt", 1), ("nt", 2), ("mu", 1), ("mu", 2)]
+    # MU differs from NT in the head only: same G, and (same draws, scaled head) same relative errors
+    assert rows[1]["G_final"] == rows[3]["G_final"]
+    assert abs(rows[1]["grad_median_rel"] - rows[3]["grad_median_rel"]) < 1e-6
+    md = (tmp_path / "theory_agreement.md").read_text().splitlines()
+    assert len(md) == 2 + 4 and (tmp_path / "theory_agreement.png").exists()

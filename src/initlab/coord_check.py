@@ -55,6 +55,13 @@ class CoordCheck:
     def params(self) -> list[str]:
         return list(dict.fromkeys(r["param"] for r in self.records))
 
+    @classmethod
+    def read_csv(cls, path) -> "CoordCheck":
+        with Path(path).open() as fh:
+            rows = [dict(r, width=int(r["width"]), step=int(r["step"]), act=float(r["act"]),
+                         delta=float(r["delta"])) for r in csv.DictReader(fh)]
+        return cls(rows)
+
     def write_csv(self, path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +101,9 @@ class CoordCheck:
                         continue
                     ax.loglog(widths, [self.value(p, w, role, step=st, key=key) for w in widths], "o-",
                               ms=3, color=cmap(k / max(len(steps) - 1, 1)), label=f"step {st}")
+                ax.set_xticks(widths)
+                ax.set_xticklabels([str(w) for w in widths], fontsize=7)
+                ax.minorticks_off()
                 ax.set_title(f"{p}: {role}", fontsize=9)
                 if i == len(params) - 1:
                     ax.set_xlabel("width")

@@ -45,6 +45,7 @@ def add_parser(sub) -> None:
                    help="write the agreement table (widths x depths x params) to OUT/theory_agreement.{md,csv,png}")
     p.add_argument("--depths", default="1,6,12,24", help="depths for --agreement")
     p.add_argument("--params", default="standard,nt,mu", help="parametrizations for --agreement")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds for --agreement (default: --seed)")
     p.add_argument("--out", default=None, help="directory for JSON/CSV/PNG (nothing written without it)")
     p.set_defaults(run=run)
 
@@ -194,39 +195,55 @@ def plot_widths(reports, path: Path) -> Path:
 
 
 def run_agreement(args) -> int:
-    """Relative error of G (every block) and of gradient RMS (every group) per width x depth x param."""
+    """Relative error of G (every block) and of gradient RMS (every group) per width x depth x param
+    (x seed): one fresh draw of the weights per row, the prediction never fitted."""
     widths = _ints(args.widths or str(args.width), "--widths")
     depths = _ints(args.depths, "--depths")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     params = [p.strip() for p in args.params.split(",") if p.strip()]
+    out = Path(args.out or ".")
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     kept = {}
     for param in params:
         for w in widths:
             for d in depths:
-                rep = probe_one(args, w, d, param, predict=True)
-                cmp = rep.comparison()
-                g = [abs(c["rel_error"]) for c in cmp if c["quantity"] == "G" and c["block"] is not None and c["block"] >= 0]
-                gr = [abs(c["rel_error"]) for c in cmp if c["quantity"].startswith("grad_rms")
-                      and c["rel_error"] is not None and c["quantity"] != "grad_rms.head_bias"]
-                row = dict(param=param, width=w, depth=d, G_final=rep.blocks[-1]["G"],
-                           G_final_pred=rep.predicted["blocks"][-1]["G"],
-                           G_max_rel=max(g), G_mean_rel=sum(g) / len(g),
-                           grad_median_rel=sorted(gr)[len(gr) // 2], grad_max_rel=max(gr), grad_groups=len(gr))
-                rows.append(row)
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                      flush=True)
-                if d == max(depths):
-                    kept[(param, w)] = rep
-    out = Path(args.out or ".")
-    out.mkdir(parents=True, exist_ok=True)
+                for seed in seeds:
+                    args.seed = seed
+                    rep = probe_one(args, w, d, param, predict=True)
+                    cmp = rep.comparison()
+                    gs = [c["rel_error"] for c in cmp if c["quantity"] == "G" and c["block"] is not None
+                          and c["block"] >= 0]
+                    g = [abs(e) for e in gs]
+                    grads = [c for c in cmp if c["quantity"].startswith("grad_rms") and c["rel_error"] is not None
+                             and c["quantity"] != "grad_rms.head_bias"]  # head bias: exactly N·B/√n_out
+                    qk = [c["rel_error"] for c in grads if c["quantity"] in ("grad_rms.q", "grad_rms.k")]
+                    gr = [abs(c["rel_error"]) for c in grads if c["quantity"] not in ("grad_rms.q", "grad_rms.k")]
+                    stem = next(c["rel_error"] for c in cmp if c["quantity"] == "G" and c["block"] == -1)
+                    row = dict(param=param, width=w, depth=d, seed=seed, G_final=rep.blocks[-1]["G"],
+                               G_final_pred=rep.predicted["blocks"][-1]["G"], G_stem_rel=stem,
+                               G_signed_mean_rel=sum(gs) / len(gs), G_max_rel=max(g), G_mean_rel=sum(g) / len(g),
+                               grad_median_rel=sorted(gr)[len(gr) // 2], grad_max_rel=max(gr),
+                               grad_groups=len(gr), qk_signed_mean_rel=sum(qk) / len(qk),
+                               qk_max_rel=max(abs(e) for e in qk))
+                    rows.append(row)
+                    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                          flush=True)
+                    if d == max(depths):
+                        rep.write_json(out / f"theory_agreement_{param}_w{w}_d{d}_s{seed}.json")
+                        if seed == seeds[0]:
+                            kept[(param, w)] = rep
     (out / "theory_agreement.json").write_text(json.dumps(rows, indent=1))
-    md = ["| param | width | depth | G last block (measured / theory) | max \\|rel err\\| G over blocks | "
-          "mean \\|rel err\\| G | median \\|rel err\\| grad RMS | max \\|rel err\\| grad RMS (groups) |",
-          "|---|---|---|---|---|---|---|---|"]
+    md = ["| param | width | depth | seed | G last block (measured / theory) | G stem | "
+          "max \\|err\\| G over blocks | mean \\|err\\| G | grad RMS median \\|err\\| | "
+          "grad RMS max \\|err\\| (groups) | q,k grad: mean err / max \\|err\\| |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['param']} | {r['width']} | {r['depth']} | {r['G_final']:.3f} / {r['G_final_pred']:.3f} | "
-                  f"{100 * r['G_max_rel']:.1f}% | {100 * r['G_mean_rel']:.1f}% | {100 * r['grad_median_rel']:.1f}% | "
-                  f"{100 * r['grad_max_rel']:.1f}% ({r['grad_groups']}) |")
+        md.append(f"| {r['param']} | {r['width']} | {r['depth']} | {r['seed']} | {r['G_final']:.3f} / "
+                  f"{r['G_final_pred']:.3f} | {100 * r['G_stem_rel']:+.1f}% | {100 * r['G_max_rel']:.1f}% | "
+                  f"{100 * r['G_mean_rel']:.1f}% | {100 * r['grad_median_rel']:.1f}% | "
+                  f"{100 * r['grad_max_rel']:.1f}% ({r['grad_groups']}) | "
+                  f"{100 * r['qk_signed_mean_rel']:+.1f}% / {100 * r['qk_max_rel']:.1f}% |")
     (out / "theory_agreement.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     if kept:
