@@ -759,4 +759,7 @@ def predict_for(model, batch: torch.Tensor, *, constants: Constants | None = Non
     with _one_thread():
         pred = propagate(k0, net, batch=b, tokens=tokens, samples=samples, seed=seed)
         grads = predict_gradients(pred, patch_gram=gram, n_patch=n_patch) if gradients else None
+    pos = getattr(model, "pos_embed", None)
+    if grads is not None and isinstance(pos, torch.nn.Parameter) and pos.shape[-2] > tokens:
+        grads["pos_embed"] *= math.sqrt(tokens / pos.shape[-2])  # rows past the sequence get no gradient
     return {"prediction": pred, "gradients": grads, "network": net}
