@@ -350,7 +350,8 @@ class _Trainer:
         return self.items_before + self.items
 
     def _lr(self) -> float:
-        return float(self.opt.param_groups[0]["lr"])
+        """The scheduled base lr of the next step (per-group parametrization factors not applied)."""
+        return self.config.lr * self.schedule(self.step)
 
     def _sync(self, signalled: bool) -> tuple[bool, float]:
         """(stop?, mean training loss since the last evaluation), agreed on by all ranks.
