@@ -86,9 +86,12 @@ def test_resume_after_crash_between_renames_uses_last_good(fake_root, tmp_path):
 def test_extending_a_finished_run(fake_root, tmp_path):
     out = tmp_path / "run"
     cfg = vision_config(fake_root, out, steps=8, eval_every=4)
-    run(cfg, progress=False)
-    longer = run(cfg.replace(resume=True, steps=12), progress=False)
+    run(cfg, progress=False, command="initlab train --steps 8")
+    longer = run(cfg.replace(resume=True, steps=12), progress=False,
+                 command=["initlab", "train", "--resume", str(out), "--steps", "12"])
     assert [r["step"] for r in longer.history] == [4, 8, 12]
+    assert (out / "command.txt").read_text().splitlines() == [
+        "initlab train --steps 8", f"initlab train --resume {out} --steps 12"]
     with pytest.raises(Exception, match="at least 12 steps"):
         run(cfg.replace(resume=True, steps=6), progress=False)
 

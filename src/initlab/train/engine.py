@@ -286,7 +286,7 @@ class _Trainer:
             net = torch.compile(net)
         self.net = net
         if self.run_dir is not None:
-            self.run_dir.start(cfg, self.command, self.history)
+            self.run_dir.start(cfg, self.command, self.history, resumed=state is not None)
 
     def _restore(self, state: dict) -> None:
         try:

@@ -1,7 +1,7 @@
 """The run directory: what a run leaves on disk besides its checkpoints.
 
 * ``config.json`` -- the :class:`TrainConfig` (``TrainConfig.from_dict`` reads it back);
-* ``command.txt`` -- the exact command line, when there was one;
+* ``command.txt`` -- the exact command line, when there was one (resumptions add theirs below);
 * ``metrics.csv`` -- one row per evaluation, appended as the run goes (rewritten from the
   checkpoint's history on resume, so rows past the checkpoint a killed run never reached vanish);
 * ``summary.json`` -- status, final and best metrics, throughput, written at the end (also when
@@ -49,12 +49,17 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.csv"
 
-    def start(self, config: TrainConfig, command: str | None, history: list[dict]) -> None:
+    def start(self, config: TrainConfig, command: str | None, history: list[dict], *,
+              resumed: bool = False) -> None:
         if not self.main:
             return
         write_json(self.path / "config.json", config.to_dict())
         if command:
-            atomic_write_text(self.path / "command.txt", command + "\n")
+            # a resumed run adds its command line under the one that started the run
+            previous = ""
+            if resumed and (self.path / "command.txt").exists():
+                previous = (self.path / "command.txt").read_text()
+            atomic_write_text(self.path / "command.txt", previous + command + "\n")
         # metrics.csv restarts from the history the run resumes from
         self._fields = None
         if history:
