@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--svd", choices=("auto", "exact", "randomized"), default="auto")
     ap.add_argument("--repeat", type=int, default=3, help="default-init repetitions (best of)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
+    ap.add_argument("--breakdown", action="store_true", help="also time the phases of one layer")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
 
     s = SHAPES[args.shape]
     att = rmap.attention[0]
+    parts = breakdown(att, args) if args.breakdown else None
     print(f"shape={args.shape} (n={s['width']}, L={s['depth']}, H={s['heads']}, "
           f"kv={s['kv_heads']}, head_dim={att.head_dim}) params={n_params / 1e6:.1f}M "
           f"device={args.device} threads={torch.get_num_threads()} svd={args.svd} "
@@ -137,7 +139,29 @@ def main(argv=None) -> int:
     print(f"mimetic_:                                  {t_mimetic:.3f} s")
     print(f"ratio mimetic_/default:                    {t_mimetic / t_default:.2f}x")
     print(mem)
+    if parts:
+        per = ", ".join(f"{k} {v:.3f} s" for k, v in parts.items())
+        print(f"one layer, by phase (x{len(rmap.attention)} layers): {per}")
     return 0
+
+
+def breakdown(att, args) -> dict:
+    """Time the phases of one layer: drawing targets, QK factors, VO factors."""
+    from initlab import mimetic as mm
+    dev = torch.device(args.device)
+    method = args.svd if args.svd != "auto" else (
+        "exact" if att.d_model < mm.AUTO_RANDOMIZED_WIDTH else "randomized")
+    dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
+    out = {}
+    box = {}
+    out["noise"] = timed(lambda: box.update(t=mm.draw_targets(
+        att, **{k: v for k, v in mm.VISION.items()}, dtype=dtype, device=dev)), args.device)
+    a, b = box["t"]
+    out["qk"] = timed(lambda: mm.grouped_qk_factors(a, att.head_dim, att.n_kv_heads, method=method),
+                      args.device)
+    out["vo"] = timed(lambda: mm.grouped_vo_factors(b, att.head_dim, att.n_heads, att.n_kv_heads,
+                                                    method=method), args.device)
+    return out
 
 
 if __name__ == "__main__":
