@@ -392,10 +392,10 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         if dev.type == "cpu":
             gen = generator
         else:
-            if dev.type not in device_gens:
+            if str(dev) not in device_gens:  # one generator per device (cuda:0, cuda:1, ...)
                 seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-                device_gens[dev.type] = torch.Generator(dev).manual_seed(seed)
-            gen = device_gens[dev.type]
+                device_gens[str(dev)] = torch.Generator(dev).manual_seed(seed)
+            gen = device_gens[str(dev)]
         a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
                             dtype=dtype, device=dev)
         opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=gen)
