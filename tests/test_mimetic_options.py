@@ -38,6 +38,8 @@ def test_presets_and_explicit_overrides():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
     with pytest.raises(InitError, match="preset"):
         initlab.mimetic_(vit(), preset="audio")
+    with pytest.raises(InitError, match="unknown keys"):
+        initlab.mimetic_(vit(), preset={"alpha": 0.5})
 
 
 @pytest.mark.parametrize("preset,sign,beta", [("vision", -1, 0.4), ("language", -1, 0.2),

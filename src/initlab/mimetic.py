@@ -285,6 +285,9 @@ def _resolve(preset, **given):
             raise InitError(f"unknown mimetic preset {preset!r}; choose one of {sorted(PRESETS)}")
         base = dict(PRESETS[preset])
     elif isinstance(preset, dict):
+        unknown = set(preset) - set(VISION)
+        if unknown:
+            raise InitError(f"preset dict has unknown keys {sorted(unknown)}; allowed: {sorted(VISION)}")
         base = {**VISION, **preset}
     else:
         raise InitError(f"preset must be a name {sorted(PRESETS)} or a dict, got {preset!r}")
