@@ -18,7 +18,10 @@ from initlab.errors import InitError, RoleMapError
 from initlab.roles import roles, roles_from_mapping
 
 warnings.filterwarnings("ignore", message=".*enable_nested_tensor.*")
-transformers = pytest.importorskip("transformers")
+
+
+def _transformers():
+    return pytest.importorskip("transformers", reason="Hugging Face transformers is not installed")
 
 
 # ----------------------------------------------------------------------------- references
@@ -171,12 +174,14 @@ def test_multihead_attention_separate_weights_same_width_via_mapping():
 
 # ----------------------------------------------------------------------------- transformers
 def _quiet(fn):
+    _transformers()
     from transformers.utils import logging
     logging.set_verbosity_error()
     return fn()
 
 
 def test_gpt2_conv1d_layout():
+    transformers = _transformers()
     d, heads, depth, k = 32, 4, 2, 8
     model = _quiet(lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_embd=d, n_layer=depth, n_head=heads, vocab_size=40, n_positions=16)))
@@ -195,6 +200,7 @@ def test_gpt2_conv1d_layout():
 
 
 def test_bert_separate_linears():
+    transformers = _transformers()
     d, heads, k = 32, 2, 16
     model = _quiet(lambda: transformers.BertModel(transformers.BertConfig(
         hidden_size=d, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=64,
@@ -213,6 +219,7 @@ def test_bert_separate_linears():
 
 
 def test_vit_and_sincos_2d_positions():
+    transformers = _transformers()
     d, heads, k = 32, 4, 8
     model = _quiet(lambda: transformers.ViTForImageClassification(transformers.ViTConfig(
         image_size=16, patch_size=4, hidden_size=d, num_hidden_layers=1, num_attention_heads=heads,
@@ -237,6 +244,7 @@ def test_vit_and_sincos_2d_positions():
 
 @pytest.mark.parametrize("n_kv", [1, 2, 4])
 def test_llama_grouped_query_attention(n_kv):
+    transformers = _transformers()
     d, heads, k = 32, 4, 8
     model = _quiet(lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
         hidden_size=d, num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=n_kv,
