@@ -110,8 +110,10 @@ def test_sincos_positions_1d_for_sequences_and_errors():
     fixed = GPT(vocab_size=20, block_size=8, width=32, depth=1, heads=2, pos="sincos")
     with pytest.raises(InitError, match="position table"):
         initlab.mimetic_(fixed, pos_embed="sincos")
+    before = g.blocks[0].attn.qkv.weight.detach().clone()
     with pytest.raises(InitError, match="pos_embed must"):
         initlab.mimetic_(g, pos_embed="rope")
+    assert torch.equal(g.blocks[0].attn.qkv.weight, before)  # checked before anything is written
 
 
 def test_sincos_positions_2d_on_our_vit_with_cls_token():

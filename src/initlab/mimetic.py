@@ -384,6 +384,9 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     if vo_layout == "compat" and any(a.n_kv_heads * a.head_dim != a.d_model for a in rmap.attention):
         raise InitError("vo_layout='compat' reproduces code for square V/O weights only (no GQA)")
 
+    # position tables are computed (and checked) before anything is written
+    positions = _sincos_plan(rmap, pos_embed, pos_grid) if pos_embed is not None else []
+
     device_gens: dict[str, torch.Generator] = {}
     for att in rmap.attention:
         dev = _layer_device(att, device)
@@ -419,8 +422,8 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
             _write(att.o.matrix(), wo)
         if zero_bias:
             _zero_biases(rmap, att, qk=qk, vo=vo)
-    if pos_embed is not None:
-        write_sincos_positions_(rmap, pos_embed, grid=pos_grid)
+    for param, table in positions:
+        _write(param.detach(), table)
     return model
 
 
@@ -479,9 +482,10 @@ def sincos_table(n_rows: int, width: int, kind: str, *, grid: tuple[int, int] | 
         raise InitError(str(exc)) from None
 
 
-@torch.no_grad()
-def write_sincos_positions_(rmap, kind: str = "sincos", *, grid=None) -> None:
-    """Write fixed sin-cos values into every learned position table of the role map."""
+def _sincos_plan(rmap, kind: str, grid) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, table shaped like it) for every learned position table of the role map."""
+    if kind not in ("sincos", "sincos-1d", "sincos-2d"):
+        raise InitError(f"pos_embed must be 'sincos', 'sincos-1d' or 'sincos-2d', got {kind!r}")
     tables = rmap.by_role(Role.POS_EMBED)
     if not tables:
         raise InitError(f"{rmap.model_class} has no learned position table in its role map (it may "
@@ -489,9 +493,18 @@ def write_sincos_positions_(rmap, kind: str = "sincos", *, grid=None) -> None:
     if kind == "sincos":
         kind = "sincos-2d" if rmap.by_role(Role.PATCH_EMBED) else "sincos-1d"
     n_cls = sum(info.param.numel() // info.param.shape[-1] for info in rmap.by_role(Role.CLS_TOKEN))
+    plan = []
     for info in tables:
         p = info.param
         rows = p.numel() // p.shape[-1]
         extra = None if grid is not None else (n_cls if kind == "sincos-2d" and n_cls else None)
         table = sincos_table(rows, p.shape[-1], kind, grid=grid, extra_rows=extra)
-        _write(p.detach(), table.reshape(p.shape))
+        plan.append((p, table.reshape(p.shape)))
+    return plan
+
+
+@torch.no_grad()
+def write_sincos_positions_(rmap, kind: str = "sincos", *, grid=None) -> None:
+    """Write fixed sin-cos values into every learned position table of the role map."""
+    for param, table in _sincos_plan(rmap, kind, grid):
+        _write(param.detach(), table)
