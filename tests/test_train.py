@@ -163,18 +163,30 @@ def test_nan_loss_stops_with_training_error_and_keeps_last_good(fake_root, tmp_p
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
 
 
-def test_existing_checkpoint_needs_resume(fake_root, tmp_path):
-    out = tmp_path / "run"
-    run(vision_config(fake_root, out, steps=4, eval_every=4), progress=False)
+@pytest.fixture(scope="module")
+def finished_run(fake_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    cfg = vision_config(fake_root, out, steps=8, eval_every=4, checkpoint_every=4)
+    run(cfg, progress=False)
+    return cfg, out
+
+
+def _copy_run(finished_run, tmp_path):
+    import shutil
+    cfg, out = finished_run
+    shutil.copytree(out, tmp_path / "run")
+    return cfg.replace(out=str(tmp_path / "run")), tmp_path / "run"
+
+
+def test_existing_checkpoint_needs_resume(finished_run, tmp_path):
+    cfg, out = _copy_run(finished_run, tmp_path)
     with pytest.raises(ConfigError, match="resume"):
-        run(vision_config(fake_root, out, steps=4, eval_every=4), progress=False)
+        run(cfg, progress=False)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not-a-checkpoint"])
-def test_corrupt_checkpoint_is_a_clear_error(fake_root, tmp_path, damage):
-    out = tmp_path / "run"
-    cfg = vision_config(fake_root, out, steps=4, eval_every=4)
-    run(cfg, progress=False)
+def test_corrupt_checkpoint_is_a_clear_error(finished_run, tmp_path, damage):
+    cfg, out = _copy_run(finished_run, tmp_path)
     path = out / "checkpoint.pt"
     data = path.read_bytes()
     if damage == "truncate":
@@ -185,16 +197,17 @@ def test_corrupt_checkpoint_is_a_clear_error(fake_root, tmp_path, damage):
         path.write_bytes(b"")
     else:
         torch.save({"weights": torch.zeros(3)}, path)
-    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+    with pytest.raises(CheckpointError, match="checkpoint.pt") as info:
         run(cfg.replace(resume=True), progress=False)
+    assert "checkpoint.last_good.pt" in str(info.value)  # the fix names the previous checkpoint
 
 
-def test_resume_with_a_different_config_is_refused(fake_root, tmp_path):
-    out = tmp_path / "run"
-    cfg = vision_config(fake_root, out, steps=8, eval_every=4, checkpoint_every=4)
-    run(cfg, progress=False)
+def test_resume_with_a_different_config_is_refused(finished_run, tmp_path):
+    cfg, out = _copy_run(finished_run, tmp_path)
     with pytest.raises(CheckpointError, match="lr: checkpoint has 0.003, now 0.001"):
         run(cfg.replace(resume=True, lr=1e-3), progress=False)
-    # where outputs go or how fast it runs may change
+    with pytest.raises(CheckpointError, match="seed"):
+        run(cfg.replace(resume=True, seed=1), progress=False)
+    # where outputs go or how fast it runs may change; the finished run just reports itself
     result = run(cfg.replace(resume=True, checkpoint_every=2, device="cpu"), progress=False)
-    assert result.status == "completed" and result.step == 8
+    assert result.status == "completed" and result.step == 8 and len(result.history) == 2
