@@ -69,5 +69,6 @@ class TextStream:
         from ..data.batches import derive_seed
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.STREAM, step))
         starts = torch.randint(0, self.n_starts, (self.batch_size,), generator=g)[self.slice]
-        w = self.tokens[starts.to(self.device).view(-1, 1) + self._ar]
+        # non_blocking: a blocking host-to-device copy would wait for the queued GPU work
+        w = self.tokens[starts.to(self.device, non_blocking=True).view(-1, 1) + self._ar]
         return w[:, :-1], w[:, 1:]
