@@ -29,15 +29,21 @@ data:
 		|| echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
 	else echo "note: not root; install Debian package dataset-fashion-mnist for the real data"; fi
 
+# default vs mimetic init, 2 seeds, a width-64 ViT on 5000 Fashion-MNIST images (docs/cli.md);
+# a fresh output directory each time, so every run trains (the same --out would reuse finished runs)
 demo: setup
 	$(VENV)/bin/initlab compare --data fashion-mnist --train-size 5000 --inits default,mimetic \
-		--model vit-micro --epochs 4 --seeds 1 --out runs/demo
+		--model vit-micro --epochs 8 --seeds 2 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# every table and plot of docs/results.md at the CPU size (under an hour on 2 cores; resumable)
+results: setup
+	$(VENV)/bin/initlab results --profile cpu --out results
 
 clean-venv:
 	rm -rf $(VENV)

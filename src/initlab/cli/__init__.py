@@ -13,7 +13,7 @@ import sys
 from ..errors import InitlabError
 
 # order = order in --help
-COMMANDS = ("compare", "train", "sweep", "download", "schemes", "probe", "coordcheck", "weights")
+COMMANDS = ("compare", "train", "sweep", "download", "schemes", "probe", "coordcheck", "weights", "results")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,0 +1,590 @@
+"""``initlab results``: the measured answers behind ``docs/results.md``.
+
+The suite is a declared list of ``initlab compare`` / ``initlab sweep`` invocations (:func:`plan`),
+one list per *profile*:
+
+* ``smoke`` — seconds; tiny models on whatever data you point it at (the test uses synthetic IDX
+  files and a small text file);
+* ``cpu``   — the scaled-down proxies that finish in under an hour on a 2-core CPU;
+* ``full``  — the GPU-sized version (declared here, run it on a GPU machine).
+
+Each step runs through :func:`initlab.cli.main`, so every number in the report was produced by
+a command a user can paste. A step whose outputs exist for the same arguments is skipped
+(``step.json`` records them); compare/sweep themselves also resume half-finished steps. Then
+:func:`write_report` turns the outputs into Markdown tables (mean ± sample std over seeds, the
+exact command above each table) inside ``<!-- results:KEY -->`` blocks of the results page (the
+prose around the blocks is kept) and PNGs under the image directory.
+
+Model selection never looks at the test split: the vision sweeps minimize the *training* loss
+(the engine's vision task has no validation split), the language sweeps the validation loss.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError
+
+SECTIONS = ("vision", "lm", "transfer")
+PROFILES = ("smoke", "cpu", "full")
+VISION_INITS = ("default", "trunc_normal", "mimetic", "structured", "nt", "nt+mimetic")
+LM_INITS = ("default", "mimetic-language", "mimetic-language(vo_sign=1)", "nt")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``initlab compare`` or ``initlab sweep`` invocation of the suite."""
+    key: str  # unique, also the output folder name under --out
+    section: str  # vision | lm | transfer
+    command: str  # compare | sweep
+    args: tuple[str, ...]  # CLI arguments, without --out and --quiet
+    labels: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def argv(self, out: Path) -> list[str]:
+        return [self.command, *self.args, "--out", str(out / self.key), "--quiet"]
+
+    def display(self, out: Path) -> str:
+        return "initlab " + " ".join(shlex.quote(a) for a in [self.command, *self.args, "--out",
+                                                                  str(out / self.key)])
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles
+
+def _profile(name: str) -> dict:
+    if name == "smoke":
+        return dict(
+            vision=dict(model="vit-micro", width=16, depth=1, heads=2, batch=16, lr=3e-3, seeds=2,
+                        inits=("default", "mimetic"),
+                        settings=[(64, 7, 2, 2)]),  # (train size, patch, epochs, evaluations)
+            lm=dict(model="gpt-mini", width=16, depth=1, heads=2, block=16, batch=8, steps=4, evals=2,
+                    eval_batches=1, lr=3e-3, seeds=2, inits=("default", "mimetic-language")),
+            transfer=dict(widths=(16, 32), lrs="1e-3..1e-2:2", params=("mu",), seeds=1,
+                          vision=dict(depth=1, heads=2, batch=16, steps=2, train_size=64, test_size=20),
+                          lm=dict(depth=1, heads=2, block=16, batch=8, steps=2, eval_batches=1)),
+        )
+    if name == "cpu":
+        return dict(
+            # vit-micro: width 64, depth 4, 2 heads; patch 7 -> 16 tokens, patch 4 -> 49 tokens
+            vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
+                        inits=VISION_INITS,
+                        settings=[(1000, 7, 20, 5), (5000, 7, 5, 5), (1000, 4, 15, 3), (60000, 7, 1, 5)]),
+            lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=32, steps=150, evals=5,
+                    eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
+            transfer=dict(widths=(64, 128, 256, 512), lrs="3e-4..3e-2:5", params=("standard", "nt", "mu"),
+                          seeds=1,
+                          vision=dict(depth=2, heads=2, batch=64, steps=40, train_size=5000, test_size=1000),
+                          lm=dict(depth=2, heads=4, block=64, batch=16, steps=40, eval_batches=4)),
+        )
+    if name == "full":
+        return dict(
+            vision=dict(model="vit-tiny", width=192, depth=12, heads=3, batch=128, lr=1e-3, seeds=3,
+                        inits=VISION_INITS,
+                        settings=[(1000, 7, 200, 20), (5000, 7, 100, 20), (60000, 7, 50, 25),
+                                  (1000, 4, 200, 20), (5000, 4, 100, 20), (60000, 4, 50, 25),
+                                  (1000, 2, 200, 20), (5000, 2, 100, 20)]),
+            lm=dict(model="gpt-char", width=384, depth=6, heads=6, block=256, batch=64, steps=5000, evals=20,
+                    eval_batches=50, lr=1e-3, seeds=3, inits=LM_INITS),
+            transfer=dict(widths=(64, 128, 256, 512, 1024), lrs="1e-4..1e-1:10", params=("standard", "nt", "mu"),
+                          seeds=3,
+                          vision=dict(depth=6, heads=4, batch=128, steps=2000, train_size=None, test_size=None),
+                          lm=dict(depth=6, heads=4, block=256, batch=64, steps=2000, eval_batches=20)),
+        )
+    raise ConfigError(f"unknown results profile {name!r}; choose one of {', '.join(PROFILES)}")
+
+
+def _tokens(patch: int, image: int = 28) -> int:
+    return (image // patch) ** 2
+
+
+def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
+         small_test_root: str | None = None) -> list[Step]:
+    """The suite's steps for ``profile``, in running order (headline tables first).
+
+    ``data_root``: Fashion-MNIST location (else the standard places); ``text``: the LM corpus
+    (else Shakespeare); ``small_test_root``: where :func:`prepare_sweep_data` wrote the copy with
+    a small test split for the vision sweeps (which never read the test metrics).
+    """
+    p = _profile(profile)
+    steps: list[Step] = []
+    v = p["vision"]
+    root = ["--data-root", data_root] if data_root else []
+    for size, patch, epochs, evals in v["settings"]:
+        per_epoch = size // v["batch"]
+        eval_every = max(1, (per_epoch * epochs) // evals)
+        args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", v["model"],
+                "--width", str(v["width"]), "--depth", str(v["depth"]), "--heads", str(v["heads"]),
+                "--patch-size", str(patch), "--inits", ",".join(v["inits"]), "--seeds", str(v["seeds"]),
+                "--epochs", str(epochs), "--eval-every", str(eval_every), "--batch-size", str(v["batch"]),
+                "--lr", f"{v['lr']:g}", "--base-width", str(v["width"])]
+        steps.append(Step(f"vision-n{size}-p{patch}", "vision", "compare", tuple(args),
+                          dict(train_size=size, patch=patch, tokens=_tokens(patch), epochs=epochs)))
+    l = p["lm"]
+    args = ["--task", "lm", *(["--data", text] if text else []), "--model", l["model"],
+            "--width", str(l["width"]), "--depth", str(l["depth"]), "--heads", str(l["heads"]),
+            "--block-size", str(l["block"]), "--batch-size", str(l["batch"]), "--steps", str(l["steps"]),
+            "--eval-every", str(max(1, l["steps"] // l["evals"])), "--eval-batches", str(l["eval_batches"]),
+            "--lr", f"{l['lr']:g}", "--base-width", str(l["width"]),
+            "--inits", ",".join(l["inits"]), "--seeds", str(l["seeds"])]
+    steps.append(Step("lm", "lm", "compare", tuple(args), dict(steps=l["steps"], tokens_per_step=l["batch"] * l["block"])))
+    t = p["transfer"]
+    widths = ",".join(str(w) for w in t["widths"])
+    for task in ("vision", "lm"):
+        s = t[task]
+        for param in t["params"]:
+            for seed in range(t["seeds"]):
+                if task == "vision":
+                    troot = small_test_root or data_root
+                    args = ["--data", "fashion-mnist", *(["--data-root", troot] if troot else []),
+                            *(["--train-size", str(s["train_size"])] if s["train_size"] else []),
+                            "--model", "vit-micro", "--patch-size", "7"]
+                else:
+                    args = ["--task", "lm", *(["--data", text] if text else []), "--model", "gpt-mini",
+                            "--block-size", str(s["block"]), "--eval-batches", str(s["eval_batches"])]
+                args += ["--depth", str(s["depth"]), "--heads", str(s["heads"]), "--batch-size", str(s["batch"]),
+                         "--steps", str(s["steps"]), "--eval-every", str(s["steps"]),
+                         "--widths", widths, "--lrs", t["lrs"], "--param", param, "--seed", str(seed)]
+                steps.append(Step(f"transfer-{task}-{param}-s{seed}", "transfer", "sweep", tuple(args),
+                                  dict(task=task, param=param, seed=seed)))
+    # running order: the small-data vision rows and the language table first, the full-data rows
+    # (the most expensive, and the first to drop when time runs short) last
+    def priority(step: Step) -> int:
+        if step.section == "vision":
+            return 3 if step.labels["train_size"] >= 60000 else 0
+        return 1 if step.section == "lm" else 2
+    return sorted(steps, key=priority)
+
+
+def prepare_sweep_data(out: Path, data_root: str | None, test_size: int | None) -> str | None:
+    """A Fashion-MNIST folder whose train files are links to the real ones and whose test split is
+    a class-balanced ``test_size`` subset: every sweep cell ends with a test evaluation the sweep
+    never reads (it minimizes the training loss), and on a CPU the full 10k-image evaluation of a
+    width-512 model costs more than its training steps."""
+    if not test_size:
+        return data_root
+    from .data import balanced_subset, dataset_spec, load_vision, locate
+    from .data.synthetic import write_idx_dataset
+    from .data.vision import IDX_FILES
+    target = out / "data" / f"fashion-mnist-test{test_size}"
+    marker = target / "done.json"
+    if marker.exists():
+        return str(target)
+    spec = dataset_spec("fashion-mnist")
+    source = locate(spec, root=data_root, split="train")
+    target.mkdir(parents=True, exist_ok=True)
+    for stem in IDX_FILES["train"]:
+        link = target / f"{stem}.gz"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to((Path(source) / f"{stem}.gz").resolve())
+    test = load_vision("fashion-mnist", root=data_root, split="test")
+    idx = balanced_subset(test.labels, test_size, seed=0)
+    write_idx_dataset(target, "test", test.images[idx].numpy(), test.labels[idx].numpy())
+    marker.write_text(json.dumps({"test_size": test_size, "source": str(source)}))
+    return str(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, data_root: str | None = None,
+              text: str | None = None, doc: str | Path = "docs/results.md",
+              img_dir: str | Path = "docs/img/results", log: Callable[[str], None] = print,
+              run: bool = True) -> Path:
+    """Run (or resume) every step of ``profile`` in ``only``'s sections, then write the report."""
+    only = list(only or SECTIONS)
+    bad = [s for s in only if s not in SECTIONS]
+    if bad:
+        raise ConfigError(f"unknown results section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+    _profile(profile)  # unknown profile: one-line error before anything is made
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    small = None
+    if run and "transfer" in only:
+        small = prepare_sweep_data(out, data_root, _profile(profile)["transfer"]["vision"]["test_size"])
+    elif (out / "data").exists():
+        found = sorted((out / "data").glob("fashion-mnist-test*"))
+        small = str(found[0]) if found else None
+    steps = plan(profile, data_root=data_root, text=text, small_test_root=small)
+    if run:
+        from .cli import main as cli_main
+        todo = [s for s in steps if s.section in only]
+        for i, step in enumerate(todo, 1):
+            marker = out / step.key / "step.json"
+            if marker.exists() and json.loads(marker.read_text()).get("args") == list(step.args):
+                log(f"[{i}/{len(todo)}] {step.key}: done earlier, skipped")
+                continue
+            log(f"[{i}/{len(todo)}] {step.key}: {step.display(out)}")
+            t0 = time.time()
+            rc = cli_main(step.argv(out))
+            wall = time.time() - t0
+            if rc not in (0, 1):  # 1: a diverged run, which is a result
+                raise ConfigError(f"step {step.key} failed with exit code {rc}: {step.display(out)}")
+            marker.write_text(json.dumps({"args": list(step.args), "wall_s": wall, "rc": rc,
+                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}))
+            log(f"[{i}/{len(todo)}] {step.key}: finished in {wall:.0f} s")
+    return write_report(profile, steps, out, doc=doc, img_dir=img_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def fmt(mean: float, std: float, digits: int = 2, scale: float = 1.0) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    s = f"{mean * scale:.{digits}f}"
+    return s + (f" ± {std * scale:.{digits}f}" if math.isfinite(std) else "")
+
+
+def _records(step_out: Path) -> list[dict]:
+    path = step_out / "metrics.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return data if isinstance(data, list) else data.get("runs", data.get("records", []))
+
+
+def first_reach(history: list[dict], key: str, target: float, higher: bool = True) -> float:
+    """Epoch of the first evaluation whose ``key`` reaches ``target`` (nan if never)."""
+    for row in history:
+        v = row.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v) and (v >= target if higher else v <= target):
+            return float(row.get("epoch", math.nan))
+    return math.nan
+
+
+def vision_rows(records: list[dict]) -> list[dict]:
+    """Per init: final/best accuracy (%) mean ± std, and epochs to reach default's mean final acc."""
+    by_init: dict[str, list[dict]] = {}
+    for r in records:
+        by_init.setdefault(r["labels"]["init"], []).append(r)
+
+    def final(r):
+        return _metric(r, "final", "test_acc")
+
+    base = [final(r) for r in by_init.get("default", [])]
+    target = mean_std(base)[0]
+    rows = []
+    for init, runs in by_init.items():
+        finals = [final(r) for r in runs]
+        bests = [_best(r, "test_acc", True) for r in runs]
+        reach = [first_reach(r["history"], "test_acc", target) for r in runs] if math.isfinite(target) else []
+        reached = [e for e in reach if math.isfinite(e)]
+        rows.append(dict(init=init, seeds=len(runs), final=mean_std(finals), best=mean_std(bests),
+                         delta=(mean_std(finals)[0] - target) if math.isfinite(target) else math.nan,
+                         reach=mean_std(reached), reached=len(reached),
+                         epochs=max((r["history"][-1].get("epoch", math.nan) for r in runs if r["history"]),
+                                    default=math.nan),
+                         wall=statistics.fmean(r.get("wall_time_s", 0.0) for r in runs),
+                         status=",".join(sorted({r.get("status", "?") for r in runs}))))
+    return rows
+
+
+def lm_rows(records: list[dict]) -> list[dict]:
+    by_init: dict[str, list[dict]] = {}
+    for r in records:
+        by_init.setdefault(r["labels"]["init"], []).append(r)
+    base = mean_std([_metric(r, "final", "val_bpc") for r in by_init.get("default", [])])[0]
+    rows = []
+    for init, runs in by_init.items():
+        finals = [_metric(r, "final", "val_bpc") for r in runs]
+        rows.append(dict(init=init, seeds=len(runs), final=mean_std(finals),
+                         best=mean_std([_best(r, "val_bpc", False) for r in runs]),
+                         delta=mean_std(finals)[0] - base if math.isfinite(base) else math.nan,
+                         wall=statistics.fmean(r.get("wall_time_s", 0.0) for r in runs),
+                         status=",".join(sorted({r.get("status", "?") for r in runs}))))
+    return rows
+
+
+def _metric(r: dict, where: str, key: str) -> float:
+    v = (r.get(where) or {}).get(key)
+    if isinstance(v, (int, float)):
+        return float(v)
+    for row in reversed(r.get("history") or []):
+        if isinstance(row.get(key), (int, float)):
+            return float(row[key])
+    return math.nan
+
+
+def _best(r: dict, key: str, higher: bool) -> float:
+    vals = [float(row[key]) for row in r.get("history") or []
+            if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
+    if not vals:
+        return math.nan
+    return max(vals) if higher else min(vals)
+
+
+def transfer_summary(step_outs: list[Path]) -> dict | None:
+    """Average the cells of one (task, param) over seeds, then the sweep analysis on the mean."""
+    from .experiments.sweep import analyze
+    tables = []
+    for d in step_outs:
+        path = d / "analysis.json"
+        if path.exists():
+            tables.append(json.loads(path.read_text()))
+    if not tables:
+        return None
+    widths = [int(w) for w in tables[0]["widths"]]
+    lrs = [float(x) for x in tables[0]["lrs"]]
+    cells: dict[tuple[int, str], list[float]] = {}
+    for t in tables:
+        for w, row in t["table"].items():
+            for label, v in row.items():
+                cells.setdefault((int(w), label), []).append(math.inf if v is None else float(v))
+    rows = []
+    for (w, label), vals in cells.items():
+        finite = [v for v in vals if math.isfinite(v)]
+        rows.append({"width": w, "lr": float(label), "value": statistics.fmean(finite) if len(finite) == len(vals)
+                     else math.inf})
+    a = analyze(rows, widths, lrs, tables[0]["metric"])
+    return dict(analysis=a, seeds=len(tables))
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _wall(out: Path, steps: list[Step]) -> float:
+    total = 0.0
+    for s in steps:
+        m = out / s.key / "step.json"
+        if m.exists():
+            total += float(json.loads(m.read_text()).get("wall_s", 0.0))
+    return total
+
+
+def vision_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -> str:
+    parts = []
+    summary = []
+    for s in sorted(steps, key=lambda s: (s.labels["tokens"], s.labels["train_size"])):
+        recs = _records(out / s.key)
+        lab = s.labels
+        head = (f"#### {lab['train_size']:,} training images, patch {lab['patch']} ({lab['tokens']} tokens), "
+                f"{lab['epochs']} epoch(s)\n\n```\n{s.display(out)}\n```\n")
+        if not recs:
+            parts.append(head + "\n*not run yet*\n")
+            continue
+        rows = vision_rows(recs)
+        table = _md_table(
+            ["init", "final acc (%)", "best acc (%)", "Δ final vs default", "epochs to default's final",
+             "seeds", "wall/run (s)", "status"],
+            [[f"`{r['init']}`", fmt(*r["final"], 2, 100), fmt(*r["best"], 2, 100),
+              f"{r['delta'] * 100:+.2f}" if math.isfinite(r["delta"]) else "—",
+              (fmt(*r["reach"], 1) + (f" ({r['reached']}/{r['seeds']} reached)" if r["reached"] < r["seeds"] else ""))
+              if r["reached"] else f"not reached (0/{r['seeds']})",
+              str(r["seeds"]), f"{r['wall']:.0f}", r["status"]] for r in rows])
+        curves = out / s.key / "curves.png"
+        pic = ""
+        if curves.exists():
+            dst = img_dir / f"{s.key}-curves.png"
+            shutil.copyfile(curves, dst)
+            pic = f"\n\n![test accuracy vs epoch, {s.key}]({_rel(dst, doc_dir)})"
+        parts.append(head + "\n" + table + pic + "\n")
+        for r in rows:
+            summary.append((lab["tokens"], lab["train_size"], r))
+    if summary:
+        pic = _plot_datasize(summary, img_dir / "vision-datasize.png")
+        if pic:
+            parts.insert(0, f"![final accuracy minus default's, by training-set size]({_rel(pic, doc_dir)})\n")
+    return "\n".join(parts)
+
+
+def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path) -> str:
+    head = (f"{step.labels['steps']} steps × {step.labels['tokens_per_step']:,} tokens per step\n\n"
+            f"```\n{step.display(out)}\n```\n")
+    recs = _records(out / step.key)
+    if not recs:
+        return head + "\n*not run yet*\n"
+    rows = lm_rows(recs)
+    table = _md_table(["init", "final val bpc", "best val bpc", "Δ final vs default", "seeds", "wall/run (s)",
+                       "status"],
+                      [[f"`{r['init']}`", fmt(*r["final"], 3), fmt(*r["best"], 3),
+                        f"{r['delta']:+.3f}" if math.isfinite(r["delta"]) else "—", str(r["seeds"]),
+                        f"{r['wall']:.0f}", r["status"]] for r in rows])
+    pic = ""
+    curves = out / step.key / "curves.png"
+    if curves.exists():
+        dst = img_dir / "lm-curves.png"
+        shutil.copyfile(curves, dst)
+        pic = f"\n\n![validation bpc vs training]({_rel(dst, doc_dir)})"
+    return head + "\n" + table + pic + "\n"
+
+
+def transfer_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -> str:
+    parts = []
+    for task in ("vision", "lm"):
+        group = [s for s in steps if s.labels["task"] == task]
+        if not group:
+            continue
+        params = list(dict.fromkeys(s.labels["param"] for s in group))
+        metric = "training loss (nats)" if task == "vision" else "validation loss (nats)"
+        cmds = "\n".join(s.display(out) for s in group)
+        rows, curves = [], {}
+        for param in params:
+            res = transfer_summary([out / s.key for s in group if s.labels["param"] == param])
+            if res is None:
+                rows.append([param, "*not run yet*", "", "", "", "", ""])
+                continue
+            a = res["analysis"]
+            curves[param] = a
+            lrs = ", ".join(f"{w}: {a.optimum[w]:.2g}{'*' if a.edge[w] else ''}" for w in a.widths if w in a.optimum)
+            shifts = ", ".join(f"{s:+.2f}" for _, _, s in a.shifts)
+            t = a.transfer
+            rows.append([param, lrs or "—", shifts or "—", f"{a.slope:+.2f}" if a.slope is not None else "—",
+                         f"{t['value']:.4f}" if t and math.isfinite(t["value"]) else ("diverged" if t else "—"),
+                         f"{t['best_value']:.4f} (lr {t['best_lr']:.2g})" if t else "—",
+                         f"{t['loss']:+.4f}" if t and math.isfinite(t["loss"]) else ("∞" if t else "—")])
+        table = _md_table(["param", "lr* per width (grid; * = on grid edge)", "log2 lr* shift per doubling",
+                           "fit exponent (lr* ∝ width^x)", "largest width at smallest width's lr*",
+                           "largest width at its own lr*", "loss lost by transferring"], rows)
+        pic = ""
+        if curves:
+            p = _plot_transfer(curves, img_dir / f"transfer-{task}.png", metric)
+            pic = f"\n\n![{metric} vs lr per width]({_rel(p, doc_dir)})" if p else ""
+        title = "Vision (ViT, Fashion-MNIST)" if task == "vision" else "Language (char GPT, Shakespeare)"
+        parts.append(f"#### {title}: {metric} at the end of training\n\n```\n{cmds}\n```\n\n{table}{pic}\n")
+    return "\n".join(parts)
+
+
+def _rel(path: Path, doc_dir: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(doc_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _plot_datasize(summary, path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    token_counts = sorted({t for t, _, _ in summary})
+    fig, axes = plt.subplots(1, len(token_counts), figsize=(5 * len(token_counts), 3.6), squeeze=False)
+    for ax, tokens in zip(axes[0], token_counts):
+        inits = list(dict.fromkeys(r["init"] for t, _, r in summary if t == tokens))
+        for init in inits:
+            pts = sorted((n, r) for t, n, r in summary if t == tokens and r["init"] == init)
+            xs = [n for n, _ in pts]
+            ys = [r["delta"] * 100 for _, r in pts]
+            es = [r["final"][1] * 100 if math.isfinite(r["final"][1]) else 0 for _, r in pts]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=init)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images")
+        ax.set_ylabel("final test acc − default's (points)")
+        ax.set_title(f"{tokens} tokens")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _plot_transfer(analyses: dict, path: Path, metric: str) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    fig, axes = plt.subplots(1, len(analyses), figsize=(4.2 * len(analyses), 3.4), squeeze=False)
+    for ax, (param, a) in zip(axes[0], analyses.items()):
+        finite = [v for row in a.table.values() for v in row.values() if math.isfinite(v)]
+        for w in a.widths:
+            pts = sorted((lr, v) for lr, v in a.table[w].items() if math.isfinite(v))
+            if not pts:
+                continue
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"width {w}")
+            if w in a.optimum:
+                ax.plot([a.optimum[w]], [a.optimum_value[w]], marker="*", ms=12, color=line.get_color())
+        if finite:
+            finite.sort()
+            hi = finite[max(0, int(0.9 * len(finite)) - 1)]
+            lo = finite[0]
+            ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+        ax.set_xscale("log")
+        ax.set_xlabel("lr (at the smallest width)")
+        ax.set_ylabel(metric)
+        ax.set_title(param)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+BLOCK = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.S)
+
+SKELETON = """# Results: what initlab's claims look like when we measure them
+
+Generated by `initlab results --profile {profile}`; prose outside the `results:` blocks is kept
+when the tables are regenerated.
+
+<!-- results:meta -->
+<!-- /results:meta -->
+
+## 1. Small-data vision
+
+<!-- results:vision -->
+<!-- /results:vision -->
+
+## 2. Language
+
+<!-- results:lm -->
+<!-- /results:lm -->
+
+## 3. Width transfer
+
+<!-- results:transfer -->
+<!-- /results:transfer -->
+"""
+
+
+def write_report(profile: str, steps: list[Step], out: Path, *, doc: str | Path, img_dir: str | Path) -> Path:
+    doc, img_dir = Path(doc), Path(img_dir)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    by = {sec: [s for s in steps if s.section == sec] for sec in SECTIONS}
+    done = sum((out / s.key / "step.json").exists() for s in steps)
+    blocks = {
+        "meta": (f"Profile `{profile}`: {done}/{len(steps)} steps finished, "
+                 f"{_wall(out, steps) / 60:.1f} min of training wall time in total "
+                 f"(`initlab results --profile {profile} --out {out}`; regenerate with `make results`)."),
+        "vision": vision_block(out, by["vision"], img_dir, doc.parent),
+        "lm": lm_block(out, by["lm"][0], img_dir, doc.parent) if by["lm"] else "",
+        "transfer": transfer_block(out, by["transfer"], img_dir, doc.parent),
+    }
+    text = doc.read_text() if doc.exists() else SKELETON.format(profile=profile)
+    for key, body in blocks.items():
+        marker = f"<!-- results:{key} -->"
+        new = f"{marker}\n{body.strip()}\n<!-- /results:{key} -->"
+        if marker in text:
+            text = BLOCK.sub(lambda m, k=key, n=new: n if m.group(1) == k else m.group(0), text)
+        else:
+            text = text.rstrip() + f"\n\n{new}\n"
+    doc.write_text(text)
+    return doc

@@ -1,0 +1,91 @@
+"""`initlab results --profile smoke` end to end on synthetic Fashion-MNIST-shaped IDX files and a
+small text file: every section's table is written with the command that produced it, reruns skip
+finished steps, and the prose around the generated blocks survives a regeneration."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from initlab.cli import main
+from initlab.data.synthetic import random_images, write_idx_dataset
+from initlab.errors import ConfigError
+from initlab.results import first_reach, mean_std, plan, run_suite, vision_rows
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("results")
+    for split, n, seed in (("train", 96, 1), ("test", 40, 2)):
+        images, labels = random_images(n, 1, 28, 10, seed=seed)
+        write_idx_dataset(tmp / "fm", split, images, labels)
+    (tmp / "text.txt").write_text("To be, or not to be, that is the question. " * 60)
+    doc, img = tmp / "docs" / "results.md", tmp / "docs" / "img" / "results"
+    argv = ["results", "--profile", "smoke", "--out", str(tmp / "out"), "--data-root", str(tmp / "fm"),
+            "--text", str(tmp / "text.txt"), "--doc", str(doc), "--img-dir", str(img)]
+    assert main(argv) == 0
+    return tmp, doc, img, argv
+
+
+def test_report_has_every_table_with_its_command(suite):
+    tmp, doc, img, _ = suite
+    text = doc.read_text()
+    steps = plan("smoke", data_root=str(tmp / "fm"), text=str(tmp / "text.txt"))
+    assert {s.section for s in steps} == {"vision", "lm", "transfer"}
+    for step in steps:
+        assert (tmp / "out" / step.key / "step.json").exists()
+        # the exact command (its arguments in order) stands in the page
+        assert f"initlab {step.command} " in text and " ".join(step.args[:4]) in text
+    assert "*not run yet*" not in text
+    assert "| `default` |" in text and "| `mimetic` |" in text and "| `mimetic-language` |" in text
+    assert "| mu |" in text
+    # mean ± std over the two seeds
+    assert " ± " in text
+    for name in ("vision-datasize.png", "lm-curves.png", "transfer-vision.png", "transfer-lm.png"):
+        assert (img / name).stat().st_size > 1000
+        assert f"img/results/{name}" in text
+
+
+def test_rerun_skips_finished_steps_and_keeps_prose(suite, capsys):
+    tmp, doc, _, argv = suite
+    doc.write_text(doc.read_text().replace("## 2. Language", "## 2. Language\n\nOUR READING STAYS."))
+    before = json.loads((tmp / "out" / "lm" / "step.json").read_text())
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("done earlier, skipped") == len(plan("smoke"))
+    assert json.loads((tmp / "out" / "lm" / "step.json").read_text()) == before
+    assert "OUR READING STAYS." in doc.read_text()
+    assert doc.read_text().count("<!-- results:vision -->") == 1
+
+
+def test_epochs_to_reach_and_vision_rows():
+    hist = [{"epoch": 1.0, "test_acc": 0.5}, {"epoch": 2.0, "test_acc": 0.7}, {"epoch": 3.0, "test_acc": 0.6}]
+    assert first_reach(hist, "test_acc", 0.65) == 2.0
+    assert math.isnan(first_reach(hist, "test_acc", 0.9))
+    runs = [{"labels": {"init": "default", "seed": s}, "history": hist, "final": {"test_acc": a},
+             "wall_time_s": 1.0, "status": "completed"} for s, a in ((0, 0.6), (1, 0.8))]
+    runs.append({"labels": {"init": "mimetic", "seed": 0}, "history": [{"epoch": 1.0, "test_acc": 0.75}],
+                 "final": {"test_acc": 0.75}, "wall_time_s": 1.0, "status": "completed"})
+    rows = {r["init"]: r for r in vision_rows(runs)}
+    assert rows["default"]["final"] == pytest.approx((0.7, mean_std([0.6, 0.8])[1]))
+    assert rows["mimetic"]["delta"] == pytest.approx(0.05)
+    assert rows["mimetic"]["reach"][0] == 1.0  # reaches default's mean final (0.7) at epoch 1
+    assert rows["default"]["reached"] == 2
+
+
+def test_cpu_and_full_profiles_are_declared_and_unknown_names_refused():
+    cpu = plan("cpu")
+    keys = [s.key for s in cpu]
+    assert "vision-n1000-p7" in keys and "vision-n1000-p4" in keys and "vision-n60000-p7" in keys
+    vision = [s for s in cpu if s.section == "vision"]
+    assert all("3" == s.args[s.args.index("--seeds") + 1] for s in vision)
+    sweep = [s for s in cpu if s.command == "sweep"]
+    assert {s.args[s.args.index("--param") + 1] for s in sweep} == {"standard", "nt", "mu"}
+    assert all(s.args[s.args.index("--widths") + 1] == "64,128,256,512" for s in sweep)
+    assert len(plan("full")) > len(cpu) - 1
+    with pytest.raises(ConfigError):
+        plan("huge")
+    with pytest.raises(ConfigError):
+        run_suite("smoke", "/nonexistent-never-made", only=["speed"], run=False)
