@@ -1,7 +1,8 @@
 """Training throughput of initlab's models and engine vs Hugging Face models of the same shape.
 
-Measured in the same process, interleaved (ours, theirs, ours, theirs, ...) so machine load hits
-both alike; the medians and their ratio (ours / theirs, > 1 means we are faster) are printed.
+Measured in the same process, alternating single steps (ours, theirs, ours, theirs, ...) so machine
+load hits both alike; the median step times and their ratio (ours / theirs, > 1 means we are
+faster) are printed.
 
 * vision: initlab ViT vs ``transformers.ViTForImageClassification`` (built from a ViTConfig with
   the same image/patch/width/depth/heads/MLP size, no dropout, SDPA attention);
@@ -10,7 +11,8 @@ both alike; the medians and their ratio (ours / theirs, > 1 means we are faster)
 * a training step = forward, cross-entropy, backward, clip-grad-norm 1.0, AdamW step, zero_grad,
   on a batch already on the device (the same step for both models);
 * "engine": ``initlab.train.run`` itself on synthetic data of the same shape (its own input pipeline,
-  augmentation and LR schedule included), throughput over the training steps only.
+  augmentation, LR schedule and fused AdamW included), throughput over the training steps only.
+  It runs after the pair, not interleaved with it, so on a loaded machine its ratio is noisier.
 
 Models are built from configs (never ``from_pretrained``: nothing is downloaded).
 
@@ -116,15 +118,17 @@ def bench(name, pair, a):
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (ours, theirs)}
     for m, f in ((ours, ours_logits), (theirs, theirs_logits)):
         time_steps(m, opts[id(m)], batch, f, a.warmup)
+    # alternate single steps (ours, theirs, ours, ...) so load bursts on a shared machine hit
+    # both alike; compare the medians of the per-step times
     t_ours, t_theirs = [], []
-    for _ in range(a.reps):
-        t_ours.append(time_steps(ours, opts[id(ours)], batch, ours_logits, a.steps))
-        t_theirs.append(time_steps(theirs, opts[id(theirs)], batch, theirs_logits, a.steps))
-    ips_ours = items * a.steps / statistics.median(t_ours)
-    ips_theirs = items * a.steps / statistics.median(t_theirs)
+    for _ in range(a.reps * a.steps):
+        t_ours.append(time_steps(ours, opts[id(ours)], batch, ours_logits, 1))
+        t_theirs.append(time_steps(theirs, opts[id(theirs)], batch, theirs_logits, 1))
+    m_ours, m_theirs = statistics.median(t_ours), statistics.median(t_theirs)
+    ips_ours, ips_theirs = items / m_ours, items / m_theirs
     unit = "img/s" if name == "vision" else "tok/s"
-    print(f"ours   {ips_ours:10,.0f} {unit}  ({1e3 * statistics.median(t_ours) / a.steps:.1f} ms/step)")
-    print(f"theirs {ips_theirs:10,.0f} {unit}  ({1e3 * statistics.median(t_theirs) / a.steps:.1f} ms/step)")
+    print(f"ours   {ips_ours:10,.0f} {unit}  ({1e3 * m_ours:.1f} ms/step, median of {len(t_ours)})")
+    print(f"theirs {ips_theirs:10,.0f} {unit}  ({1e3 * m_theirs:.1f} ms/step, median of {len(t_theirs)})")
     print(f"ratio ours/theirs (model step): {ips_ours / ips_theirs:.3f}")
     if not a.no_engine:
         ips_engine = engine_throughput(a, name)
