@@ -15,7 +15,7 @@ from initlab.models import create_model
 from initlab.train import materialize_, read_metrics, run
 from initlab.train.batches import TextStream, VisionStream
 from initlab.train.distributed import DistInfo, check_same_init
-from test_train_support import vision_config, write_fake_fashion
+from test_train_support import one_thread, vision_config, write_fake_fashion  # noqa: F401 (autouse fixture)
 
 
 def _free_port() -> int:
@@ -75,12 +75,7 @@ def test_two_process_gloo_equals_one_process(tmp_path):
         assert torch.equal(w0[k], w1[k]), k
     # each rank trained on a disjoint half of every global batch: the result equals one process
     # with the whole batch (up to float summation order)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = run(cfg.replace(out=str(tmp_path / "single")), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    single = run(cfg.replace(out=str(tmp_path / "single")), progress=False)
     assert reports[0]["checksum"] == single.info["init_checksum"]
     for a, b in zip(reports[0]["history"], single.history):
         for key in ("train_loss", "test_loss", "test_acc"):

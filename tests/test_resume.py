@@ -15,7 +15,7 @@ import torch
 
 from initlab.train import TrainConfig, run
 from initlab.train.checkpoint import CHECKPOINT, LAST_GOOD
-from test_train_support import lm_config, vision_config, write_fake_fashion, write_text
+from test_train_support import one_thread, lm_config, vision_config, write_fake_fashion, write_text  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,12 +133,7 @@ def test_sigterm_then_resume_matches_uninterrupted(fake_root, tmp_path):
     assert summary["status"] == "completed" and summary["step"] == steps
 
     saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = run(saved.replace(out=str(tmp_path / "reference"), resume=False), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    reference = run(saved.replace(out=str(tmp_path / "reference"), resume=False), progress=False)
     final = torch.load(out / CHECKPOINT, weights_only=False)
     assert _without_time(final["history"]) == _without_time(reference.history)
     for k, v in reference.model.state_dict().items():
