@@ -14,7 +14,6 @@ several processes, a stop signal received by any rank is agreed on.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -25,7 +24,6 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
