@@ -68,15 +68,6 @@ def all_reduce_(t: torch.Tensor, info: DistInfo, op=None) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True if ``flag`` is true on any rank (a collective: every rank must call it at the same step)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 @torch.no_grad()
 def parameter_checksum(model: torch.nn.Module) -> torch.Tensor:
     """A float64 fingerprint of every parameter and buffer: sum of (index-weighted) values."""
