@@ -34,17 +34,31 @@ def resolve_parametrization(config: TrainConfig):
     from ..parametrization import Parametrization
     from ..schemes import parametrization_of
     implied = parametrization_of(config.init)
-    chosen = Parametrization.parse(config.param, base_width=config.base_width)
+    options = _parametrization_options(config)
+    chosen = Parametrization.parse(config.param, base_width=config.base_width, **options)
     if implied is not None:
-        implied_p = Parametrization.parse(implied, base_width=config.base_width)
+        implied_p = Parametrization.parse(implied, base_width=config.base_width, **options)
         if chosen.is_standard:
             chosen = implied_p
         elif chosen.s != implied_p.s:
             raise ConfigError(f"init {config.init!r} implies parametrization {implied!r} but param is "
                               f"{config.param!r}; drop one of them or make them agree")
-    if config.task == "lm":
-        chosen = Parametrization.parse(chosen, init_style="lm")
     return chosen, implied is not None
+
+
+def _parametrization_options(config: TrainConfig) -> dict:
+    """Options that must be the same for the init and the optimizer groups.
+
+    The language runs of the paper keep std 0.02 bodies (``init_style="lm"``); an attention scale
+    the user chose for the model (``--model-option attn_scale=linear``) must not be overwritten by
+    the parametrization's default 1/sqrt(head_dim).
+    """
+    options = {}
+    if config.task == "lm":
+        options["init_style"] = "lm"
+    if "attn_scale" in config.model_options:
+        options["attn_scale"] = config.model_options["attn_scale"]
+    return options
 
 
 @torch.no_grad()
@@ -54,8 +68,13 @@ def initialize_(model: nn.Module, config: TrainConfig):
     from ..schemes import init_
     p, implied = resolve_parametrization(config)
     gen = init_generator(config.seed)
-    if not p.is_standard and not implied:
+    options = dict(config.init_options)
+    if implied:
+        # the spec's own parametrization (e.g. "mu" in "mu+mimetic") must be the one the optimizer
+        # groups use: same base width and options, or init and learning rates disagree
+        options = {"base_width": config.base_width, **_parametrization_options(config), **options}
+    elif not p.is_standard:
         parametrize_(model, p, generator=gen)
-    init_(model, config.init, generator=gen, **config.init_options)
+    init_(model, config.init, generator=gen, **options)
     return p
 
