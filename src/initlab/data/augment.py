@@ -33,7 +33,7 @@ def crop_with_offsets(x: torch.Tensor, offsets: torch.Tensor, padding: int, fill
         return x
     b, c, h, w = x.shape
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
-    offsets = offsets.to(x.device) - padding  # output pixel (i, j) reads input (i + dy, j + dx)
+    offsets = offsets.to(x.device, non_blocking=True) - padding  # output pixel (i, j) reads input (i + dy, j + dx)
     rows = torch.arange(h, device=x.device) + offsets[:, 0:1]  # (B, H)
     cols = torch.arange(w, device=x.device) + offsets[:, 1:2]  # (B, W)
     inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
@@ -55,7 +55,7 @@ def sample_flips(n: int, p: float = 0.5, *, generator: torch.Generator | None = 
 
 def flip_where(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Mirror (left-right) the images of ``x`` where ``flips`` is True."""
-    return torch.where(flips.to(x.device)[:, None, None, None], x.flip(-1), x)
+    return torch.where(flips.to(x.device, non_blocking=True)[:, None, None, None], x.flip(-1), x)
 
 
 def random_hflip(x: torch.Tensor, *, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:

@@ -139,12 +139,16 @@ class Block(nn.Module):
         return y if gain is None else gain(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.skip_scale
+        skip = self._skip
         if self.norm_position == "pre":
-            x = a * x + self._branch(self.gain1, self.attn(self.norm1(x)))
-            return a * x + self._branch(self.gain2, self.mlp(self.norm2(x)))
-        x = self.norm1(a * x + self._branch(self.gain1, self.attn(x)))
-        return self.norm2(a * x + self._branch(self.gain2, self.mlp(x)))
+            x = skip(x) + self._branch(self.gain1, self.attn(self.norm1(x)))
+            return skip(x) + self._branch(self.gain2, self.mlp(self.norm2(x)))
+        x = self.norm1(skip(x) + self._branch(self.gain1, self.attn(x)))
+        return self.norm2(skip(x) + self._branch(self.gain2, self.mlp(x)))
+
+    def _skip(self, x: torch.Tensor) -> torch.Tensor:
+        # no elementwise op in the common case alpha = 1 (a Python float: no graph break)
+        return x if self.skip_scale == 1.0 else self.skip_scale * x
 
 
 def sincos_1d(n_pos: int, width: int) -> torch.Tensor:
