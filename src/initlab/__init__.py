@@ -27,12 +27,14 @@ _LAZY = {
     "parametrize_": ("initlab.parametrization", "parametrize_"),
     "param_groups": ("initlab.parametrization", "param_groups"),
     "init_": ("initlab.schemes", "init_"),
-    "schemes": ("initlab.schemes", "schemes"),
-    "probe": ("initlab.probe", "probe"),
     "InitlabError": ("initlab.errors", "InitlabError"),
 }
 _SUBMODULES = {"models", "roles", "data", "errors", "theory", "train", "cli", "mimetic",
                "parametrization", "schemes", "probe"}
+
+
+# ``roles``, ``schemes`` and ``probe`` are callable modules: ``initlab.schemes()`` lists the schemes
+# and ``initlab.schemes.init_`` is reachable, whichever is used first.
 
 
 def __getattr__(name: str):

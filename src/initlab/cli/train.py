@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..experiments.records import read_json
-    from ..experiments.runner import run_cell
+    from ..experiments.runner import is_main_process, run_cell
 
     base = None
     if args.resume:
@@ -53,6 +53,8 @@ def run(args) -> int:
     command = command_text(args)
     record, _ = run_cell(config, {"init": config.init, "seed": config.seed}, progress=not args.quiet,
                          reuse=False, command=command)
+    if not is_main_process():  # other torchrun ranks: rank 0 reports and writes
+        return 0 if record.status in ("completed", "interrupted") else 1
     if not (Path(out) / "command.txt").exists():  # the engine records it; keep one either way
         _append_command(out, command)
     from ..experiments.summary import primary_metric

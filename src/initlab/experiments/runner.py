@@ -8,6 +8,8 @@ what makes ``compare`` and ``sweep`` resumable.
 """
 from __future__ import annotations
 
+import os
+
 import re
 from pathlib import Path
 
@@ -76,20 +78,27 @@ def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse:
             return record, True
         if _has_checkpoint(run_dir):
             config = config.replace(resume=True)
+    main = is_main_process()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.json").exists():
+    if main and not (run_dir / "config.json").exists():
         save_config(config, run_dir)
-    kwargs = {"progress": progress}
+    kwargs = {"progress": progress and main}
     if command is not None:
         kwargs["command"] = command
     result = engine_run()(config, **kwargs)
     record = RunRecord.from_result(result, labels)
     record.run_dir = str(run_dir)
     record.extra["config"] = config.to_dict()
-    if not (run_dir / "config.json").exists():
-        save_config(config, run_dir)
-    write_run_files(record, run_dir)
+    if main:  # under torchrun only rank 0 writes files (the engine already does the same)
+        if not (run_dir / "config.json").exists():
+            save_config(config, run_dir)
+        write_run_files(record, run_dir)
     return record, False
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun launch (RANK is set by torchrun)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def stop_if_interrupted(record: RunRecord) -> None:
