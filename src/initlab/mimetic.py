@@ -25,7 +25,6 @@ construction (docs/mimetic.md):
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 
 from .errors import InitError
 from .roles import AttentionLayer, Role, roles
+from .threads import single_threaded
 
 VISION = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.4, vo_sign=-1)
 # Language models: see docs/mimetic.md ("language preset") for why these values.
@@ -45,23 +45,9 @@ SVD_METHODS = ("auto", "exact", "randomized")
 AUTO_RANDOMIZED_WIDTH = 512
 
 
-@contextlib.contextmanager
 def _lapack_threads(t: torch.Tensor):
-    """Run CPU decompositions single-threaded, then restore the thread count.
-
-    Measured on the project's 2-core machine under load: a 768x768 SVD took 27 s with 2 OpenMP
-    threads (barrier spinning while the other thread is descheduled) and 0.4 s with one; the
-    matmuls around it lose little. Accelerator work is unaffected.
-    """
-    if t.device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    """CPU decompositions run single-threaded (see :mod:`initlab.threads`); accelerators unaffected."""
+    return single_threaded(t.device)
 
 
 def noise(shape: tuple[int, ...], d: int, *, dist: str = "uniform",

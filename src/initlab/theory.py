@@ -36,7 +36,6 @@ O(1/√(n·tokens)) fluctuations of a single draw of the weights; see ``docs/the
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field, replace
 
@@ -45,19 +44,11 @@ import torch
 import torch.nn.functional as F_
 
 from .errors import ConfigError
+from .threads import single_threaded
 
 DTYPE = torch.float64
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """The theory works on small N×N matrices, where extra threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -756,7 +747,7 @@ def predict_for(model, batch: torch.Tensor, *, constants: Constants | None = Non
             g2 = torch.zeros(b, tokens, b, tokens, dtype=DTYPE)
             g2[:, 1:, :, 1:] = gram.reshape(b, t, b, t)
             gram = g2.reshape(b * tokens, b * tokens)
-    with _one_thread():
+    with single_threaded():  # small N×N matrices: extra threads only add contention
         pred = propagate(k0, net, batch=b, tokens=tokens, samples=samples, seed=seed)
         grads = predict_gradients(pred, patch_gram=gram, n_patch=n_patch) if gradients else None
     pos = getattr(model, "pos_embed", None)
