@@ -38,8 +38,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# speed, each script printing ratios against a reference measured in the same run (docs/benchmarks.md);
+# run alone: the machine's other load distorts the numbers
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_mimetic.py --shape gpt2-small
+	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_data.py
 
 # every table and plot of docs/results.md at the CPU size (under an hour on 2 cores; resumable)
 results: setup
