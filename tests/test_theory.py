@@ -9,6 +9,7 @@ from initlab import theory as th
 from initlab.errors import ConfigError
 from initlab.models import GPT, ViT
 from initlab.parametrization import parametrize_
+from initlab.threads import single_threaded
 
 C = th.Constants.paper_vit()
 
@@ -143,7 +144,7 @@ def g_prediction(vit_batch):
     # the body constants are the same for standard, NT and MU (they differ in the head only)
     net = th.Network(width=512, heads=8, depth=24)
     k0 = th.stem_kernel_vision(th.patches(vit_batch, 7), C)
-    with th._one_thread():
+    with single_threaded():
         return th.propagate(k0, net, batch=2, tokens=16, samples=64, keep_kernels=False)
 
 
