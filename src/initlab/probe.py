@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .callable_module import make_module_callable
 from .errors import ConfigError
 from .roles import roles
 from .roles.core import _is_norm
@@ -380,16 +381,4 @@ def _grad_rows(rm) -> list[dict]:
     return rows
 
 
-class _CallableModule(__import__("types").ModuleType):
-    """``initlab.probe`` is both this module and the function: ``initlab.probe(model, batch)``.
-
-    Importing a submodule binds it as an attribute of its package, shadowing the lazily exported
-    function of the same name; making the module callable keeps the one public spelling working
-    (the same device as ``initlab.roles``).
-    """
-
-    def __call__(self, *args, **kwargs):
-        return probe(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, probe)  # initlab.probe(model, batch)

@@ -4,9 +4,7 @@
 """
 from __future__ import annotations
 
-import sys as _sys
-import types as _types
-
+from ..callable_module import make_module_callable
 from .core import (ATTENTION_ROLES, BIAS, WEIGHT, AttentionLayer, ModelControls, ParamInfo,
                    Projection, Role, RoleMap, RoleMapBuilder, Slot)
 from .registry import adapters, register_adapter, roles, unwrap
@@ -18,16 +16,4 @@ __all__ = ["roles", "Role", "RoleMap", "RoleMapBuilder", "ParamInfo", "Slot", "P
            "AttentionLayer", "ModelControls", "register_adapter", "adapters", "unwrap",
            "ATTENTION_ROLES", "WEIGHT", "BIAS", "roles_from_mapping"]
 
-
-class _CallableModule(_types.ModuleType):
-    """``initlab.roles`` is both this package and the function: ``initlab.roles(model)``.
-
-    Importing a subpackage binds it as an attribute of its parent, which would shadow a function
-    of the same name; making the package callable keeps the one public spelling working.
-    """
-
-    def __call__(self, model, mapping=None):
-        return roles(model, mapping)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, roles)  # initlab.roles(model)

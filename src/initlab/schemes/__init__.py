@@ -8,9 +8,7 @@ roles touched and implied parametrization; ``initlab schemes`` prints the table.
 """
 from __future__ import annotations
 
-import sys
-import types
-
+from ..callable_module import make_module_callable
 from .delegates import MIMETIC, PARAMS, parametrization_scheme
 from .registry import (COMPOSITION_RULES, aliases_of, check_spec, get_scheme, init_, parametrization_of,
                        parse, refusal, register_scheme, schemes, split_specs)
@@ -46,14 +44,4 @@ __all__ = ["init_", "schemes", "get_scheme", "register_scheme", "parametrization
            "apply_rules", "expected_std", "truncated_std_factor", "structured_",
            "parametrization_scheme", "COMPOSITION_RULES", "aliases_of"]
 
-
-class _CallableModule(types.ModuleType):
-    """``initlab.schemes()`` must list the schemes even after ``import initlab.schemes`` has bound
-    the name ``initlab.schemes`` to this module (which the import system does): calling the module
-    is calling :func:`schemes`."""
-
-    def __call__(self):
-        return schemes()
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, schemes)  # initlab.schemes() lists the schemes
