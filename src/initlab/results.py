@@ -72,17 +72,21 @@ def _profile(name: str) -> dict:
                           lm=dict(depth=1, heads=2, block=16, batch=8, steps=2, eval_batches=1)),
         )
     if name == "cpu":
+        # Sized for the shared 2-core box: ~40 CPU-minutes without the 60k row (single-threaded
+        # steps, OMP_NUM_THREADS=1; run the vision section and the rest as two processes).
         return dict(
             # vit-micro: width 64, depth 4, 2 heads; patch 7 -> 16 tokens, patch 4 -> 49 tokens
             vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
                         inits=VISION_INITS,
-                        settings=[(1000, 7, 20, 5), (5000, 7, 5, 5), (1000, 4, 15, 3), (60000, 7, 1, 5)]),
-            lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=32, steps=150, evals=5,
+                        settings=[(1000, 7, 15, 3), (5000, 7, 3, 3), (1000, 4, 8, 2), (60000, 7, 0.25, 3)]),
+            lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=150, evals=3,
                     eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
-            transfer=dict(widths=(64, 128, 256, 512), lrs="3e-4..3e-2:5", params=("standard", "nt", "mu"),
+            # 1e-3..3e-2:4 (log-spaced) plus one step lower, written out so the cells' names match
+            transfer=dict(widths=(64, 128, 256, 512), lrs="0.000321829,0.001,0.00310723,0.00965489,0.03",
+                          params=("standard", "nt", "mu"),
                           seeds=1,
-                          vision=dict(depth=2, heads=2, batch=64, steps=40, train_size=5000, test_size=1000),
-                          lm=dict(depth=2, heads=4, block=64, batch=16, steps=40, eval_batches=4)),
+                          vision=dict(depth=2, heads=2, batch=64, steps=30, train_size=5000, test_size=1000),
+                          lm=dict(depth=2, heads=4, block=64, batch=16, steps=30, eval_batches=4)),
         )
     if name == "full":
         return dict(
@@ -119,7 +123,7 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
     root = ["--data-root", data_root] if data_root else []
     for size, patch, epochs, evals in v["settings"]:
         per_epoch = size // v["batch"]
-        eval_every = max(1, (per_epoch * epochs) // evals)
+        eval_every = max(1, int(per_epoch * epochs) // evals)
         args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", v["model"],
                 "--width", str(v["width"]), "--depth", str(v["depth"]), "--heads", str(v["heads"]),
                 "--patch-size", str(patch), "--inits", ",".join(v["inits"]), "--seeds", str(v["seeds"]),
@@ -201,14 +205,15 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
               run: bool = True) -> Path:
     """Run (or resume) every step of ``profile`` in ``only``'s sections, then write the report."""
     only = list(only or SECTIONS)
-    bad = [s for s in only if s not in SECTIONS]
+    keys = {s.key for s in plan(profile)}  # unknown profile: one-line error before anything is made
+    bad = [s for s in only if s not in SECTIONS and s not in keys]
     if bad:
-        raise ConfigError(f"unknown results section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
-    _profile(profile)  # unknown profile: one-line error before anything is made
+        raise ConfigError(f"unknown results section(s) or step(s) {', '.join(bad)}; choose from "
+                          f"{', '.join(SECTIONS)} or a step key ({', '.join(sorted(keys))})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     small = None
-    if run and "transfer" in only:
+    if run and any(s == "transfer" or s.startswith("transfer-") for s in only):
         small = prepare_sweep_data(out, data_root, _profile(profile)["transfer"]["vision"]["test_size"])
     elif (out / "data").exists():
         found = sorted((out / "data").glob("fashion-mnist-test*"))
@@ -216,7 +221,7 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
     steps = plan(profile, data_root=data_root, text=text, small_test_root=small)
     if run:
         from .cli import main as cli_main
-        todo = [s for s in steps if s.section in only]
+        todo = [s for s in steps if s.section in only or s.key in only]
         for i, step in enumerate(todo, 1):
             marker = out / step.key / "step.json"
             if marker.exists() and json.loads(marker.read_text()).get("args") == list(step.args):
@@ -251,12 +256,26 @@ def fmt(mean: float, std: float, digits: int = 2, scale: float = 1.0) -> str:
     return s + (f" ± {std * scale:.{digits}f}" if math.isfinite(std) else "")
 
 
+def _fmt_g(mean: float, std: float) -> str:
+    """Epoch counts: 3 significant digits (0.25 epochs stays 0.25)."""
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:.3g}" + (f" ± {std:.2g}" if math.isfinite(std) else "")
+
+
 def _records(step_out: Path) -> list[dict]:
+    """The step's run records: compare's metrics.json, or (step still running or cut short) the
+    finished runs' own result.json files."""
     path = step_out / "metrics.json"
-    if not path.exists():
-        return []
-    data = json.loads(path.read_text())
-    return data if isinstance(data, list) else data.get("runs", data.get("records", []))
+    if path.exists():
+        data = json.loads(path.read_text())
+        return data if isinstance(data, list) else data.get("runs", data.get("records", []))
+    records = []
+    for result in sorted(step_out.glob("runs/*/result.json")):
+        r = json.loads(result.read_text())
+        if r.get("status") in ("completed", "diverged"):
+            records.append(r)
+    return records
 
 
 def first_reach(history: list[dict], key: str, target: float, higher: bool = True) -> float:
@@ -379,18 +398,21 @@ def vision_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -> 
     for s in sorted(steps, key=lambda s: (s.labels["tokens"], s.labels["train_size"])):
         recs = _records(out / s.key)
         lab = s.labels
+        steps_run = int(lab["train_size"] // _vision_batch(s) * lab["epochs"])
         head = (f"#### {lab['train_size']:,} training images, patch {lab['patch']} ({lab['tokens']} tokens), "
-                f"{lab['epochs']} epoch(s)\n\n```\n{s.display(out)}\n```\n")
+                f"{lab['epochs']:g} epoch(s) = {steps_run} steps\n\n```\n{s.display(out)}\n```\n")
         if not recs:
             parts.append(head + "\n*not run yet*\n")
             continue
+        if not (out / s.key / "step.json").exists():
+            head += "\n**Partial: this step had not finished; the rows hold the runs finished so far.**\n"
         rows = vision_rows(recs)
         table = _md_table(
             ["init", "final acc (%)", "best acc (%)", "Δ final vs default", "epochs to default's final",
              "seeds", "wall/run (s)", "status"],
             [[f"`{r['init']}`", fmt(*r["final"], 2, 100), fmt(*r["best"], 2, 100),
               f"{r['delta'] * 100:+.2f}" if math.isfinite(r["delta"]) else "—",
-              (fmt(*r["reach"], 1) + (f" ({r['reached']}/{r['seeds']} reached)" if r["reached"] < r["seeds"] else ""))
+              (_fmt_g(*r["reach"]) + (f" ({r['reached']}/{r['seeds']} reached)" if r["reached"] < r["seeds"] else ""))
               if r["reached"] else f"not reached (0/{r['seeds']})",
               str(r["seeds"]), f"{r['wall']:.0f}", r["status"]] for r in rows])
         curves = out / s.key / "curves.png"
@@ -409,12 +431,18 @@ def vision_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -> 
     return "\n".join(parts)
 
 
+def _vision_batch(step: Step) -> int:
+    return int(step.args[step.args.index("--batch-size") + 1])
+
+
 def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path) -> str:
     head = (f"{step.labels['steps']} steps × {step.labels['tokens_per_step']:,} tokens per step\n\n"
             f"```\n{step.display(out)}\n```\n")
     recs = _records(out / step.key)
     if not recs:
         return head + "\n*not run yet*\n"
+    if not (out / step.key / "step.json").exists():
+        head += "\n**Partial: this step had not finished; the rows hold the runs finished so far.**\n"
     rows = lm_rows(recs)
     table = _md_table(["init", "final val bpc", "best val bpc", "Δ final vs default", "seeds", "wall/run (s)",
                        "status"],
@@ -537,6 +565,31 @@ def _plot_transfer(analyses: dict, path: Path, metric: str) -> Path | None:
     return path
 
 
+def theory_block(doc_dir: Path) -> str:
+    """Summary of the probes' agreement table (docs/theory.md), read from the JSON it writes."""
+    path = doc_dir / "img" / "theory_agreement.json"
+    cmd = ("initlab probe --agreement --widths 512,1024 --depths 1,6,12,24 --params standard,nt,mu "
+           "--samples 128 --out docs/img")
+    if not path.exists():
+        return f"```\n{cmd}\n```\n\n*agreement table not found ({path.name}); run the command above*\n"
+    rows = json.loads(path.read_text())
+    out_rows = []
+    for param in dict.fromkeys(r["param"] for r in rows):
+        for width in sorted({r["width"] for r in rows if r["param"] == param}):
+            rs = sorted((r for r in rows if r["param"] == param and r["width"] == width), key=lambda r: r["depth"])
+            deepest = rs[-1]
+            out_rows.append([param, str(width), ",".join(str(r["depth"]) for r in rs),
+                             f"{deepest['G_final']:.3f} / {deepest['G_final_pred']:.3f}",
+                             f"{100 * max(abs(r['G_max_rel']) for r in rs):.1f}%",
+                             f"{100 * statistics.median(abs(r['grad_median_rel']) for r in rs):.1f}%",
+                             f"{100 * max(abs(r['grad_max_rel']) for r in rs):.1f}%",
+                             f"{100 * max(abs(r['qk_max_rel']) for r in rs):.0f}%"])
+    table = _md_table(["param", "width", "depths", "G at the deepest block (measured / theory)",
+                       "max \\|err\\| of G over blocks and depths", "median grad-RMS \\|err\\|",
+                       "max grad-RMS \\|err\\| (v, o, MLP, stem, head)", "max q/k grad \\|err\\|"], out_rows)
+    return f"```\n{cmd}\n```\n\n(from `docs/img/{path.name}`, seed 0)\n\n{table}\n"
+
+
 BLOCK = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.S)
 
 SKELETON = """# Results: what initlab's claims look like when we measure them
@@ -561,6 +614,11 @@ when the tables are regenerated.
 
 <!-- results:transfer -->
 <!-- /results:transfer -->
+
+## 4. Theory at initialization
+
+<!-- results:theory -->
+<!-- /results:theory -->
 """
 
 
@@ -577,6 +635,7 @@ def write_report(profile: str, steps: list[Step], out: Path, *, doc: str | Path,
         "vision": vision_block(out, by["vision"], img_dir, doc.parent),
         "lm": lm_block(out, by["lm"][0], img_dir, doc.parent) if by["lm"] else "",
         "transfer": transfer_block(out, by["transfer"], img_dir, doc.parent),
+        "theory": theory_block(doc.parent),
     }
     text = doc.read_text() if doc.exists() else SKELETON.format(profile=profile)
     for key, body in blocks.items():

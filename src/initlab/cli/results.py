@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--profile", choices=("smoke", "cpu", "full"), default="cpu", help="suite size (default cpu)")
     p.add_argument("--out", default="results", help="where the runs go (default results/)")
     p.add_argument("--only", default=None, metavar="S1,S2",
-                   help="comma list of sections: vision, lm, transfer (default all)")
+                   help="comma list of sections (vision, lm, transfer) or step keys (see --list; default all)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="Fashion-MNIST location (else standard places)")
     p.add_argument("--text", default=None, metavar="PATH", help="LM text file (default Shakespeare)")
     p.add_argument("--doc", default="docs/results.md", help="results page to write (default docs/results.md)")
@@ -37,8 +37,8 @@ def run(args) -> int:
     only = parse_names(args.only, "--only") if args.only else list(SECTIONS)
     if args.list:
         for step in plan(args.profile, data_root=args.data_root, text=args.text):
-            if step.section in only:
-                print(step.display(Path(args.out)))
+            if step.section in only or step.key in only:
+                print(f"{step.key}: {step.display(Path(args.out))}")
         return 0
     doc = run_suite(args.profile, args.out, only=only, data_root=args.data_root, text=args.text,
                     doc=args.doc, img_dir=args.img_dir, run=not args.report_only,
