@@ -5,6 +5,8 @@ import matplotlib
 import pytest
 import torch
 
+from initlab.threads import single_threaded
+
 matplotlib.use("Agg")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -18,3 +20,11 @@ def gen():
 
 def have_fashion_mnist() -> bool:
     return os.path.isdir(FASHION_DIR)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensor ops run fastest on one thread: with two, OpenMP spin-waits on a busy 2-core box
+    made such tests up to 10x slower. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    with single_threaded():
+        yield

@@ -15,7 +15,9 @@ from initlab.models import create_model
 from initlab.train import materialize_, read_metrics, run
 from initlab.train.batches import TextStream, VisionStream
 from initlab.train.distributed import DistInfo, check_same_init
-from test_train_support import one_thread, vision_config, write_fake_fashion  # noqa: F401 (autouse fixture)
+from test_train_support import vision_config, write_fake_fashion
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:

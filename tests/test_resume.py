@@ -15,7 +15,9 @@ import torch
 
 from initlab.train import TrainConfig, run
 from initlab.train.checkpoint import CHECKPOINT, LAST_GOOD
-from test_train_support import one_thread, lm_config, vision_config, write_fake_fashion, write_text  # noqa: F401 (autouse fixture)
+from test_train_support import lm_config, vision_config, write_fake_fashion, write_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,13 +16,7 @@ from initlab.schemes import init_
 SIGMA = 0.02
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run many tiny tensor ops; a second thread only spins on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -16,12 +16,7 @@ from initlab.schemes import (get_scheme, init_, parametrization_of, parse, refus
 from initlab.schemes.spec import Rule, Scheme
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vit(**kw):

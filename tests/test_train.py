@@ -10,7 +10,9 @@ import torch
 from initlab.errors import CheckpointError, ConfigError, TrainingError
 from initlab.train import RunResult, TrainConfig, WarmupCosine, read_metrics, resolve_device, run
 from initlab.train.schedule import warmup_steps
-from test_train_support import one_thread, lm_config, vision_config, write_fake_fashion, write_text  # noqa: F401 (autouse fixture)
+from test_train_support import lm_config, vision_config, write_fake_fashion, write_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,20 +11,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
 from initlab.train import TrainConfig
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread; with two, OpenMP spin-waits on a busy 2-core box
-    made these tests 10x slower. Restored afterwards (conftest sets the suite's default)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
