@@ -16,6 +16,7 @@ from torch import nn
 import initlab
 from initlab.errors import InitError, RoleMapError
 from initlab.roles import roles, roles_from_mapping
+from mimetic_reference import reference_targets as targets, truncation
 
 warnings.filterwarnings("ignore", message=".*enable_nested_tensor.*")
 
@@ -25,22 +26,6 @@ def _transformers():
 
 
 # ----------------------------------------------------------------------------- references
-def targets(seed, d, heads, depth, a1=0.7, b1=0.7, a2=0.4, b2=0.4):
-    g = torch.Generator().manual_seed(seed)
-    bound = math.sqrt(3.0 / d)
-    out = []
-    for _ in range(depth):
-        zq = ((torch.rand((heads, d, d), generator=g, dtype=torch.float64) * 2 - 1) * bound).numpy()
-        zv = ((torch.rand((d, d), generator=g, dtype=torch.float64) * 2 - 1) * bound).numpy()
-        out.append((a1 * zq + b1 * np.eye(d), a2 * zv - b2 * np.eye(d)))
-    return out
-
-
-def truncation(a, k):
-    u, s, vt = np.linalg.svd(a)
-    return (u[:, :k] * s[:k]) @ vt[:k]
-
-
 def grouped_qk_reference(a, k, n_kv):
     """A_h P_g: P_g projects on the top-k right singular subspace of the group's stacked targets."""
     h_total, d, _ = a.shape

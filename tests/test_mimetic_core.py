@@ -13,27 +13,11 @@ import torch
 import initlab
 from initlab.errors import InitError
 from initlab.models import GPT, ViT
+from mimetic_reference import reference_targets, truncation
 
 
 def vit(width=64, heads=2, depth=2, **kw):
     return ViT(width=width, heads=heads, depth=depth, patch_size=7, **kw)
-
-
-def reference_targets(seed, d, heads, depth, a1=0.7, b1=0.7, a2=0.4, b2=0.4):
-    """Targets in the documented draw order: per layer, H QK noises then one VO noise."""
-    g = torch.Generator().manual_seed(seed)
-    bound = math.sqrt(3.0 / d)
-    out = []
-    for _ in range(depth):
-        zq = ((torch.rand((heads, d, d), generator=g, dtype=torch.float64) * 2 - 1) * bound).numpy()
-        zv = ((torch.rand((d, d), generator=g, dtype=torch.float64) * 2 - 1) * bound).numpy()
-        out.append((a1 * zq + b1 * np.eye(d), a2 * zv - b2 * np.eye(d)))
-    return out
-
-
-def truncation(a, k):
-    u, s, vt = np.linalg.svd(a)
-    return (u[:, :k] * s[:k]) @ vt[:k]
 
 
 @pytest.mark.parametrize("fused", [True, False])
