@@ -17,6 +17,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path, plt) -> Path:
+    """Lay out, write the PNG (creating its folder) and free the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _aligned(curves: list[tuple[list[float], list[float]]]):
     """Points present in every seed's curve (same x), so the band is a real mean ± std."""
     common = None
@@ -60,12 +70,7 @@ def plot_curves(records: list[RunRecord], metric: MetricSpec, path: str | Path, 
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title or f"{metric.key}: mean ± std over seeds")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
 
 
 def plot_transfer(table: dict[int, dict[float, float]], path: str | Path, *, metric: str, title: str,
@@ -101,9 +106,4 @@ def plot_transfer(table: dict[int, dict[float, float]], path: str | Path, *, met
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
