@@ -28,3 +28,16 @@ def one_thread():
     made such tests up to 10x slower. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
     with single_threaded():
         yield
+
+
+# Module-scoped synthetic data for the training-engine tests (test_train, test_resume).
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory):
+    from test_train_support import write_fake_fashion
+    return write_fake_fashion(tmp_path_factory.mktemp("fake-fashion"))
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from test_train_support import write_text
+    return write_text(tmp_path_factory.mktemp("text") / "corpus.txt")

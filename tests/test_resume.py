@@ -15,21 +15,11 @@ import torch
 
 from initlab.train import TrainConfig, run
 from initlab.train.checkpoint import CHECKPOINT, LAST_GOOD
-from test_train_support import lm_config, vision_config, write_fake_fashion, write_text
+from test_train_support import lm_config, vision_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def fake_root(tmp_path_factory):
-    return write_fake_fashion(tmp_path_factory.mktemp("fake-fashion"))
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    return write_text(tmp_path_factory.mktemp("text") / "corpus.txt")
 
 
 def _without_time(rows):

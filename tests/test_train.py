@@ -10,19 +10,9 @@ import torch
 from initlab.errors import CheckpointError, ConfigError, TrainingError
 from initlab.train import RunResult, TrainConfig, WarmupCosine, read_metrics, resolve_device, run
 from initlab.train.schedule import warmup_steps
-from test_train_support import lm_config, vision_config, write_fake_fashion, write_text
+from test_train_support import lm_config, vision_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def fake_root(tmp_path_factory):
-    return write_fake_fashion(tmp_path_factory.mktemp("fake-fashion"))
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    return write_text(tmp_path_factory.mktemp("text") / "corpus.txt")
 
 
 # ---------------------------------------------------------------------------------------------
