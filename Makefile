@@ -8,7 +8,7 @@ STAMP := $(VENV)/.initlab-setup
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build (see constraints.txt)
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test bench results clean-venv data
+.PHONY: setup demo test bench results results-long clean-venv data
 
 setup: $(STAMP)
 
@@ -45,9 +45,15 @@ bench: setup
 	$(PY) benchmarks/bench_throughput.py
 	$(PY) benchmarks/bench_data.py
 
-# every table and plot of docs/results.md at the CPU size (under an hour on 2 cores; resumable)
+# every table and plot of docs/results.md at the CPU size (resumable: finished steps are skipped);
+# JOBS steps run at once, one torch thread each on a 2-core machine
+JOBS ?= 2
 results: setup
-	$(VENV)/bin/initlab results --profile cpu --out results
+	$(VENV)/bin/initlab results --profile cpu --out results --jobs $(JOBS)
+
+# the long small-data ViT runs (section 7 of docs/results.md; about an hour on 2 cores)
+results-long: setup
+	$(VENV)/bin/initlab results --profile long --out results --jobs $(JOBS)
 
 clean-venv:
 	rm -rf $(VENV)

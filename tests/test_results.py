@@ -84,8 +84,49 @@ def test_cpu_and_full_profiles_are_declared_and_unknown_names_refused():
     sweep = [s for s in cpu if s.command == "sweep"]
     assert {s.args[s.args.index("--param") + 1] for s in sweep} == {"standard", "nt", "mu"}
     assert all(s.args[s.args.index("--widths") + 1] == "64,128,256,512" for s in sweep)
+    # the issue's grid: 1k/5k/60k images at 16 and 49 tokens, and several seeds per sweep
+    assert {(s.labels["train_size"], s.labels["tokens"]) for s in vision} == {
+        (n, t) for n in (1000, 5000, 60000) for t in (16, 49)}
+    assert {s.labels["seed"] for s in sweep} == {0, 1, 2}
+    long = plan("long")
+    assert {s.section for s in long} == {"vision"} and all(s.key.startswith("long-") for s in long)
+    # the long rows train the same number of steps (within 12%) at every data size
+    n_steps = [s.labels["train_size"] // 128 * s.labels["epochs"] for s in long if s.labels["patch"] == 7]
+    assert max(n_steps) / min(n_steps) < 1.12 and min(n_steps) >= 700
     assert len(plan("full")) > len(cpu) - 1
     with pytest.raises(ConfigError):
         plan("huge")
     with pytest.raises(ConfigError):
         run_suite("smoke", "/nonexistent-never-made", only=["speed"], run=False)
+
+
+def test_parallel_jobs_run_steps_as_processes_and_report_wall_clock(suite, tmp_path):
+    """--jobs 2: each step is its own `python -m initlab` process (its output kept), the report
+    is the same shape, and the invocation's wall clock is recorded and quoted."""
+    tmp, _, _, _ = suite
+    doc = tmp_path / "results.md"
+    assert main(["results", "--profile", "smoke", "--out", str(tmp_path / "out"), "--only", "vision,lm",
+                 "--data-root", str(tmp / "fm"), "--text", str(tmp / "text.txt"), "--doc", str(doc),
+                 "--img-dir", str(tmp_path / "img"), "--jobs", "2"]) == 0
+    for key in ("vision-n64-p7", "lm"):
+        assert json.loads((tmp_path / "out" / key / "step.json").read_text())["rc"] == 0
+        assert (tmp_path / "out" / key / "output.txt").exists()
+    sessions = json.loads((tmp_path / "out" / "sessions.json").read_text())
+    assert sessions[-1]["jobs"] == 2 and sorted(sessions[-1]["steps"]) == ["lm", "vision-n64-p7"]
+    text = doc.read_text()
+    assert "with --jobs 2" in text and "| `mimetic-language` |" in text and "| `mimetic` |" in text
+    with pytest.raises(ConfigError, match="jobs"):
+        run_suite("smoke", tmp_path / "out", jobs=0)
+
+
+def test_long_profile_writes_only_its_own_blocks(suite, tmp_path):
+    """The long profile's tables go into long_* blocks; the main profile's blocks are untouched."""
+    tmp, doc, _, _ = suite
+    page = tmp_path / "results.md"
+    page.write_text(doc.read_text())
+    before = page.read_text()
+    run_suite("long", tmp / "out", doc=page, img_dir=tmp_path / "img", run=False)
+    after = page.read_text()
+    assert "<!-- results:long_vision -->" in after and "<!-- results:long_meta -->" in after
+    assert after.startswith(before.rstrip())  # nothing above was rewritten
+    assert after.count("*not run yet*") == 4  # its four rows have not run in this folder

@@ -1,6 +1,7 @@
 """``initlab results``: run the measurement suite behind docs/results.md and write its tables.
 
-    initlab results --profile cpu --out results/            # under an hour on a 2-core CPU
+    initlab results --profile cpu --out results/ --jobs 2   # under an hour on a 2-core CPU
+    initlab results --profile long --out results/ --jobs 2  # the long small-data ViT runs
     initlab results --profile cpu --out results/ --only lm  # one section
     initlab results --profile cpu --out results/ --report-only   # tables from what has run
 """
@@ -14,10 +15,12 @@ def add_parser(subparsers) -> None:
         "results", allow_abbrev=False,
         help="run the declared compare/sweep suite and write docs/results.md",
         description="Run (or resume) the declared list of `initlab compare` / `initlab sweep` invocations "
-                    "of a profile (smoke: seconds; cpu: under an hour on 2 CPU cores; full: GPU-sized), "
+                    "of a profile (smoke: seconds; cpu: under an hour on 2 CPU cores; long: the many-epoch "
+                    "small-data ViT runs, about an hour on 2 cores; full: GPU-sized), "
                     "then write mean ± std tables with their commands into the results page and PNGs "
                     "into the image folder. Finished steps are not rerun.")
-    p.add_argument("--profile", choices=("smoke", "cpu", "full"), default="cpu", help="suite size (default cpu)")
+    p.add_argument("--profile", choices=("smoke", "cpu", "long", "full"), default="cpu",
+                   help="suite size (default cpu)")
     p.add_argument("--out", default="results", help="where the runs go (default results/)")
     p.add_argument("--only", default=None, metavar="S1,S2",
                    help="comma list of sections (vision, lm, transfer) or step keys (see --list; default all)")
@@ -25,6 +28,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--text", default=None, metavar="PATH", help="LM text file (default Shakespeare)")
     p.add_argument("--doc", default="docs/results.md", help="results page to write (default docs/results.md)")
     p.add_argument("--img-dir", default="docs/img/results", help="PNG folder (default docs/img/results)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="steps run at once, each in its own process with cpu_count/N torch threads "
+                        "(default 1: one after another, in this process)")
     p.add_argument("--report-only", action="store_true", help="train nothing; tables from finished steps")
     p.add_argument("--list", action="store_true", help="print the steps' commands and exit")
     p.set_defaults(run=run)
@@ -42,6 +48,6 @@ def run(args) -> int:
         return 0
     doc = run_suite(args.profile, args.out, only=only, data_root=args.data_root, text=args.text,
                     doc=args.doc, img_dir=args.img_dir, run=not args.report_only,
-                    log=lambda m: print(m, flush=True))
+                    log=lambda m: print(m, flush=True), jobs=args.jobs)
     print(f"wrote {doc}")
     return 0
