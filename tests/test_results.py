@@ -130,3 +130,30 @@ def test_long_profile_writes_only_its_own_blocks(suite, tmp_path):
     assert "<!-- results:long_vision -->" in after and "<!-- results:long_meta -->" in after
     assert after.startswith(before.rstrip())  # nothing above was rewritten
     assert after.count("*not run yet*") == 4  # its four rows have not run in this folder
+
+
+def test_transfer_summary_reports_the_spread_over_seeds(tmp_path):
+    """Cells are averaged over seeds for the headline analysis, and each seed's sweep is also
+    analysed alone so the fit exponent and the loss lost come with a std."""
+    from initlab.results import transfer_summary
+    lrs = [1e-3, 1e-2, 1e-1]
+    tables = [  # seed 0: the optimum stays at 1e-2; seed 1: at width 128 it drops to 1e-3
+        {64: [2.0, 1.0, 2.0], 128: [2.0, 1.0, 2.0]},
+        {64: [2.0, 1.0, 2.0], 128: [0.5, 1.5, 3.0]},
+    ]
+    dirs = []
+    for seed, t in enumerate(tables):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        (d / "analysis.json").write_text(json.dumps({
+            "metric": "train_loss", "widths": [64, 128], "lrs": lrs,
+            "table": {str(w): {f"{lr:g}": v for lr, v in zip(lrs, vals)} for w, vals in t.items()}}))
+        dirs.append(d)
+    res = transfer_summary(dirs)
+    assert res["seeds"] == 2
+    slope_mean, slope_std = res["slope"]
+    assert slope_mean == pytest.approx(-math.log2(10) / 2)  # 0 and -log2(10) per doubling
+    assert slope_std == pytest.approx(math.log2(10) / math.sqrt(2))
+    assert res["lost"][0] == pytest.approx(0.5)  # seed 0 loses 0, seed 1 loses 1.5 - 0.5
+    # the mean table: width 128 is (1.25, 1.25, 2.5); its first minimum is the edge lr 1e-3
+    assert res["analysis"].optimum[128] == pytest.approx(1e-3)

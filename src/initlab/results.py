@@ -392,6 +392,7 @@ def vision_rows(records: list[dict]) -> list[dict]:
         reach = [first_reach(r["history"], "test_acc", target) for r in runs] if math.isfinite(target) else []
         reached = [e for e in reach if math.isfinite(e)]
         rows.append(dict(init=init, seeds=len(runs), final=mean_std(finals), best=mean_std(bests),
+                         train_loss=mean_std([_metric(r, "final", "train_loss") for r in runs]),
                          delta=(mean_std(finals)[0] - target) if math.isfinite(target) else math.nan,
                          reach=mean_std(reached), reached=len(reached),
                          epochs=max((r["history"][-1].get("epoch", math.nan) for r in runs if r["history"]),
@@ -458,7 +459,13 @@ def transfer_summary(step_outs: list[Path]) -> dict | None:
         rows.append({"width": w, "lr": float(label), "value": statistics.fmean(finite) if len(finite) == len(vals)
                      else math.inf})
     a = analyze(rows, widths, lrs, tables[0]["metric"])
-    return dict(analysis=a, seeds=len(tables))
+    # the spread over seeds: each seed's sweep analysed on its own
+    per_seed = [analyze([{"width": int(w), "lr": float(label), "value": v}
+                         for w, row in t["table"].items() for label, v in row.items()],
+                        widths, lrs, t["metric"]) for t in tables]
+    slopes = [b.slope for b in per_seed if b.slope is not None]
+    lost = [b.transfer["loss"] for b in per_seed if b.transfer]
+    return dict(analysis=a, seeds=len(tables), slope=mean_std(slopes), lost=mean_std(lost))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,12 +504,12 @@ def vision_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path,
         rows = vision_rows(recs)
         table = _md_table(
             ["init", "final acc (%)", "best acc (%)", "Δ final vs default", "epochs to default's final",
-             "seeds", "wall/run (s)", "status"],
+             "final train loss", "seeds", "wall/run (s)", "status"],
             [[f"`{r['init']}`", fmt(*r["final"], 2, 100), fmt(*r["best"], 2, 100),
               f"{r['delta'] * 100:+.2f}" if math.isfinite(r["delta"]) else "—",
               (_fmt_g(*r["reach"]) + (f" ({r['reached']}/{r['seeds']} reached)" if r["reached"] < r["seeds"] else ""))
               if r["reached"] else f"not reached (0/{r['seeds']})",
-              str(r["seeds"]), f"{r['wall']:.0f}", r["status"]] for r in rows])
+              fmt(*r["train_loss"], 3), str(r["seeds"]), f"{r['wall']:.0f}", r["status"]] for r in rows])
         curves = out / s.key / "curves.png"
         pic = ""
         if curves.exists():
@@ -559,20 +566,24 @@ def transfer_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -
         for param in params:
             res = transfer_summary([out / s.key for s in group if s.labels["param"] == param])
             if res is None:
-                rows.append([param, "*not run yet*", "", "", "", "", ""])
+                rows.append([param, "0", "*not run yet*", "", "", "", "", "", "", ""])
                 continue
             a = res["analysis"]
             curves[param] = a
             lrs = ", ".join(f"{w}: {a.optimum[w]:.2g}{'*' if a.edge[w] else ''}" for w in a.widths if w in a.optimum)
             shifts = ", ".join(f"{s:+.2f}" for _, _, s in a.shifts)
             t = a.transfer
-            rows.append([param, lrs or "—", shifts or "—", f"{a.slope:+.2f}" if a.slope is not None else "—",
+            rows.append([param, str(res["seeds"]), lrs or "—", shifts or "—",
+                         f"{a.slope:+.2f}" if a.slope is not None else "—",
+                         fmt(*res["slope"], 2) if res["seeds"] > 1 else "—",
                          f"{t['value']:.4f}" if t and math.isfinite(t["value"]) else ("diverged" if t else "—"),
                          f"{t['best_value']:.4f} (lr {t['best_lr']:.2g})" if t else "—",
-                         f"{t['loss']:+.4f}" if t and math.isfinite(t["loss"]) else ("∞" if t else "—")])
-        table = _md_table(["param", "lr* per width (grid; * = on grid edge)", "log2 lr* shift per doubling",
-                           "fit exponent (lr* ∝ width^x)", "largest width at smallest width's lr*",
-                           "largest width at its own lr*", "loss lost by transferring"], rows)
+                         f"{t['loss']:+.4f}" if t and math.isfinite(t["loss"]) else ("∞" if t else "—"),
+                         fmt(*res["lost"], 3) if res["seeds"] > 1 else "—"])
+        table = _md_table(["param", "seeds", "lr* per width (grid; * = on grid edge)", "log2 lr* shift per doubling",
+                           "fit exponent (lr* ∝ width^x)", "fit exponent, per seed (mean ± std)",
+                           "largest width at smallest width's lr*", "largest width at its own lr*",
+                           "loss lost by transferring", "loss lost, per seed (mean ± std)"], rows)
         pic = ""
         if curves:
             p = _plot_transfer(curves, img_dir / f"transfer-{task}.png", metric)
