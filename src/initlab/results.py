@@ -24,6 +24,7 @@ Model selection never looks at the test split: the vision sweeps minimize the *t
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -44,7 +45,8 @@ from .errors import ConfigError
 
 SECTIONS = ("vision", "lm", "transfer")
 PROFILES = ("smoke", "cpu", "long", "full")
-VISION_INITS = ("default", "trunc_normal", "mimetic", "structured", "nt", "nt+mimetic")
+# trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
+VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
 LM_INITS = ("default", "mimetic-language", "mimetic-language(vo_sign=1)", "nt")
 
 
@@ -478,11 +480,17 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _wall(out: Path, steps: list[Step]) -> float:
+    """Seconds of training behind the tables: every compare run's and sweep cell's own wall time.
+    (A step's ``step.json`` holds only its last invocation, which may have added a few runs.)"""
     total = 0.0
     for s in steps:
-        m = out / s.key / "step.json"
-        if m.exists():
-            total += float(json.loads(m.read_text()).get("wall_s", 0.0))
+        if s.command == "sweep":
+            path = out / s.key / "sweep.csv"
+            if path.exists():
+                with open(path, newline="") as f:
+                    total += sum(float(row.get("wall_time_s") or 0.0) for row in csv.DictReader(f))
+        else:
+            total += sum(float(r.get("wall_time_s") or 0.0) for r in _records(out / s.key))
     return total
 
 
@@ -753,7 +761,7 @@ def write_report(profile: str, steps: list[Step], out: Path, *, doc: str | Path,
 def _meta_line(profile: str, steps: list[Step], out: Path) -> str:
     done = sum((out / s.key / "step.json").exists() for s in steps)
     line = (f"Profile `{profile}`: {done}/{len(steps)} steps finished, "
-            f"{_wall(out, steps) / 60:.1f} min of training wall time summed over steps "
+            f"{_wall(out, steps) / 60:.1f} min of training wall time summed over runs and sweep cells "
             f"(`initlab results --profile {profile} --out {out}`).")
     path = out / "sessions.json"
     keys = {s.key for s in steps}
