@@ -89,9 +89,10 @@ def test_cpu_and_full_profiles_are_declared_and_unknown_names_refused():
         (n, t) for n in (1000, 5000, 60000) for t in (16, 49)}
     assert {s.labels["seed"] for s in sweep} == {0, 1, 2}
     long = plan("long")
-    assert {s.section for s in long} == {"vision"} and all(s.key.startswith("long-") for s in long)
+    assert {s.section for s in long} == {"vision", "lm"} and all(s.key.startswith("long-") for s in long)
     # the long rows train the same number of steps (within 12%) at every data size
-    n_steps = [s.labels["train_size"] // 128 * s.labels["epochs"] for s in long if s.labels["patch"] == 7]
+    n_steps = [s.labels["train_size"] // 128 * s.labels["epochs"] for s in long
+               if s.section == "vision" and s.labels["patch"] == 7]
     assert max(n_steps) / min(n_steps) < 1.12 and min(n_steps) >= 700
     assert len(plan("full")) > len(cpu) - 1
     with pytest.raises(ConfigError):
@@ -127,9 +128,10 @@ def test_long_profile_writes_only_its_own_blocks(suite, tmp_path):
     before = page.read_text()
     run_suite("long", tmp / "out", doc=page, img_dir=tmp_path / "img", run=False)
     after = page.read_text()
-    assert "<!-- results:long_vision -->" in after and "<!-- results:long_meta -->" in after
+    for block in ("long_meta", "long_vision", "long_lm"):
+        assert f"<!-- results:{block} -->" in after
     assert after.startswith(before.rstrip())  # nothing above was rewritten
-    assert after.count("*not run yet*") == 4  # its four rows have not run in this folder
+    assert after.count("*not run yet*") == 5  # its four vision rows and its lm table have not run here
 
 
 def test_transfer_summary_reports_the_spread_over_seeds(tmp_path):

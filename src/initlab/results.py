@@ -7,8 +7,9 @@ one list per *profile*:
   files and a small text file);
 * ``cpu``   — the scaled-down proxies that finish in under an hour on a 2-core CPU;
 * ``long``  — the small-data regime of the mimetic paper at CPU size: the same ViT trained for
-  many epochs on 1k/5k images (and the same number of steps on 60k), evaluated often; about an
-  hour and a half on 2 cores (``--jobs 2``). Its tables go into their own ``long_*`` blocks;
+  many epochs on 1k/5k images (and the same number of steps on 60k), evaluated often, and the
+  language table at 3.3× the tokens; about an hour on 2 cores (``--jobs 2``). Its tables go into
+  their own ``long_*`` blocks;
 * ``full``  — the GPU-sized version (declared here, run it on a GPU machine).
 
 Each step runs through :func:`initlab.cli.main` (in this process, or with ``jobs > 1`` as
@@ -105,12 +106,16 @@ def _profile(name: str) -> dict:
         # ViT trained until 1k images are fit many times over (100 epochs), with the same number
         # of steps (~700-780) for 5k and 60k images, so the rows differ in data only. Ten
         # evaluations per run make "epochs to default's final" a real curve read-out.
-        # ~110 CPU-minutes of single-thread steps; `--jobs 2` runs it in about an hour.
+        # ~125 CPU-minutes (84 runs of ~90 s single-threaded); `--jobs 2` runs it in about an hour.
         return dict(
             prefix="long",
             vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
                         inits=VISION_INITS,
                         settings=[(1000, 7, 100, 10), (5000, 7, 20, 10), (1000, 4, 30, 6), (60000, 7, 1.5, 10)]),
+            # the cpu profile's language table at 3.3x the tokens (1.0M), to see whether the early
+            # mimetic gain survives past the bigram level
+            lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=500, evals=5,
+                    eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
         )
     if name == "full":
         return dict(
@@ -171,7 +176,10 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
             "--eval-every", str(max(1, l["steps"] // l["evals"])), "--eval-batches", str(l["eval_batches"]),
             "--lr", f"{l['lr']:g}", "--base-width", str(l["width"]),
             "--inits", ",".join(l["inits"]), "--seeds", str(l["seeds"])]
-    steps.append(Step("lm", "lm", "compare", tuple(args), dict(steps=l["steps"], tokens_per_step=l["batch"] * l["block"])))
+    steps.append(Step(f"{pre}lm", "lm", "compare", tuple(args),
+                      dict(steps=l["steps"], tokens_per_step=l["batch"] * l["block"])))
+    if "transfer" not in p:
+        return sorted(steps, key=priority)
     t = p["transfer"]
     widths = ",".join(str(w) for w in t["widths"])
     for task in ("vision", "lm"):
@@ -538,7 +546,7 @@ def _vision_batch(step: Step) -> int:
     return int(step.args[step.args.index("--batch-size") + 1])
 
 
-def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path) -> str:
+def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path, png: str = "lm-curves.png") -> str:
     head = (f"{step.labels['steps']} steps × {step.labels['tokens_per_step']:,} tokens per step\n\n"
             f"```\n{step.display(out)}\n```\n")
     recs = _records(out / step.key)
@@ -555,7 +563,7 @@ def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path) -> str:
     pic = ""
     curves = out / step.key / "curves.png"
     if curves.exists():
-        dst = img_dir / "lm-curves.png"
+        dst = img_dir / png
         shutil.copyfile(curves, dst)
         pic = f"\n\n![validation bpc vs training]({_rel(dst, doc_dir)})"
     return head + "\n" + table + pic + "\n"
@@ -745,6 +753,8 @@ def write_report(profile: str, steps: list[Step], out: Path, *, doc: str | Path,
         blocks["transfer"] = transfer_block(out, by["transfer"], img_dir, doc.parent)
         blocks["theory"] = theory_block(doc.parent)
     else:
+        if by["lm"]:
+            blocks["lm"] = lm_block(out, by["lm"][0], img_dir, doc.parent, png=f"{prefix}-lm-curves.png")
         blocks = {f"{prefix}_{key}": body for key, body in blocks.items()}
     text = doc.read_text() if doc.exists() else SKELETON.format(profile=profile)
     for key, body in blocks.items():
