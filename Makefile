@@ -52,7 +52,7 @@ results: setup
 	$(VENV)/bin/initlab results --profile cpu --out results --jobs $(JOBS)
 
 # the long small-data ViT runs and the 1M-token language table (sections 1b and 2b of
-# docs/results.md; about an hour on 2 cores)
+# docs/results.md; about 80 minutes on 2 cores)
 results-long: setup
 	$(VENV)/bin/initlab results --profile long --out results --jobs $(JOBS)
 

@@ -8,7 +8,7 @@ one list per *profile*:
 * ``cpu``   — the scaled-down proxies that finish in under an hour on a 2-core CPU;
 * ``long``  — the small-data regime of the mimetic paper at CPU size: the same ViT trained for
   many epochs on 1k/5k images (and the same number of steps on 60k), evaluated often, and the
-  language table at 3.3× the tokens; about an hour on 2 cores (``--jobs 2``). Its tables go into
+  language table at 3.3× the tokens; about 80 minutes on 2 cores (``--jobs 2``). Its tables go into
   their own ``long_*`` blocks;
 * ``full``  — the GPU-sized version (declared here, run it on a GPU machine).
 
@@ -106,7 +106,8 @@ def _profile(name: str) -> dict:
         # ViT trained until 1k images are fit many times over (100 epochs), with the same number
         # of steps (~700-780) for 5k and 60k images, so the rows differ in data only. Ten
         # evaluations per run make "epochs to default's final" a real curve read-out.
-        # ~125 CPU-minutes (84 runs of ~90 s single-threaded); `--jobs 2` runs it in about an hour.
+        # ~155 CPU-minutes (84 vision runs of ~90 s and 12 language runs of ~150 s, single-threaded);
+        # `--jobs 2` runs it in about 80 minutes.
         return dict(
             prefix="long",
             vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,

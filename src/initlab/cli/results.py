@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
         help="run the declared compare/sweep suite and write docs/results.md",
         description="Run (or resume) the declared list of `initlab compare` / `initlab sweep` invocations "
                     "of a profile (smoke: seconds; cpu: under an hour on 2 CPU cores; long: the many-epoch "
-                    "small-data ViT runs and a longer language table, about an hour on 2 cores; full: GPU-sized), "
+                    "small-data ViT runs and a longer language table, about 80 minutes on 2 cores; full: GPU-sized), "
                     "then write mean ± std tables with their commands into the results page and PNGs "
                     "into the image folder. Finished steps are not rerun.")
     p.add_argument("--profile", choices=("smoke", "cpu", "long", "full"), default="cpu",
