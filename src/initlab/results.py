@@ -291,7 +291,7 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
                                       + (f" (its output: {out / step.key / 'output.txt'})" if jobs > 1 else ""))
                 (out / step.key / "step.json").write_text(json.dumps(
                     {"args": list(step.args), "wall_s": wall, "rc": rc,
-                     "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}))
+                     "finished": _utc_now()}))
                 log(f"[{i}/{len(todo)}] {step.key}: finished in {wall:.0f} s")
 
             if jobs == 1:
@@ -303,6 +303,10 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
                         f.result()
             _record_session(out, profile, time.time() - t0, jobs, [s.key for _, s in pending])
     return write_report(profile, steps, out, doc=doc, img_dir=img_dir)
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
 def _run_in_process(step: Step, out: Path) -> tuple[float, int]:
@@ -333,7 +337,7 @@ def _record_session(out: Path, profile: str, wall: float, jobs: int, keys: list[
     sessions = json.loads(path.read_text()) if path.exists() else []
     sessions.append({"profile": profile, "wall_s": wall, "jobs": jobs, "steps": keys,
                      "threads": os.environ.get("OMP_NUM_THREADS"),
-                     "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+                     "finished": _utc_now()})
     path.write_text(json.dumps(sessions, indent=1))
 
 
@@ -547,7 +551,7 @@ def _vision_batch(step: Step) -> int:
     return int(step.args[step.args.index("--batch-size") + 1])
 
 
-def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path, png: str = "lm-curves.png") -> str:
+def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path) -> str:
     head = (f"{step.labels['steps']} steps × {step.labels['tokens_per_step']:,} tokens per step\n\n"
             f"```\n{step.display(out)}\n```\n")
     recs = _records(out / step.key)
@@ -564,7 +568,7 @@ def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path, png: str = "lm
     pic = ""
     curves = out / step.key / "curves.png"
     if curves.exists():
-        dst = img_dir / png
+        dst = img_dir / f"{step.key}-curves.png"  # as the vision steps: named after the step
         shutil.copyfile(curves, dst)
         pic = f"\n\n![validation bpc vs training]({_rel(dst, doc_dir)})"
     return head + "\n" + table + pic + "\n"
@@ -755,7 +759,7 @@ def write_report(profile: str, steps: list[Step], out: Path, *, doc: str | Path,
         blocks["theory"] = theory_block(doc.parent)
     else:
         if by["lm"]:
-            blocks["lm"] = lm_block(out, by["lm"][0], img_dir, doc.parent, png=f"{prefix}-lm-curves.png")
+            blocks["lm"] = lm_block(out, by["lm"][0], img_dir, doc.parent)
         blocks = {f"{prefix}_{key}": body for key, body in blocks.items()}
     text = doc.read_text() if doc.exists() else SKELETON.format(profile=profile)
     for key, body in blocks.items():
