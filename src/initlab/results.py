@@ -44,8 +44,8 @@ from typing import Callable
 
 from .errors import ConfigError
 
-SECTIONS = ("vision", "lm", "transfer")
-PROFILES = ("smoke", "cpu", "long", "full")
+SECTIONS = ("vision", "lm", "transfer", "regime")
+PROFILES = ("smoke", "cpu", "long", "regime", "full")
 # trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
 VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
 LM_INITS = ("default", "mimetic-language", "mimetic-language(vo_sign=1)", "nt")
@@ -118,6 +118,29 @@ def _profile(name: str) -> dict:
             lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=500, evals=5,
                     eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
         )
+    if name == "regime":
+        # Where each init helps: the regime factors of a small-data ViT (position table, readout,
+        # tokens, data size, width) at the long profile's 49-token budget (1k images x 30
+        # epochs = 210 steps; 5k images get the same steps). Every factor is kept but the grid is
+        # trimmed: the 6 position x readout regimes with default/mimetic/structured; the whole
+        # init panel, 16 tokens, 5k images and width 128 only in the best and the worst regime.
+        # ~110 single-threaded runs of ~1.5-2.5 min; `--jobs 2` about 2 hours.
+        best, worst = ("sincos", "mean"), ("learned", "cls")
+        core = ("default", "mimetic", "structured")
+        panel_a = ("trunc_normal", "mimetic(vo=false)", "mimetic(qk=false)")
+        panel_b = ("trunc_normal+mimetic", "nt", "nt+mimetic")
+        cells = [(1000, 4, 30, 64, pos, pool, core) for pos, pool in
+                 (best, worst, ("learned", "mean"), ("sincos", "cls"), ("sincos-learned", "mean"))]
+        # cheap factor rows next (16 tokens cost a third), then the panel, then the rest
+        cells += [(1000, 7, 30, 64, *best, core), (1000, 7, 30, 128, *best, ("default", "mimetic")),
+                  (5000, 4, 5.4, 64, *best, core),  # 39 steps/epoch x 5.4 = the same 210 steps
+                  (1000, 4, 30, 64, *best, panel_a), (1000, 4, 30, 64, *best, panel_b),
+                  (1000, 4, 30, 64, "sincos-learned", "cls", core),
+                  (1000, 7, 30, 64, *worst, core), (1000, 7, 30, 128, *worst, ("default", "mimetic")),
+                  (5000, 4, 5.4, 64, *worst, core),
+                  (1000, 4, 30, 64, *worst, panel_a), (1000, 4, 30, 64, *worst, panel_b)]
+        return dict(prefix="regime", regime=dict(model="vit-micro", depth=4, heads=2, batch=128, lr=1e-3,
+                                                 seeds=3, evals=3, cells=cells))
     if name == "full":
         return dict(
             vision=dict(model="vit-tiny", width=192, depth=12, heads=3, batch=128, lr=1e-3, seeds=3,
@@ -149,6 +172,8 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
     """
     p = _profile(profile)
     pre = p["prefix"] + "-" if p.get("prefix") else ""
+    if "regime" in p:
+        return _regime_steps(p["regime"], data_root)
     steps: list[Step] = []
     v = p["vision"]
     root = ["--data-root", data_root] if data_root else []
@@ -201,6 +226,26 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
                 steps.append(Step(f"transfer-{task}-{param}-s{seed}", "transfer", "sweep", tuple(args),
                                   dict(task=task, param=param, seed=seed)))
     return sorted(steps, key=priority)
+
+
+def _regime_steps(r: dict, data_root: str | None) -> list[Step]:
+    """One ``initlab compare`` per (regime cell, init group), in the order of ``r["cells"]``."""
+    steps = []
+    root = ["--data-root", data_root] if data_root else []
+    for size, patch, epochs, width, pos, pool, inits in r["cells"]:
+        total = int(size // r["batch"] * epochs)
+        group = "core" if "default" in inits else ("panel-" + ("a" if "trunc_normal" in inits else "b"))
+        key = f"regime-n{size}-p{patch}-w{width}-{pos}-{pool}-{group}"
+        args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", r["model"],
+                "--width", str(width), "--depth", str(r["depth"]), "--heads", str(r["heads"]),
+                "--patch-size", str(patch), "--model-option", f"pos={pos}", "--model-option", f"pool={pool}",
+                "--inits", ",".join(inits), "--seeds", str(r["seeds"]), "--epochs", f"{epochs:g}",
+                "--eval-every", str(max(1, total // r["evals"])), "--batch-size", str(r["batch"]),
+                "--lr", f"{r['lr']:g}", "--base-width", "64"]
+        steps.append(Step(key, "regime", "compare", tuple(args),
+                          dict(train_size=size, patch=patch, tokens=_tokens(patch), epochs=epochs,
+                               width=width, heads=r["heads"], pos=pos, pool=pool, steps=total)))
+    return steps
 
 
 def prepare_sweep_data(out: Path, data_root: str | None, test_size: int | None) -> str | None:

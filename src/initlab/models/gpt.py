@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import Block, check_heads, make_norm, sincos_1d
+from .layers import POS_KINDS, Block, check_heads, make_norm, sincos_1d
 
 TABLE_STD = 0.02  # token and position tables start N(0, 0.02^2), as GPT-2/nanoGPT
 
@@ -17,7 +17,8 @@ class GPT(nn.Module):
     Args:
         vocab_size, block_size: vocabulary and maximum context length.
         width, depth, heads, mlp_ratio, bias, ln_affine, fused_qkv, attn_scale: as :class:`ViT`.
-        pos: ``"learned"`` table or fixed 1-D ``"sincos"``.
+        pos: ``"learned"`` table (std 0.02), fixed 1-D ``"sincos"`` (a buffer), or
+            ``"sincos-learned"``: a learned table that starts as the 1-D sin-cos one.
         tie_head: logits = head_multiplier * LN(z) @ W_tokenᵀ (the paper's tied head with
             N_rescale); otherwise a separate bias-free Linear head.
         head_multiplier: N_rescale, the constant multiplying the logits.
@@ -32,8 +33,8 @@ class GPT(nn.Module):
                  skip_scale: float = 1.0):
         super().__init__()
         check_heads(width, heads)
-        if pos not in ("learned", "sincos"):
-            raise ConfigError(f"pos must be 'learned' or 'sincos', got {pos!r}")
+        if pos not in POS_KINDS:
+            raise ConfigError(f"pos must be one of {', '.join(POS_KINDS)}, got {pos!r}")
         if vocab_size <= 0 or block_size <= 0:
             raise ConfigError("vocab_size and block_size must be positive")
         self.config = dict(vocab_size=vocab_size, block_size=block_size, width=width, depth=depth,
@@ -46,10 +47,11 @@ class GPT(nn.Module):
         self.block_size = block_size
         self.head_multiplier = float(head_multiplier)
         self.tok_embed = nn.Embedding(vocab_size, width)
-        if pos == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, block_size, width))
-        else:
+        self._pos = pos
+        if pos == "sincos":
             self.register_buffer("pos_embed", sincos_1d(block_size, width)[None], persistent=False)
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, block_size, width))
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio=mlp_ratio, bias=bias, ln_affine=ln_affine, ln_eps=ln_eps,
                   fused_qkv=fused_qkv, attn_scale=attn_scale, causal=True,
@@ -63,7 +65,9 @@ class GPT(nn.Module):
     @torch.no_grad()
     def reset_tables(self, generator: torch.Generator | None = None) -> None:
         self.tok_embed.weight.normal_(0.0, TABLE_STD, generator=generator)
-        if isinstance(self.pos_embed, nn.Parameter):
+        if self._pos == "sincos-learned":
+            self.pos_embed.copy_(sincos_1d(self.block_size, self.width)[None].to(self.pos_embed))
+        elif isinstance(self.pos_embed, nn.Parameter):
             self.pos_embed.normal_(0.0, TABLE_STD, generator=generator)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):

@@ -151,6 +151,10 @@ class Block(nn.Module):
         return x if self.skip_scale == 1.0 else self.skip_scale * x
 
 
+# position tables: learned N(0, 0.02^2), fixed sin-cos buffer, or learned starting as sin-cos
+POS_KINDS = ("learned", "sincos", "sincos-learned")
+
+
 def sincos_1d(n_pos: int, width: int) -> torch.Tensor:
     """Fixed 1-D sin-cos table (Vaswani et al.), shape (n_pos, width)."""
     if width % 2:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import Block, check_heads, make_norm, sincos_2d
+from .layers import POS_KINDS, Block, check_heads, make_norm, sincos_2d
 
 TABLE_STD = 0.02  # learned tables (position, class token) start N(0, 0.02^2), as timm/HF ViT
 
@@ -20,7 +20,8 @@ class ViT(nn.Module):
         width, depth, heads, mlp_ratio: n, L, H, M (head_dim = width // heads).
         bias: biases in attention and MLP (the effective-theory paper has none).
         ln_affine: trainable LayerNorm gain/bias (False freezes them at 1/0, as in the paper).
-        pos: ``"learned"`` table (std 0.02) or fixed 2-D ``"sincos"``.
+        pos: ``"learned"`` table (std 0.02), fixed 2-D ``"sincos"`` (a buffer), or
+            ``"sincos-learned"``: a learned table that starts as the 2-D sin-cos one.
         pool: ``"cls"`` (class token) or ``"mean"`` (mean over tokens; the paper and structured init).
         fused_qkv: one (3n, n) Linear or three (n, n) Linears.
         attn_scale: ``"sqrt"`` (1/sqrt(head_dim)) or ``"linear"`` (1/head_dim, muP) or a number.
@@ -39,8 +40,8 @@ class ViT(nn.Module):
         check_heads(width, heads)
         if image_size % patch_size:
             raise ConfigError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
-        if pos not in ("learned", "sincos"):
-            raise ConfigError(f"pos must be 'learned' or 'sincos', got {pos!r}")
+        if pos not in POS_KINDS:
+            raise ConfigError(f"pos must be one of {', '.join(POS_KINDS)}, got {pos!r}")
         if pool not in ("cls", "mean"):
             raise ConfigError(f"pool must be 'cls' or 'mean', got {pool!r}")
         self.config = dict(image_size=image_size, patch_size=patch_size, in_chans=in_chans,
@@ -59,13 +60,11 @@ class ViT(nn.Module):
         n_extra = 1 if pool == "cls" else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if pool == "cls" else None
         n_pos = self.num_patches + n_extra
-        if pos == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, width))
+        self._pos = pos
+        if pos == "sincos":
+            self.register_buffer("pos_embed", self.sincos_table()[None], persistent=False)
         else:
-            table = sincos_2d(self.grid, self.grid, width)
-            if n_extra:
-                table = torch.cat([torch.zeros(1, width), table])
-            self.register_buffer("pos_embed", table[None], persistent=False)
+            self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, width))
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio=mlp_ratio, bias=bias, ln_affine=ln_affine, ln_eps=ln_eps,
                   fused_qkv=fused_qkv, attn_scale=attn_scale, norm_position=norm_position,
@@ -76,12 +75,22 @@ class ViT(nn.Module):
         self.head = nn.Linear(width, num_classes)
         self.reset_tables()
 
+    def sincos_table(self) -> torch.Tensor:
+        """The 2-D sin-cos table (n_pos, width); a zero row first for the class token."""
+        table = sincos_2d(self.grid, self.grid, self.width)
+        if self.cls_token is not None:
+            table = torch.cat([torch.zeros(1, self.width), table])
+        return table
+
     @torch.no_grad()
     def reset_tables(self, generator: torch.Generator | None = None) -> None:
-        """Learned tables start at N(0, 0.02^2); modules keep PyTorch's defaults."""
+        """Learned tables start at N(0, 0.02^2) (``pos="sincos-learned"``: the sin-cos table);
+        modules keep PyTorch's defaults."""
         for t in (self.pos_embed, self.cls_token):
             if isinstance(t, nn.Parameter):
                 t.normal_(0.0, TABLE_STD, generator=generator)
+        if self._pos == "sincos-learned":
+            self.pos_embed.copy_(self.sincos_table()[None].to(self.pos_embed))
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Stem: patchify, add class token and position table -> (B, T, n)."""

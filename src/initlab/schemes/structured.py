@@ -139,10 +139,21 @@ def feature_basis(features: torch.Tensor, rcond: float = 1e-6):
 
 
 def fit_bilinear(features: torch.Tensor, target: torch.Tensor, rank: int,
-                 rcond: float = 1e-6, basis=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Wq, Wk), each (d, rank), minimizing ‖F Wq Wkᵀ Fᵀ − target‖_F over rank-``rank`` products."""
+                 rcond: float = 1e-6, basis=None, ridge: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Wq, Wk), each (d, rank): a rank-``rank`` product M = Wq Wkᵀ fitting F M Fᵀ ≈ ``target``.
+
+    ``ridge`` = 0: the exact minimizer of ‖F M Fᵀ − target‖_F. ``ridge`` = λ > 0: the minimizer of
+    E‖(F + E) M (F + E)ᵀ − target‖², E i.i.d. noise of variance λ/n per entry (n = rows of F), that
+    is the fit that stays right when the inputs also carry token content. In F's singular basis
+    (F = U S Vᵀ) that is M = V D C D Vᵀ with C = Uᵀ target U and D = S/(S² + λ), a two-sided ridge
+    that never divides by a small singular value; the rank truncation is taken on R C R,
+    R = S²/(S² + λ) (the fitted logits), so the weights stay bounded by 1/(2√λ) per direction.
+    """
     u, s, v = basis if basis is not None else feature_basis(features, rcond)
     c = u.t() @ target @ u
+    if ridge > 0:
+        r = s * s / (s * s + ridge)
+        c = r[:, None] * c * r[None, :]
     uc, sc, vch = torch.linalg.svd(c)
     k = min(rank, sc.numel())
     root = sc[:k].sqrt()
@@ -177,32 +188,90 @@ def target_mass(logits: torch.Tensor, grid: tuple[int, int], n_prefix: int,
     return p[..., torch.arange(len(rows)), cols].mean(-1)
 
 
-def calibrate(q: torch.Tensor, k: torch.Tensor, scale: float, grid, n_prefix: int, offset,
-              focus: float) -> float:
-    """Gain c on the logits (c·s·q kᵀ) at which the mean target mass equals ``focus``.
+def target_log_mass(logits: torch.Tensor, grid: tuple[int, int], n_prefix: int,
+                    offset: tuple[int, int]) -> torch.Tensor:
+    """Mean log softmax probability of key = query + offset (on-grid queries); (..., n, n) -> (...)."""
+    rows, cols = _targets(grid, n_prefix, offset)
+    p = torch.log_softmax(logits[..., rows, :], dim=-1)
+    return p[..., torch.arange(len(rows)), cols].mean(-1)
 
-    1 when the fit is exact. When it is not (more positions than head_dim, or tables such as the
-    2-D sin-cos one, whose rows are sums of a row code and a column code and cannot express a
-    product of row and column shifts), the least-squares logits still peak on the target but
-    less sharply; this restores the intended sharpness. The gain is searched over [1e-2, 1e3]
-    (two rounds of 61 log-spaced values); if ``focus`` is out of reach, the gain with the largest
-    mass is used.
+
+def calibrate(q: torch.Tensor, k: torch.Tensor, scale: float, grid, n_prefix: int, offset,
+              focus: float, max_gain: float = 1e3, likelihood_cap: bool = False) -> float:
+    """Gain c on the logits (c·s·q kᵀ) at which the mean target mass reaches ``focus``; with
+    ``likelihood_cap``, never above the gain that maximizes the mean log mass on the target.
+
+    When the fit is exact and the inputs are the positions alone, the first is 1. When it is not
+    (more positions than head_dim, or tables such as the 2-D sin-cos one, whose rows are sums of a
+    row code and a column code and cannot express a product of row and column shifts), the
+    least-squares logits still peak on the target but less sharply; the gain restores the intended
+    sharpness. ``q``/``k`` may carry a leading batch dimension (noisy copies of the inputs, i.e.
+    positions plus token content): masses are then averaged over it. With noise, ``focus`` may be
+    out of reach, and past some gain a sharper softmax only follows the noise: the mean log mass
+    (the likelihood of the target under the attention map) has a finite maximizer, and with
+    ``likelihood_cap`` the gain never exceeds it, so attention is never saturated on noise
+    (without it, an unreachable ``focus`` takes the gain of the largest mass). Gains are searched over
+    [1e-2, ``max_gain``] (log-spaced rounds of 61 values).
     """
-    base = scale * (q @ k.t())
-    if abs(float(target_mass(base, grid, n_prefix, offset)) - focus) < 1e-6:
+    base = scale * (q @ k.transpose(-1, -2))
+    if abs(float(target_mass(base, grid, n_prefix, offset).mean()) - focus) < 1e-6:
         return 1.0
-    lo, hi = -2.0, 3.0
-    for _ in range(3):
+
+    def scan(lo: float, hi: float):
         cs = torch.logspace(lo, hi, 61, dtype=torch.float64)
-        masses = target_mass(cs[:, None, None] * base, grid, n_prefix, offset)
-        above = (masses >= focus).nonzero()
+        logits = cs.reshape(-1, *([1] * base.dim())) * base
+        mass = target_mass(logits, grid, n_prefix, offset).reshape(len(cs), -1).mean(-1)
+        logm = target_log_mass(logits, grid, n_prefix, offset).reshape(len(cs), -1).mean(-1)
+        return cs, mass, logm
+
+    cs, mass, logm = scan(-2.0, math.log10(max_gain))
+    cap = math.inf
+    if likelihood_cap:
+        i = int(logm.argmax())
+        cap = float(cs[i])
+        if 0 < i < len(cs) - 1:  # refine the likelihood maximum between its neighbours
+            c2, _, l2 = scan(math.log10(float(cs[i - 1])), math.log10(float(cs[i + 1])))
+            cap = float(c2[int(l2.argmax())])
+    for round_ in range(3):  # bracket the first gain whose mass reaches focus, three rounds
+        above = (mass >= focus).nonzero()
         if len(above) == 0:
-            return float(cs[int(masses.argmax())])
+            return cap if likelihood_cap else float(cs[int(mass.argmax())])
         i = int(above[0])
         if i == 0:
-            return float(cs[0])
+            return min(float(cs[0]), cap)
         lo, hi = math.log10(float(cs[i - 1])), math.log10(float(cs[i]))
-    return 10 ** hi
+        if round_ < 2:
+            cs, mass, _ = scan(lo, hi)
+    return min(10 ** hi, cap)
+
+
+AUTO_POS_SCALE = 18.0  # the authors' norm_p for small learned tables (timm's std 0.02)
+CALIBRATION_DRAWS = 16  # noisy copies of the position inputs the logit gain is calibrated on
+
+
+def content_share(rmap, table: torch.Tensor) -> float:
+    """φ = c / (c + p): the share of the token variance at init that is content, not position.
+
+    c is the patch embedding's output variance per entry for unit-variance pixels (its squared
+    weights summed over the fan-in, averaged over channels, plus the mean squared bias: the same
+    in expectation for correlated pixels); p is the position table's mean square (after any
+    ``pos_scale``). A ViT with a learned table of std 0.02 × 18 next to PyTorch's default conv
+    stem has φ ≈ 0.7, one with a fixed 2-D sin-cos table φ ≈ 0.4.
+    """
+    ws = rmap.by_role("patch_embed")
+    if len(ws) != 1:
+        raise InitError("structured(content='auto') estimates the token content from the patch "
+                        "embedding, and this model has none in its role map; pass content=<share "
+                        "in [0, 1)>")
+    w = ws[0].param.detach().double()
+    c = float(w.reshape(w.shape[0], -1).pow(2).sum(1).mean())
+    for b in rmap.by_role("patch_embed", kind="bias"):
+        c += float(b.param.detach().double().pow(2).mean())
+    p = float(table.double().pow(2).mean())
+    if not (math.isfinite(c) and math.isfinite(p)) or c + p <= 0:
+        raise InitError("structured(content='auto'): the patch embedding or position table is not "
+                        "finite; pass content=<share in [0, 1)>")
+    return min(c / (c + p), 0.99)
 
 
 def logit_gap(focus: float, n_keys: int) -> float:
@@ -230,6 +299,10 @@ def _check(model, rmap, o) -> None:
         raise InitError(f"kernel_size must be a positive odd integer, got {k!r}")
     if o.get("target", "impulse") not in TARGETS:
         raise InitError(f"target must be one of {', '.join(TARGETS)}, got {o['target']!r}")
+    c = o.get("content", "auto")
+    if c != "auto" and not (isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c < 1):
+        raise InitError(f"content must be 'auto' or a share in [0, 1) (the part of the attention "
+                        f"input's variance that is token content at init), got {c!r}")
     if o["vo"] not in ("mimetic", "keep"):
         raise InitError(f"vo must be 'mimetic' or 'keep', got {o['vo']!r}")
     for att in rmap.attention:
@@ -241,9 +314,9 @@ def _check(model, rmap, o) -> None:
 @torch.no_grad()
 def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: float = 0.9,
                 target: str = "impulse",
-                pos_scale: float | None = 18.0, vo: str = "mimetic", alpha_vo: float = 0.4,
-                beta_vo: float = 0.4, rcond: float = 1e-6, generator: torch.Generator | None = None,
-                role_map=None):
+                pos_scale: float | str | None = "auto", content: float | str = "auto", vo: str = "mimetic",
+                alpha_vo: float = 0.4, beta_vo: float = 0.4, rcond: float = 1e-6,
+                generator: torch.Generator | None = None, role_map=None):
     """Structured (impulse/convolutional) attention init of a ViT, in place. See module doc.
 
     Args:
@@ -253,7 +326,17 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
         target: ``"impulse"`` (the papers' one-hot logits) or ``"gaussian"`` (quadratic logits
             τ − ‖r_j − r_i − Δ‖², Cordonnier et al. 2020: a peaked filter that 2-D sin-cos tables
             and tables with fewer positions than width fit exactly).
-        pos_scale: multiply a learned position table by this (None or 1: leave it).
+        pos_scale: multiply a learned position table by this (None or 1: leave it). ``"auto"``:
+            18 (the authors' ``norm_p``, meant for timm's std-0.02 tables) when the table's RMS is
+            below 0.1, else 1 (a learned table that starts as sin-cos already carries position).
+        content: the share φ of the attention input's variance that is token content at init,
+            in [0, 1), or ``"auto"`` (estimated from the patch embedding's weights for
+            unit-variance pixels against the position table's mean square). The logits are fitted
+            to √(1−φ)·LN(P) with the content treated as noise of variance φ (a ridge fit, see
+            :func:`fit_bilinear`) and calibrated on such noisy inputs, so the maps survive the
+            content that every real token carries. 0 fits positions alone (the papers' code); with
+            a fixed 2-D sin-cos table that divides by its tiny singular values and the content
+            then drives the logits (q/k weights of norm ~10³: training collapses).
         vo: ``"mimetic"`` (Wv Wo = α₂Z − β₂I, as the authors' code) or ``"keep"``.
         generator: CPU generator for the offsets and the V/O draws.
     Returns ``model``; writes q, k (weights, biases zeroed), the learned position table and, with
@@ -261,19 +344,29 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
     """
     from ..roles import roles
     rmap = role_map if role_map is not None else roles(model)
-    o = dict(kernel_size=kernel_size, vo=vo, target=target)
+    o = dict(kernel_size=kernel_size, vo=vo, target=target, content=content)
     _check(model, rmap, o)
     if not rmap.attention:
         raise InitError(f"{rmap.model_class} has no attention layers in its role map")
     grid = grid_of(model)
     table, learned = position_table(model, rmap)
+    if learned and pos_scale == "auto":
+        pos_scale = AUTO_POS_SCALE if float(table.double().pow(2).mean().sqrt()) < 0.1 else None
     if learned and pos_scale is not None:
-        if not (math.isfinite(pos_scale) and pos_scale > 0):
-            raise InitError(f"pos_scale must be a positive number or None, got {pos_scale}")
+        if isinstance(pos_scale, str) or not (math.isfinite(pos_scale) and pos_scale > 0):
+            raise InitError(f"pos_scale must be a positive number, 'auto' or None, got {pos_scale!r}")
         table.mul_(pos_scale)
     n_pos = table.shape[0]
     n_prefix = n_pos - grid[0] * grid[1]
-    feats = F.layer_norm(table.double().cpu(), (table.shape[-1],), eps=1e-6)
+    phi = content_share(rmap, table) if content == "auto" else float(content)
+    # the attention input LN(x + P) at init: √(1−φ)·LN(P) from the positions plus content of
+    # variance φ per entry, which the fit treats as noise (ridge n·φ) and the calibration samples
+    feats = F.layer_norm(table.double().cpu(), (table.shape[-1],), eps=1e-6) * math.sqrt(1.0 - phi)
+    noisy = feats
+    if phi > 0:
+        draw = torch.Generator().manual_seed(0)  # fixed: calibration must not consume the user's stream
+        noisy = feats + math.sqrt(phi) * torch.randn(CALIBRATION_DRAWS, *feats.shape, generator=draw,
+                                                     dtype=torch.float64)
     tau = logit_gap(focus, n_pos)
     basis = feature_basis(feats, rcond)
     plan = draw_offsets(len(rmap.attention), rmap.attention[0].n_heads, kernel_size, offsets, generator)
@@ -282,8 +375,9 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
         for h in range(att.n_heads):
             offset = layer_offsets[h % len(layer_offsets)]
             logits = TARGETS[target](grid, n_prefix, offset, tau) / scale
-            wq, wk = fit_bilinear(feats, logits, att.head_dim, rcond, basis)
-            gain = calibrate(feats @ wq, feats @ wk, scale, grid, n_prefix, offset, focus)
+            wq, wk = fit_bilinear(feats, logits, att.head_dim, rcond, basis, ridge=n_pos * phi)
+            gain = calibrate(noisy @ wq, noisy @ wk, scale, grid, n_prefix, offset, focus,
+                             likelihood_cap=phi > 0)
             wq, wk = wq * math.sqrt(gain), wk * math.sqrt(gain)
             for view, w in ((att.q_head(h), wq), (att.k_head(h), wk)):
                 view.copy_(w.to(view.device, view.dtype))
@@ -306,7 +400,8 @@ STRUCTURED = Scheme(
     "structured", "Zheng et al. convolutional/impulse attention init for ViTs: each head's attention "
     "map at init is a random k×k impulse filter over the patch grid",
     CITE, apply=_apply, check=_check,
-    options=dict(kernel_size=3, offsets="random", focus=0.9, target="impulse", pos_scale=18.0, vo="mimetic",
+    options=dict(kernel_size=3, offsets="random", focus=0.9, target="impulse", pos_scale="auto",
+                 content="auto", vo="mimetic",
                  alpha_vo=0.4, beta_vo=0.4, rcond=1e-6),
     writes=tuple((r, k) for r in ("q", "k", "v", "o") for k in ("weight", "bias")) + (("pos_embed", "weight"),),
     fixes=("q", "k", "v", "o", "pos_embed"), requires=("attention", "grid"),
