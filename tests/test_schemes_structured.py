@@ -12,6 +12,8 @@ from initlab.models import GPT, ViT
 from initlab.schemes import init_
 from initlab.schemes.structured import draw_offsets, fit_bilinear, kernel_offsets
 
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -269,19 +271,37 @@ def test_content_share_estimates_and_refusals():
             init_(ViT(width=32, heads=2, depth=1, patch_size=7), "structured", content=bad)
 
 
+@pytest.fixture(scope="module")
+def small_fashion(tmp_path_factory):
+    """Real Fashion-MNIST: the first 1,000 training images and a balanced 2,000-image test split."""
+    if not os.path.isdir(FASHION_DIR):
+        pytest.skip("needs Fashion-MNIST (Debian package dataset-fashion-mnist)")
+    from initlab.data import balanced_subset, load_vision
+    from initlab.data.synthetic import write_idx_dataset
+    root = tmp_path_factory.mktemp("fashion-small")
+    train = load_vision("fashion-mnist", root=FASHION_DIR, split="train")
+    test = load_vision("fashion-mnist", root=FASHION_DIR, split="test")
+    write_idx_dataset(root, "train", train.images[:1000].numpy(), train.labels[:1000].numpy())
+    idx = balanced_subset(test.labels, 2000, seed=0)
+    write_idx_dataset(root, "test", test.images[idx].numpy(), test.labels[idx].numpy())
+    return str(root)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
-def test_structured_trains_no_worse_than_default_with_fixed_sincos_and_mean_pooling(tmp_path):
-    """The authors' protocol at toy size: the positions-only fit (content=0) fell ~10 points below
-    the default here; the content-aware fit must not fall below it beyond seed noise."""
+def test_structured_trains_no_worse_than_default_with_fixed_sincos_and_mean_pooling(small_fashion):
+    """The authors' protocol (fixed 2-D sin-cos table, mean pooling) at toy size, 3 seeds. The
+    positions-only fit (content=0) scored 4.5 points below the default here (29.0 vs 33.5 %, means
+    of 3 seeds), the content-aware fit 6.9 above (40.4 %). It must not fall below the default by
+    more than 2 points."""
     from initlab.train import TrainConfig, run
     accs = {}
     for init in ("default", "structured"):
         accs[init] = []
         for seed in range(3):
-            cfg = TrainConfig(data="fashion-mnist", train_size=500, model="vit-micro", width=32, depth=2,
-                              heads=2, patch_size=4, model_options=dict(pos="sincos", pool="mean"),
-                              init=init, seed=seed, steps=60, batch_size=64, lr=2e-3, eval_every=60)
+            cfg = TrainConfig(data="fashion-mnist", data_root=small_fashion, train_size=500,
+                              model="vit-micro", width=32, depth=2, heads=2, patch_size=4,
+                              model_options=dict(pos="sincos", pool="mean"), init=init, seed=seed,
+                              steps=40, batch_size=64, lr=2e-3, eval_every=40)
             accs[init].append(run(cfg, progress=False).final["test_acc"])
     mean = {k: sum(v) / len(v) for k, v in accs.items()}
     assert mean["structured"] >= mean["default"] - 0.02, accs

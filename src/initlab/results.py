@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError
+from .errors import ConfigError, InitlabError
 
 SECTIONS = ("vision", "lm", "transfer", "regime")
 PROFILES = ("smoke", "cpu", "long", "regime", "full")
@@ -127,18 +127,20 @@ def _profile(name: str) -> dict:
         # ~110 single-threaded runs of ~1.5-2.5 min; `--jobs 2` about 2 hours.
         best, worst = ("sincos", "mean"), ("learned", "cls")
         core = ("default", "mimetic", "structured")
+        pair = ("default", "mimetic")
         panel_a = ("trunc_normal", "mimetic(vo=false)", "mimetic(qk=false)")
         panel_b = ("trunc_normal+mimetic", "nt", "nt+mimetic")
-        cells = [(1000, 4, 30, 64, pos, pool, core) for pos, pool in
-                 (best, worst, ("learned", "mean"), ("sincos", "cls"), ("sincos-learned", "mean"))]
-        # cheap factor rows next (16 tokens cost a third), then the panel, then the rest
-        cells += [(1000, 7, 30, 64, *best, core), (1000, 7, 30, 128, *best, ("default", "mimetic")),
-                  (5000, 4, 5.4, 64, *best, core),  # 39 steps/epoch x 5.4 = the same 210 steps
-                  (1000, 4, 30, 64, *best, panel_a), (1000, 4, 30, 64, *best, panel_b),
-                  (1000, 4, 30, 64, "sincos-learned", "cls", core),
-                  (1000, 7, 30, 64, *worst, core), (1000, 7, 30, 128, *worst, ("default", "mimetic")),
-                  (5000, 4, 5.4, 64, *worst, core),
-                  (1000, 4, 30, 64, *worst, panel_a), (1000, 4, 30, 64, *worst, panel_b)]
+        # running order = priority: the 1k-image 49-token regimes first, then one row per other
+        # factor in the best regime, then the rest of the panel and the worst regime's rows
+        cells = [(1000, 4, 30, 64, *best, core), (1000, 4, 30, 64, *worst, core),
+                 (1000, 4, 30, 64, "learned", "mean", core), (1000, 4, 30, 64, "sincos", "cls", core),
+                 (1000, 7, 30, 64, *best, core), (1000, 4, 30, 64, *best, panel_a),
+                 (1000, 4, 30, 64, "sincos-learned", "mean", pair), (1000, 7, 30, 128, *best, pair),
+                 (5000, 4, 5.4, 64, *best, core),  # 39 steps/epoch x 5.4 = the same 210 steps
+                 (1000, 4, 30, 64, *best, panel_b),
+                 (1000, 7, 30, 64, *worst, core), (1000, 7, 30, 128, *worst, pair),
+                 (1000, 4, 30, 64, "sincos-learned", "cls", pair), (5000, 4, 5.4, 64, *worst, core),
+                 (1000, 4, 30, 64, *worst, panel_a), (1000, 4, 30, 64, *worst, panel_b)]
         return dict(prefix="regime", regime=dict(model="vit-micro", depth=4, heads=2, batch=128, lr=1e-3,
                                                  seeds=3, evals=3, cells=cells))
     if name == "full":
@@ -234,7 +236,8 @@ def _regime_steps(r: dict, data_root: str | None) -> list[Step]:
     root = ["--data-root", data_root] if data_root else []
     for size, patch, epochs, width, pos, pool, inits in r["cells"]:
         total = int(size // r["batch"] * epochs)
-        group = "core" if "default" in inits else ("panel-" + ("a" if "trunc_normal" in inits else "b"))
+        group = ("core" if "structured" in inits else "pair") if "default" in inits else \
+            ("panel-" + ("a" if "trunc_normal" in inits else "b"))
         key = f"regime-n{size}-p{patch}-w{width}-{pos}-{pool}-{group}"
         args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", r["model"],
                 "--width", str(width), "--depth", str(r["depth"]), "--heads", str(r["heads"]),
@@ -659,6 +662,143 @@ def transfer_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -
     return "\n".join(parts)
 
 
+REGIME_NAMES = {("sincos", "mean"): "fixed sin-cos + mean pooling",
+                 ("sincos", "cls"): "fixed sin-cos + class token",
+                 ("learned", "mean"): "learned (std 0.02) + mean pooling",
+                 ("learned", "cls"): "learned (std 0.02) + class token",
+                 ("sincos-learned", "mean"): "learned, sin-cos at init + mean pooling",
+                 ("sincos-learned", "cls"): "learned, sin-cos at init + class token"}
+
+
+def position_content_ratio(pos: str, pool: str, patch: int, width: int, data_root: str | None = None) -> float:
+    """RMS of the position table over RMS of the patch-embedded content at init (PyTorch's default
+    stem), on 256 Fashion-MNIST test images when they are found, else unit-variance noise: the
+    variable that decides what QK ≈ I attends to at init."""
+    import torch
+    from .models import ViT
+    model = ViT(patch_size=patch, width=width, heads=2, depth=1, pos=pos, pool=pool)
+    gen = torch.Generator().manual_seed(0)
+    model.patch_embed.reset_parameters()
+    images = torch.randn(256, 1, 28, 28, generator=gen)
+    try:
+        from .data import load_vision
+        test = load_vision("fashion-mnist", root=data_root, split="test")
+        x = test.images[:256].float() / 255.0
+        images = ((x - x.mean()) / x.std()).reshape(-1, 1, 28, 28)
+    except (InitlabError, OSError):  # no data here: noise of the same variance
+        pass
+    with torch.no_grad():
+        content = model.patch_embed(images).flatten(2).transpose(1, 2)
+        table = model.pos_embed.detach()[0, -content.shape[1]:]
+    return float(table.pow(2).mean().sqrt() / content.pow(2).mean().sqrt())
+
+
+def paired_delta(runs: list[dict], base: list[dict]) -> tuple[float, float, int]:
+    """Mean ± sample std over seeds of (final acc − default's final acc at the same seed), points."""
+    by_seed = {r["labels"].get("seed"): _metric(r, "final", "test_acc") for r in base}
+    diffs = [100 * (_metric(r, "final", "test_acc") - by_seed[r["labels"].get("seed")]) for r in runs
+             if r["labels"].get("seed") in by_seed]
+    m, sd = mean_std(diffs)
+    return m, sd, len(diffs)
+
+
+def regime_rows(out: Path, steps: list[Step], data_root: str | None = None) -> list[dict]:
+    """One row per (regime cell, init): final acc, Δ vs the same cell's default (paired by seed)."""
+    cells: dict[tuple, dict] = {}
+    for s in steps:
+        lab = s.labels
+        cell = (lab["pos"], lab["pool"], lab["tokens"], lab["train_size"], lab["width"])
+        c = cells.setdefault(cell, dict(labels=lab, records=[], steps=[]))
+        c["records"] += _records(out / s.key)
+        c["steps"].append(s)
+    rows = []
+    for cell, c in cells.items():
+        lab = c["labels"]
+        by_init: dict[str, list[dict]] = {}
+        for r in c["records"]:
+            by_init.setdefault(r["labels"]["init"], []).append(r)
+        base = by_init.get("default", [])
+        ratio = position_content_ratio(lab["pos"], lab["pool"], lab["patch"], lab["width"], data_root)
+        for init, runs in by_init.items():
+            acc = mean_std([100 * _metric(r, "final", "test_acc") for r in runs])
+            d, dsd, n = paired_delta(runs, base) if init != "default" else (math.nan, math.nan, 0)
+            rows.append(dict(pos=lab["pos"], pool=lab["pool"], tokens=lab["tokens"], images=lab["train_size"],
+                             width=lab["width"], head_dim=lab["width"] // lab["heads"], steps=lab["steps"],
+                             ratio=ratio, init=init, seeds=len(runs), acc=acc, delta=(d, dsd), paired=n,
+                             status=",".join(sorted({r.get("status", "?") for r in runs}))))
+    return rows
+
+
+def _noise_word(delta: tuple[float, float]) -> str:
+    m, sd = delta
+    if not math.isfinite(m):
+        return ""
+    if not math.isfinite(sd) or abs(m) <= 2 * sd / math.sqrt(3):
+        return "within noise"
+    return "gain" if m > 0 else "loss"
+
+
+def regime_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -> str:
+    rows = regime_rows(out, steps)
+    done = sum((out / s.key / "step.json").exists() for s in steps)
+    cmds = "\n".join(s.display(out) for s in steps)
+    head = (f"{done}/{len(steps)} steps finished. Δ = final test accuracy minus the same cell's "
+            f"`default` at the same seed (mean ± std over the paired seeds, points); *within noise* "
+            f"when |Δ| ≤ 2·std/√3 (the paired t-interval at 3 seeds roughly). p/x = RMS of the position "
+            f"table over RMS of the patch-embedded content at init (256 test images).\n\n"
+            f"<details><summary>the {len(steps)} commands</summary>\n\n```\n{cmds}\n```\n</details>\n")
+    if not rows:
+        return head + "\n*not run yet*\n"
+    table = _md_table(
+        ["position table + readout", "p/x at init", "tokens", "images", "width (head dim)", "init", "seeds",
+         "final acc (%)", "Δ vs default (points)", "reading"],
+        [[REGIME_NAMES.get((r["pos"], r["pool"]), f"{r['pos']} + {r['pool']}"), f"{r['ratio']:.2f}",
+          str(r["tokens"]), f"{r['images']:,}", f"{r['width']} ({r['head_dim']})", f"`{r['init']}`",
+          str(r["seeds"]), fmt(*r["acc"], 2), fmt(*r["delta"], 2) if r["init"] != "default" else "—",
+          _noise_word(r["delta"]) + ("" if r["status"] == "completed" else f" ({r['status']})")]
+         for r in rows])
+    pic = ""
+    p = _plot_regime(rows, img_dir / "regime-map.png")
+    if p:
+        pic = f"\n\n![Δ accuracy vs default per regime and init]({_rel(p, doc_dir)})"
+    return head + "\n" + table + pic + "\n"
+
+
+def _plot_regime(rows: list[dict], path: Path) -> Path | None:
+    rows = [r for r in rows if r["init"] != "default" and math.isfinite(r["delta"][0])]
+    if not rows:
+        return None
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    cells = list(dict.fromkeys((r["pos"], r["pool"], r["tokens"], r["images"], r["width"]) for r in rows))
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(cells) * max(1, len(inits) / 3) + 1.5))
+    step = 0.8 / max(1, len(inits))
+    for j, init in enumerate(inits):
+        ys, xs, es = [], [], []
+        for i, cell in enumerate(cells):
+            for r in rows:
+                if r["init"] == init and (r["pos"], r["pool"], r["tokens"], r["images"], r["width"]) == cell:
+                    ys.append(i + (j - (len(inits) - 1) / 2) * step)
+                    xs.append(r["delta"][0])
+                    es.append(r["delta"][1] if math.isfinite(r["delta"][1]) else 0)
+        ax.errorbar(xs, ys, xerr=es, fmt="o", capsize=2, ms=4, label=init)
+    ax.set_yticks(range(len(cells)))
+    ax.set_yticklabels([f"{REGIME_NAMES.get((p, q), p + ' + ' + q)}, {t} tok, {n // 1000}k img, w{w}"
+                        for p, q, t, n, w in cells], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xlabel("final test accuracy − default's, same seed (points; bars: std over 3 seeds)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _rel(path: Path, doc_dir: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(doc_dir.resolve()))
@@ -793,12 +933,14 @@ def write_report(profile: str, steps: list[Step], out: Path, *, doc: str | Path,
     img_dir.mkdir(parents=True, exist_ok=True)
     by = {sec: [s for s in steps if s.section == sec] for sec in SECTIONS}
     prefix = _profile(profile).get("prefix")
-    blocks = {
-        "meta": _meta_line(profile, steps, out),
-        "vision": vision_block(out, by["vision"], img_dir, doc.parent,
-                               datasize_png=f"{prefix + '-' if prefix else ''}vision-datasize.png"),
-    }
-    if prefix is None:  # the main profiles fill every block of the page; `long` only its own
+    blocks = {"meta": _meta_line(profile, steps, out)}
+    if by["vision"]:
+        blocks["vision"] = vision_block(out, by["vision"], img_dir, doc.parent,
+                                        datasize_png=f"{prefix + '-' if prefix else ''}vision-datasize.png")
+    if "regime" in _profile(profile):  # the regime map fills its own two blocks only
+        blocks = {"regime_meta": blocks["meta"],
+                  "regime_map": regime_block(out, by["regime"], img_dir, doc.parent)}
+    elif prefix is None:  # the main profiles fill every block of the page; `long` only its own
         blocks["lm"] = lm_block(out, by["lm"][0], img_dir, doc.parent) if by["lm"] else ""
         blocks["transfer"] = transfer_block(out, by["transfer"], img_dir, doc.parent)
         blocks["theory"] = theory_block(doc.parent)
