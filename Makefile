@@ -8,7 +8,7 @@ STAMP := $(VENV)/.initlab-setup
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build (see constraints.txt)
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test bench results results-long clean-venv data
+.PHONY: setup demo test bench results results-long results-regime gpu-check clean-venv data
 
 setup: $(STAMP)
 
@@ -55,6 +55,18 @@ results: setup
 # docs/results.md; about 80 minutes on 2 cores)
 results-long: setup
 	$(VENV)/bin/initlab results --profile long --out results --jobs $(JOBS)
+
+# the regime map (section 7 of docs/results.md): which init helps under which position table,
+# readout, tokens, data size and width; ~110 single-threaded runs, about 2-3 hours with 2 jobs
+results-regime: setup
+	$(VENV)/bin/initlab results --profile regime --out results --jobs $(JOBS)
+
+# one prepared command for a GPU machine (H100/H200): the map's best and worst regimes at
+# ViT-Tiny size in bf16, 12 steps side by side, then the LLaMA-7B-shaped mimetic init timing
+GPU_JOBS ?= 12
+gpu-check: setup
+	$(VENV)/bin/initlab results --profile gpu --out results --jobs $(GPU_JOBS)
+	$(PY) benchmarks/bench_mimetic.py --shape llama7b --device cuda
 
 clean-venv:
 	rm -rf $(VENV)

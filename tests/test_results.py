@@ -159,3 +159,48 @@ def test_transfer_summary_reports_the_spread_over_seeds(tmp_path):
     assert res["lost"][0] == pytest.approx(0.5)  # seed 0 loses 0, seed 1 loses 1.5 - 0.5
     # the mean table: width 128 is (1.25, 1.25, 2.5); its first minimum is the edge lr 1e-3
     assert res["analysis"].optimum[128] == pytest.approx(1e-3)
+
+
+def test_regime_profile_keeps_every_factor_with_three_seeds():
+    from initlab.models.layers import POS_KINDS
+    steps = plan("regime")
+    labels = [s.labels for s in steps]
+    assert {l["pos"] for l in labels} == set(POS_KINDS)
+    assert {l["pool"] for l in labels} == {"cls", "mean"}
+    assert {l["tokens"] for l in labels} == {16, 49}
+    assert {l["train_size"] for l in labels} == {1000, 5000}
+    assert {l["width"] for l in labels} == {64, 128}
+    assert len({l["steps"] for l in labels}) == 1  # data size and tokens change nothing else
+    inits = set()
+    for s in steps:
+        a = list(s.args)
+        assert a[a.index("--seeds") + 1] == "3"
+        inits |= set(a[a.index("--inits") + 1].split(","))
+    assert inits == {"default", "trunc_normal", "mimetic", "mimetic(vo=false)", "mimetic(qk=false)",
+                     "trunc_normal+mimetic", "structured", "nt", "nt+mimetic"}
+    gpu = plan("gpu")
+    assert all("--device" in s.args and "bf16" in s.args for s in gpu)
+    assert {s.labels["tokens"] for s in gpu} == {49, 196} and len(gpu) == 12
+
+
+def test_regime_block_pairs_seeds_and_says_when_a_gap_is_noise(tmp_path):
+    from initlab.results import regime_block, regime_rows
+
+    step = plan("regime")[0]
+    runs = tmp_path / step.key / "runs"
+    accs = {"default": (0.60, 0.62, 0.64), "mimetic": (0.65, 0.67, 0.69), "structured": (0.58, 0.66, 0.60)}
+    for init, values in accs.items():
+        for seed, acc in enumerate(values):
+            d = runs / f"{init}-s{seed}"
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps({
+                "labels": {"init": init, "seed": seed}, "status": "completed",
+                "final": {"test_acc": acc}, "history": [{"step": 210, "epoch": 30, "test_acc": acc}]}))
+    rows = {r["init"]: r for r in regime_rows(tmp_path, [step])}
+    assert rows["mimetic"]["delta"][0] == pytest.approx(5.0) and rows["mimetic"]["delta"][1] == pytest.approx(0.0)
+    assert rows["structured"]["delta"][0] == pytest.approx(-2 / 3)  # paired: -2, +4, -4
+    assert rows["default"]["ratio"] > 0.5  # fixed sin-cos positions are as large as the content
+    text = regime_block(tmp_path, [step], tmp_path / "img", tmp_path)
+    assert "| `mimetic` | 3 | 67.00 ± 2.00 | 5.00 ± 0.00 | gain |" in text
+    assert "within noise" in text and step.display(tmp_path) in text
+    assert (tmp_path / "img" / "regime-map.png").stat().st_size > 1000

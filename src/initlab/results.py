@@ -45,7 +45,7 @@ from typing import Callable
 from .errors import ConfigError, InitlabError
 
 SECTIONS = ("vision", "lm", "transfer", "regime")
-PROFILES = ("smoke", "cpu", "long", "regime", "full")
+PROFILES = ("smoke", "cpu", "long", "regime", "gpu", "full")
 # trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
 VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
 LM_INITS = ("default", "mimetic-language", "mimetic-language(vo_sign=1)", "nt")
@@ -142,7 +142,18 @@ def _profile(name: str) -> dict:
                  (1000, 4, 30, 64, "sincos-learned", "cls", pair), (5000, 4, 5.4, 64, *worst, core),
                  (1000, 4, 30, 64, *worst, panel_a), (1000, 4, 30, 64, *worst, panel_b)]
         return dict(prefix="regime", regime=dict(model="vit-micro", depth=4, heads=2, batch=128, lr=1e-3,
-                                                 seeds=3, evals=3, cells=cells))
+                                                 seeds=3, evals=3, base_width=64, cells=cells))
+    if name == "gpu":
+        # The regime map's best and worst regimes at ViT-Tiny size (width 192, depth 12, 3 heads)
+        # on one GPU: 5k Fashion-MNIST images x 100 epochs (3,900 steps), patch 4 and 2 (49 and
+        # 196 tokens), bf16. 36 runs as 12 steps (one per cell and init, 3 seeds each); with
+        # `--jobs 12` the 12 steps share the GPU. Not yet measured on a GPU: see docs/results.md.
+        best, worst = ("sincos", "mean"), ("learned", "cls")
+        cells = [(5000, patch, 100, 192, *regime, ("default", "mimetic", "structured"))
+                 for patch in (4, 2) for regime in (best, worst)]
+        return dict(prefix="gpu", regime=dict(model="vit-tiny", depth=12, heads=3, batch=128, lr=1e-3,
+                                              seeds=3, evals=5, base_width=192, cells=cells, split_inits=True,
+                                              extra=("--device", "cuda", "--amp", "bf16")))
     if name == "full":
         return dict(
             vision=dict(model="vit-tiny", width=192, depth=12, heads=3, batch=128, lr=1e-3, seeds=3,
@@ -175,7 +186,7 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
     p = _profile(profile)
     pre = p["prefix"] + "-" if p.get("prefix") else ""
     if "regime" in p:
-        return _regime_steps(p["regime"], data_root)
+        return _regime_steps(p["prefix"], p["regime"], data_root)
     steps: list[Step] = []
     v = p["vision"]
     root = ["--data-root", data_root] if data_root else []
@@ -230,24 +241,29 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
     return sorted(steps, key=priority)
 
 
-def _regime_steps(r: dict, data_root: str | None) -> list[Step]:
-    """One ``initlab compare`` per (regime cell, init group), in the order of ``r["cells"]``."""
+def _regime_steps(prefix: str, r: dict, data_root: str | None) -> list[Step]:
+    """One ``initlab compare`` per (regime cell, init group), in the order of ``r["cells"]``; with
+    ``r["split_inits"]`` one per (cell, init), so that ``--jobs N`` runs the inits side by side."""
     steps = []
     root = ["--data-root", data_root] if data_root else []
     for size, patch, epochs, width, pos, pool, inits in r["cells"]:
         total = int(size // r["batch"] * epochs)
         group = ("core" if "structured" in inits else "pair") if "default" in inits else \
             ("panel-" + ("a" if "trunc_normal" in inits else "b"))
-        key = f"regime-n{size}-p{patch}-w{width}-{pos}-{pool}-{group}"
-        args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", r["model"],
-                "--width", str(width), "--depth", str(r["depth"]), "--heads", str(r["heads"]),
-                "--patch-size", str(patch), "--model-option", f"pos={pos}", "--model-option", f"pool={pool}",
-                "--inits", ",".join(inits), "--seeds", str(r["seeds"]), "--epochs", f"{epochs:g}",
-                "--eval-every", str(max(1, total // r["evals"])), "--batch-size", str(r["batch"]),
-                "--lr", f"{r['lr']:g}", "--base-width", "64"]
-        steps.append(Step(key, "regime", "compare", tuple(args),
-                          dict(train_size=size, patch=patch, tokens=_tokens(patch), epochs=epochs,
-                               width=width, heads=r["heads"], pos=pos, pool=pool, steps=total)))
+        key = f"{prefix}-n{size}-p{patch}-w{width}-{pos}-{pool}"
+        groups = [(f"{key}-{group}", inits)]
+        if r.get("split_inits"):
+            groups = [(f"{key}-{init}", (init,)) for init in inits]
+        for step_key, names in groups:
+            args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", r["model"],
+                    "--width", str(width), "--depth", str(r["depth"]), "--heads", str(r["heads"]),
+                    "--patch-size", str(patch), "--model-option", f"pos={pos}", "--model-option", f"pool={pool}",
+                    "--inits", ",".join(names), "--seeds", str(r["seeds"]), "--epochs", f"{epochs:g}",
+                    "--eval-every", str(max(1, total // r["evals"])), "--batch-size", str(r["batch"]),
+                    "--lr", f"{r['lr']:g}", "--base-width", str(r["base_width"]), *r.get("extra", ())]
+            steps.append(Step(step_key, "regime", "compare", tuple(args),
+                              dict(train_size=size, patch=patch, tokens=_tokens(patch), epochs=epochs,
+                                   width=width, heads=r["heads"], pos=pos, pool=pool, steps=total)))
     return steps
 
 
@@ -738,7 +754,8 @@ def _noise_word(delta: tuple[float, float]) -> str:
     return "gain" if m > 0 else "loss"
 
 
-def regime_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -> str:
+def regime_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path,
+                 png: str = "regime-map.png") -> str:
     rows = regime_rows(out, steps)
     done = sum((out / s.key / "step.json").exists() for s in steps)
     cmds = "\n".join(s.display(out) for s in steps)
@@ -758,7 +775,7 @@ def regime_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -> 
           _noise_word(r["delta"]) + ("" if r["status"] == "completed" else f" ({r['status']})")]
          for r in rows])
     pic = ""
-    p = _plot_regime(rows, img_dir / "regime-map.png")
+    p = _plot_regime(rows, img_dir / png)
     if p:
         pic = f"\n\n![Δ accuracy vs default per regime and init]({_rel(p, doc_dir)})"
     return head + "\n" + table + pic + "\n"
@@ -937,9 +954,9 @@ def write_report(profile: str, steps: list[Step], out: Path, *, doc: str | Path,
     if by["vision"]:
         blocks["vision"] = vision_block(out, by["vision"], img_dir, doc.parent,
                                         datasize_png=f"{prefix + '-' if prefix else ''}vision-datasize.png")
-    if "regime" in _profile(profile):  # the regime map fills its own two blocks only
-        blocks = {"regime_meta": blocks["meta"],
-                  "regime_map": regime_block(out, by["regime"], img_dir, doc.parent)}
+    if "regime" in _profile(profile):  # a regime map fills its own two blocks only
+        blocks = {f"{prefix}_meta": blocks["meta"],
+                  f"{prefix}_map": regime_block(out, by["regime"], img_dir, doc.parent, f"{prefix}-map.png")}
     elif prefix is None:  # the main profiles fill every block of the page; `long` only its own
         blocks["lm"] = lm_block(out, by["lm"][0], img_dir, doc.parent) if by["lm"] else ""
         blocks["transfer"] = transfer_block(out, by["transfer"], img_dir, doc.parent)

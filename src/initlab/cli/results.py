@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
                     "small-data ViT runs and a longer language table, about 80 minutes on 2 cores; full: GPU-sized), "
                     "then write mean ± std tables with their commands into the results page and PNGs "
                     "into the image folder. Finished steps are not rerun.")
-    p.add_argument("--profile", choices=("smoke", "cpu", "long", "regime", "full"), default="cpu",
+    p.add_argument("--profile", choices=("smoke", "cpu", "long", "regime", "gpu", "full"), default="cpu",
                    help="suite size (default cpu)")
     p.add_argument("--out", default="results", help="where the runs go (default results/)")
     p.add_argument("--only", default=None, metavar="S1,S2",
