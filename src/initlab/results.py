@@ -131,28 +131,30 @@ def _profile(name: str) -> dict:
         panel_a = ("trunc_normal", "mimetic(vo=false)", "mimetic(qk=false)")
         panel_b = ("trunc_normal+mimetic", "nt", "nt+mimetic")
         # running order = priority: the 1k-image 49-token regimes first, then one row per other
-        # factor in the best regime, then the rest of the panel and the worst regime's rows
-        cells = [(1000, 4, 30, 64, *best, core), (1000, 4, 30, 64, *worst, core),
-                 (1000, 4, 30, 64, "learned", "mean", core), (1000, 4, 30, 64, "sincos", "cls", core),
-                 (1000, 7, 30, 64, *best, core), (1000, 4, 30, 64, *best, panel_a),
-                 (1000, 4, 30, 64, "sincos-learned", "mean", pair), (1000, 7, 30, 128, *best, pair),
-                 (5000, 4, 5.4, 64, *best, core),  # 39 steps/epoch x 5.4 = the same 210 steps
-                 (1000, 4, 30, 64, *best, panel_b),
-                 (1000, 7, 30, 64, *worst, core), (1000, 7, 30, 128, *worst, pair),
-                 (1000, 4, 30, 64, "sincos-learned", "cls", pair), (5000, 4, 5.4, 64, *worst, core),
-                 (1000, 4, 30, 64, *worst, panel_a), (1000, 4, 30, 64, *worst, panel_b)]
+        # factor in the best regime, then the rest of the panel and the worst regime's rows. The
+        # two headline cells are evaluated 3 times (curves); the others once, at the end (a
+        # 10k-image evaluation costs about a quarter of such a run)
+        cells = [(1000, 4, 30, 64, *best, core, 3), (1000, 4, 30, 64, *worst, core, 3),
+                 (1000, 4, 30, 64, "learned", "mean", core, 1), (1000, 4, 30, 64, "sincos", "cls", core, 1),
+                 (1000, 7, 30, 64, *best, core, 1), (1000, 4, 30, 64, *best, panel_a, 1),
+                 (1000, 4, 30, 64, "sincos-learned", "mean", pair, 1), (1000, 7, 30, 128, *best, pair, 1),
+                 (5000, 4, 5.4, 64, *best, core, 1),  # 39 steps/epoch x 5.4 = the same 210 steps
+                 (1000, 4, 30, 64, *best, panel_b, 1),
+                 (1000, 7, 30, 64, *worst, core, 1), (1000, 7, 30, 128, *worst, pair, 1),
+                 (1000, 4, 30, 64, "sincos-learned", "cls", pair, 1), (5000, 4, 5.4, 64, *worst, core, 1),
+                 (1000, 4, 30, 64, *worst, panel_a, 1), (1000, 4, 30, 64, *worst, panel_b, 1)]
         return dict(prefix="regime", regime=dict(model="vit-micro", depth=4, heads=2, batch=128, lr=1e-3,
-                                                 seeds=3, evals=3, base_width=64, cells=cells))
+                                                 seeds=3, base_width=64, cells=cells))
     if name == "gpu":
         # The regime map's best and worst regimes at ViT-Tiny size (width 192, depth 12, 3 heads)
         # on one GPU: 5k Fashion-MNIST images x 100 epochs (3,900 steps), patch 4 and 2 (49 and
         # 196 tokens), bf16. 36 runs as 12 steps (one per cell and init, 3 seeds each); with
         # `--jobs 12` the 12 steps share the GPU. Not yet measured on a GPU: see docs/results.md.
         best, worst = ("sincos", "mean"), ("learned", "cls")
-        cells = [(5000, patch, 100, 192, *regime, ("default", "mimetic", "structured"))
+        cells = [(5000, patch, 100, 192, *regime, ("default", "mimetic", "structured"), 5)
                  for patch in (4, 2) for regime in (best, worst)]
         return dict(prefix="gpu", regime=dict(model="vit-tiny", depth=12, heads=3, batch=128, lr=1e-3,
-                                              seeds=3, evals=5, base_width=192, cells=cells, split_inits=True,
+                                              seeds=3, base_width=192, cells=cells, split_inits=True,
                                               extra=("--device", "cuda", "--amp", "bf16")))
     if name == "full":
         return dict(
@@ -242,11 +244,12 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
 
 
 def _regime_steps(prefix: str, r: dict, data_root: str | None) -> list[Step]:
-    """One ``initlab compare`` per (regime cell, init group), in the order of ``r["cells"]``; with
+    """One ``initlab compare`` per (regime cell, init group), in the order of ``r["cells"]`` (train
+    size, patch, epochs, width, position table, readout, inits, evaluations); with
     ``r["split_inits"]`` one per (cell, init), so that ``--jobs N`` runs the inits side by side."""
     steps = []
     root = ["--data-root", data_root] if data_root else []
-    for size, patch, epochs, width, pos, pool, inits in r["cells"]:
+    for size, patch, epochs, width, pos, pool, inits, evals in r["cells"]:
         total = int(size // r["batch"] * epochs)
         group = ("core" if "structured" in inits else "pair") if "default" in inits else \
             ("panel-" + ("a" if "trunc_normal" in inits else "b"))
@@ -259,7 +262,7 @@ def _regime_steps(prefix: str, r: dict, data_root: str | None) -> list[Step]:
                     "--width", str(width), "--depth", str(r["depth"]), "--heads", str(r["heads"]),
                     "--patch-size", str(patch), "--model-option", f"pos={pos}", "--model-option", f"pool={pool}",
                     "--inits", ",".join(names), "--seeds", str(r["seeds"]), "--epochs", f"{epochs:g}",
-                    "--eval-every", str(max(1, total // r["evals"])), "--batch-size", str(r["batch"]),
+                    "--eval-every", str(max(1, total // evals)), "--batch-size", str(r["batch"]),
                     "--lr", f"{r['lr']:g}", "--base-width", str(r["base_width"]), *r.get("extra", ())]
             steps.append(Step(step_key, "regime", "compare", tuple(args),
                               dict(train_size=size, patch=patch, tokens=_tokens(patch), epochs=epochs,
