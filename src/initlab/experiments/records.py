@@ -79,7 +79,7 @@ class RunRecord:
     def curve(self, key: str, x: str = "epoch") -> tuple[list[float], list[float]]:
         xs, ys = [], []
         for row in self.history:
-            if key in row and _is_number(row[key]) and _is_number(row.get(x)):
+            if key in row and _is_number(row[key]) and math.isfinite(row[key]) and _is_number(row.get(x)):
                 xs.append(float(row[x]))
                 ys.append(float(row[key]))
         return xs, ys
