@@ -211,8 +211,12 @@ def run(config: TrainConfig, *, progress: bool = True, command: str | list[str] 
         command: the command line to record in ``command.txt`` (str or argv list); by default
             the process's own argv when it was started as ``initlab``/``python -m initlab``.
 
+    While it runs, the process holds the run directory's lock (:mod:`initlab.train.lock`): another
+    process asking for the same ``out`` gets a :class:`~initlab.errors.LockedError` naming this one.
+
     Returns a :class:`RunResult`. Errors a user can fix raise :class:`~initlab.errors.InitlabError`
-    subclasses (``ConfigError``, ``CheckpointError``, ``DataError``); a NaN/inf loss returns
+    subclasses (``ConfigError``, ``CheckpointError``, ``DataError``, ``LockedError``; a full disk
+    while checkpointing is a ``CheckpointError`` that keeps the previous checkpoint); a NaN/inf loss returns
     ``status="diverged"`` with ``result.error`` set (``result.raise_for_status()`` raises it).
     """
     if not isinstance(config, TrainConfig):

@@ -72,6 +72,15 @@ def _holder(fd: int) -> str:
     return " ".join(parts) + (f" ({extra})" if extra else "")
 
 
+def _own_command() -> str:
+    argv = list(sys.argv)
+    if not argv or not argv[0]:
+        return ""
+    if os.path.basename(argv[0]) == "initlab" or argv[0].endswith(os.path.join("initlab", "__main__.py")):
+        argv[0] = "initlab"
+    return shlex.join(argv)
+
+
 def _flock(fd: int) -> bool:
     """True once locked (or when the file system has no flock), False if another process holds it."""
     import fcntl
@@ -114,7 +123,7 @@ def acquire(path: str | os.PathLike, *, flag: str = "--out", what: str = "direct
                 raise LockedError(f"{what} {path} is in use by {holder}; only one process may write it: "
                                   f"wait for that one to finish (or stop it), or pass another {flag}")
             if command is None:
-                command = shlex.join(sys.argv) if sys.argv and sys.argv[0] else ""
+                command = _own_command()
             record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
             os.ftruncate(fd, 0)
