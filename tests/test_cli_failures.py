@@ -9,11 +9,9 @@ import errno
 import gzip
 import math
 import os
-import shutil
 import signal
 import struct
 import types
-from pathlib import Path
 
 import pytest
 import torch
