@@ -128,3 +128,28 @@ def test_compare_lm_real_engine(tmp_path, capsys):
     assert summary["metric"] == "val_bpc" and not summary["higher_is_better"]
     for row in summary["rows"]:
         assert 0 < row["final_val_bpc_mean"] < 8  # bits per character of a small alphabet
+
+
+def test_compare_rerun_with_a_longer_budget_really_trains(data_root, tmp_path, capsys):
+    """Issue 15: rerunning compare with more steps resumed each run at lr 0 (frozen weights) while
+    its table claimed the longer budget. Now the extension trains on the schedule of its new length."""
+    import torch
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--data", "fashion-mnist", "--data-root", str(data_root), "--train-size", "200",
+            "--inits", "default", "--steps", "6", "--eval-every", "3", "--lr", "3e-3", "--out", str(out), *TINY]
+    assert main(argv) == 0
+    run_dir = out / "runs" / "default-s0"
+    before = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    longer = list(argv)
+    longer[longer.index("--steps") + 1] = "12"
+    assert main(longer) == 0
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]
+    assert float(rows[2]["lr"]) > 1e-4  # step 9 of 12: the cosine of the new length, not lr 0
+    after = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert after["step"] == 12
+    changed = [k for k, v in after["model"].items() if not torch.equal(v, before["model"][k])]
+    assert len(changed) == len(after["model"])  # every tensor of this model trains
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"][0]["epochs"] == 2.0  # 12 steps of 6 per epoch, and they really ran

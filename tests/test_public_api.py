@@ -36,4 +36,4 @@ def test_non_zero_rank_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(runner, "write_run_files", lambda record, run_dir: (run_dir / "result.json").write_text("{}"))
     runner.run_cell(cfg, {"init": "default", "seed": 0}, reuse=False)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "result.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".initlab.lock", "config.json", "result.json"]

@@ -33,3 +33,24 @@ class CheckpointError(InitlabError):
 
 class TrainingError(InitlabError):
     """Training cannot go on (for example a NaN or inf loss)."""
+
+
+class LockedError(InitlabError):
+    """Another process is writing the same run directory (or ``--out``); the message names it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM (its checkpoint is kept; resuming continues it).
+
+    Like ``KeyboardInterrupt`` (which it subclasses), it is not an :class:`InitlabError`: the CLI
+    exits with ``exit_code`` = 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as shells
+    and schedulers expect of a process stopped by that signal.
+    """
+
+    def __init__(self, signum: int = 2, message: str = ""):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -341,6 +341,9 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     when ``pos_embed``). Keeps parameter identity, dtype, device and ``requires_grad``.
     Returns ``model``.
     """
+    if not isinstance(model, nn.Module):
+        raise InitError(f"mimetic_() initializes a torch.nn.Module in place, got "
+                        f"{type(model).__name__}; pass the model itself, e.g. mimetic_(model)")
     cfg = _resolve(preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo, beta_vo=beta_vo,
                    vo_sign=vo_sign)
     sign = cfg.pop("vo_sign")

@@ -252,6 +252,35 @@ def _attention_stats(att, module: nn.Module, s: torch.Tensor) -> dict:
                 attn_entropy=float(ent.mean()), attn_distance=float(dist.mean()))
 
 
+def _check_batch(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None) -> None:
+    """A batch the model cannot take is a ConfigError naming the shape it wants, not torch's error."""
+    from .models import GPT, ViT
+    shape = tuple(batch.shape)
+    if isinstance(model, ViT):
+        c = model.config["in_chans"]
+        side = model.config["image_size"]
+        if batch.ndim != 4 or shape[1:] != (c, side, side) or not batch.is_floating_point():
+            raise ConfigError(f"probe(): this ViT takes float images of shape (B, {c}, {side}, {side}), "
+                              f"got a {batch.dtype} batch of shape {shape}; pass images of that shape")
+        if targets is not None and tuple(targets.shape) != shape[:1]:
+            raise ConfigError(f"probe(): targets must be class labels of shape ({shape[0]},), got "
+                              f"{tuple(targets.shape)}")
+    elif isinstance(model, GPT):
+        block, vocab = model.config.get("block_size"), model.config.get("vocab_size")
+        if batch.ndim != 2 or batch.is_floating_point() or batch.is_complex():
+            raise ConfigError(f"probe(): this GPT takes integer token ids of shape (B, T), got a "
+                              f"{batch.dtype} batch of shape {shape}")
+        if block is not None and shape[1] > block:
+            raise ConfigError(f"probe(): sequence length {shape[1]} exceeds the model's block_size "
+                              f"{block}; pass at most {block} tokens")
+        if vocab is not None and batch.numel() and (int(batch.min()) < 0 or int(batch.max()) >= vocab):
+            raise ConfigError(f"probe(): token ids must be in 0..{vocab - 1} (the model's vocabulary), "
+                              f"got {int(batch.min())}..{int(batch.max())}")
+        if targets is not None and tuple(targets.shape) != shape:
+            raise ConfigError(f"probe(): targets must be next tokens of shape {shape}, got "
+                              f"{tuple(targets.shape)}")
+
+
 def probe(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None = None, *,
           output_index: int = 0, predict: bool = False, constants=None, samples: int = 256,
           seed: int = 0, role_map=None) -> ProbeReport:
@@ -269,8 +298,15 @@ def probe(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None = 
     Returns:
         :class:`ProbeReport`.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"probe() measures a torch.nn.Module, got {type(model).__name__}; "
+                          f"call probe(model, batch)")
+    for name, t in (("batch", batch), ("targets", targets)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ConfigError(f"probe(): {name} must be a torch.Tensor, got {type(t).__name__}")
     rm = role_map or roles(model)
     inner = unwrap(model)
+    _check_batch(inner, batch, targets)
     if not rm.attention:
         raise ConfigError(f"{rm.model_class}: the role map lists no attention layers to probe")
     att_mods = [inner.get_submodule(a.module_name) for a in rm.attention]
@@ -319,7 +355,15 @@ def probe(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None = 
             for p in params:
                 p.grad = None
             with torch.enable_grad():
-                out = model(batch)
+                try:
+                    out = model(batch)
+                except (RuntimeError, IndexError, TypeError) as exc:
+                    if isinstance(exc, torch.cuda.OutOfMemoryError):
+                        raise
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise ConfigError(f"probe(): the model cannot run on a {batch.dtype} batch of shape "
+                                      f"{tuple(batch.shape)} ({first}); pass a batch of the shape "
+                                      f"and type the model takes") from exc
                 logits = out[0] if isinstance(out, tuple) else out
                 if targets is not None:
                     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))

@@ -353,6 +353,9 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
                 i, step = item
                 log(f"[{i}/{len(todo)}] {step.key}: {step.display(out)}")
                 wall, rc = run_one(step, out)
+                if rc in (128 + 2, 128 + 15):  # the step was stopped by SIGINT/SIGTERM: so is the suite
+                    from .errors import Interrupted
+                    raise Interrupted(rc - 128)
                 if rc not in (0, 1):  # 1: a diverged run, which is a result
                     raise ConfigError(f"step {step.key} failed with exit code {rc}: {step.display(out)}"
                                       + (f" (its output: {out / step.key / 'output.txt'})" if jobs > 1 else ""))

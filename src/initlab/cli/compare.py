@@ -38,13 +38,16 @@ def run(args) -> int:
     if base.resume:
         raise ConfigError("compare has no --resume; rerun the same command with the same --out to continue")
     base = base.replace(out=out)
-    write_command(out, args)
-
     from ..experiments.compare import run_compare
+    from ..experiments.runner import is_main_process
+    from ..train.lock import hold_directory
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    result = run_compare(base, inits, seeds, out, progress=not args.quiet, log=say,
-                         command=command_text(args))
+    # one writer per --out: a second compare/sweep/train on it exits 2 naming this process
+    with hold_directory(out, command=command_text(args), enabled=is_main_process()):
+        write_command(out, args)
+        result = run_compare(base, inits, seeds, out, progress=not args.quiet, log=say,
+                             command=command_text(args))
     print()
     print(f"{base.task} {base.data}, model {base.model}, {len(seeds)} seed(s); final = last evaluation, "
           f"best = best evaluation")

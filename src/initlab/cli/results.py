@@ -46,8 +46,13 @@ def run(args) -> int:
             if step.section in only or step.key in only:
                 print(f"{step.key}: {step.display(Path(args.out))}")
         return 0
-    doc = run_suite(args.profile, args.out, only=only, data_root=args.data_root, text=args.text,
-                    doc=args.doc, img_dir=args.img_dir, run=not args.report_only,
-                    log=lambda m: print(m, flush=True), jobs=args.jobs)
+    from ..train.lock import hold_directory
+
+    # one writer per --out: two `initlab results` on one --out would interleave their steps and
+    # both rewrite sessions.json; the second exits 2 naming the first
+    with hold_directory(args.out):
+        doc = run_suite(args.profile, args.out, only=only, data_root=args.data_root, text=args.text,
+                        doc=args.doc, img_dir=args.img_dir, run=not args.report_only,
+                        log=lambda m: print(m, flush=True), jobs=args.jobs)
     print(f"wrote {doc}")
     return 0

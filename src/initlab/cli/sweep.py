@@ -42,15 +42,18 @@ def run(args) -> int:
         # lr factors are then (n / n_base)^e: the lr grid means "the lr at the smallest width"
         base = base.replace(base_width=min(widths))
         note = f"note: --base-width not given; using the smallest width {min(widths)}\n"
-    write_command(out, args)
-
+    from ..experiments.runner import is_main_process
     from ..experiments.sweep import run_sweep
+    from ..train.lock import hold_directory
 
     if note:
         print(note, end="")
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"), progress=not args.quiet,
-                               log=say, command=command_text(args))
+    # one writer per --out: a second sweep/compare/train on it exits 2 naming this process
+    with hold_directory(out, command=command_text(args), enabled=is_main_process()):
+        write_command(out, args)
+        analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"),
+                                   progress=not args.quiet, log=say, command=command_text(args))
     print()
     print(f"sweep {base.task} {base.data}, model {base.model}, param {base.param}, init {base.init}: "
           f"{len(widths)} widths × {len(lrs)} lrs ({info['ran']} cells run now, {info['skipped']} finished earlier)")

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -27,6 +28,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..experiments.records import read_json
     from ..experiments.runner import is_main_process, run_cell
+    from ..train.lock import hold_directory
 
     base = None
     if args.resume:
@@ -49,24 +51,59 @@ def run(args) -> int:
     args.resume = resume_flag
     out = config.out or default_out("train")
     config = config.replace(out=out, resume=bool(resume_flag))
-    Path(out).mkdir(parents=True, exist_ok=True)
     command = command_text(args)
-    record, _ = run_cell(config, {"init": config.init, "seed": config.seed}, progress=not args.quiet,
-                         reuse=False, command=command)
-    if not is_main_process():  # other torchrun ranks: rank 0 reports and writes
-        return 0 if record.status in ("completed", "interrupted") else 1
-    if not (Path(out) / "command.txt").exists():  # the engine records it; keep one either way
-        _append_command(out, command)
+    main = is_main_process()
+    # one writer per run directory: taken before anything is written (creates out; a file, a
+    # read-only place or another process holding it is a one-line error here)
+    with hold_directory(out, flag="--out", what="run directory", command=command, enabled=main):
+        record, _ = run_cell(config, {"init": config.init, "seed": config.seed},
+                             progress=not args.quiet, reuse=False, command=command)
+        if main and not (Path(out) / "command.txt").exists():  # the engine records it; keep one either way
+            _append_command(out, command)
+    return _report(record, config, out, main)
+
+
+def _report(record, config, out: str, main: bool) -> int:
+    """Print the outcome (rank 0) and return the exit code: 0 completed, 1 diverged, 128+signal
+    when interrupted (130 SIGINT, 143 SIGTERM; the checkpoint is kept for --resume)."""
+    import signal
+    import sys
+
+    if record.status == "interrupted":
+        signum = int(record.extra.get("signal") or signal.SIGINT)
+        if main:
+            print(f"interrupted by {signal.Signals(signum).name} at step {_last_step(record)}; the "
+                  f"checkpoint is kept: continue with initlab train --resume {out}", file=sys.stderr)
+        return 128 + signum
+    if not main:  # other torchrun ranks: rank 0 reports and writes
+        return 0 if record.status == "completed" else 1
     from ..experiments.summary import primary_metric
 
     metric = primary_metric(config.task, [record])
     final = record.final_metric(metric.key)
     best = record.best_metric(metric.key, metric.higher_is_better)
     unit = "%" if metric.scale == 100 else ""
-    print(f"{record.status}: final {metric.key} {final * metric.scale:.{metric.digits}f}{unit}, "
-          f"best {best * metric.scale:.{metric.digits}f}{unit}, {record.epochs_done():.3g} epochs, "
-          f"{record.wall_time_s:.1f}s; run dir {out}")
-    return 0 if record.status in ("completed", "interrupted") else 1
+
+    def show(v):
+        return f"{v * metric.scale:.{metric.digits}f}{unit}"
+    if record.status == "diverged":
+        where = _last_step(record)
+        last = (f"best {metric.key} before that {show(best)}" if math.isfinite(best)
+                else f"no finite {metric.key} was measured")
+        print(f"diverged: the loss became NaN or inf by step {where}; {last}; metrics.csv and "
+              f"summary.json in {out} have the evaluations up to there. Lower --lr, raise --warmup "
+              f"or set --clip")
+        return 1
+    print(f"{record.status}: final {metric.key} {show(final)}, best {show(best)}, "
+          f"{record.epochs_done():.3g} epochs, {record.wall_time_s:.1f}s; run dir {out}")
+    return 0
+
+
+def _last_step(record) -> str:
+    step, total = record.extra.get("step"), record.extra.get("total_steps")
+    if step is None:
+        step = record.history[-1]["step"] if record.history else "?"
+    return f"{step} of {total}" if total else str(step)
 
 
 def _append_command(out: str, command: str) -> None:

@@ -202,24 +202,36 @@ def _read_bytes(path: Path, hint: str) -> bytes:
         raise DataError(f"{path} is truncated or not a valid gzip file ({exc}); replace it: {hint}") from None
 
 
-def read_idx(path: str | Path, *, hint: str = "get a fresh copy of the file") -> np.ndarray:
+_IDX_KIND = {1: "labels", 3: "images"}
+
+
+def read_idx(path: str | Path, *, hint: str = "get a fresh copy of the file",
+             ndim: int | None = None) -> np.ndarray:
     """Parse one IDX file (gzip-compressed when the name ends in .gz) into a uint8 array.
 
     Only the unsigned-byte type (0x08) is accepted: that is what every MNIST-family file uses.
+    ``ndim`` (3 for images, 1 for labels) is checked against the header's magic number before its
+    dimensions are trusted.
     """
     path = Path(path)
     raw = _read_bytes(path, hint)
     if len(raw) < 4:
         raise DataError(f"{path} is truncated ({len(raw)} bytes, not even an IDX header); {hint}")
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+    zero, dtype_code, found = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or not 1 <= found <= 4:
         magic = struct.unpack(">I", raw[:4])[0]
         raise DataError(f"{path} is not a uint8 IDX file (magic 0x{magic:08x}, expected 0x00000801 "
                         f"for labels or 0x00000803 for images); {hint}")
-    header = 4 + 4 * ndim
+    if ndim is not None and found != ndim:
+        want = _IDX_KIND.get(ndim, f"{ndim}-dimensional data")
+        have = _IDX_KIND.get(found, f"{found}-dimensional data")
+        raise DataError(f"{path} has the IDX magic number of {have} (0x{0x800 + found:08x}) where "
+                        f"{want} (0x{0x800 + ndim:08x}) are expected: it is not the {want} file, or "
+                        f"its header is damaged; {hint}")
+    header = 4 + 4 * found
     if len(raw) < header:
         raise DataError(f"{path} is truncated inside its IDX header; {hint}")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    dims = struct.unpack(">" + "I" * found, raw[4:header])
     expected = int(np.prod(dims, dtype=np.int64))
     got = len(raw) - header
     if got < expected:
@@ -247,8 +259,8 @@ def load_idx_split(directory: Path, spec: DatasetSpec, split: str) -> VisionData
             raise DataError(f"{spec.title} {split} split: {directory / (stem + '.gz')} is missing; "
                             f"{spec.how_to_get}")
         paths.append(path)
-    images = read_idx(paths[0], hint=spec.how_to_get)
-    labels = read_idx(paths[1], hint=spec.how_to_get)
+    images = read_idx(paths[0], hint=spec.how_to_get, ndim=3)
+    labels = read_idx(paths[1], hint=spec.how_to_get, ndim=1)
     if images.ndim != 3 or images.shape[1:] != (spec.size, spec.size):
         raise DataError(f"{paths[0]} holds images of shape {images.shape}, expected (N, {spec.size}, "
                         f"{spec.size}); is it the right file?")

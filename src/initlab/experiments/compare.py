@@ -57,10 +57,13 @@ def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str 
 
 
 def _brief(record: RunRecord, task: str) -> str:
+    import math
+
     metric = primary_metric(task, [record])
     value = record.final_metric(metric.key)
-    return f"{metric.key}={value * metric.scale:.{metric.digits}f}{'%' if metric.scale == 100 else ''} " \
-           f"in {record.wall_time_s:.1f}s [{record.status}]"
+    shown = (f"{value * metric.scale:.{metric.digits}f}{'%' if metric.scale == 100 else ''}"
+             if math.isfinite(value) else "—")  # a diverged run has no final value, not "nan%"
+    return f"{metric.key}={shown} in {record.wall_time_s:.1f}s [{record.status}]"
 
 
 def write_compare_outputs(records: list[RunRecord], task: str, out: Path) -> CompareResult:

@@ -245,7 +245,7 @@ def build_config(args: argparse.Namespace, *, extra_keys: tuple[str, ...] = (), 
 
 def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bool = True) -> None:
     """Fail fast, in one line, on mistakes that would otherwise surface deep inside a run."""
-    from ..models import PRESETS, GPT, ViT
+    from ..models import PRESETS, GPT, ViT, check_model_options
 
     if config.model not in PRESETS:
         raise ConfigError(f"unknown model preset {config.model!r}; choose one of {', '.join(PRESETS)}")
@@ -254,6 +254,7 @@ def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bo
     if cls is not want:
         kind = "vit-*" if config.task == "vision" else "gpt-*"
         raise ConfigError(f"model {config.model!r} does not fit task {config.task!r}; use a {kind} preset")
+    check_model_options(config.model, config.model_options)  # --model-option bogus=1: one line, now
     shape = {**preset, **{k: v for k, v in config.model_options.items() if k in ("width", "heads", "patch_size")}}
     for key in ("width", "depth", "heads", "patch_size"):
         value = getattr(config, key)

@@ -68,7 +68,8 @@ def plot_curves(records: list[RunRecord], metric: MetricSpec, path: str | Path, 
     ax.set_xlabel(x)
     ax.set_ylabel(metric.title or metric.key)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # every run diverged before its first evaluation: no curves
+        ax.legend()
     ax.set_title(title or f"{metric.key}: mean ± std over seeds")
     return _save(fig, path, plt)
 

@@ -79,7 +79,7 @@ class RunRecord:
     def curve(self, key: str, x: str = "epoch") -> tuple[list[float], list[float]]:
         xs, ys = [], []
         for row in self.history:
-            if key in row and _is_number(row[key]) and _is_number(row.get(x)):
+            if key in row and _is_number(row[key]) and math.isfinite(row[key]) and _is_number(row.get(x)):
                 xs.append(float(row[x]))
                 ys.append(float(row[key]))
         return xs, ys
@@ -109,12 +109,13 @@ def _plain(value):
 # files
 # --------------------------------------------------------------------------------------------
 def _atomic_write(path: Path, text: str) -> None:
+    # the engine's writer: a hidden .NAME.<random>.tmp (umask mode, fsync'ed, removed on failure
+    # and, if a kill leaves it, when the directory is opened again), then an atomic rename
+    from ..train.checkpoint import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _json_safe(value):

@@ -9,12 +9,12 @@ what makes ``compare`` and ``sweep`` resumable.
 from __future__ import annotations
 
 import os
-
 import re
 from pathlib import Path
 
-from ..errors import TrainingError
+from ..errors import Interrupted, TrainingError
 from ..train.config import TrainConfig
+from ..train.lock import hold_directory
 from .records import RunRecord, load_run_record, write_json, write_run_files
 
 FINISHED = ("completed", "diverged")  # a diverged run is a result (inf loss), not something to retry
@@ -72,13 +72,20 @@ def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse:
     the engine refuses, in one line, a checkpoint whose config differs in what it computes.
     """
     run_dir = Path(config.out)
+    main = is_main_process()
+    # one writer per run directory (re-entrant: the engine takes the same lock again)
+    with hold_directory(run_dir, flag="--out", what="run directory", command=command, enabled=main):
+        return _run_cell(config, labels, run_dir, main, progress=progress, reuse=reuse, command=command)
+
+
+def _run_cell(config: TrainConfig, labels: dict, run_dir: Path, main: bool, *, progress: bool,
+              reuse: bool, command: str | None) -> tuple[RunRecord, bool]:
     if reuse:
         record = finished_record(config, run_dir)
         if record is not None:
             return record, True
         if _has_checkpoint(run_dir):
             config = config.replace(resume=True)
-    main = is_main_process()
     run_dir.mkdir(parents=True, exist_ok=True)
     if main and not (run_dir / "config.json").exists():
         save_config(config, run_dir)
@@ -89,6 +96,11 @@ def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse:
     record = RunRecord.from_result(result, labels)
     record.run_dir = str(run_dir)
     record.extra["config"] = config.to_dict()
+    if getattr(result, "signal", None) is not None:
+        record.extra["signal"] = int(result.signal)
+    for key in ("step", "total_steps"):  # where an interrupted or diverged run stopped
+        if isinstance(getattr(result, key, None), int):
+            record.extra[key] = getattr(result, key)
     if main:  # under torchrun only rank 0 writes files (the engine already does the same)
         if not (run_dir / "config.json").exists():
             save_config(config, run_dir)
@@ -104,11 +116,13 @@ def is_main_process() -> bool:
 def stop_if_interrupted(record: RunRecord) -> None:
     """A run stopped by Ctrl-C/SIGTERM stops the whole experiment (not just that run)."""
     if record.status == "interrupted":
+        import signal
         import sys
 
+        signum = int(record.extra.get("signal") or signal.SIGINT)
         print(f"run in {record.run_dir} interrupted; its checkpoint is kept: rerun the same command to "
               f"continue", file=sys.stderr)
-        raise KeyboardInterrupt
+        raise Interrupted(signum)
 
 
 def _has_checkpoint(run_dir: Path) -> bool:

@@ -21,12 +21,32 @@ PRESETS: dict[str, tuple[type, dict]] = {
 }
 
 
-def create_model(name: str, **overrides):
-    """Build a preset by name, e.g. ``create_model("vit-tiny", patch_size=4, image_size=32)``."""
+def model_options(cls: type) -> list[str]:
+    """The keyword arguments the model class ``cls`` accepts (what ``--model-option`` may set)."""
+    import inspect
+    return [n for n, p in inspect.signature(cls).parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_model_options(name: str, options) -> None:
+    """A :class:`ConfigError` naming the unknown keys and the valid ones, before anything is built."""
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    cls = PRESETS[name][0]
+    valid = model_options(cls)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown model option{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(map(repr, unknown))} for {name} ({cls.__name__}); valid: "
+                          f"{', '.join(valid)}")
+
+
+def create_model(name: str, **overrides):
+    """Build a preset by name, e.g. ``create_model("vit-tiny", patch_size=4, image_size=32)``."""
+    check_model_options(name, overrides)
     cls, kwargs = PRESETS[name]
     return cls(**{**kwargs, **overrides})
 
 
-__all__ = ["ViT", "GPT", "Block", "Attention", "MLP", "PRESETS", "create_model", "sincos_1d", "sincos_2d"]
+__all__ = ["ViT", "GPT", "Block", "Attention", "MLP", "PRESETS", "create_model", "check_model_options",
+           "sincos_1d", "sincos_2d"]

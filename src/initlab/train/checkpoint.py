@@ -14,9 +14,11 @@ from scratch behind the user's back.
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -48,48 +50,124 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new hidden temporary file next to ``path`` (``.NAME.<random>.tmp``).
+
+    Created with mode 0666 so the process umask applies, as for every other file of a run
+    directory (``tempfile.mkstemp`` would make it 0600).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, "could not create a unique temporary file", str(path.parent))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    os.fsync(fd)
+
+
+def _write_replace(path: Path, data: bytes, before_replace=None) -> None:
+    """Write ``data`` to a temporary file, fsync it, then rename it over ``path``."""
+    fd, tmp = _create_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
+    _write_replace(Path(path), data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def remove_orphan_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a writer killed mid-write left in ``run_dir``.
+
+    Only call this while holding the directory's lock (:mod:`initlab.train.lock`): then no other
+    process can be writing one of them.
+    """
+    removed = []
+    try:
+        entries = list(Path(run_dir).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
 def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
-    """Atomically write ``state`` as ``run_dir/checkpoint.pt``; the previous one becomes last-good."""
+    """Atomically write ``state`` as ``run_dir/checkpoint.pt``; the previous one becomes last-good.
+
+    A full disk (or quota) raises :class:`CheckpointError` ("cannot write the checkpoint: no space
+    left ...") and leaves the previous checkpoints as they were.
+    """
     run_dir = Path(run_dir)
     path, last_good = run_dir / CHECKPOINT, run_dir / LAST_GOOD
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
+    # serialize in memory first: torch's zip writer reports a failed write as an opaque
+    # "unexpected pos" RuntimeError, a plain os.write reports ENOSPC as such
+    buf = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
+    data = buf.getbuffer()
+
+    def rotate():
         # a kill between these two renames leaves only last_good + no checkpoint.pt;
         # find_checkpoint() then resumes from last_good, which is the newest complete state
         if path.exists():
             os.replace(path, last_good)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(run_dir)
+
+    try:
+        _write_replace(path, data, before_replace=rotate)
+    except OSError as exc:
+        kept = find_checkpoint(run_dir)
+        keep = (f"the previous checkpoint {kept} (step {_step_of(kept)}) is kept" if kept is not None
+                else "no earlier checkpoint exists")
+        if exc.errno in NO_SPACE:
+            raise CheckpointError(f"cannot write the checkpoint: no space left on the device of "
+                                  f"{run_dir} (it needs {len(data) / 2**20:.1f} MiB); {keep}. Free "
+                                  f"some space, then resume the run (initlab train --resume "
+                                  f"{run_dir}, or rerun the same compare/sweep command)") from None
+        raise CheckpointError(f"cannot write the checkpoint in {run_dir}: {exc.strerror or exc}; "
+                              f"{keep}. Fix the directory (permissions, mount), then resume the "
+                              f"run") from None
     return path
+
+
+def _step_of(path: Path) -> str:
+    try:
+        return str(torch.load(path, map_location="cpu", weights_only=False).get("step", "?"))
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return "?"
 
 
 def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:

@@ -72,7 +72,22 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.amp not in ("none", "bf16"):
             raise ConfigError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
-        self.betas = tuple(self.betas)
+        try:
+            self.betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise ConfigError(f"betas must be two numbers B1,B2, got {self.betas!r}; e.g. 0.9,0.999") from None
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}; e.g. 0.9,0.999 "
+                              f"(AdamW's defaults; SGD uses the first as momentum)")
+        if not self.eps > 0:
+            raise ConfigError(f"eps must be positive, got {self.eps}")
+        if self.clip is not None and not self.clip >= 0:
+            raise ConfigError(f"clip must be a positive gradient norm, got {self.clip}; to turn "
+                              f"clipping off use clip=None (--clip none)")
+        if not self.warmup >= 0:
+            raise ConfigError(f"warmup must be >= 0 (a fraction of the run if < 1, else steps), got {self.warmup}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -33,7 +33,8 @@ from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
 from .init import initialize_
-from .rundir import RunDir
+from .lock import hold_directory
+from .rundir import RunDir, new_run_id
 from .schedule import WarmupCosine, warmup_steps
 from .tasks import Task, build_task
 
@@ -47,8 +48,10 @@ class RunResult:
     ``history``: one row per evaluation (step, epoch, train_loss, lr, elapsed_s and the task's
     metrics: test_loss/test_acc for vision, val_loss (nats/token) and val_bpc for lm).
     ``final``: the last row; ``best``: the row with the best test_acc / lowest val_loss.
-    ``status``: "completed", "interrupted" (a signal; resume with ``resume=True``) or "diverged"
-    (NaN/inf loss; ``error`` holds the :class:`TrainingError`, ``raise_for_status()`` raises it).
+    ``status``: "completed", "interrupted" (a signal, named by ``signal``; resume with
+    ``resume=True``) or "diverged" (NaN/inf loss; ``error`` holds the :class:`TrainingError`,
+    ``raise_for_status()`` raises it; the last history row is the step where it was detected,
+    with NaN metrics).
     """
 
     history: list[dict]
@@ -63,6 +66,7 @@ class RunResult:
     throughput_unit: str = ""
     n_params: int = 0
     error: TrainingError | None = None
+    signal: int | None = None  # the signal that interrupted the run (signal.SIGINT / SIGTERM)
     model: nn.Module | None = field(default=None, repr=False)  # the trained model (unwrapped)
     info: dict = field(default_factory=dict)
 
@@ -76,7 +80,9 @@ class RunResult:
                     final=self.final, best=self.best, wall_time_s=self.wall_time_s,
                     throughput=self.throughput, throughput_unit=self.throughput_unit,
                     n_params=self.n_params, run_dir=self.run_dir,
-                    error=None if self.error is None else str(self.error), info=self.info)
+                    error=None if self.error is None else str(self.error),
+                    signal=None if self.signal is None else signal.Signals(self.signal).name,
+                    info=self.info)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -205,8 +211,12 @@ def run(config: TrainConfig, *, progress: bool = True, command: str | list[str] 
         command: the command line to record in ``command.txt`` (str or argv list); by default
             the process's own argv when it was started as ``initlab``/``python -m initlab``.
 
+    While it runs, the process holds the run directory's lock (:mod:`initlab.train.lock`): another
+    process asking for the same ``out`` gets a :class:`~initlab.errors.LockedError` naming this one.
+
     Returns a :class:`RunResult`. Errors a user can fix raise :class:`~initlab.errors.InitlabError`
-    subclasses (``ConfigError``, ``CheckpointError``, ``DataError``); a NaN/inf loss returns
+    subclasses (``ConfigError``, ``CheckpointError``, ``DataError``, ``LockedError``; a full disk
+    while checkpointing is a ``CheckpointError`` that keeps the previous checkpoint); a NaN/inf loss returns
     ``status="diverged"`` with ``result.error`` set (``result.raise_for_status()`` raises it).
     """
     if not isinstance(config, TrainConfig):
@@ -221,7 +231,10 @@ def run(config: TrainConfig, *, progress: bool = True, command: str | list[str] 
     elif not isinstance(command, str):
         command = shlex.join(command)
     try:
-        return _Trainer(config, device, dist_info, progress, command).run()
+        # one writer per run directory: a second process gets a LockedError naming this one
+        with hold_directory(config.out, flag="out", what="run directory", command=command,
+                            enabled=bool(config.out) and dist_info.is_main):
+            return _Trainer(config, device, dist_info, progress, command).run()
     finally:
         distributed.teardown(dist_info)
 
@@ -234,10 +247,13 @@ class _Trainer:
 
     # -- setup ------------------------------------------------------------------------------
     def _resume_state(self) -> dict | None:
+        self.run_id = None
         if self.run_dir is None:
             if self.config.resume:
                 raise ConfigError("resume=True needs a run directory (out) to resume from")
             return None
+        dir_id = self.run_dir.run_id()
+        self.run_id = dir_id or new_run_id()
         path = ckpt.find_checkpoint(self.run_dir.path)
         if path is None:
             return None  # resume of a run that never checkpointed: start it (nothing to lose)
@@ -250,6 +266,15 @@ class _Trainer:
             raise CheckpointError(f"cannot resume {path}: the config differs from the checkpoint's "
                                   f"in what the run computes ({'; '.join(diffs)}); use the original "
                                   f"settings, or a new out directory for a new run")
+        ck_id = state.get("run_id")
+        if dir_id is not None and ck_id is not None and ck_id != dir_id:
+            origin = (state.get("config") or {}).get("out")
+            raise CheckpointError(f"cannot resume {path}: it belongs to run {ck_id}"
+                                  + (f" (started in {origin})" if origin else "")
+                                  + f", not to run {dir_id} of {self.run_dir.path} (its run.json); "
+                                  f"put the checkpoint back into its own run directory and resume "
+                                  f"that, or restore this directory's own checkpoint")
+        self.run_id = ck_id or self.run_id
         return state
 
     def _setup(self):
@@ -284,13 +309,18 @@ class _Trainer:
             net = torch.compile(net)
         self.net = net
         if self.run_dir is not None:
+            self.run_dir.write_run_id(self.run_id)
             self.run_dir.start(cfg, self.command, self.history, resumed=state is not None)
 
     def _restore(self, state: dict) -> None:
         try:
             self.task.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
-            self.sched.load_state_dict(state["scheduler"])
+            # LambdaLR.load_state_dict would copy the saved schedule's attributes (its old
+            # total_steps) into our WarmupCosine object: an extended run then trained at lr 0.
+            # The schedule comes from the config alone; only the step counter is restored.
+            sched_state = {**state["scheduler"], "lr_lambdas": [None] * len(self.sched.lr_lambdas)}
+            self.sched.load_state_dict(sched_state)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not fit the model/optimizer this config builds "
                                   f"({exc}); was it written by another initlab version?") from exc
@@ -307,15 +337,17 @@ class _Trainer:
         if self.step > self.total:
             raise CheckpointError(f"checkpoint is at step {self.step} but the run now has {self.total} "
                                   f"steps; give at least {self.step} steps to resume it")
-        # the scheduler's state holds the schedule it was saved with; a run extended (or shortened)
-        # on resume follows the new schedule from the resumed step on
+        # a run extended (or shortened) on resume follows the schedule of its new length from the
+        # resumed step on: lr(step) = base lr * WarmupCosine(new total)(step)
+        self.schedule = WarmupCosine(self.total, warmup_steps(self.config.warmup, self.total),
+                                     self.config.min_lr_ratio)
         self.sched.lr_lambdas = [self.schedule] * len(self.opt.param_groups)
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
             group["lr"] = base * self.schedule(self.step)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict:
-        return dict(step=self.step, model=self.task.model.state_dict(),
+        return dict(step=self.step, run_id=self.run_id, model=self.task.model.state_dict(),
                     optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                     rng=rng_state(), config=self.config.to_dict(), history=self.history,
                     accumulator=dict(loss_sum=self.loss_sum.detach().cpu(), loss_count=self.loss_count),
@@ -379,16 +411,17 @@ class _Trainer:
             self.run_dir.append_metrics(row)
         return row
 
-    def _result(self, status: str, error: TrainingError | None = None) -> RunResult:
+    def _result(self, status: str, error: TrainingError | None = None,
+                signum: int | None = None) -> RunResult:
         final = self.history[-1] if self.history else {}
         best = None
         for row in self.history:
-            if self.task.better(row, best):
+            if math.isfinite(row.get(self.task.primary, math.nan)) and self.task.better(row, best):
                 best = row
         tt = self._train_time()
         result = RunResult(history=list(self.history), final=dict(final), best=dict(best or {}),
                            wall_time_s=self._elapsed(), run_dir=None if self.run_dir is None else str(self.run_dir.path),
-                           status=status, step=self.step, total_steps=self.total,
+                           status=status, step=self.step, total_steps=self.total, signal=signum,
                            throughput=self._items() / tt if tt > 0 else None,
                            throughput_unit=f"{self.task.unit}/s", n_params=self.n_params, error=error,
                            model=self.task.model,
@@ -453,14 +486,14 @@ class _Trainer:
                 now = time.perf_counter()
                 self.train_time += now - t0
                 if not math.isfinite(running):
-                    return self._diverged(last_good_step)
+                    return self._diverged(last_good_step, running)
                 if do_eval:
                     row = self._evaluate(running)
                     if bar is not None:
                         bar.write(self._describe(row))
                 if do_ckpt or self.step == self.total:
                     if not self._finite_state():
-                        return self._diverged(last_good_step)
+                        return self._diverged(last_good_step, running)
                     self._save()
                     last_good_step = self.step
                 if bar is not None:
@@ -472,7 +505,7 @@ class _Trainer:
                 if stop and self.step < self.total:
                     if self._finite_state():
                         self._save()
-                    return self._result("interrupted")
+                    return self._result("interrupted", signum=signals.received or signal.SIGTERM)
                 t0 = time.perf_counter()
         return self._result("completed")
 
@@ -481,7 +514,16 @@ class _Trainer:
                            if k not in ("step", "epoch", "lr", "elapsed_s"))
         return f"step {row['step']}/{self.total} epoch {row['epoch']:.2f} {metrics}"
 
-    def _diverged(self, last_good_step: int | None) -> RunResult:
+    def _diverged(self, last_good_step: int | None, train_loss: float) -> RunResult:
+        # the step where it was detected becomes the last row (NaN metrics: nothing to evaluate),
+        # so metrics.csv and the history say where the run went, not only where it still was fine
+        if not self.history or self.history[-1]["step"] != self.step:
+            row = dict(step=self.step, epoch=self.step / self.task.steps_per_epoch,
+                       train_loss=train_loss, lr=self._lr(),
+                       **{k: math.nan for k in self.task.metric_keys}, elapsed_s=self._elapsed())
+            self.history.append(row)
+            if self.run_dir is not None:
+                self.run_dir.append_metrics(row)
         where = (f"the last good checkpoint (step {last_good_step}) is kept in {self.run_dir.path}"
                  if self.run_dir is not None and last_good_step is not None else "no checkpoint was written")
         error = TrainingError(

@@ -6,9 +6,14 @@
   checkpoint's history on resume, so rows past the checkpoint a killed run never reached vanish);
 * ``summary.json`` -- status, final and best metrics, throughput, written at the end (also when
   interrupted or diverged);
-* ``checkpoint.pt`` / ``checkpoint.last_good.pt`` -- see :mod:`initlab.train.checkpoint`.
+* ``run.json`` -- the run's id; every checkpoint carries it, so a checkpoint of another run
+  copied into this directory is refused instead of being continued as if it were this run's;
+* ``checkpoint.pt`` / ``checkpoint.last_good.pt`` -- see :mod:`initlab.train.checkpoint`;
+* ``.initlab.lock`` -- the advisory lock of the process writing the directory
+  (:mod:`initlab.train.lock`).
 
-Only rank 0 writes (``main=False`` makes every method a no-op).
+Only rank 0 writes (``main=False`` makes every method a no-op). Temporary files a killed writer
+left behind (``.checkpoint.pt.*.tmp`` ...) are removed when a run directory is opened again.
 """
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import io
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, remove_orphan_temp_files
 from .config import TrainConfig
 
 
@@ -37,6 +43,13 @@ def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
+RUN_FILE = "run.json"
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike, *, main: bool = True):
         self.path = Path(path)
@@ -44,6 +57,21 @@ class RunDir:
         self._fields: list[str] | None = None
         if main:
             self.path.mkdir(parents=True, exist_ok=True)
+            remove_orphan_temp_files(self.path)
+
+    # -- identity ----------------------------------------------------------------------------
+    def run_id(self) -> str | None:
+        """The id in ``run.json`` (None when the directory has none: a new or pre-id run)."""
+        try:
+            data = json.loads((self.path / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        value = data.get("run_id") if isinstance(data, dict) else None
+        return str(value) if value else None
+
+    def write_run_id(self, run_id: str) -> None:
+        if self.main and self.run_id() != run_id:
+            write_json(self.path / RUN_FILE, {"run_id": run_id})
 
     @property
     def metrics_path(self) -> Path:

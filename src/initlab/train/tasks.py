@@ -33,6 +33,7 @@ class Task:
     unit: str  # "img" | "tok"
     primary: str  # metric that defines "best": test_acc (max) or val_loss (min)
     info: dict = field(default_factory=dict)  # data facts for summary.json / the checkpoint
+    metric_keys: tuple[str, ...] = ()  # what evaluate() returns
 
     @property
     def steps_per_epoch(self) -> int:
@@ -125,7 +126,7 @@ def build_vision(config: TrainConfig, device: torch.device, dist: DistInfo) -> T
                 image_shape=[c, h, w], num_classes=train.num_classes, mean=mean.tolist(),
                 std=std.tolist(), augment=str(train_batches.augment), source=train.source)
     return Task("vision", model, VisionStream(train_batches), evaluate, config.batch_size, "img",
-                "test_acc", info)
+                "test_acc", info, ("test_loss", "test_acc"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def build_lm(config: TrainConfig, device: torch.device, dist: DistInfo) -> Task:
     info = dict(text=config.data, tokenizer=tokenizer.to_dict(), vocab_size=tokenizer.vocab_size,
                 train_tokens=len(train_tokens), val_tokens=len(val_tokens), text_chars=len(text))
     return Task("lm", model, stream, evaluate, config.batch_size * config.block_size, "tok",
-                "val_loss", info)
+                "val_loss", info, ("val_loss", "val_bpc"))
 
 
 def make_tokenizer(kind: str, text: str):
