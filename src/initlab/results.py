@@ -797,7 +797,7 @@ def _plot_regime(rows: list[dict], path: Path) -> Path | None:
         return None
     cells = list(dict.fromkeys((r["pos"], r["pool"], r["tokens"], r["images"], r["width"]) for r in rows))
     inits = list(dict.fromkeys(r["init"] for r in rows))
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(cells) * max(1, len(inits) / 3) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(cells) * max(1, len(inits) / 3) + 1.5))
     step = 0.8 / max(1, len(inits))
     for j, init in enumerate(inits):
         ys, xs, es = [], [], []
@@ -815,9 +815,8 @@ def _plot_regime(rows: list[dict], path: Path) -> Path | None:
     ax.axvline(0, color="k", lw=0.6)
     ax.set_xlabel("final test accuracy − default's, same seed (points; bars: std over 3 seeds)")
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 
