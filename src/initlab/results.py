@@ -622,14 +622,9 @@ def _rel(path: Path, doc_dir: Path) -> str:
 
 
 def _plot_datasize(summary, path: Path) -> Path | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return None
+    from .plotting import subplots
     token_counts = sorted({t for t, _, _ in summary})
-    fig, axes = plt.subplots(1, len(token_counts), figsize=(5 * len(token_counts), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(token_counts), figsize=(5 * len(token_counts), 3.6), squeeze=False)
     for ax, tokens in zip(axes[0], token_counts):
         inits = list(dict.fromkeys(r["init"] for t, _, r in summary if t == tokens))
         for init in inits:
@@ -647,18 +642,12 @@ def _plot_datasize(summary, path: Path) -> Path | None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
 def _plot_transfer(analyses: dict, path: Path, metric: str) -> Path | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return None
-    fig, axes = plt.subplots(1, len(analyses), figsize=(4.2 * len(analyses), 3.4), squeeze=False)
+    from .plotting import subplots
+    fig, axes = subplots(1, len(analyses), figsize=(4.2 * len(analyses), 3.4), squeeze=False)
     for ax, (param, a) in zip(axes[0], analyses.items()):
         finite = [v for row in a.table.values() for v in row.values() if math.isfinite(v)]
         for w in a.widths:
@@ -681,7 +670,6 @@ def _plot_transfer(analyses: dict, path: Path, metric: str) -> Path | None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 

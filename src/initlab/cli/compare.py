@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..experiments.configure import add_config_flags, build_config, command_text, default_out, write_command
+from ..experiments.checks import check_config
+from ..experiments.commands import command_text, default_out, write_command
+from ..experiments.configure import build_config
+from ..experiments.flags import add_config_flags
 from ..experiments.grid import parse_names, parse_seeds
 
 
@@ -30,9 +33,7 @@ def run(args) -> int:
     base, extra = build_config(args, extra_keys=("inits", "seeds"), check=False)
     inits = parse_names(extra.get("inits", "default,mimetic"), "--inits")
     seeds = parse_seeds(extra.get("seeds", 1), first=base.seed)
-    from ..experiments.configure import check_config
-
-    for i, init in enumerate(inits):  # every init checked (names, param agreement) before any training
+    for i, init in enumerate(inits):  # every init's whole plan checked before any training
         check_config(base.replace(init=init), check_data=i == 0)
     out = base.out or default_out("compare")
     if base.resume:

@@ -34,19 +34,19 @@ def show(spec: str, preset: str, model_options: list[str], seed: int) -> str:
     from ..errors import ConfigError
     from ..models import create_model
     from ..roles import roles
-    from ..schemes import init_
-    from ..schemes.registry import _parse_value
+    from ..schemes.plan import InitPlan, build_seeded
+    from ..values import parse_value
 
     kwargs = {}
     for item in model_options:
         k, sep, v = item.partition("=")
         if not sep:
             raise ConfigError(f"--model-option expects KEY=VALUE, got {item!r}")
-        kwargs[k.strip().replace("-", "_")] = _parse_value(v)
-    torch.manual_seed(seed)
-    model = create_model(preset, **kwargs)
+        kwargs[k.strip().replace("-", "_")] = parse_value(v)
+    plan = InitPlan.build(spec)
+    model = build_seeded(lambda: create_model(preset, **kwargs), seed)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    init_(model, spec, generator=torch.Generator().manual_seed(seed))
+    plan.initialize_(model, seed)
     rows = [("tensor", "role", "kind", "layer", "shape", "std before", "std after", "mean after", "")]
     for info in roles(model):
         for slot in info.slots:

@@ -5,7 +5,9 @@
 """
 from __future__ import annotations
 
-from ..experiments.configure import add_config_flags, build_config, command_text, default_out, write_command
+from ..experiments.commands import command_text, default_out, write_command
+from ..experiments.configure import build_config
+from ..experiments.flags import add_config_flags
 from ..experiments.grid import parse_ints, parse_lrs
 
 
@@ -60,11 +62,5 @@ def run(args) -> int:
 
 
 def _not_standard(config) -> bool:
-    if config.param.strip().lower() != "standard":
-        return True
-    try:
-        from ..schemes import parametrization_of
-    except ImportError:
-        return False
-    implied = parametrization_of(config.init)
-    return implied is not None and implied != "standard"
+    from ..train.init import init_plan
+    return not init_plan(config).parametrization.is_standard

@@ -48,6 +48,11 @@ class Role(str, Enum):
     def __str__(self) -> str:  # "q", not "Role.Q"
         return self.value
 
+    @classmethod
+    def _missing_(cls, value):
+        # Role("qq") is a user's typo: initlab's own error naming the choices, not a bare ValueError
+        raise RoleMapError(f"unknown role {value!r}; roles are {', '.join(r.value for r in cls)}")
+
 
 WEIGHT, BIAS = "weight", "bias"
 ATTENTION_ROLES = (Role.Q, Role.K, Role.V, Role.O)
@@ -255,6 +260,13 @@ class RoleMap:
         return [(info, s) for info in self.params.values() for s in info.slots
                 if s.role == role and (kind is None or info.kind == kind)]
 
+    def require_attention(self, purpose: str) -> list:
+        """The attention layers, or :class:`RoleMapError` saying ``purpose`` needs some."""
+        if not self.attention:
+            raise RoleMapError(f"{self.model_class} has no attention layers in its role map; "
+                               f"{purpose} needs them")
+        return self.attention
+
     def by_role(self, role: Role | str, kind: str | None = WEIGHT) -> list[ParamInfo]:
         role = Role(role)
         return [info for info in self.params.values()
@@ -368,7 +380,7 @@ class RoleMapBuilder:
     def add_norms(self, *, layer_of: Callable[[str], int | None] = lambda n: None) -> None:
         """Register every LayerNorm/RMSNorm-like module not yet claimed as role ``norm``."""
         for mname, mod in self.model.named_modules():
-            if _is_norm(mod):
+            if is_norm(mod):
                 for pname, p in mod.named_parameters(recurse=False):
                     full = _join(mname, pname)
                     if self.canonical_name(p) not in self.infos:
@@ -395,7 +407,7 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _is_norm(mod: nn.Module) -> bool:
+def is_norm(mod: nn.Module) -> bool:
     if isinstance(mod, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
         return True
     rms = getattr(nn, "RMSNorm", None)

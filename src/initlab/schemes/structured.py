@@ -220,11 +220,20 @@ def logit_scale(model, att) -> float:
 
 
 def _check(model, rmap, o) -> None:
+    _validate(o)
     grid_of(model)
     table, _ = position_table(model, rmap)
     gh, gw = grid_of(model)
     if table.shape[0] < gh * gw:
         raise InitError(f"the position table has {table.shape[0]} rows for a {gh}x{gw} patch grid")
+    for att in rmap.attention:
+        if att.n_kv_heads != att.n_heads:
+            raise InitError(f"{att.module_name}: grouped key/value heads are not supported by "
+                            f"structured init")
+
+
+def _validate(o) -> None:
+    """The options alone (checked when a plan is built, before any model is seen)."""
     k = o["kernel_size"]
     if not (isinstance(k, int) and k >= 1 and k % 2 == 1):
         raise InitError(f"kernel_size must be a positive odd integer, got {k!r}")
@@ -232,10 +241,6 @@ def _check(model, rmap, o) -> None:
         raise InitError(f"target must be one of {', '.join(TARGETS)}, got {o['target']!r}")
     if o["vo"] not in ("mimetic", "keep"):
         raise InitError(f"vo must be 'mimetic' or 'keep', got {o['vo']!r}")
-    for att in rmap.attention:
-        if att.n_kv_heads != att.n_heads:
-            raise InitError(f"{att.module_name}: grouped key/value heads are not supported by "
-                            f"structured init")
 
 
 @torch.no_grad()
@@ -263,8 +268,7 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
     rmap = role_map if role_map is not None else roles(model)
     o = dict(kernel_size=kernel_size, vo=vo, target=target)
     _check(model, rmap, o)
-    if not rmap.attention:
-        raise InitError(f"{rmap.model_class} has no attention layers in its role map")
+    rmap.require_attention("structured init")
     grid = grid_of(model)
     table, learned = position_table(model, rmap)
     if learned and pos_scale is not None:
@@ -305,7 +309,7 @@ def _apply(model, rmap, o, generator) -> None:
 STRUCTURED = Scheme(
     "structured", "Zheng et al. convolutional/impulse attention init for ViTs: each head's attention "
     "map at init is a random k×k impulse filter over the patch grid",
-    CITE, apply=_apply, check=_check,
+    CITE, apply=_apply, check=_check, validate=_validate,
     options=dict(kernel_size=3, offsets="random", focus=0.9, target="impulse", pos_scale=18.0, vo="mimetic",
                  alpha_vo=0.4, beta_vo=0.4, rcond=1e-6),
     writes=tuple((r, k) for r in ("q", "k", "v", "o") for k in ("weight", "bias")) + (("pos_embed", "weight"),),
