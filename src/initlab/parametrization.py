@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, InitError
+from .output import text_table
 from .roles import BIAS, ParamInfo, Role, RoleMap, Slot, roles
 
 NAMED_S = {"nt": 0.0, "hybrid": 0.5, "mu": 1.0}
@@ -483,8 +484,7 @@ def describe(model: nn.Module, p: "Parametrization | str", *, optimizer: str = "
             f = _slot_factor(p, info, slot, optimizer, rmap.width)
             rows.append((info.name + (f"[{role}]" if len(info.slots) > 1 else ""), group_key(info),
                          init, f"{f:.4g}", f"{exp:+g}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return text_table(rows)
 
 
 __all__ = ["Parametrization", "parse_s", "parametrize_", "param_groups", "describe", "is_tied", "group_key",

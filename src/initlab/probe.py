@@ -26,6 +26,7 @@ from torch import nn
 
 from .callable_module import make_module_callable
 from .errors import ConfigError
+from .output import write_json
 from .roles import roles
 from .roles.core import is_norm
 from .roles.registry import unwrap
@@ -100,10 +101,7 @@ class ProbeReport:
 
     # -- writers ---------------------------------------------------------------------------------
     def write_json(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, default=float))
-        return path
+        return write_json(path, self.to_dict(), indent=1)
 
     def write_csv(self, path) -> Path:
         """One row per block: measured fields, predicted fields (``pred_*``) and gradient RMS."""

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError
+from .output import markdown_table, write_json
 
 SECTIONS = ("vision", "lm", "transfer")
 PROFILES = ("smoke", "cpu", "long", "full")
@@ -228,7 +229,7 @@ def prepare_sweep_data(out: Path, data_root: str | None, test_size: int | None) 
     test = load_vision("fashion-mnist", root=data_root, split="test")
     idx = balanced_subset(test.labels, test_size, seed=0)
     write_idx_dataset(target, "test", test.images[idx].numpy(), test.labels[idx].numpy())
-    marker.write_text(json.dumps({"test_size": test_size, "source": str(source)}))
+    write_json(marker, {"test_size": test_size, "source": str(source)})
     return str(target)
 
 
@@ -289,9 +290,8 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
                 if rc not in (0, 1):  # 1: a diverged run, which is a result
                     raise ConfigError(f"step {step.key} failed with exit code {rc}: {step.display(out)}"
                                       + (f" (its output: {out / step.key / 'output.txt'})" if jobs > 1 else ""))
-                (out / step.key / "step.json").write_text(json.dumps(
-                    {"args": list(step.args), "wall_s": wall, "rc": rc,
-                     "finished": _utc_now()}))
+                write_json(out / step.key / "step.json",
+                           {"args": list(step.args), "wall_s": wall, "rc": rc, "finished": _utc_now()})
                 log(f"[{i}/{len(todo)}] {step.key}: finished in {wall:.0f} s")
 
             if jobs == 1:
@@ -338,7 +338,7 @@ def _record_session(out: Path, profile: str, wall: float, jobs: int, keys: list[
     sessions.append({"profile": profile, "wall_s": wall, "jobs": jobs, "steps": keys,
                      "threads": os.environ.get("OMP_NUM_THREADS"),
                      "finished": _utc_now()})
-    path.write_text(json.dumps(sessions, indent=1))
+    write_json(path, sessions, indent=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,12 +486,6 @@ def transfer_summary(step_outs: list[Path]) -> dict | None:
 # ---------------------------------------------------------------------------------------------
 # report
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _wall(out: Path, steps: list[Step]) -> float:
     """Seconds of training behind the tables: every compare run's and sweep cell's own wall time.
     (A step's ``step.json`` holds only its last invocation, which may have added a few runs.)"""
@@ -523,7 +517,7 @@ def vision_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path,
         if not (out / s.key / "step.json").exists():
             head += "\n**Partial: this step had not finished; the rows hold the runs finished so far.**\n"
         rows = vision_rows(recs)
-        table = _md_table(
+        table = markdown_table(
             ["init", "final acc (%)", "best acc (%)", "Δ final vs default", "epochs to default's final",
              "final train loss", "seeds", "wall/run (s)", "status"],
             [[f"`{r['init']}`", fmt(*r["final"], 2, 100), fmt(*r["best"], 2, 100),
@@ -560,7 +554,7 @@ def lm_block(out: Path, step: Step, img_dir: Path, doc_dir: Path) -> str:
     if not (out / step.key / "step.json").exists():
         head += "\n**Partial: this step had not finished; the rows hold the runs finished so far.**\n"
     rows = lm_rows(recs)
-    table = _md_table(["init", "final val bpc", "best val bpc", "Δ final vs default", "seeds", "wall/run (s)",
+    table = markdown_table(["init", "final val bpc", "best val bpc", "Δ final vs default", "seeds", "wall/run (s)",
                        "status"],
                       [[f"`{r['init']}`", fmt(*r["final"], 3), fmt(*r["best"], 3),
                         f"{r['delta']:+.3f}" if math.isfinite(r["delta"]) else "—", str(r["seeds"]),
@@ -601,7 +595,7 @@ def transfer_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path) -
                          f"{t['best_value']:.4f} (lr {t['best_lr']:.2g})" if t else "—",
                          f"{t['loss']:+.4f}" if t and math.isfinite(t["loss"]) else ("∞" if t else "—"),
                          fmt(*res["lost"], 3) if res["seeds"] > 1 else "—"])
-        table = _md_table(["param", "seeds", "lr* per width (grid; * = on grid edge)", "log2 lr* shift per doubling",
+        table = markdown_table(["param", "seeds", "lr* per width (grid; * = on grid edge)", "log2 lr* shift per doubling",
                            "fit exponent (lr* ∝ width^x)", "fit exponent, per seed (mean ± std)",
                            "largest width at smallest width's lr*", "largest width at its own lr*",
                            "loss lost by transferring", "loss lost, per seed (mean ± std)"], rows)
@@ -692,7 +686,7 @@ def theory_block(doc_dir: Path) -> str:
                              f"{100 * statistics.median(abs(r['grad_median_rel']) for r in rs):.1f}%",
                              f"{100 * max(abs(r['grad_max_rel']) for r in rs):.1f}%",
                              f"{100 * max(abs(r['qk_max_rel']) for r in rs):.0f}%"])
-    table = _md_table(["param", "width", "depths", "G at the deepest block (measured / theory)",
+    table = markdown_table(["param", "width", "depths", "G at the deepest block (measured / theory)",
                        "max \\|err\\| of G over blocks and depths", "median grad-RMS \\|err\\|",
                        "max grad-RMS \\|err\\| (v, o, MLP, stem, head)", "max q/k grad \\|err\\|"], out_rows)
     return f"```\n{cmd}\n```\n\n(from `docs/img/{path.name}`, seed 0)\n\n{table}\n"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, InitlabError
+from .output import text_table
 from .roles import RoleMap, roles, roles_from_mapping
 
 
@@ -87,11 +88,7 @@ def format_table(stats: list[LayerStats]) -> str:
         rows.append((str(s.layer), s.name, f"{s.qk_diag:+.4f}", f"{s.qk_ratio:+.2f}",
                      f"{'+' if s.qk_diag > 0 else '-'} ({s.qk_positive}/{len(s.qk)})",
                      f"{s.vo.diag:+.4f}", f"{s.vo.ratio:+.2f}", s.vo.sign))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(rows, align="ll" + "r" * (len(rows[0]) - 2), rule=True)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError, InitlabError
 from ..experiments.grid import parse_ints
+from ..output import write_json
 
 IMAGE, PATCH = 28, 7
 
@@ -217,7 +218,7 @@ def run_agreement(args) -> int:
                         rep.write_json(out / f"theory_agreement_{param}_w{w}_d{d}_s{seed}.json")
                         if seed == seeds[0]:
                             kept[(param, w)] = rep
-    (out / "theory_agreement.json").write_text(json.dumps(rows, indent=1))
+    write_json(out / "theory_agreement.json", rows, indent=1)
     md = ["| param | width | depth | seed | G last block (measured / theory) | G stem | "
           "max \\|err\\| G over blocks | mean \\|err\\| G | grad RMS median \\|err\\| | "
           "grad RMS max \\|err\\| (groups) | q,k grad: mean err / max \\|err\\| |",

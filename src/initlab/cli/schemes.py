@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import textwrap
 
+from ..output import text_table
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -57,7 +59,7 @@ def show(spec: str, preset: str, model_options: list[str], seed: int) -> str:
             rows.append((name, slot.role.value, info.kind, "" if info.layer is None else str(info.layer),
                          "x".join(map(str, new.shape)), std(old), std(new),
                          f"{new.double().mean().item():.3g}", "" if torch.equal(old, new) else "changed"))
-    return _table(rows)
+    return text_table(rows)
 
 
 _GROUPS = ((("q", "k", "v", "o"), "qkvo"), (("q", "k"), "qk"), (("v", "o"), "vo"),
@@ -73,14 +75,6 @@ def short_roles(roles) -> str:
             out.append(label)
             left = [r for r in left if r not in members]
     return ",".join(out + left) or "-"
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    out = []
-    for r in rows:
-        out.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
-    return "\n".join(line.rstrip() for line in out)
 
 
 def run(args) -> int:
@@ -99,7 +93,7 @@ def run(args) -> int:
         rows = [("name", "roles", "description")]
         for s in infos:
             rows.append((s.name, short_roles(s.roles), s.description))
-        print(_table(rows))
+        print(text_table(rows))
     else:
         for s in infos:
             print(s.name + (f"  (aliases: {', '.join(aliases_of(s.name))})" if aliases_of(s.name) else ""))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import RoleMapError
+from ..output import text_table
 
 
 class Role(str, Enum):
@@ -278,8 +279,7 @@ class RoleMap:
         for info in self.params.values():
             rows.append((info.name, info.role, info.kind, "" if info.layer is None else str(info.layer),
                          "x".join(map(str, info.param.shape))))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        return text_table(rows)
 
 
 class RoleMapBuilder:
