@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (best effort where folders cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # some filesystems do not allow opening directories
@@ -44,7 +45,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -117,5 +118,5 @@ def markdown_table(header, rows) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "python_value", "to_json", "write_json", "read_json",
+__all__ = ["fsync_dir", "atomic_write_bytes", "atomic_write_text", "python_value", "to_json", "write_json", "read_json",
            "text_table", "markdown_table"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..output import fsync_dir
 
 CHECKPOINT = "checkpoint.pt"
 LAST_GOOD = "checkpoint.last_good.pt"
@@ -33,40 +34,6 @@ FORMAT_VERSION = 1
 # run: the cosine schedule is then stretched to the new end from the resumed step on)
 RESUME_MAY_CHANGE = frozenset({"out", "resume", "device", "compile", "checkpoint_every", "data_root",
                                "eval_every", "eval_batches", "steps", "epochs"})
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
@@ -88,7 +55,7 @@ def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     return path
 
 
