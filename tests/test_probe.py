@@ -38,7 +38,7 @@ def test_hooks_leave_no_trace():
     marker = torch.full_like(a.head.weight, 0.5)
     a.head.weight.grad = marker.clone()  # a gradient the user already had must come back
     rng = torch.get_rng_state()
-    initlab.probe(a, x, targets=torch.tensor([0, 1, 2]), predict=False)
+    initlab.probe_model(a, x, targets=torch.tensor([0, 1, 2]), predict=False)
     assert torch.equal(torch.get_rng_state(), rng)
     assert _no_hooks(a)
     assert torch.equal(a.head.weight.grad, marker)

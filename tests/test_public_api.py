@@ -5,12 +5,42 @@ import sys
 import pytest
 
 SNIPPETS = [
-    "import initlab; assert callable(initlab.schemes); initlab.schemes.init_; assert initlab.schemes()",
-    "import initlab.schemes, initlab; assert initlab.schemes() and initlab.init_",
-    "import initlab; initlab.probe.probe; assert callable(initlab.probe)",
-    "import initlab; assert callable(initlab.roles); initlab.roles.Role",
+    "import initlab; initlab.schemes.init_; assert initlab.list_schemes() and initlab.init_",
+    "import initlab.schemes, initlab; assert initlab.list_schemes() and initlab.init_",
+    "import initlab; initlab.probe.probe; assert initlab.probe_model is initlab.probe.probe",
+    "import initlab; initlab.roles.Role; assert initlab.role_map is initlab.roles.roles",
     "import initlab; initlab.Parametrization; initlab.parametrize_; initlab.param_groups; initlab.mimetic_",
+    # no module pretends to be a function; every name in __all__ resolves
+    "import initlab, types; assert all(not callable(getattr(initlab, m)) for m in ('roles', 'schemes', 'probe'))",
+    "import initlab; [getattr(initlab, n) for n in initlab.__all__]",
 ]
+
+
+def test_all_lists_every_public_name_and_only_those():
+    import initlab
+    for name in initlab.__all__:
+        assert getattr(initlab, name) is not None
+    assert len([n for n in initlab.__all__ if n[0].islower()]) <= 10  # a small set of verbs
+    for module in ("initlab.schemes", "initlab.roles", "initlab.parametrization", "initlab.experiments",
+                   "initlab.output", "initlab.values", "initlab.plotting"):
+        mod = __import__(module, fromlist=["__all__"])
+        for name in mod.__all__:
+            assert hasattr(mod, name), (module, name)
+
+
+def test_no_private_name_is_imported_across_modules():
+    import ast
+    import pathlib
+
+    import initlab
+    root = pathlib.Path(initlab.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] != "__future__":
+                offenders += [f"{path.relative_to(root)}: {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders
 
 
 @pytest.mark.parametrize("code", SNIPPETS)

@@ -52,9 +52,9 @@ def test_every_scheme_runs_or_refuses_cleanly_on_both_reference_models(name):
         assert torch.isfinite(model(x)).all(), name
 
 
-def test_initlab_schemes_is_callable_even_after_the_submodule_is_imported():
+def test_list_schemes_is_the_registry_listing():
     import initlab.schemes as mod
-    assert [s.name for s in initlab.schemes()] == [s.name for s in mod.schemes()]
+    assert [s.name for s in initlab.list_schemes()] == [s.name for s in mod.schemes()]
     assert initlab.init_ is mod.init_
 
 
@@ -115,7 +115,7 @@ def test_mimetic_after_trunc_normal_keeps_both(width, heads):
     init_(model, "trunc_normal+mimetic", generator=torch.Generator().manual_seed(0))
     fc1 = model.blocks[1].mlp.fc1.weight
     assert abs(fc1.std().item() / (0.02 * 0.8796) - 1) < 0.05
-    att = initlab.roles(model).attention[0]
+    att = initlab.role_map(model).attention[0]
     vo = att.vo_product()
     assert abs(vo.diagonal().mean().item() + 0.4) < 0.05  # −β₂
     assert vo.diagonal().mean().item() < 0 < att.qk_product(0).diagonal().mean().item()
@@ -126,7 +126,7 @@ def test_mimetic_presets_delegate_and_options_reach_mimetic():
     before_qk = model.blocks[0].attn.qkv.weight[:128].detach().clone()
     init_(model, "mimetic-vo", beta_vo=0.8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model.blocks[0].attn.qkv.weight[:128], before_qk)  # q, k untouched
-    assert abs(initlab.roles(model).attention[0].vo_product().diagonal().mean().item() + 0.8) < 0.05
+    assert abs(initlab.role_map(model).attention[0].vo_product().diagonal().mean().item() + 0.8) < 0.05
     # same draws as calling mimetic_ directly with the same generator
     a, b = vit(), vit()
     b.load_state_dict(a.state_dict())
@@ -171,7 +171,7 @@ def test_model_cooperation_refusals():
         init_(vit(), "deepnorm")
     init_(vit(), "deepnorm", allow_pre_ln=True)
     model = vit(norm_position="post")
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     rmap.controls.set_skip_scale = None  # a model whose adapter exposes no skip control
     with pytest.raises(InitError, match="skip"):
         init_(model, "deepnorm", role_map=rmap)

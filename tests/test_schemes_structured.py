@@ -52,7 +52,7 @@ def test_attention_maps_are_the_drawn_impulse_filters(kw, focus):
     model = ViT(**kw)
     init_(model, "structured", focus=focus, generator=torch.Generator().manual_seed(7))
     plan = draw_offsets(kw["depth"], kw["heads"], 3, "random", torch.Generator().manual_seed(7))
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     for layer in range(kw["depth"]):
         for h in range(kw["heads"]):
             a = position_attention(model, rmap, layer, h)
@@ -75,7 +75,7 @@ def test_more_positions_than_head_dim_is_a_best_fit_that_still_peaks_on_target()
     model = ViT(width=64, heads=2, depth=2, patch_size=4, pool="mean")
     init_(model, "structured", generator=torch.Generator().manual_seed(0))
     plan = draw_offsets(2, 2, 3, "random", torch.Generator().manual_seed(0))
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     for layer in range(2):
         for h in range(2):
             m = target_masses(model, position_attention(model, rmap, layer, h), plan[layer][h])
@@ -100,7 +100,7 @@ def test_ordered_offsets_centre_first_and_vo_is_mimetic():
     init_(model, "structured(offsets=ordered)", generator=torch.Generator().manual_seed(1))
     assert dict(model.named_parameters()) == params  # same objects, written in place
     assert draw_offsets(1, 4, 3, "ordered", None)[0][0] == (0, 0)
-    vo = initlab.roles(model).attention[0].vo_product()
+    vo = initlab.role_map(model).attention[0].vo_product()
     assert abs(vo.diagonal().mean().item() + 0.4) < 0.05  # W_v W_o = 0.4 Z − 0.4 I
 
 
@@ -154,7 +154,7 @@ def test_gaussian_target_peaks_on_the_offset(kw):
     model = ViT(depth=2, **kw)
     init_(model, "structured(target=gaussian)", generator=torch.Generator().manual_seed(3))
     plan = draw_offsets(2, 2, 3, "random", torch.Generator().manual_seed(3))
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     g, n = model.grid, model.pos_embed.shape[1]
     for layer in range(2):
         for h in range(2):

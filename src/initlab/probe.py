@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callable_module import make_module_callable
 from .errors import ConfigError
 from .output import write_json
 from .roles import roles
@@ -374,4 +373,3 @@ def _grad_rows(rm) -> list[dict]:
     return rows
 
 
-make_module_callable(__name__, probe)  # initlab.probe(model, batch)

@@ -335,10 +335,10 @@ class RoleMapBuilder:
         w = getattr(mod, "weight", None)
         if isinstance(w, nn.Parameter):
             fan_in, fan_out = _fans(mod, w)
-            self.add(_join(module_name, "weight"), role, layer=layer, fan_in=fan_in, fan_out=fan_out)
+            self.add(join_name(module_name, "weight"), role, layer=layer, fan_in=fan_in, fan_out=fan_out)
         b = getattr(mod, "bias", None)
         if isinstance(b, nn.Parameter):
-            self.add(_join(module_name, "bias"), role, kind=BIAS, layer=layer, fan_in=1, fan_out=b.numel())
+            self.add(join_name(module_name, "bias"), role, kind=BIAS, layer=layer, fan_in=1, fan_out=b.numel())
 
     def linear(self, module_name: str, *, offset: int = 0, d_out: int | None = None,
                layout: str | None = None) -> Projection:
@@ -351,9 +351,9 @@ class RoleMapBuilder:
         total = w.shape[0] if layout == "out_in" else w.shape[1]
         b = getattr(mod, "bias", None)
         b = b if isinstance(b, nn.Parameter) else None
-        return Projection(_join(module_name, "weight"), w, layout, d_in,
+        return Projection(join_name(module_name, "weight"), w, layout, d_in,
                           total - offset if d_out is None else d_out, offset,
-                          b, _join(module_name, "bias") if b is not None else None)
+                          b, join_name(module_name, "bias") if b is not None else None)
 
     def add_attention(self, layer: int, module_name: str, *, q: Projection, k: Projection,
                       v: Projection, o: Projection, n_heads: int, n_kv_heads: int | None = None,
@@ -382,7 +382,7 @@ class RoleMapBuilder:
         for mname, mod in self.model.named_modules():
             if is_norm(mod):
                 for pname, p in mod.named_parameters(recurse=False):
-                    full = _join(mname, pname)
+                    full = join_name(mname, pname)
                     if self.canonical_name(p) not in self.infos:
                         self.add(full, Role.NORM, kind=BIAS if pname == "bias" else WEIGHT,
                                  layer=layer_of(mname), fan_in=1, fan_out=p.numel())
@@ -393,7 +393,7 @@ class RoleMapBuilder:
             raise RoleMapError(
                 f"{type(self.model).__name__}: adapter {adapter!r} left parameters without a role: "
                 f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}. Pass an explicit "
-                f"mapping to initlab.roles(model, mapping=...) or register an adapter.")
+                f"mapping to initlab.role_map(model, mapping=...) or register an adapter.")
         for n in missing:
             p = self.named[n]
             self.infos[n] = ParamInfo(n, p, BIAS if n.endswith("bias") else WEIGHT,
@@ -403,7 +403,7 @@ class RoleMapBuilder:
                        self.controls, adapter)
 
 
-def _join(prefix: str, name: str) -> str:
+def join_name(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 

@@ -10,7 +10,6 @@ make no sense (see :data:`COMPOSITION_RULES`); every call goes through one :clas
 """
 from __future__ import annotations
 
-from ..callable_module import make_module_callable
 from .delegates import MIMETIC, PARAMS, parametrization_scheme
 from .plan import InitPlan, PlanStep, build_seeded, init_
 from .registry import (COMPOSITION_RULES, aliases_of, check_spec, get_scheme, parametrization_of, parse,
@@ -42,9 +41,8 @@ _ALIASES = {
 for _s in ZOO[:11] + MIMETIC + PARAMS + (STRUCTURED,) + ZOO[11:]:
     register_scheme(_s, aliases=_ALIASES.get(_s.name, ()))
 
-__all__ = ["init_", "InitPlan", "PlanStep", "build_seeded", "schemes", "get_scheme", "register_scheme",
+__all__ = ["init_", "list_schemes", "InitPlan", "PlanStep", "build_seeded", "schemes", "get_scheme", "register_scheme",
            "parametrization_of", "check_spec", "refusal", "parse", "split_specs", "Scheme", "SchemeInfo",
            "Rule", "Context", "apply_rules", "structured_", "parametrization_scheme",
            "COMPOSITION_RULES", "aliases_of", "MIMETIC", "PARAMS", "STRUCTURED", "ZOO"]
-
-make_module_callable(__name__, schemes)  # initlab.schemes() lists the schemes
+list_schemes = schemes  # the top-level verb's name: initlab.list_schemes()
