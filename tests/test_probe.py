@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import initlab
 from initlab import theory as th
-from initlab.errors import ConfigError
+from initlab.errors import ConfigError, RoleMapError
 from initlab.models import GPT, ViT
 from initlab.parametrization import parametrize_
 from initlab.probe import probe
@@ -50,7 +50,7 @@ def test_hooks_leave_no_trace():
 
 def test_hooks_removed_on_error():
     m = _vit()
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="size of tensor"):
         probe(m, torch.randn(2, 1, 27, 27))  # wrong image size fails inside the forward
     assert _no_hooks(m) and all(p.grad is None for p in m.parameters())
 
@@ -122,7 +122,7 @@ def test_writers_and_plot(tmp_path):
 
 
 def test_probe_rejects_models_without_attention():
-    with pytest.raises(Exception):
+    with pytest.raises(RoleMapError):
         probe(torch.nn.Linear(3, 3), torch.randn(2, 3))
 
 

@@ -49,8 +49,9 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
-        return cls(**{k: d[k] for k in ("labels", "history", "final", "best", "wall_time_s", "status")},
-                   run_dir=d.get("run_dir"), extra=d.get("extra", {}))
+        return cls(labels=d["labels"], history=d.get("history") or [], final=d.get("final") or {},
+                   best=d.get("best") or {}, wall_time_s=d.get("wall_time_s", 0.0),
+                   status=d.get("status", "?"), run_dir=d.get("run_dir"), extra=d.get("extra", {}))
 
     # ---- derived numbers ------------------------------------------------------------------
     def final_metric(self, key: str) -> float:
