@@ -67,3 +67,54 @@ def test_non_zero_rank_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "write_run_files", lambda record, run_dir: (run_dir / "result.json").write_text("{}"))
     runner.run_cell(cfg, {"init": "default", "seed": 0}, reuse=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "result.json"]
+
+
+# the layers of docs/architecture.md, bottom to top; a module may import its own layer and below
+LAYERS = [
+    {"errors", "values", "output", "plotting", "threads"},
+    {"roles", "models", "data"},
+    {"mimetic", "parametrization"},
+    {"schemes"},
+    {"theory", "probe", "coord_check", "weights"},
+    {"train"},
+    {"experiments"},
+    {"results"},
+    {"cli", "__main__"},
+]
+
+
+def _imported_tops(path, package_parts):
+    import ast
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package_parts[:len(package_parts) - (node.level - 1)]
+            parts = base + (node.module.split(".") if node.module else [a.name for a in node.names][:1])
+            if parts:
+                yield node.lineno, parts[0]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("initlab."):
+            yield node.lineno, node.module.split(".")[1]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("initlab."):
+                    yield node.lineno, a.name.split(".")[1]
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    import pathlib
+
+    import initlab
+    root = pathlib.Path(initlab.__file__).parent
+    layer = {name: i for i, names in enumerate(LAYERS) for name in names}
+    upward = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        top = rel.parts[0].removesuffix(".py")
+        if top == "__init__":
+            continue  # the package's lazy public names
+        assert top in layer, f"{rel}: place this module in a layer (docs/architecture.md)"
+        for line, target in _imported_tops(path, list(rel.parts[:-1])):
+            if target in ("__init__", "__version__"):
+                continue
+            if layer[target] > layer[top]:
+                upward.append(f"{rel}:{line} imports {target}")
+    assert not upward, upward
