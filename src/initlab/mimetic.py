@@ -32,6 +32,7 @@ from torch import nn
 
 from .errors import InitError
 from .roles import AttentionLayer, Role, roles
+from .roles.core import require_materialized
 from .threads import single_threaded
 
 VISION = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.4, vo_sign=-1)
@@ -245,13 +246,6 @@ def _check_scalars(**kw: float) -> None:
                             f"and vo_sign=-1/+1 chooses the VO sign), got {v}")
 
 
-def _check_materialized(model: nn.Module) -> None:
-    for n, p in model.named_parameters():
-        if p.is_meta:
-            raise InitError(f"parameter {n} is on the meta device; materialize the model first "
-                            f"(model.to_empty(device=...)), then initialize it")
-
-
 def _check_layer(att: AttentionLayer) -> None:
     d = att.d_model
     dims = {"q": att.q.d_in, "k": att.k.d_in, "v": att.v.d_in}
@@ -376,7 +370,7 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
                         f"use torch.Generator().manual_seed(seed)")
     if generator is not None and generator.device.type != "cpu":
         raise InitError("pass a CPU torch.Generator (noise for accelerators is seeded from it)")
-    _check_materialized(model)
+    require_materialized(model)
     rmap = role_map if role_map is not None else roles(model)
     for att in rmap.require_attention("mimetic init"):
         _check_layer(att)

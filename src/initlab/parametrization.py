@@ -29,6 +29,7 @@ from torch import nn
 from .errors import ConfigError, InitError
 from .output import text_table
 from .roles import BIAS, ParamInfo, Role, RoleMap, Slot, roles
+from .roles.core import require_materialized
 
 NAMED_S = {"nt": 0.0, "hybrid": 0.5, "mu": 1.0}
 ALIASES = {"sp": "standard", "ntk": "nt", "ntp": "nt", "mup": "mu", "μp": "mu", "maximal": "mu"}
@@ -356,10 +357,7 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
             mimetic wins on the Q, K, V, O weights; everything else stays as prescribed here.
     """
     p = _coerce(p)
-    for n, t in model.named_parameters():
-        if t.is_meta:
-            raise InitError(f"parameter {n} is on the meta device; materialize the model first "
-                            f"(model.to_empty(device=...)), then parametrize it")
+    require_materialized(model, "parametrize it")
     rmap = role_map if role_map is not None else roles(model)
     keep = {str(Role(r)) for r in keep}
     width = rmap.width

@@ -407,6 +407,15 @@ def join_name(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def require_materialized(model: nn.Module, action: str = "initialize it") -> None:
+    """:class:`~initlab.errors.InitError` naming the first parameter still on the meta device."""
+    from ..errors import InitError
+    for n, p in model.named_parameters():
+        if p.is_meta:
+            raise InitError(f"parameter {n} is on the meta device; materialize the model first "
+                            f"(model.to_empty(device=...)), then {action}")
+
+
 def is_norm(mod: nn.Module) -> bool:
     if isinstance(mod, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
         return True

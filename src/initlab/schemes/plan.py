@@ -28,6 +28,8 @@ from torch import nn
 
 from ..errors import InitError
 from ..parametrization import Parametrization, parametrize_, parse_s
+from ..roles import roles
+from ..roles.core import require_materialized
 from ..values import parse_value
 from .registry import get_scheme, parse, refusal_of
 from .spec import Context, Scheme, apply_rules, target_std, value
@@ -128,12 +130,8 @@ class InitPlan:
 
     def check(self, model: nn.Module, role_map=None):
         """Every model-dependent check of the plan, writing nothing; returns the role map."""
-        for n, t in model.named_parameters():
-            if t.is_meta:
-                raise InitError(f"parameter {n} is on the meta device; materialize the model first "
-                                f"(model.to_empty(device=...)), then initialize it")
+        require_materialized(model)
         if role_map is None:
-            from ..roles import roles
             role_map = roles(model)
         for step in self.steps:
             _requires(role_map, step.scheme)
