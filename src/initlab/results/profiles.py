@@ -3,7 +3,7 @@
 A profile names its vision settings, its language table and its width-transfer sweeps; the report
 (:mod:`.report`) turns each section into a block of the results page. A profile with a ``prefix``
 (``long``) writes its own ``<prefix>_*`` blocks and leaves the main ones alone, so a new profile is
-one more entry in :func:`profile_settings` (and, when it needs its own page sections, a prefix).
+one more entry in :data:`PROFILE_SETTINGS` (and, when it needs its own page sections, a prefix).
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pathlib import Path
 from ..errors import ConfigError
 
 SECTIONS = ("vision", "lm", "transfer")
-PROFILES = ("smoke", "cpu", "long", "full")
 # trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
 VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
 LM_INITS = ("default", "mimetic-language", "mimetic-language(vo_sign=1)", "nt")
@@ -40,68 +39,75 @@ class Step:
 # ---------------------------------------------------------------------------------------------
 # profiles
 
+#: every profile, declared: its vision settings (train size, patch, epochs, evaluations), its
+#: language table and its width-transfer sweeps; ``prefix`` = it fills its own ``<prefix>_*`` blocks
+#: of the page. A new profile is a new entry here (``initlab results --profile NAME`` offers it).
+PROFILE_SETTINGS: dict[str, dict] = {
+    "smoke": dict(
+        vision=dict(model="vit-micro", width=16, depth=1, heads=2, batch=16, lr=3e-3, seeds=2,
+                    inits=("default", "mimetic"),
+                    settings=[(64, 7, 2, 2)]),  # (train size, patch, epochs, evaluations)
+        lm=dict(model="gpt-mini", width=16, depth=1, heads=2, block=16, batch=8, steps=4, evals=2,
+                eval_batches=1, lr=3e-3, seeds=2, inits=("default", "mimetic-language")),
+        transfer=dict(widths=(16, 32), lrs="1e-3..1e-2:2", params=("mu",), seeds=1,
+                      vision=dict(depth=1, heads=2, batch=16, steps=2, train_size=64, test_size=20),
+                      lm=dict(depth=1, heads=2, block=16, batch=8, steps=2, eval_batches=1)),
+    ),
+    # Sized for the shared 2-core box: ~40 CPU-minutes without the 60k row (single-threaded
+    # steps, OMP_NUM_THREADS=1; run the vision section and the rest as two processes).
+    "cpu": dict(
+        # vit-micro: width 64, depth 4, 2 heads; patch 7 -> 16 tokens, patch 4 -> 49 tokens
+        vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
+                    inits=VISION_INITS,
+                    settings=[(1000, 7, 15, 3), (5000, 7, 3, 3), (60000, 7, 0.25, 3),
+                              (1000, 4, 8, 2), (5000, 4, 3, 3), (60000, 4, 0.25, 3)]),
+        lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=150, evals=3,
+                eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
+        # 1e-3..3e-2:4 (log-spaced) plus one step lower, written out so the cells' names match
+        transfer=dict(widths=(64, 128, 256, 512), lrs="0.000321829,0.001,0.00310723,0.00965489,0.03",
+                      params=("standard", "nt", "mu"),
+                      seeds=3,
+                      vision=dict(depth=2, heads=2, batch=64, steps=30, train_size=5000, test_size=1000),
+                      lm=dict(depth=2, heads=4, block=64, batch=16, steps=30, eval_batches=4)),
+    ),
+    # The regime behind the mimetic paper's small-data claim, at CPU size: the cpu profile's
+    # ViT trained until 1k images are fit many times over (100 epochs), with the same number
+    # of steps (~700-780) for 5k and 60k images, so the rows differ in data only. Ten
+    # evaluations per run make "epochs to default's final" a real curve read-out.
+    # ~155 CPU-minutes (84 vision runs of ~90 s and 12 language runs of ~150 s, single-threaded);
+    # `--jobs 2` runs it in about 80 minutes.
+    "long": dict(
+        prefix="long",
+        vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
+                    inits=VISION_INITS,
+                    settings=[(1000, 7, 100, 10), (5000, 7, 20, 10), (1000, 4, 30, 6), (60000, 7, 1.5, 10)]),
+        # the cpu profile's language table at 3.3x the tokens (1.0M), to see whether the early
+        # mimetic gain survives past the bigram level
+        lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=500, evals=5,
+                eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
+    ),
+    "full": dict(
+        vision=dict(model="vit-tiny", width=192, depth=12, heads=3, batch=128, lr=1e-3, seeds=3,
+                    inits=VISION_INITS,
+                    settings=[(1000, 7, 200, 20), (5000, 7, 100, 20), (60000, 7, 50, 25),
+                              (1000, 4, 200, 20), (5000, 4, 100, 20), (60000, 4, 50, 25),
+                              (1000, 2, 200, 20), (5000, 2, 100, 20)]),
+        lm=dict(model="gpt-char", width=384, depth=6, heads=6, block=256, batch=64, steps=5000, evals=20,
+                eval_batches=50, lr=1e-3, seeds=3, inits=LM_INITS),
+        transfer=dict(widths=(64, 128, 256, 512, 1024), lrs="1e-4..1e-1:10", params=("standard", "nt", "mu"),
+                      seeds=3,
+                      vision=dict(depth=6, heads=4, batch=128, steps=2000, train_size=None, test_size=None),
+                      lm=dict(depth=6, heads=4, block=256, batch=64, steps=2000, eval_batches=20)),
+    ),
+}
+PROFILES = tuple(PROFILE_SETTINGS)
+
+
 def profile_settings(name: str) -> dict:
-    if name == "smoke":
-        return dict(
-            vision=dict(model="vit-micro", width=16, depth=1, heads=2, batch=16, lr=3e-3, seeds=2,
-                        inits=("default", "mimetic"),
-                        settings=[(64, 7, 2, 2)]),  # (train size, patch, epochs, evaluations)
-            lm=dict(model="gpt-mini", width=16, depth=1, heads=2, block=16, batch=8, steps=4, evals=2,
-                    eval_batches=1, lr=3e-3, seeds=2, inits=("default", "mimetic-language")),
-            transfer=dict(widths=(16, 32), lrs="1e-3..1e-2:2", params=("mu",), seeds=1,
-                          vision=dict(depth=1, heads=2, batch=16, steps=2, train_size=64, test_size=20),
-                          lm=dict(depth=1, heads=2, block=16, batch=8, steps=2, eval_batches=1)),
-        )
-    if name == "cpu":
-        # Sized for the shared 2-core box: ~40 CPU-minutes without the 60k row (single-threaded
-        # steps, OMP_NUM_THREADS=1; run the vision section and the rest as two processes).
-        return dict(
-            # vit-micro: width 64, depth 4, 2 heads; patch 7 -> 16 tokens, patch 4 -> 49 tokens
-            vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
-                        inits=VISION_INITS,
-                        settings=[(1000, 7, 15, 3), (5000, 7, 3, 3), (60000, 7, 0.25, 3),
-                                  (1000, 4, 8, 2), (5000, 4, 3, 3), (60000, 4, 0.25, 3)]),
-            lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=150, evals=3,
-                    eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
-            # 1e-3..3e-2:4 (log-spaced) plus one step lower, written out so the cells' names match
-            transfer=dict(widths=(64, 128, 256, 512), lrs="0.000321829,0.001,0.00310723,0.00965489,0.03",
-                          params=("standard", "nt", "mu"),
-                          seeds=3,
-                          vision=dict(depth=2, heads=2, batch=64, steps=30, train_size=5000, test_size=1000),
-                          lm=dict(depth=2, heads=4, block=64, batch=16, steps=30, eval_batches=4)),
-        )
-    if name == "long":
-        # The regime behind the mimetic paper's small-data claim, at CPU size: the cpu profile's
-        # ViT trained until 1k images are fit many times over (100 epochs), with the same number
-        # of steps (~700-780) for 5k and 60k images, so the rows differ in data only. Ten
-        # evaluations per run make "epochs to default's final" a real curve read-out.
-        # ~155 CPU-minutes (84 vision runs of ~90 s and 12 language runs of ~150 s, single-threaded);
-        # `--jobs 2` runs it in about 80 minutes.
-        return dict(
-            prefix="long",
-            vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
-                        inits=VISION_INITS,
-                        settings=[(1000, 7, 100, 10), (5000, 7, 20, 10), (1000, 4, 30, 6), (60000, 7, 1.5, 10)]),
-            # the cpu profile's language table at 3.3x the tokens (1.0M), to see whether the early
-            # mimetic gain survives past the bigram level
-            lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=500, evals=5,
-                    eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
-        )
-    if name == "full":
-        return dict(
-            vision=dict(model="vit-tiny", width=192, depth=12, heads=3, batch=128, lr=1e-3, seeds=3,
-                        inits=VISION_INITS,
-                        settings=[(1000, 7, 200, 20), (5000, 7, 100, 20), (60000, 7, 50, 25),
-                                  (1000, 4, 200, 20), (5000, 4, 100, 20), (60000, 4, 50, 25),
-                                  (1000, 2, 200, 20), (5000, 2, 100, 20)]),
-            lm=dict(model="gpt-char", width=384, depth=6, heads=6, block=256, batch=64, steps=5000, evals=20,
-                    eval_batches=50, lr=1e-3, seeds=3, inits=LM_INITS),
-            transfer=dict(widths=(64, 128, 256, 512, 1024), lrs="1e-4..1e-1:10", params=("standard", "nt", "mu"),
-                          seeds=3,
-                          vision=dict(depth=6, heads=4, batch=128, steps=2000, train_size=None, test_size=None),
-                          lm=dict(depth=6, heads=4, block=256, batch=64, steps=2000, eval_batches=20)),
-        )
-    raise ConfigError(f"unknown results profile {name!r}; choose one of {', '.join(PROFILES)}")
+    """The declared settings of profile ``name`` (:class:`ConfigError` naming the choices)."""
+    if name not in PROFILE_SETTINGS:
+        raise ConfigError(f"unknown results profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILE_SETTINGS[name]
 
 
 def _tokens(patch: int, image: int = 28) -> int:
