@@ -199,3 +199,11 @@ def test_plots_do_not_switch_the_backend(tmp_path):
 def test_errors_are_initlab_errors():
     with pytest.raises(InitlabError, match="unknown role"):
         initlab.Role("qq")
+
+
+def test_schemes_check_validates_options_too(capsys):
+    assert main(["schemes", "--check", "nt+mimetic"]) == 0
+    assert "ok (parametrization nt)" in capsys.readouterr().out
+    assert main(["schemes", "--check", "nt+mimetic(alpha_qk=-5)"]) == 2
+    err = capsys.readouterr().err
+    assert "alpha_qk must be >= 0" in err and err.count("\n") == 1

@@ -21,7 +21,7 @@ def render(value) -> str:
     return "none" if value is None else repr(value) if isinstance(value, float) else str(value)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(NAMES), st.dictionaries(WORDS, VALUES, max_size=3)),
                 min_size=1, max_size=4))
 def test_spec_grammar_round_trips(chain):
@@ -46,7 +46,7 @@ MODELS = st.one_of(
 )
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(MODELS)
 def test_role_map_covers_each_parameter_once_with_disjoint_covering_slots(model):
     rmap = roles(model)
@@ -69,7 +69,7 @@ def fans(role: str, n: int) -> tuple[int, int]:
     return {"mlp_in": (n, 4 * n), "mlp_out": (4 * n, n), "head": (n, 10), "patch_embed": (49, n)}.get(role, (n, n))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(s=st.floats(0, 1), base=st.sampled_from([16, 32, 64, 96]), k=st.integers(-2, 4),
        role=st.sampled_from(ROLES), optimizer=st.sampled_from(["adamw", "sgd"]))
 def test_base_width_law_of_lr_factor(s, base, k, role, optimizer):

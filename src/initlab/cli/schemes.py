@@ -78,15 +78,15 @@ def short_roles(roles) -> str:
 
 
 def run(args) -> int:
-    from ..schemes import COMPOSITION_RULES, aliases_of, check_spec, parametrization_of, schemes
+    from ..schemes import COMPOSITION_RULES, InitPlan, aliases_of, schemes
 
     if args.show:
         print(show(args.show, args.model, args.model_options, args.seed))
         return 0
     if args.check:
-        check_spec(args.check)  # InitError -> one line, exit 2
-        p = parametrization_of(args.check)
-        print(f"{args.check}: ok" + (f" (parametrization {p})" if p else ""))
+        plan = InitPlan.build(args.check)  # names, composition and every option; one line, exit 2
+        implied = any(step.scheme.parametrization for step in plan.steps)
+        print(f"{args.check}: ok" + (f" (parametrization {plan.parametrization.name})" if implied else ""))
         return 0
     infos = schemes()
     if not args.long:
