@@ -59,7 +59,7 @@ def build(shape: str, device: str):
         if shape == "gpt2-small":
             model = initlab.models.GPT(vocab_size=50257, block_size=1024, width=s["width"],
                                        depth=s["depth"], heads=s["heads"])
-            rmap = initlab.roles(model)
+            rmap = initlab.role_map(model)
         else:
             model = AttentionStack(**s)
             rmap = roles_from_mapping(model, model.mapping)

@@ -255,7 +255,7 @@ def test_llama_grouped_query_attention(n_kv):
 def test_hf_detection_never_imports_optional_packages():
     import subprocess
     import sys
-    code = ("import sys, torch, initlab; initlab.roles(torch.nn.MultiheadAttention(8, 2)); "
+    code = ("import sys, torch, initlab; initlab.role_map(torch.nn.MultiheadAttention(8, 2)); "
             "print('transformers' in sys.modules, 'timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

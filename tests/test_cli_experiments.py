@@ -49,11 +49,8 @@ class FakeEngine:
 def fake(monkeypatch):
     f = FakeEngine()
     monkeypatch.setattr(engine, "run", f, raising=False)
-    # init names: the real registry when present; these tests only need its names
-    import initlab.experiments.configure as configure
-    monkeypatch.setattr(configure, "known_init_names",
-                        lambda: ["default", "mimetic", "nt", "mu", "trunc_normal"])
-    monkeypatch.setattr(configure, "check_data_available", lambda config: None)
+    import initlab.experiments.checks as checks
+    monkeypatch.setattr(checks, "check_data_available", lambda config: None)
     return f
 
 
@@ -68,12 +65,12 @@ def test_flags_map_to_train_config(fake):
                   "--weight-decay", "0.1", "--batch-size", "64", "--warmup", "0.1", "--label-smoothing", "0.1",
                   "--param", "nt", "--base-width", "64", "--epochs", "2", "--seed", "7", "--device", "cpu",
                   "--init", "nt+mimetic", "--model-option", "pos=sincos", "--model-option", "fused_qkv=false",
-                  "--init-option", "alpha=0.7", "--clip", "none", "--no-augment", "--checkpoint-every", "50"])
+                  "--init-option", "alpha_qk=0.7", "--clip", "none", "--no-augment", "--checkpoint-every", "50"])
     config, _ = build_config(args)
     assert (config.width, config.depth, config.heads, config.patch_size) == (96, 3, 3, 4)
     assert (config.lr, config.weight_decay, config.batch_size, config.warmup) == (3e-3, 0.1, 64, 0.1)
     assert (config.param, config.base_width, config.epochs, config.seed) == ("nt", 64, 2.0, 7)
-    assert config.init == "nt+mimetic" and config.init_options == {"alpha": 0.7}
+    assert config.init == "nt+mimetic" and config.init_options == {"alpha_qk": 0.7}
     assert config.model_options == {"pos": "sincos", "fused_qkv": False}
     assert config.clip is None and config.augment is False and config.checkpoint_every == 50
     assert config.train_size == 5000 and config.label_smoothing == 0.1 and config.device == "cpu"
@@ -120,7 +117,6 @@ def test_lm_task_defaults_and_file_override(fake, tmp_path):
 ])
 def test_user_mistakes_are_one_line_exit_2(fake, capsys, argv, words, monkeypatch):
     if "--data" in argv:  # the real data check for this one
-        import initlab.experiments.configure as configure
         monkeypatch.undo()
         monkeypatch.setattr(engine, "run", fake, raising=False)
     code = main(argv)

@@ -145,7 +145,7 @@ def test_meta_device_then_mimetic_init_has_the_right_statistics():
     g = torch.Generator().manual_seed(0)
     materialize_(model, "cpu", init="mimetic", generator=g)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     # module defaults: Linear U(-1/sqrt(fan_in), 1/sqrt(fan_in)) has std 1/sqrt(3 fan_in)
     w_in = rmap.by_role("mlp_in", "weight")[0].param
     assert w_in.std().item() == pytest.approx(1 / (3 * 64) ** 0.5, rel=0.05)

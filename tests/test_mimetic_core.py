@@ -59,7 +59,7 @@ def test_attention_logits_through_the_real_forward():
 def test_qk_mean_diagonal_matches_digest_table(d, heads, expected):
     """T5: rank-k truncation shrinks the QK diagonal (digest table)."""
     m = vit(d, heads, 2)
-    rm = initlab.roles(m)
+    rm = initlab.role_map(m)
     initlab.mimetic_(m, generator=torch.Generator().manual_seed(0), role_map=rm)
     diag = np.mean([att.qk_product(h).diagonal().mean().item()
                     for att in rm.attention for h in range(heads)])
@@ -70,7 +70,7 @@ def test_vo_statistics():
     """T4 at d=192, α₂=β₂=0.4: diagonal mean −β₂, entry std α₂/√d, ‖·‖_F/√d = √(α₂²+β₂²)."""
     d = 192
     m = vit(d, 3, 1)
-    rm = initlab.roles(m)
+    rm = initlab.role_map(m)
     initlab.mimetic_(m, generator=torch.Generator().manual_seed(1), role_map=rm)
     p = rm.attention[0].vo_product()
     off = p[~torch.eye(d, dtype=torch.bool)]
@@ -123,7 +123,7 @@ def test_keeps_dtype_and_requires_grad():
     assert m.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     assert not m.blocks[0].attn.qkv.weight.requires_grad
     assert m.blocks[1].attn.qkv.weight.requires_grad
-    prod = initlab.roles(m).attention[0].vo_product()
+    prod = initlab.role_map(m).attention[0].vo_product()
     assert prod.diagonal().mean().item() == pytest.approx(-0.4, abs=0.03)  # bf16 rounding only
 
 

@@ -237,7 +237,7 @@ def test_no_attention_is_an_error():
             self.attn = nn.MultiheadAttention(8, 2)
     rm = roles(Net())
     rm.attention.clear()
-    with pytest.raises(InitError, match="no attention"):
+    with pytest.raises(RoleMapError, match="no attention"):
         initlab.mimetic_(Net(), role_map=rm)
 
 

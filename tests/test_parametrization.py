@@ -510,13 +510,13 @@ def test_top_level_exports():
 def test_agrees_with_the_theory_modules_independent_table(optimizer):
     """initlab.theory.lr_factor (F) derives λ̃ = λ·|g| from the same tables, written separately;
     the two must agree with the full M factors, for every group, member and width."""
-    theory = pytest.importorskip("initlab.theory")
+    import initlab.theory as theory
     n_patch, n_out, m = 48, 100, 4
     slots = {"patch_embed": (n_patch, None), "token_embed": (1, None), "pos_embed": (1, None),
              "q": (None, None), "o": (None, None), "mlp_in": (None, m), "mlp_out": (m, 1),
              "head": (None, n_out), "head_bias": (None, n_out)}
     for s in (0.0, 0.5, 1.0):
-        p = Parametrization(name="x", s=s, mlp_factors="full")
+        p = Parametrization(s=s, mlp_factors="full")
         for n in WIDTHS:
             for group, (fi, fo) in slots.items():
                 fan_in = n * fi if group == "mlp_out" else (fi or n)

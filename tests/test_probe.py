@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import initlab
 from initlab import theory as th
-from initlab.errors import ConfigError
+from initlab.errors import ConfigError, RoleMapError
 from initlab.models import GPT, ViT
 from initlab.parametrization import parametrize_
 from initlab.probe import probe
@@ -38,7 +38,7 @@ def test_hooks_leave_no_trace():
     marker = torch.full_like(a.head.weight, 0.5)
     a.head.weight.grad = marker.clone()  # a gradient the user already had must come back
     rng = torch.get_rng_state()
-    initlab.probe(a, x, targets=torch.tensor([0, 1, 2]), predict=False)
+    initlab.probe_model(a, x, targets=torch.tensor([0, 1, 2]), predict=False)
     assert torch.equal(torch.get_rng_state(), rng)
     assert _no_hooks(a)
     assert torch.equal(a.head.weight.grad, marker)
@@ -48,11 +48,18 @@ def test_hooks_leave_no_trace():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-def test_hooks_removed_on_error():
+def test_hooks_removed_on_error(monkeypatch):
     m = _vit()
-    with pytest.raises(Exception):
-        probe(m, torch.randn(2, 1, 27, 27))  # wrong image size fails inside the forward
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom inside the forward")
+    monkeypatch.setattr(m.blocks[-1].mlp, "forward", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        probe(m, _images())  # fails inside the forward, after the hooks are in place
     assert _no_hooks(m) and all(p.grad is None for p in m.parameters())
+    with pytest.raises(ConfigError, match="shape"):  # a batch of the wrong shape: refused before any hook
+        probe(m, torch.randn(2, 1, 27, 27))
+    assert _no_hooks(m)
 
 
 def test_measured_quantities_are_the_right_ones():
@@ -122,7 +129,7 @@ def test_writers_and_plot(tmp_path):
 
 
 def test_probe_rejects_models_without_attention():
-    with pytest.raises(Exception):
+    with pytest.raises(RoleMapError):
         probe(torch.nn.Linear(3, 3), torch.randn(2, 3))
 
 

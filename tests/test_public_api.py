@@ -2,20 +2,54 @@
 import subprocess
 import sys
 
-import pytest
-
 SNIPPETS = [
-    "import initlab; assert callable(initlab.schemes); initlab.schemes.init_; assert initlab.schemes()",
-    "import initlab.schemes, initlab; assert initlab.schemes() and initlab.init_",
-    "import initlab; initlab.probe.probe; assert callable(initlab.probe)",
-    "import initlab; assert callable(initlab.roles); initlab.roles.Role",
-    "import initlab; initlab.Parametrization; initlab.parametrize_; initlab.param_groups; initlab.mimetic_",
+    "import initlab; initlab.schemes.init_; assert initlab.list_schemes() and initlab.init_",
+    "import initlab.schemes, initlab; assert initlab.list_schemes() and initlab.init_",
+    "import initlab; initlab.probe.probe; assert initlab.probe_model is initlab.probe.probe",
+    "import initlab; initlab.roles.Role; assert initlab.role_map is initlab.roles.roles",
+    # no module pretends to be a function
+    "import initlab; initlab.Parametrization; initlab.parametrize_; initlab.param_groups; initlab.mimetic_; "
+    "assert not any(callable(getattr(initlab, m)) for m in ('roles', 'schemes', 'probe'))",
 ]
 
 
-@pytest.mark.parametrize("code", SNIPPETS)
-def test_public_names_in_a_fresh_interpreter(code):
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+def test_all_lists_every_public_name_and_only_those():
+    import initlab
+    for name in initlab.__all__:
+        assert getattr(initlab, name) is not None
+    assert len([n for n in initlab.__all__ if n[0].islower()]) <= 10  # a small set of verbs
+    for module in ("initlab.schemes", "initlab.roles", "initlab.parametrization", "initlab.experiments",
+                   "initlab.output", "initlab.values", "initlab.plotting"):
+        mod = __import__(module, fromlist=["__all__"])
+        for name in mod.__all__:
+            assert hasattr(mod, name), (module, name)
+
+
+def test_no_private_name_is_imported_across_modules():
+    import ast
+    import pathlib
+
+    import initlab
+    root = pathlib.Path(initlab.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] != "__future__":
+                offenders += [f"{path.relative_to(root)}: {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders
+
+
+def test_public_names_in_fresh_interpreters():
+    """Each snippet in its own fresh interpreter, all started at once (they only import)."""
+    procs = [(code, subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True))
+             for code in SNIPPETS]
+    failed = []
+    for code, proc in procs:
+        _, err = proc.communicate(timeout=180)
+        if proc.returncode:
+            failed.append(f"{code}\n{err.strip().splitlines()[-1] if err.strip() else ''}")
+    assert not failed, failed
 
 
 def test_non_zero_rank_writes_nothing(monkeypatch, tmp_path):
@@ -37,3 +71,54 @@ def test_non_zero_rank_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "write_run_files", lambda record, run_dir: (run_dir / "result.json").write_text("{}"))
     runner.run_cell(cfg, {"init": "default", "seed": 0}, reuse=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".initlab.lock", "config.json", "result.json"]
+
+
+# the layers of docs/architecture.md, bottom to top; a module may import its own layer and below
+LAYERS = [
+    {"errors", "values", "output", "plotting", "threads"},
+    {"roles", "models", "data"},
+    {"mimetic", "parametrization"},
+    {"schemes"},
+    {"theory", "probe", "coord_check", "weights"},
+    {"train"},
+    {"experiments"},
+    {"results"},
+    {"cli", "__main__"},
+]
+
+
+def _imported_tops(path, package_parts):
+    import ast
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package_parts[:len(package_parts) - (node.level - 1)]
+            parts = base + (node.module.split(".") if node.module else [a.name for a in node.names][:1])
+            if parts:
+                yield node.lineno, parts[0]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("initlab."):
+            yield node.lineno, node.module.split(".")[1]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("initlab."):
+                    yield node.lineno, a.name.split(".")[1]
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    import pathlib
+
+    import initlab
+    root = pathlib.Path(initlab.__file__).parent
+    layer = {name: i for i, names in enumerate(LAYERS) for name in names}
+    upward = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        top = rel.parts[0].removesuffix(".py")
+        if top == "__init__":
+            continue  # the package's lazy public names
+        assert top in layer, f"{rel}: place this module in a layer (docs/architecture.md)"
+        for line, target in _imported_tops(path, list(rel.parts[:-1])):
+            if target in ("__init__", "__version__"):
+                continue
+            if layer[target] > layer[top]:
+                upward.append(f"{rel}:{line} imports {target}")
+    assert not upward, upward

@@ -75,7 +75,7 @@ def test_epochs_to_reach_and_vision_rows():
     assert rows["default"]["reached"] == 2
 
 
-def test_cpu_and_full_profiles_are_declared_and_unknown_names_refused():
+def test_cpu_and_full_profiles_are_declared_and_unknown_names_refused(tmp_path):
     cpu = plan("cpu")
     keys = [s.key for s in cpu]
     assert "vision-n1000-p7" in keys and "vision-n1000-p4" in keys and "vision-n60000-p7" in keys
@@ -98,7 +98,7 @@ def test_cpu_and_full_profiles_are_declared_and_unknown_names_refused():
     with pytest.raises(ConfigError):
         plan("huge")
     with pytest.raises(ConfigError):
-        run_suite("smoke", "/nonexistent-never-made", only=["speed"], run=False)
+        run_suite("smoke", "/nonexistent-never-made", only=["speed"], run=False, doc=tmp_path / "r.md", img_dir=tmp_path)
 
 
 def test_parallel_jobs_run_steps_as_processes_and_report_wall_clock(suite, tmp_path):
@@ -117,7 +117,7 @@ def test_parallel_jobs_run_steps_as_processes_and_report_wall_clock(suite, tmp_p
     text = doc.read_text()
     assert "with --jobs 2" in text and "| `mimetic-language` |" in text and "| `mimetic` |" in text
     with pytest.raises(ConfigError, match="jobs"):
-        run_suite("smoke", tmp_path / "out", jobs=0)
+        run_suite("smoke", tmp_path / "out", jobs=0, doc=tmp_path / "r.md", img_dir=tmp_path)
 
 
 def test_long_profile_writes_only_its_own_blocks(suite, tmp_path):

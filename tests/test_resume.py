@@ -87,7 +87,7 @@ def test_extending_a_finished_run(fake_root, tmp_path):
     assert [r["step"] for r in longer.history] == [4, 8, 12]
     assert (out / "command.txt").read_text().splitlines() == [
         "initlab train --steps 8", f"initlab train --resume {out} --steps 12"]
-    with pytest.raises(Exception, match="at least 12 steps"):
+    with pytest.raises(CheckpointError, match="at least 12 steps"):
         run(cfg.replace(resume=True, steps=6), progress=False)
 
 

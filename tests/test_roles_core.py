@@ -17,7 +17,7 @@ def vit(**kw):
 @pytest.mark.parametrize("fused", [True, False])
 def test_every_parameter_has_exactly_one_entry(fused):
     m = vit(fused_qkv=fused)
-    rm = initlab.roles(m)
+    rm = initlab.role_map(m)
     assert list(rm.params) == [n for n, _ in m.named_parameters()]
     assert all(Role.OTHER not in info.roles for info in rm)
     assert rm.role_of("head.weight") == "head"
@@ -34,7 +34,7 @@ def test_every_parameter_has_exactly_one_entry(fused):
 
 
 def test_fused_slots_tile_the_tensor():
-    rm = initlab.roles(vit())
+    rm = initlab.role_map(vit())
     info = rm["blocks.0.attn.qkv.weight"]
     covered = torch.zeros(info.param.shape, dtype=torch.int32)
     for slot in info.slots:
@@ -48,7 +48,7 @@ def test_head_views_match_the_forward_pass(fused):
     """q of head h computed by the module equals x @ q_head(h) (+ bias): the views are the layout."""
     torch.manual_seed(0)
     m = vit(fused_qkv=fused)
-    att = initlab.roles(m).attention[1]
+    att = initlab.role_map(m).attention[1]
     mod = m.blocks[1].attn
     x = torch.randn(5, 32)
     q_all, k_all, v_all = (mod.qkv(x).split(32, -1) if fused else (mod.q(x), mod.k(x), mod.v(x)))
@@ -65,7 +65,7 @@ def test_head_views_match_the_forward_pass(fused):
 
 def test_views_write_in_place_and_keep_identity():
     m = vit()
-    rm = initlab.roles(m)
+    rm = initlab.role_map(m)
     p = m.blocks[0].attn.qkv.weight
     with torch.no_grad():
         rm.attention[0].k_head(1).fill_(3.0)
@@ -76,18 +76,18 @@ def test_views_write_in_place_and_keep_identity():
 
 def test_gpt_tied_embedding_is_token_embed_and_controls():
     m = GPT(vocab_size=30, block_size=8, width=16, depth=1, heads=2)
-    rm = initlab.roles(m)
+    rm = initlab.role_map(m)
     assert rm.role_of("tok_embed.weight") == "token_embed"
     assert not rm.by_role("head")
     rm.controls.set_head_multiplier(0.5)
     assert m.head_multiplier == 0.5 and rm.controls.get_head_multiplier() == 0.5
     untied = GPT(vocab_size=30, block_size=8, width=16, depth=1, heads=2, tie_head=False)
-    assert initlab.roles(untied).role_of("head.weight") == "head"
+    assert initlab.role_map(untied).role_of("head.weight") == "head"
 
 
 def test_logit_scale_and_skip_scale_controls():
     m = vit()
-    rm = initlab.roles(m)
+    rm = initlab.role_map(m)
     rm.attention[0].set_logit_scale(0.125)
     assert m.blocks[0].attn.scale == 0.125
     rm.controls.set_skip_scale(1.5)
@@ -95,16 +95,16 @@ def test_logit_scale_and_skip_scale_controls():
 
 
 def test_branch_gains_have_role_gain():
-    rm = initlab.roles(vit(branch_gain="layerscale"))
+    rm = initlab.role_map(vit(branch_gain="layerscale"))
     assert rm.role_of("blocks.0.gain1.gain") == "gain"
 
 
 def test_survives_deepcopy_and_compile_wrapper():
     m = vit()
-    names = list(initlab.roles(m).params)
-    assert list(initlab.roles(copy.deepcopy(m)).params) == names
+    names = list(initlab.role_map(m).params)
+    assert list(initlab.role_map(copy.deepcopy(m)).params) == names
     compiled = torch.compile(m)  # wrapper only; nothing is compiled until called
-    rm = initlab.roles(compiled)
+    rm = initlab.role_map(compiled)
     assert list(rm.params) == names
     assert rm["head.weight"].param is m.head.weight
 
@@ -116,13 +116,13 @@ def test_unknown_model_error_names_class_and_mapping():
             self.lin = nn.Linear(3, 3)
 
     with pytest.raises(RoleMapError, match=r"Mystery.*mapping="):
-        initlab.roles(Mystery())
+        initlab.role_map(Mystery())
     with pytest.raises(RoleMapError, match="needs a torch.nn.Module"):
-        initlab.roles("not a model")
+        initlab.role_map("not a model")
 
 
 def test_summary_lists_every_tensor():
     m = vit(depth=1)
-    text = initlab.roles(m).summary()
+    text = initlab.role_map(m).summary()
     assert len(text.splitlines()) == 1 + len(list(m.parameters()))
     assert "q+k+v" in text

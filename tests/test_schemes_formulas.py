@@ -122,7 +122,7 @@ def test_per_role_std_matches_formula(scheme, model_name, gen):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     params = {n: p for n, p in model.named_parameters()}
     init_(model, scheme, generator=gen)
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     d, L = rmap.width, rmap.depth
     for info in rmap:
         assert info.param is params[info.name]  # written in place, never replaced
@@ -156,17 +156,17 @@ def test_layerscale_schedule_and_rezero_values():
     for depth, lam in ((2, 0.1), (20, 1e-5), (26, 1e-6)):
         m = ViT(width=16, depth=depth, heads=2, patch_size=7, branch_gain="layerscale")
         init_(m, "layerscale")
-        gains = [info.param for info in initlab.roles(m).by_role("gain")]
+        gains = [info.param for info in initlab.role_map(m).by_role("gain")]
         assert len(gains) == 2 * depth and all(torch.all(g == lam) for g in gains)
     m = ViT(width=16, depth=2, heads=2, patch_size=7, branch_gain="skipinit", branch_gain_init=0.3)
     init_(m, "skipinit(0.05)")
-    assert all(torch.all(i.param == 0.05) for i in initlab.roles(m).by_role("gain"))
+    assert all(torch.all(i.param == 0.05) for i in initlab.role_map(m).by_role("gain"))
     m = ViT(width=16, depth=2, heads=2, patch_size=7, branch_gain="rezero")
     with torch.no_grad():
-        for i in initlab.roles(m).by_role("gain"):
+        for i in initlab.role_map(m).by_role("gain"):
             i.param.fill_(1.0)
     init_(m, "rezero")
-    assert all(torch.all(i.param == 0) for i in initlab.roles(m).by_role("gain"))
+    assert all(torch.all(i.param == 0) for i in initlab.role_map(m).by_role("gain"))
     x = torch.randn(2, 1, 28, 28)
     z = m.tokens(x)
     for b in m.blocks:  # ReZero: every block is the identity at init

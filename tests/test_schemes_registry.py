@@ -9,7 +9,7 @@ import torch
 
 import initlab
 from initlab.cli import main
-from initlab.errors import InitError, InitlabError
+from initlab.errors import InitError, InitlabError, RoleMapError
 from initlab.models import GPT, ViT
 from initlab.schemes import (get_scheme, init_, parametrization_of, parse, refusal, register_scheme,
                              schemes, split_specs)
@@ -52,9 +52,9 @@ def test_every_scheme_runs_or_refuses_cleanly_on_both_reference_models(name):
         assert torch.isfinite(model(x)).all(), name
 
 
-def test_initlab_schemes_is_callable_even_after_the_submodule_is_imported():
+def test_list_schemes_is_the_registry_listing():
     import initlab.schemes as mod
-    assert [s.name for s in initlab.schemes()] == [s.name for s in mod.schemes()]
+    assert [s.name for s in initlab.list_schemes()] == [s.name for s in mod.schemes()]
     assert initlab.init_ is mod.init_
 
 
@@ -115,7 +115,7 @@ def test_mimetic_after_trunc_normal_keeps_both(width, heads):
     init_(model, "trunc_normal+mimetic", generator=torch.Generator().manual_seed(0))
     fc1 = model.blocks[1].mlp.fc1.weight
     assert abs(fc1.std().item() / (0.02 * 0.8796) - 1) < 0.05
-    att = initlab.roles(model).attention[0]
+    att = initlab.role_map(model).attention[0]
     vo = att.vo_product()
     assert abs(vo.diagonal().mean().item() + 0.4) < 0.05  # −β₂
     assert vo.diagonal().mean().item() < 0 < att.qk_product(0).diagonal().mean().item()
@@ -126,7 +126,7 @@ def test_mimetic_presets_delegate_and_options_reach_mimetic():
     before_qk = model.blocks[0].attn.qkv.weight[:128].detach().clone()
     init_(model, "mimetic-vo", beta_vo=0.8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model.blocks[0].attn.qkv.weight[:128], before_qk)  # q, k untouched
-    assert abs(initlab.roles(model).attention[0].vo_product().diagonal().mean().item() + 0.8) < 0.05
+    assert abs(initlab.role_map(model).attention[0].vo_product().diagonal().mean().item() + 0.8) < 0.05
     # same draws as calling mimetic_ directly with the same generator
     a, b = vit(), vit()
     b.load_state_dict(a.state_dict())
@@ -171,7 +171,7 @@ def test_model_cooperation_refusals():
         init_(vit(), "deepnorm")
     init_(vit(), "deepnorm", allow_pre_ln=True)
     model = vit(norm_position="post")
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     rmap.controls.set_skip_scale = None  # a model whose adapter exposes no skip control
     with pytest.raises(InitError, match="skip"):
         init_(model, "deepnorm", role_map=rmap)
@@ -182,24 +182,21 @@ def test_model_cooperation_refusals():
         init_(meta, "gpt2")
 
 
-def test_parametrizations_delegate_to_initlab_parametrization(monkeypatch):
+def test_parametrizations_run_parametrize_with_the_plans_one_object(monkeypatch):
+    from initlab.schemes import plan as plan_module
     calls = []
-    fake = types.ModuleType("initlab.parametrization")
+    real = plan_module.parametrize_
 
-    class P:
-        @staticmethod
-        def parse(label, base_width=None, **kw):
-            calls.append(("parse", label, base_width, kw))
-            return label
+    def spy(model, p, *, generator=None, role_map=None):
+        calls.append((p, generator, role_map is not None))
+        return real(model, p, generator=generator, role_map=role_map)
 
-    def parametrize_(model, p, *, generator=None, role_map=None):
-        calls.append(("parametrize_", p, generator, role_map is not None))
-
-    fake.Parametrization, fake.parametrize_ = P, parametrize_
-    monkeypatch.setitem(sys.modules, "initlab.parametrization", fake)
+    monkeypatch.setattr(plan_module, "parametrize_", spy)
     g = torch.Generator()
-    init_(vit(), "nt(base_width=32)+mimetic", generator=g)
-    assert calls == [("parse", "nt", 32, {}), ("parametrize_", "nt", g, True)]
+    plan = plan_module.InitPlan.build("nt(base_width=32)+mimetic")
+    plan.apply_(vit(), generator=g)
+    assert len(calls) == 1 and calls[0][0] is plan.parametrization and calls[0][1:] == (g, True)
+    assert plan.parametrization.s == 0.0 and plan.parametrization.base_width == 32
     assert parametrization_of("nt+mimetic") == "nt"
     assert parametrization_of("s=0.3") == "s=0.3"
     assert parametrization_of("trunc_normal+mimetic") is None
@@ -208,7 +205,7 @@ def test_parametrizations_delegate_to_initlab_parametrization(monkeypatch):
 
 
 def test_real_parametrization_is_what_the_scheme_writes():
-    mod = pytest.importorskip("initlab.parametrization")
+    import initlab.parametrization as mod
     a, b = vit(width=128, heads=4), vit(width=128, heads=4)
     init_(a, "mu", generator=torch.Generator().manual_seed(1))
     mod.parametrize_(b, mod.Parametrization.parse("mu"), generator=torch.Generator().manual_seed(1))
@@ -230,8 +227,10 @@ def test_register_a_user_scheme(monkeypatch):
         register_scheme(Scheme("x", "", "", ), aliases=("gpt2",))
     with pytest.raises(InitError, match="unknown"):  # nothing half-registered
         get_scheme("x")
-    with pytest.raises(ValueError):
+    with pytest.raises(RoleMapError, match="unknown role 'not_a_role'"):
         Rule(("not_a_role",))
+    with pytest.raises(InitError, match="unknown requirement"):
+        Scheme("y", "", "", requires=("grids",))
 
 
 def test_cli_lists_and_checks(capsys):

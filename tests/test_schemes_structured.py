@@ -56,7 +56,7 @@ def test_attention_maps_are_the_drawn_impulse_filters(kw, focus):
     model = ViT(**kw)
     init_(model, "structured", focus=focus, content=0, generator=torch.Generator().manual_seed(7))
     plan = draw_offsets(kw["depth"], kw["heads"], 3, "random", torch.Generator().manual_seed(7))
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     for layer in range(kw["depth"]):
         for h in range(kw["heads"]):
             a = position_attention(model, rmap, layer, h)
@@ -79,7 +79,7 @@ def test_more_positions_than_head_dim_is_a_best_fit_that_still_peaks_on_target()
     model = ViT(width=64, heads=2, depth=2, patch_size=4, pool="mean")
     init_(model, "structured(content=0)", generator=torch.Generator().manual_seed(0))
     plan = draw_offsets(2, 2, 3, "random", torch.Generator().manual_seed(0))
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     for layer in range(2):
         for h in range(2):
             m = target_masses(model, position_attention(model, rmap, layer, h), plan[layer][h])
@@ -104,7 +104,7 @@ def test_ordered_offsets_centre_first_and_vo_is_mimetic():
     init_(model, "structured(offsets=ordered)", generator=torch.Generator().manual_seed(1))
     assert dict(model.named_parameters()) == params  # same objects, written in place
     assert draw_offsets(1, 4, 3, "ordered", None)[0][0] == (0, 0)
-    vo = initlab.roles(model).attention[0].vo_product()
+    vo = initlab.role_map(model).attention[0].vo_product()
     assert abs(vo.diagonal().mean().item() + 0.4) < 0.05  # W_v W_o = 0.4 Z − 0.4 I
 
 
@@ -165,7 +165,7 @@ def test_gaussian_target_peaks_on_the_offset(kw):
     model = ViT(depth=2, **kw)
     init_(model, "structured(target=gaussian,content=0)", generator=torch.Generator().manual_seed(3))
     plan = draw_offsets(2, 2, 3, "random", torch.Generator().manual_seed(3))
-    rmap = initlab.roles(model)
+    rmap = initlab.role_map(model)
     g, n = model.grid, model.pos_embed.shape[1]
     for layer in range(2):
         for h in range(2):
@@ -210,12 +210,12 @@ def test_maps_survive_token_content_and_weights_stay_bounded(kw):
     for content in (0, "auto"):
         model = ViT(width=64, heads=2, depth=2, **kw)
         init_(model, "structured", content=content, generator=torch.Generator().manual_seed(5))
-        rmap = initlab.roles(model)
+        rmap = initlab.role_map(model)
         masses[content] = token_attention_masses(model, rmap, images, plan)
         norms[content] = max(float(a.q_head(h).norm()) for a in rmap.attention for h in range(2))
     uniform = 1 / model.pos_embed.shape[1]
     default = ViT(width=64, heads=2, depth=2, **kw)
-    default_norm = float(initlab.roles(default).attention[0].q_head(0).norm())
+    default_norm = float(initlab.role_map(default).attention[0].q_head(0).norm())
     if kw["pos"] == "sincos" and kw["patch_size"] == 4:
         assert norms[0] > 100 * default_norm  # the collapse: positions-only fit on a fixed table
     assert norms["auto"] < 4 * default_norm, norms
@@ -261,10 +261,10 @@ def test_likelihood_cap_keeps_noisy_logits_out_of_saturation():
 def test_content_share_estimates_and_refusals():
     from initlab.schemes.structured import content_share
     learned = ViT(width=64, heads=2, depth=1, patch_size=4)
-    rmap = initlab.roles(learned)
+    rmap = initlab.role_map(learned)
     phi_learned = content_share(rmap, learned.pos_embed.detach()[0] * 18)
     fixed = ViT(width=64, heads=2, depth=1, patch_size=4, pos="sincos", pool="mean")
-    phi_fixed = content_share(initlab.roles(fixed), fixed.pos_embed[0])
+    phi_fixed = content_share(initlab.role_map(fixed), fixed.pos_embed[0])
     assert 0.6 < phi_learned < 0.8 and 0.3 < phi_fixed < 0.5, (phi_learned, phi_fixed)
     for bad in (1, -0.1, "many"):
         with pytest.raises(InitError, match="content"):

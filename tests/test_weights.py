@@ -50,7 +50,7 @@ def _same_stats(a, b):
 def test_safetensors_and_torch_save_checkpoints(tmp_path):
     from safetensors.torch import save_file
     m = _vit()
-    live = attention_stats(initlab.roles(m))
+    live = attention_stats(initlab.role_map(m))
     st = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(st))
     _, rm, _ = load_for_weights(str(st), heads=2)
@@ -72,7 +72,7 @@ def test_hugging_face_folder_and_gpt2_state_dict(tmp_path):
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_embd=32, n_layer=2, n_head=4, vocab_size=40, n_positions=16))
     initlab.mimetic_(model, generator=torch.Generator().manual_seed(0))
-    live = attention_stats(initlab.roles(model))
+    live = attention_stats(initlab.role_map(model))
     model.save_pretrained(tmp_path / "gpt2")
     _, rm, what = load_for_weights(str(tmp_path / "gpt2"))
     assert "GPT2LMHeadModel" in what
@@ -92,7 +92,7 @@ def test_gqa_state_dict_infers_kv_heads():
     initlab.mimetic_(model, generator=torch.Generator().manual_seed(0))
     rm = roles_from_state_dict(model.state_dict(), heads=4)
     assert rm.attention[0].n_kv_heads == 2
-    _same_stats(attention_stats(rm), attention_stats(initlab.roles(model)))
+    _same_stats(attention_stats(rm), attention_stats(initlab.role_map(model)))
 
 
 def test_cli_table_png_json_and_errors(tmp_path, capsys):

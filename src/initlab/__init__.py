@@ -1,14 +1,25 @@
 """initlab: initialize Transformers the way theory and pre-trained models say they should be.
 
-Public API (imported lazily, so ``import initlab`` stays fast and optional pieces stay optional):
+The public API, in one place (imported lazily, so ``import initlab`` stays fast):
 
-* ``initlab.roles(model)`` (the package is callable) -> :class:`~initlab.roles.RoleMap` (which tensor is Q, K, V, O, ...)
-* ``initlab.mimetic_(model, ...)``: mimetic attention initialization (arXiv 2305.09828)
-* ``initlab.Parametrization``, ``initlab.parametrize_``, ``initlab.param_groups``: the
-  effective-theory family (arXiv 2304.02034)
-* ``initlab.init_(model, scheme)``, ``initlab.schemes()``: the registry of named schemes
-* ``initlab.probe(model, batch)``: signal propagation at initialization; ``initlab.theory``
-* ``initlab.models``: reference ``ViT`` and ``GPT``
+Verbs
+    ``role_map(model)``                   which tensor is Q, K, V, O, MLP, embedding, norm, head
+    ``init_(model, spec, generator=)``    a named scheme or a ``+`` chain (``"nt+mimetic"``), in place
+    ``list_schemes()``                    every registered scheme: name, citation, roles, formula
+    ``mimetic_(model, preset=...)``       mimetic attention init (arXiv 2305.09828), in place
+    ``parametrize_(model, p)``            draw every weight as a parametrization prescribes
+    ``param_groups(model, p, lr=...)``    optimizer groups with the parametrization's lr/wd factors
+    ``probe_model(model, batch)``         signal propagation at init, held against the theory
+    ``create_model(name, ...)``           a reference ViT/GPT preset (``"vit-micro"``, ``"gpt-mini"``)
+    ``materialize_(model, device, init=)`` allocate a meta-device model and initialize it
+
+Values
+    ``Parametrization`` (standard, nt, hybrid, mu, s=x; arXiv 2304.02034), ``InitPlan`` (a spec
+    parsed and validated once, with the run's one Parametrization), ``RoleMap``, ``Role``, ``ViT``,
+    ``GPT``, and ``InitlabError``, the base of every error initlab raises on purpose.
+
+Submodules with more: ``initlab.roles``, ``initlab.schemes``, ``initlab.parametrization``,
+``initlab.theory``, ``initlab.probe``, ``initlab.models``, ``initlab.train``, ``initlab.data``.
 """
 from __future__ import annotations
 
@@ -17,24 +28,28 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Role": ("initlab.roles", "Role"),
-    "RoleMap": ("initlab.roles", "RoleMap"),
+    # verbs
+    "role_map": ("initlab.roles", "role_map"),
+    "init_": ("initlab.schemes", "init_"),
+    "list_schemes": ("initlab.schemes", "list_schemes"),
     "mimetic_": ("initlab.mimetic", "mimetic_"),
-    "ViT": ("initlab.models", "ViT"),
-    "GPT": ("initlab.models", "GPT"),
-    "create_model": ("initlab.models", "create_model"),
-    "Parametrization": ("initlab.parametrization", "Parametrization"),
     "parametrize_": ("initlab.parametrization", "parametrize_"),
     "param_groups": ("initlab.parametrization", "param_groups"),
-    "init_": ("initlab.schemes", "init_"),
+    "probe_model": ("initlab.probe", "probe"),
+    "create_model": ("initlab.models", "create_model"),
+    "materialize_": ("initlab.train.meta", "materialize_"),
+    # values
+    "Parametrization": ("initlab.parametrization", "Parametrization"),
+    "InitPlan": ("initlab.schemes", "InitPlan"),
+    "RoleMap": ("initlab.roles", "RoleMap"),
+    "Role": ("initlab.roles", "Role"),
+    "ViT": ("initlab.models", "ViT"),
+    "GPT": ("initlab.models", "GPT"),
     "InitlabError": ("initlab.errors", "InitlabError"),
 }
 _SUBMODULES = {"models", "roles", "data", "errors", "theory", "train", "cli", "mimetic",
-               "parametrization", "schemes", "probe"}
-
-
-# ``roles``, ``schemes`` and ``probe`` are callable modules: ``initlab.schemes()`` lists the schemes
-# and ``initlab.schemes.init_`` is reachable, whichever is used first.
+               "parametrization", "schemes", "probe", "coord_check", "weights", "output", "values",
+               "plotting", "experiments"}
 
 
 def __getattr__(name: str):
@@ -52,4 +67,4 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY) + list(_SUBMODULES))
 
 
-__all__ = sorted(_LAZY)
+__all__ = list(_LAZY)

@@ -80,18 +80,15 @@ class CoordCheck:
         return "\n".join(lines)
 
     def plot(self, path, *, key: str = "delta") -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from .plotting import colormap, subplots
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         params, rls = self.params(), self.roles()
         steps = sorted({r["step"] for r in self.records})
-        fig, axes = plt.subplots(len(params), len(rls), figsize=(2.6 * len(rls), 2.4 * len(params)),
+        fig, axes = subplots(len(params), len(rls), figsize=(2.6 * len(rls), 2.4 * len(params)),
                                  squeeze=False, sharex=True)
-        cmap = plt.get_cmap("viridis")
+        cmap = colormap("viridis")
         for i, p in enumerate(params):
             widths = sorted({r["width"] for r in self.records if r["param"] == p})
             for j, role in enumerate(rls):
@@ -112,7 +109,6 @@ class CoordCheck:
         fig.suptitle(f"coordinate check: {what}, per role (flat = width-independent)")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path
 
 
@@ -131,7 +127,8 @@ def coord_check(make_model: Callable[[int], nn.Module], widths, batch: torch.Ten
         params: parametrization specs for :func:`initlab.parametrization.Parametrization.parse`.
         base_width: n_base of the lr factors (default: the smallest width).
     """
-    from .parametrization import Parametrization, param_groups, parametrize_
+    from .parametrization import param_groups
+    from .schemes.plan import InitPlan, build_seeded
 
     widths = sorted(int(w) for w in widths)
     if len(widths) < 2:
@@ -139,12 +136,12 @@ def coord_check(make_model: Callable[[int], nn.Module], widths, batch: torch.Ten
     base = base_width or widths[0]
     out = CoordCheck(meta=dict(widths=widths, optimizer=optimizer, lr=lr, steps=steps, base_width=base))
     for spec in params:
-        p = Parametrization.parse(spec, base_width=base)
+        plan = InitPlan.build("default", param=spec, base_width=base, always_parametrize=True)
+        p = plan.parametrization
         for width in widths:
-            torch.manual_seed(seed)
-            model = make_model(width)
+            model = build_seeded(lambda: make_model(width), seed)
             rm = roles(model)
-            parametrize_(model, p, generator=torch.Generator().manual_seed(seed), role_map=rm)
+            plan.initialize_(model, seed, role_map=rm)
             groups = param_groups(model, p, lr=lr, optimizer=optimizer, role_map=rm)
             opt = (torch.optim.AdamW(groups, lr=lr, weight_decay=0.0) if optimizer == "adamw"
                    else torch.optim.SGD(groups, lr=lr))

@@ -32,6 +32,7 @@ from torch import nn
 
 from .errors import InitError
 from .roles import AttentionLayer, Role, roles
+from .roles.core import require_materialized
 from .threads import single_threaded
 
 VISION = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.4, vo_sign=-1)
@@ -40,6 +41,7 @@ LANGUAGE = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.2, vo_sign=-1
 PRESETS = {"vision": VISION, "language": LANGUAGE}
 
 SVD_METHODS = ("auto", "exact", "randomized")
+POS_KINDS = ("sincos", "sincos-1d", "sincos-2d")
 # "auto" switches to the randomized top-k factorization from this width on (the exact batched SVD
 # is cubic in d per head; the randomized one is ~d²·k).
 AUTO_RANDOMIZED_WIDTH = 512
@@ -244,13 +246,6 @@ def _check_scalars(**kw: float) -> None:
                             f"and vo_sign=-1/+1 chooses the VO sign), got {v}")
 
 
-def _check_materialized(model: nn.Module) -> None:
-    for n, p in model.named_parameters():
-        if p.is_meta:
-            raise InitError(f"parameter {n} is on the meta device; materialize the model first "
-                            f"(model.to_empty(device=...)), then initialize it")
-
-
 def _check_layer(att: AttentionLayer) -> None:
     d = att.d_model
     dims = {"q": att.q.d_in, "k": att.k.d_in, "v": att.v.d_in}
@@ -281,6 +276,31 @@ def _resolve(preset, **given):
         if v is not None:
             base[k] = v
     return base
+
+
+def check_options(*, preset=None, alpha_qk=None, beta_qk=None, alpha_vo=None, beta_vo=None,
+                  vo_sign=None, noise_dist="uniform", svd="auto", vo_layout="exact", power_iters=None,
+                  pos_embed=None, **_ignored) -> dict:
+    """Validate :func:`mimetic_`'s options without a model; returns the resolved targets
+    (alpha_qk, beta_qk, alpha_vo, beta_vo, vo_sign). Raises :class:`InitError` naming the option."""
+    cfg = _resolve(preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo, beta_vo=beta_vo,
+                   vo_sign=vo_sign)
+    sign = cfg["vo_sign"]
+    if sign not in (-1, 1) or isinstance(sign, bool):
+        raise InitError(f"vo_sign must be -1 (the paper's W_v W_o ≈ α₂Z − β₂I) or +1, got {sign!r}")
+    _check_scalars(**{k: v for k, v in cfg.items() if k != "vo_sign"})
+    if svd not in SVD_METHODS:
+        raise InitError(f"svd must be one of {SVD_METHODS}, got {svd!r}")
+    if vo_layout not in ("exact", "compat"):
+        raise InitError(f"vo_layout must be 'exact' or 'compat', got {vo_layout!r}")
+    if power_iters is not None and (isinstance(power_iters, bool) or not isinstance(power_iters, int)
+                                    or power_iters < 0):
+        raise InitError(f"power_iters must be a non-negative int, got {power_iters!r}")
+    if noise_dist not in ("uniform", "normal"):
+        raise InitError(f"noise must be 'uniform' or 'normal' (same variance 1/d), got {noise_dist!r}")
+    if pos_embed is not None and pos_embed not in POS_KINDS:
+        raise InitError(f"pos_embed must be one of {', '.join(POS_KINDS)} (or None), got {pos_embed!r}")
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,31 +364,18 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     if not isinstance(model, nn.Module):
         raise InitError(f"mimetic_() initializes a torch.nn.Module in place, got "
                         f"{type(model).__name__}; pass the model itself, e.g. mimetic_(model)")
-    cfg = _resolve(preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo, beta_vo=beta_vo,
-                   vo_sign=vo_sign)
+    cfg = check_options(preset=preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo,
+                        beta_vo=beta_vo, vo_sign=vo_sign, noise_dist=noise_dist, svd=svd,
+                        vo_layout=vo_layout, power_iters=power_iters, pos_embed=pos_embed)
     sign = cfg.pop("vo_sign")
-    if sign not in (-1, 1) or isinstance(sign, bool):
-        raise InitError(f"vo_sign must be -1 (the paper's W_v W_o ≈ α₂Z − β₂I) or +1, got {sign!r}")
-    _check_scalars(**cfg)
-    if svd not in SVD_METHODS:
-        raise InitError(f"svd must be one of {SVD_METHODS}, got {svd!r}")
-    if vo_layout not in ("exact", "compat"):
-        raise InitError(f"vo_layout must be 'exact' or 'compat', got {vo_layout!r}")
-    if power_iters is not None and (not isinstance(power_iters, int) or power_iters < 0):
-        raise InitError(f"power_iters must be a non-negative int, got {power_iters!r}")
-    if noise_dist not in ("uniform", "normal"):
-        raise InitError(f"noise must be 'uniform' or 'normal' (same variance 1/d), got {noise_dist!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InitError(f"generator must be a torch.Generator, got {type(generator).__name__}; "
                         f"use torch.Generator().manual_seed(seed)")
     if generator is not None and generator.device.type != "cpu":
         raise InitError("pass a CPU torch.Generator (noise for accelerators is seeded from it)")
-    _check_materialized(model)
+    require_materialized(model)
     rmap = role_map if role_map is not None else roles(model)
-    if not rmap.attention:
-        raise InitError(f"{rmap.model_class} has no attention layers in its role map; nothing to "
-                        f"initialize mimetically")
-    for att in rmap.attention:
+    for att in rmap.require_attention("mimetic init"):
         _check_layer(att)
     if vo_layout == "compat" and any(a.n_kv_heads * a.head_dim != a.d_model for a in rmap.attention):
         raise InitError("vo_layout='compat' reproduces code for square V/O weights only (no GQA)")
@@ -490,10 +497,3 @@ def _sincos_plan(rmap, kind: str, grid) -> list[tuple[torch.Tensor, torch.Tensor
         table = sincos_table(rows, p.shape[-1], kind, grid=grid, extra_rows=extra)
         plan.append((p, table.reshape(p.shape)))
     return plan
-
-
-@torch.no_grad()
-def write_sincos_positions_(rmap, kind: str = "sincos", *, grid=None) -> None:
-    """Write fixed sin-cos values into every learned position table of the role map."""
-    for param, table in _sincos_plan(rmap, kind, grid):
-        _write(param.detach(), table)

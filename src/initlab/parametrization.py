@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, InitError
+from .output import text_table
 from .roles import BIAS, ParamInfo, Role, RoleMap, Slot, roles
+from .roles.core import require_materialized
 
 NAMED_S = {"nt": 0.0, "hybrid": 0.5, "mu": 1.0}
 ALIASES = {"sp": "standard", "ntk": "nt", "ntp": "nt", "mup": "mu", "μp": "mu", "maximal": "mu"}
@@ -96,8 +98,23 @@ class Parametrization:
         object.__setattr__(self, "constants", dict(self.constants))
         object.__setattr__(self, "distributions", dict(self.distributions))
         if self.s is not None:
-            if not isinstance(self.s, (int, float)) or not (0.0 <= self.s <= 1.0):
+            if isinstance(self.s, bool) or not isinstance(self.s, (int, float)) or not (0.0 <= self.s <= 1.0):
                 raise ConfigError(f"parametrization s must be a number in [0, 1], got {self.s!r}")
+            object.__setattr__(self, "s", float(self.s))
+        # name and s are one fact: Parametrization("nt") is NT, Parametrization(s=1.0) is "mu", and
+        # a name that contradicts s is refused
+        named = parse_s(self.name) if self.name != "standard" or self.s is None else self.s
+        if self.name == "standard" and self.s is not None:
+            object.__setattr__(self, "name", _name_of(self.s))
+        elif self.s is None:
+            object.__setattr__(self, "s", named)
+            object.__setattr__(self, "name", _name_of(named))
+        elif named != self.s:
+            raise ConfigError(f"parametrization name {self.name!r} means s={named} but s={self.s} was "
+                              f"given; pass one of them (e.g. Parametrization('nt') or "
+                              f"Parametrization(s=0.0))")
+        else:
+            object.__setattr__(self, "name", _name_of(self.s))
         if self.base_width is not None and (isinstance(self.base_width, bool) or
                                             not isinstance(self.base_width, int) or self.base_width <= 0):
             raise ConfigError(f"base_width must be a positive integer, got {self.base_width!r}")
@@ -105,6 +122,10 @@ class Parametrization:
             raise ConfigError(f"init_style must be one of {', '.join(INIT_STYLES)}, got {self.init_style!r}")
         if self.mlp_factors not in MLP_FACTORS:
             raise ConfigError(f"mlp_factors must be 'paper' or 'full', got {self.mlp_factors!r}")
+        if self.mlp_factors == "full" and self.base_width is not None:
+            raise ConfigError("mlp_factors='full' has no effect with a base_width (every factor is "
+                              "(n/n_base)^e, 1 at the base width); drop base_width or use "
+                              "mlp_factors='paper'")
         for role, c in self.constants.items():
             if role not in VIT_CONSTANTS:
                 raise ConfigError(f"no variance constant for role {role!r}; known: {', '.join(VIT_CONSTANTS)}")
@@ -138,23 +159,7 @@ class Parametrization:
             if base_width is not None:
                 changes["base_width"] = base_width
             return replace(spec, **changes) if changes else spec
-        if not isinstance(spec, str):
-            raise ConfigError(f"parametrization must be a string like 'nt' or 's=0.3', got {spec!r}")
-        key = spec.strip().lower().replace(" ", "")
-        key = ALIASES.get(key, key)
-        if key == "standard":
-            s = None
-        elif key in NAMED_S:
-            s = NAMED_S[key]
-        elif key.startswith("s="):
-            try:
-                s = float(key[2:])
-            except ValueError:
-                raise ConfigError(f"cannot read s from parametrization {spec!r}; write e.g. 's=0.3'") from None
-            if not math.isfinite(s) or not 0.0 <= s <= 1.0:
-                raise ConfigError(f"parametrization {spec!r}: s must lie in [0, 1] (0 = nt, 0.5 = hybrid, 1 = mu)")
-        else:
-            raise ConfigError(f"unknown parametrization {spec!r}; choose standard, nt, hybrid, mu or s=<value in [0, 1]>")
+        s = parse_s(spec)
         return cls(name=_name_of(s), s=s, base_width=base_width, **options)
 
     @property
@@ -270,6 +275,28 @@ class Parametrization:
         return const * float(width) ** exp
 
 
+def parse_s(spec: str) -> float | None:
+    """The family index of a parametrization name: None for standard, 0 for nt, 0.5 for hybrid,
+    1 for mu, x for ``"s=x"`` (aliases sp, ntk, ntp, mup, μp, maximal). :class:`ConfigError` otherwise."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"parametrization must be a string like 'nt' or 's=0.3', got {spec!r}")
+    key = spec.strip().lower().replace(" ", "")
+    key = ALIASES.get(key, key)
+    if key == "standard":
+        return None
+    if key in NAMED_S:
+        return NAMED_S[key]
+    if key.startswith("s="):
+        try:
+            s = float(key[2:])
+        except ValueError:
+            raise ConfigError(f"cannot read s from parametrization {spec!r}; write e.g. 's=0.3'") from None
+        if not math.isfinite(s) or not 0.0 <= s <= 1.0:
+            raise ConfigError(f"parametrization {spec!r}: s must lie in [0, 1] (0 = nt, 0.5 = hybrid, 1 = mu)")
+        return s
+    raise ConfigError(f"unknown parametrization {spec!r}; choose standard, nt, hybrid, mu or s=<value in [0, 1]>")
+
+
 def _name_of(s: float | None) -> str:
     if s is None:
         return "standard"
@@ -330,10 +357,7 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
             mimetic wins on the Q, K, V, O weights; everything else stays as prescribed here.
     """
     p = _coerce(p)
-    for n, t in model.named_parameters():
-        if t.is_meta:
-            raise InitError(f"parameter {n} is on the meta device; materialize the model first "
-                            f"(model.to_empty(device=...)), then parametrize it")
+    require_materialized(model, "parametrize it")
     rmap = role_map if role_map is not None else roles(model)
     keep = {str(Role(r)) for r in keep}
     width = rmap.width
@@ -458,9 +482,8 @@ def describe(model: nn.Module, p: "Parametrization | str", *, optimizer: str = "
             f = _slot_factor(p, info, slot, optimizer, rmap.width)
             rows.append((info.name + (f"[{role}]" if len(info.slots) > 1 else ""), group_key(info),
                          init, f"{f:.4g}", f"{exp:+g}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return text_table(rows)
 
 
-__all__ = ["Parametrization", "parametrize_", "param_groups", "describe", "is_tied", "group_key",
+__all__ = ["Parametrization", "parse_s", "parametrize_", "param_groups", "describe", "is_tied", "group_key",
            "VIT_CONSTANTS", "DISTRIBUTIONS", "DEFAULT_NO_DECAY"]

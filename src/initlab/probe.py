@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callable_module import make_module_callable
 from .errors import ConfigError
+from .output import write_json
 from .roles import roles
-from .roles.core import _is_norm
+from .roles.core import is_norm
 from .roles.registry import unwrap
 
 BLOCK_FIELDS = ("G", "G_mid", "ln1_s2", "ln2_s2", "cosine", "attn_logit_mean", "attn_logit_var",
@@ -100,10 +100,7 @@ class ProbeReport:
 
     # -- writers ---------------------------------------------------------------------------------
     def write_json(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, default=float))
-        return path
+        return write_json(path, self.to_dict(), indent=1)
 
     def write_csv(self, path) -> Path:
         """One row per block: measured fields, predicted fields (``pred_*``) and gradient RMS."""
@@ -155,17 +152,14 @@ class ProbeReport:
 
     def plot(self, path, *, title: str | None = None) -> Path:
         """PNG: measured (markers) vs predicted (lines) per block."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from .plotting import subplots
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         pb = (self.predicted or {}).get("blocks") or []
         pg = ((self.predicted or {}).get("grads") or {}).get("blocks") or []
         x = list(range(1, len(self.blocks) + 1))
-        fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+        fig, axes = subplots(2, 3, figsize=(13, 7))
         panels = (("G", "residual G per block"), ("ln1_s2", "LN output mean s²"),
                   ("cosine", "token-token cosine of z"), ("attn_logit_var", "attention-logit variance"),
                   ("attn_entropy", "attention entropy (nats)"))
@@ -189,7 +183,6 @@ class ProbeReport:
         fig.suptitle(title or f"{self.model_class} n={self.width} L={self.depth}: measured vs leading order")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return path
 
 
@@ -307,8 +300,7 @@ def probe(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None = 
     rm = role_map or roles(model)
     inner = unwrap(model)
     _check_batch(inner, batch, targets)
-    if not rm.attention:
-        raise ConfigError(f"{rm.model_class}: the role map lists no attention layers to probe")
+    rm.require_attention("probing")
     att_mods = [inner.get_submodule(a.module_name) for a in rm.attention]
     block_names = [_block_of(inner, a.module_name) for a in rm.attention]
     blocks = [inner.get_submodule(n) for n in block_names]
@@ -316,7 +308,7 @@ def probe(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None = 
     rec: dict = {"z": [None] * depth, "att": [None] * depth, "norms": {}, "stem": None}
     norm_owner = {}
     for mname, mod in inner.named_modules():
-        if _is_norm(mod):
+        if is_norm(mod):
             owner = next((i for i, bn in enumerate(block_names) if mname.startswith(bn + ".")), None)
             norm_owner.setdefault(owner, []).append(mod)
     hooks = []
@@ -425,4 +417,3 @@ def _grad_rows(rm) -> list[dict]:
     return rows
 
 
-make_module_callable(__name__, probe)  # initlab.probe(model, batch)

@@ -1,7 +1,7 @@
 """Leading-order signal propagation of a pre-LN Transformer at initialization.
 
 Effective theory of Transformers at initialization (Dinan, Yaida, Zhang 2023, arXiv 2304.02034),
-section 6 of the paper (section 7 of our digest ``/work/shared/papers/effective-theory.md``).
+section 6 of the paper.
 
 Everything here takes explicit numbers (per-role constants ``C_G``, width, heads, epsilon, the
 input's patch or token statistics) and returns numbers; nothing is fitted to a measurement.
@@ -657,9 +657,7 @@ def network_of(model, *, constants: Constants | None = None, role_map=None) -> N
     if cfg.get("norm_position", "pre") != "pre" or cfg.get("branch_gain") or cfg.get("skip_scale", 1.0) != 1.0:
         raise ConfigError("the effective theory covers pre-LN blocks with skip scale 1 and no branch "
                           "gains; build the model with norm_position='pre', branch_gain=None")
-    if not rm.attention:
-        raise ConfigError("the model has no attention layers the role map knows")
-    att = rm.attention[0]
+    att = rm.require_attention("the effective-theory constants")[0]
     mod = model.get_submodule(att.module_name)
     scale = float(getattr(mod, "scale", 1.0 / math.sqrt(att.head_dim)))
     consts = constants or constants_of(model, role_map=rm)

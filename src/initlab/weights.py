@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, InitlabError
+from .output import text_table
 from .roles import RoleMap, roles, roles_from_mapping
 
 
@@ -87,11 +88,7 @@ def format_table(stats: list[LayerStats]) -> str:
         rows.append((str(s.layer), s.name, f"{s.qk_diag:+.4f}", f"{s.qk_ratio:+.2f}",
                      f"{'+' if s.qk_diag > 0 else '-'} ({s.qk_positive}/{len(s.qk)})",
                      f"{s.vo.diag:+.4f}", f"{s.vo.ratio:+.2f}", s.vo.sign))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(rows, align="ll" + "r" * (len(rows[0]) - 2), rule=True)
 
 
 @torch.no_grad()
@@ -99,16 +96,14 @@ def plot_products(rmap: RoleMap, path: str, *, layers: list[int] | None = None, 
                   max_dim: int = 64, title: str = "") -> str:
     """Heatmaps like the paper's Figure 1: per layer (row), W_q^h W_k^hᵀ for the first
     ``max_heads`` heads and W_v W_o, each cropped to the top-left ``max_dim`` x ``max_dim``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plotting import subplots
 
     atts = [a for a in rmap.attention if layers is None or a.index in layers]
     if not atts:
         raise InitlabError(f"no attention layer selected (model has {len(rmap.attention)}; "
                            f"--layers takes 0-based indices)")
     n_heads = min(max_heads, max(a.n_heads for a in atts))
-    fig, axes = plt.subplots(len(atts), n_heads + 1, squeeze=False,
+    fig, axes = subplots(len(atts), n_heads + 1, squeeze=False,
                              figsize=(1.9 * (n_heads + 1), 1.9 * len(atts) + 0.5))
     for row, att in zip(axes, atts):
         mats = [(f"L{att.index} QK h{h}", att.qk_product(h)) for h in range(min(n_heads, att.n_heads))]
@@ -126,7 +121,6 @@ def plot_products(rmap: RoleMap, path: str, *, layers: list[int] | None = None, 
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -214,7 +208,15 @@ def _hf_folder(path: str) -> tuple[nn.Module, RoleMap]:
         raise CheckpointError(f"{path} looks like a Hugging Face model folder but transformers is "
                               f"not installed") from None
     from transformers.utils import logging
-    logging.set_verbosity_error()
+    before = logging.get_verbosity()
+    logging.set_verbosity_error()  # for this load only: the caller's logging is restored below
+    try:
+        return _load_hf_folder(transformers, path)
+    finally:
+        logging.set_verbosity(before)
+
+
+def _load_hf_folder(transformers, path: str) -> tuple[nn.Module, RoleMap]:
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs else None
@@ -251,10 +253,9 @@ def load_for_weights(source: str, *, init: str | None = None, heads: int | None 
     if source.startswith((".", "/", "~")) or source.endswith((".pt", ".pth", ".bin", ".safetensors")):
         raise CheckpointError(f"no such file or folder: {source}")
     from .models import create_model
-    model = create_model(source, **(model_options or {}))
-    gen = torch.Generator().manual_seed(seed)
+    from .schemes.plan import InitPlan, build_seeded
     spec = init or "default"
-    if spec != "default":
-        from .schemes import init_
-        init_(model, spec, generator=gen)
+    plan = InitPlan.build(spec)  # validated before the model is built
+    model = build_seeded(lambda: create_model(source, **(model_options or {})), seed)
+    plan.initialize_(model, seed)
     return model, roles(model), f"{source} (fresh, init={spec}, seed={seed})"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .probe import _ints, build_model, make_batch
+from ..experiments.grid import parse_ints
+from .probe import build_model, make_batch
 
 
 def add_parser(sub) -> None:
@@ -36,7 +37,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..coord_check import coord_check
 
-    widths = _ints(args.widths, "--widths")
+    widths = parse_ints(args.widths, "--widths")
     x, y, source = make_batch(args.model, args.batch, args.tokens, args.data, args.seed)
     params = [p.strip() for p in args.params.split(",") if p.strip()]
     cc = coord_check(lambda w: build_model(args.model, w, args.depth, max(1, w // 32), tokens=args.tokens),

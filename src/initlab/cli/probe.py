@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InitlabError
+from ..experiments.grid import parse_ints
+from ..output import write_json
 
 IMAGE, PATCH = 28, 7
 
@@ -50,16 +52,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise ConfigError(f"{what} must be positive integers, got {text!r}")
-    return vals
-
-
 def build_model(kind: str, width: int, depth: int, heads: int | None, *, tokens: int = 16):
     from ..models import GPT, ViT
 
@@ -84,7 +76,7 @@ def make_batch(kind: str, batch: int, tokens: int, data: str, seed: int) -> tupl
                 x = d.images[idx].float() / 255.0
                 x = (x - 0.2860) / 0.3530  # Fashion-MNIST mean/std
                 return x, d.labels[idx], "Fashion-MNIST test images (normalized)"
-            except Exception:  # noqa: BLE001 - the data is optional; fall back to synthetic
+            except InitlabError:  # the data is optional (missing or unreadable): synthetic instead
                 pass
         return (torch.randn(batch, 1, IMAGE, IMAGE, generator=g), torch.randint(0, 10, (batch,), generator=g),
                 "synthetic N(0,1) images")
@@ -97,22 +89,19 @@ def make_batch(kind: str, batch: int, tokens: int, data: str, seed: int) -> tupl
             starts = torch.randint(0, len(buf) - tokens - 1, (batch,), generator=g)
             win = torch.stack([buf[s:s + tokens + 1] for s in starts.tolist()])
             return win[:, :-1], win[:, 1:], "Shakespeare byte windows"
-        except Exception:  # noqa: BLE001
+        except InitlabError:  # the text is optional: random bytes instead
             pass
     t = torch.randint(0, 256, (batch, tokens + 1), generator=g)
     return t[:, :-1], t[:, 1:], "uniform random bytes"
 
 
 def init_model(model, param: str, init: str, seed: int):
-    from ..parametrization import Parametrization, parametrize_
+    """Every weight as ``param`` prescribes, then ``init`` on top: one plan, one generator."""
+    from ..schemes.plan import InitPlan
 
-    p = Parametrization.parse(param)
-    parametrize_(model, p, generator=torch.Generator().manual_seed(seed))
-    if init not in ("default", "none", ""):
-        from ..schemes import init_
-
-        init_(model, init, generator=torch.Generator().manual_seed(seed + 1))
-    return p
+    plan = InitPlan.build(init or "default", param=param, always_parametrize=True)
+    plan.initialize_(model, seed)
+    return plan.parametrization
 
 
 def constants_for(model, p, init: str):
@@ -141,7 +130,7 @@ def probe_one(args, width: int, depth: int, param: str, *, predict: bool):
 def run(args) -> int:
     if args.agreement:
         return run_agreement(args)
-    widths = _ints(args.widths, "--widths") if args.widths else [args.width]
+    widths = parse_ints(args.widths, "--widths") if args.widths else [args.width]
     predict = not args.no_theory
     out = Path(args.out) if args.out else None
     reports = []
@@ -164,12 +153,9 @@ def run(args) -> int:
 
 def plot_widths(reports, path: Path) -> Path:
     """G, cosine and mlp_out gradient RMS per block, one colour per width; theory dashed."""
-    import matplotlib
+    from ..plotting import subplots
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = subplots(1, 3, figsize=(14, 4))
     for j, rep in enumerate(reports):
         c = f"C{j}"
         x = range(1, rep.depth + 1)
@@ -190,15 +176,14 @@ def plot_widths(reports, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def run_agreement(args) -> int:
     """Relative error of G (every block) and of gradient RMS (every group) per width x depth x param
     (x seed): one fresh draw of the weights per row, the prediction never fitted."""
-    widths = _ints(args.widths or str(args.width), "--widths")
-    depths = _ints(args.depths, "--depths")
+    widths = parse_ints(args.widths or str(args.width), "--widths")
+    depths = parse_ints(args.depths, "--depths")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     params = [p.strip() for p in args.params.split(",") if p.strip()]
     out = Path(args.out or ".")
@@ -233,7 +218,7 @@ def run_agreement(args) -> int:
                         rep.write_json(out / f"theory_agreement_{param}_w{w}_d{d}_s{seed}.json")
                         if seed == seeds[0]:
                             kept[(param, w)] = rep
-    (out / "theory_agreement.json").write_text(json.dumps(rows, indent=1))
+    write_json(out / "theory_agreement.json", rows, indent=1)
     md = ["| param | width | depth | seed | G last block (measured / theory) | G stem | "
           "max \\|err\\| G over blocks | mean \\|err\\| G | grad RMS median \\|err\\| | "
           "grad RMS max \\|err\\| (groups) | q,k grad: mean err / max \\|err\\| |",
@@ -253,12 +238,9 @@ def run_agreement(args) -> int:
 
 
 def plot_agreement(kept: dict, path: Path) -> Path:
-    import matplotlib
+    from ..plotting import subplots
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = subplots(1, 2, figsize=(12, 4.5))
     for j, ((param, w), rep) in enumerate(sorted(kept.items())):
         c = f"C{j}"
         x = range(1, rep.depth + 1)
@@ -278,5 +260,4 @@ def plot_agreement(kept: dict, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from ..experiments.grid import parse_names
+from ..results.profiles import PROFILES
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +20,7 @@ def add_parser(subparsers) -> None:
                     "small-data ViT runs and a longer language table, about 80 minutes on 2 cores; full: GPU-sized), "
                     "then write mean ± std tables with their commands into the results page and PNGs "
                     "into the image folder. Finished steps are not rerun.")
-    p.add_argument("--profile", choices=("smoke", "cpu", "long", "regime", "gpu", "full"), default="cpu",
+    p.add_argument("--profile", choices=PROFILES, default="cpu",
                    help="suite size (default cpu)")
     p.add_argument("--out", default="results", help="where the runs go (default results/)")
     p.add_argument("--only", default=None, metavar="S1,S2",

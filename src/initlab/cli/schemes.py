@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import textwrap
 
+from ..output import text_table
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,19 +36,19 @@ def show(spec: str, preset: str, model_options: list[str], seed: int) -> str:
     from ..errors import ConfigError
     from ..models import create_model
     from ..roles import roles
-    from ..schemes import init_
-    from ..schemes.registry import _parse_value
+    from ..schemes.plan import InitPlan, build_seeded
+    from ..values import parse_value
 
     kwargs = {}
     for item in model_options:
         k, sep, v = item.partition("=")
         if not sep:
             raise ConfigError(f"--model-option expects KEY=VALUE, got {item!r}")
-        kwargs[k.strip().replace("-", "_")] = _parse_value(v)
-    torch.manual_seed(seed)
-    model = create_model(preset, **kwargs)
+        kwargs[k.strip().replace("-", "_")] = parse_value(v)
+    plan = InitPlan.build(spec)
+    model = build_seeded(lambda: create_model(preset, **kwargs), seed)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    init_(model, spec, generator=torch.Generator().manual_seed(seed))
+    plan.initialize_(model, seed)
     rows = [("tensor", "role", "kind", "layer", "shape", "std before", "std after", "mean after", "")]
     for info in roles(model):
         for slot in info.slots:
@@ -57,7 +59,7 @@ def show(spec: str, preset: str, model_options: list[str], seed: int) -> str:
             rows.append((name, slot.role.value, info.kind, "" if info.layer is None else str(info.layer),
                          "x".join(map(str, new.shape)), std(old), std(new),
                          f"{new.double().mean().item():.3g}", "" if torch.equal(old, new) else "changed"))
-    return _table(rows)
+    return text_table(rows)
 
 
 _GROUPS = ((("q", "k", "v", "o"), "qkvo"), (("q", "k"), "qk"), (("v", "o"), "vo"),
@@ -75,31 +77,23 @@ def short_roles(roles) -> str:
     return ",".join(out + left) or "-"
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    out = []
-    for r in rows:
-        out.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
-    return "\n".join(line.rstrip() for line in out)
-
-
 def run(args) -> int:
-    from ..schemes import COMPOSITION_RULES, aliases_of, check_spec, parametrization_of, schemes
+    from ..schemes import COMPOSITION_RULES, InitPlan, aliases_of, schemes
 
     if args.show:
         print(show(args.show, args.model, args.model_options, args.seed))
         return 0
     if args.check:
-        check_spec(args.check)  # InitError -> one line, exit 2
-        p = parametrization_of(args.check)
-        print(f"{args.check}: ok" + (f" (parametrization {p})" if p else ""))
+        plan = InitPlan.build(args.check)  # names, composition and every option; one line, exit 2
+        implied = any(step.scheme.parametrization for step in plan.steps)
+        print(f"{args.check}: ok" + (f" (parametrization {plan.parametrization.name})" if implied else ""))
         return 0
     infos = schemes()
     if not args.long:
         rows = [("name", "roles", "description")]
         for s in infos:
             rows.append((s.name, short_roles(s.roles), s.description))
-        print(_table(rows))
+        print(text_table(rows))
     else:
         for s in infos:
             print(s.name + (f"  (aliases: {', '.join(aliases_of(s.name))})" if aliases_of(s.name) else ""))

@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..experiments.configure import add_config_flags, build_config, command_text, default_out
+from ..experiments.commands import command_text, default_out
+from ..experiments.configure import build_config
+from ..experiments.flags import add_config_flags
 
 
 def add_parser(subparsers) -> None:

@@ -14,7 +14,8 @@ paper's Figure 1 observation is QK sign + and VO sign - in pre-trained vision Tr
 """
 from __future__ import annotations
 
-import json
+from ..output import write_json
+
 
 
 def add_parser(sub) -> None:
@@ -61,7 +62,6 @@ def run(args) -> int:
         rows = [{"layer": s.layer, "module": s.name,
                  "qk": [{"head": h, "diag": q.diag, "ratio": q.ratio} for h, q in enumerate(s.qk)],
                  "vo": {"diag": s.vo.diag, "ratio": s.vo.ratio}} for s in stats]
-        with open(args.json, "w") as f:
-            json.dump({"source": what, "layers": rows}, f, indent=1)
+        write_json(args.json, {"source": what, "layers": rows}, indent=1)
         print(f"wrote {args.json}")
     return 0

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 from .compare import CompareResult, run_compare
-from .configure import build_config, check_config, load_config_file
+from .checks import check_config
+from .config_file import load_config_file
+from .configure import build_config
 from .grid import parse_ints, parse_lrs, parse_names, parse_seeds
 from .records import RunRecord, read_csv, write_csv, write_json
 from .runner import run_cell

@@ -41,12 +41,8 @@ def parse_lrs(spec: str | list | tuple) -> list[float]:
             lo_text, _, hi_text = bounds.partition("..")
             lo = _positive_float(lo_text, "lr range", spec)
             hi = _positive_float(hi_text, "lr range", spec)
-            try:
-                n = int(count)
-            except ValueError:
-                raise ConfigError(f"bad lr range {spec!r}: N={count!r} is not an integer; {LR_SYNTAX}") from None
-            if n < 1:
-                raise ConfigError(f"bad lr range {spec!r}: N must be >= 1")
+            n = _int_at_least(count, 1, f"bad lr range {spec!r}: N={count!r} is not an integer; {LR_SYNTAX}",
+                              f"bad lr range {spec!r}: N must be >= 1")
             if lo > hi:
                 raise ConfigError(f"bad lr range {spec!r}: LO must not exceed HI; {LR_SYNTAX}")
             if n == 1 or lo == hi:
@@ -63,22 +59,35 @@ def parse_lrs(spec: str | list | tuple) -> list[float]:
     return values
 
 
-def parse_ints(spec: str | int | list | tuple, what: str) -> list[int]:
-    """Positive integers from ``"64,128,256"`` (or a list from a config file), order kept."""
-    items = spec if isinstance(spec, (list, tuple)) else ([spec] if isinstance(spec, int) else str(spec).split(","))
+def _int_at_least(text: str, minimum: int, not_int: str, too_small: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(not_int) from None
+    if value < minimum:
+        raise ConfigError(too_small)
+    return value
+
+
+def _int_list(items, spec, what: str, *, minimum: int, below: str, hint: str = "") -> list[int]:
+    """Distinct integers >= ``minimum`` from ``items``, order kept; one-line errors naming ``what``."""
     out = []
     for item in items:
         text = str(item).strip()
         if not text:
             continue
-        try:
-            value = int(text)
-        except ValueError:
-            raise ConfigError(f"bad {what} {spec!r}: {text!r} is not an integer (use a comma list, e.g. 64,128)") from None
-        if value <= 0:
-            raise ConfigError(f"bad {what} {spec!r}: {value} must be positive")
+        value = _int_at_least(text, minimum, f"bad {what} {spec!r}: {text!r} is not an integer{hint}",
+                              f"bad {what} {spec!r}: {below.format(value=text.strip())}")
         if value not in out:
             out.append(value)
+    return out
+
+
+def parse_ints(spec: str | int | list | tuple, what: str) -> list[int]:
+    """Positive integers from ``"64,128,256"`` (or a list from a config file), order kept."""
+    items = spec if isinstance(spec, (list, tuple)) else ([spec] if isinstance(spec, int) else str(spec).split(","))
+    out = _int_list(items, spec, what, minimum=1, below="{value} must be positive",
+                    hint=" (use a comma list, e.g. 64,128)")
     if not out:
         raise ConfigError(f"empty {what} list")
     return out
@@ -91,29 +100,13 @@ def parse_seeds(spec: str | int | list | tuple, first: int = 0) -> list[int]:
     text = str(spec).strip()
     if "," in text:
         return _seed_list(text.split(","), spec)
-    try:
-        count = int(text)
-    except ValueError:
-        raise ConfigError(f"bad --seeds {spec!r}: give a count (e.g. 3) or a comma list (e.g. 0,1,2)") from None
-    if count < 1:
-        raise ConfigError(f"bad --seeds {spec!r}: the number of seeds must be >= 1")
+    count = _int_at_least(text, 1, f"bad --seeds {spec!r}: give a count (e.g. 3) or a comma list (e.g. 0,1,2)",
+                          f"bad --seeds {spec!r}: the number of seeds must be >= 1")
     return list(range(first, first + count))
 
 
 def _seed_list(items, spec) -> list[int]:
-    seeds = []
-    for item in items:
-        text = str(item).strip()
-        if not text:
-            continue
-        try:
-            seed = int(text)
-        except ValueError:
-            raise ConfigError(f"bad --seeds {spec!r}: {text!r} is not an integer") from None
-        if seed < 0:
-            raise ConfigError(f"bad --seeds {spec!r}: seeds must be >= 0")
-        if seed not in seeds:
-            seeds.append(seed)
+    seeds = _int_list(items, spec, "--seeds", minimum=0, below="seeds must be >= 0")
     if not seeds:
         raise ConfigError(f"empty --seeds list {spec!r}")
     return seeds

@@ -1,30 +1,12 @@
-"""PNG figures (matplotlib, Agg backend: no display needed)."""
+"""PNG figures of compare and sweep (drawn without pyplot, see :mod:`initlab.plotting`)."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+from ..plotting import save, subplots
 from .records import RunRecord
 from .summary import MetricSpec
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path, plt) -> Path:
-    """Lay out, write the PNG (creating its folder) and free the figure."""
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def _aligned(curves: list[tuple[list[float], list[float]]]):
@@ -42,13 +24,12 @@ def _aligned(curves: list[tuple[list[float], list[float]]]):
 def plot_curves(records: list[RunRecord], metric: MetricSpec, path: str | Path, *, group_by: str = "init",
                 x: str = "epoch", title: str | None = None) -> Path:
     """Metric vs epoch, one line per group (mean over seeds) with a ±1 std band."""
-    plt = _pyplot()
     import numpy as np
 
     groups: dict[str, list[RunRecord]] = {}
     for rec in records:
         groups.setdefault(str(rec.labels[group_by]), []).append(rec)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = subplots(figsize=(6.4, 4.2), dpi=120)
     for name, recs in groups.items():
         curves = [rec.curve(metric.key, x) for rec in recs]
         curves = [c for c in curves if c[0]]
@@ -71,15 +52,14 @@ def plot_curves(records: list[RunRecord], metric: MetricSpec, path: str | Path, 
     if ax.get_legend_handles_labels()[0]:  # every run diverged before its first evaluation: no curves
         ax.legend()
     ax.set_title(title or f"{metric.key}: mean ± std over seeds")
-    return _save(fig, path, plt)
+    return save(fig, path)
 
 
 def plot_transfer(table: dict[int, dict[float, float]], path: str | Path, *, metric: str, title: str,
                   optimum: dict[int, float] | None = None) -> Path:
     """The classic lr-transfer figure: final loss vs lr (log x), one curve per width."""
-    plt = _pyplot()
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = subplots(figsize=(6.4, 4.2), dpi=120)
     finite_all = []
     for width in sorted(table):
         points = sorted(table[width].items())
@@ -107,4 +87,4 @@ def plot_transfer(table: dict[int, dict[float, float]], path: str | Path, *, met
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     ax.set_title(title)
-    return _save(fig, path, plt)
+    return save(fig, path)

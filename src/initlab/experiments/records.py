@@ -2,7 +2,7 @@
 
 A :class:`RunRecord` is the engine's ``RunResult`` reduced to JSON-able data plus the labels of
 the experiment cell it belongs to (init, seed, width, lr). Files are written atomically
-(temporary file + rename), so an interrupted command never leaves half a CSV behind.
+(:mod:`initlab.output`), so an interrupted command never leaves half a CSV behind.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..output import atomic_write_text, python_value, read_json, write_json
 
 # Primary metric per task: (history key, higher is better, label, scale for display)
 PRIMARY = {
@@ -33,11 +35,11 @@ class RunRecord:
 
     @classmethod
     def from_result(cls, result, labels: dict) -> "RunRecord":
-        history = [_plain(dict(row)) for row in (getattr(result, "history", None) or [])]
+        history = [python_value(dict(row)) for row in (getattr(result, "history", None) or [])]
         run_dir = getattr(result, "run_dir", None)
         return cls(labels=dict(labels), history=history,
-                   final=_plain(dict(getattr(result, "final", None) or (history[-1] if history else {}))),
-                   best=_plain(dict(getattr(result, "best", None) or {})),
+                   final=python_value(dict(getattr(result, "final", None) or (history[-1] if history else {}))),
+                   best=python_value(dict(getattr(result, "best", None) or {})),
                    wall_time_s=float(getattr(result, "wall_time_s", 0.0) or 0.0),
                    status=str(getattr(result, "status", "completed")),
                    run_dir=str(run_dir) if run_dir is not None else None)
@@ -47,8 +49,9 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
-        return cls(**{k: d[k] for k in ("labels", "history", "final", "best", "wall_time_s", "status")},
-                   run_dir=d.get("run_dir"), extra=d.get("extra", {}))
+        return cls(labels=d["labels"], history=d.get("history") or [], final=d.get("final") or {},
+                   best=d.get("best") or {}, wall_time_s=d.get("wall_time_s", 0.0),
+                   status=d.get("status", "?"), run_dir=d.get("run_dir"), extra=d.get("extra", {}))
 
     # ---- derived numbers ------------------------------------------------------------------
     def final_metric(self, key: str) -> float:
@@ -79,7 +82,7 @@ class RunRecord:
     def curve(self, key: str, x: str = "epoch") -> tuple[list[float], list[float]]:
         xs, ys = [], []
         for row in self.history:
-            if key in row and _is_number(row[key]) and math.isfinite(row[key]) and _is_number(row.get(x)):
+            if key in row and _is_number(row[key]) and _is_number(row.get(x)):
                 xs.append(float(row[x]))
                 ys.append(float(row[key]))
         return xs, ys
@@ -89,57 +92,9 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _plain(value):
-    """Tensors/numpy scalars -> Python numbers, recursively, so json.dump never chokes."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return value.item()
-        except (ValueError, RuntimeError):
-            return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    # the engine's writer: a hidden .NAME.<random>.tmp (umask mode, fsync'ed, removed on failure
-    # and, if a kill leaves it, when the directory is opened again), then an atomic rename
-    from ..train.checkpoint import atomic_write_text
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-
-
-def _json_safe(value):
-    """NaN/inf are not JSON; write them as null so other tools can read our files."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: str | os.PathLike, data) -> Path:
-    path = Path(path)
-    _atomic_write(path, json.dumps(_json_safe(_plain(data)), indent=2) + "\n")
-    return path
-
-
-def read_json(path: str | os.PathLike):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def columns_of(rows: list[dict], first: tuple[str, ...] = ()) -> list[str]:
     cols = [c for c in first if any(c in r for r in rows)]
     for row in rows:
@@ -160,7 +115,7 @@ def write_csv(path: str | os.PathLike, rows: list[dict], first: tuple[str, ...] 
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-    _atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
     return path
 
 
@@ -168,7 +123,7 @@ def _csv_cell(value):
     if isinstance(value, float):
         return f"{value:.8g}"
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(_plain(value))
+        return json.dumps(python_value(value))
     return value
 
 

@@ -8,12 +8,12 @@ what makes ``compare`` and ``sweep`` resumable.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
-from ..errors import Interrupted, TrainingError
+from ..errors import Interrupted
 from ..train.config import TrainConfig
+from ..train.distributed import env_rank
 from ..train.lock import hold_directory
 from .records import RunRecord, load_run_record, write_json, write_run_files
 
@@ -29,15 +29,9 @@ def slug(text: str) -> str:
 
 
 def engine_run():
-    """``initlab.train.run`` (imported late: the engine is optional until a run is requested)."""
-    try:
-        from .. import train as engine
-    except ImportError as exc:
-        raise TrainingError(f"the training engine initlab.train is not importable: {exc}") from None
-    run = getattr(engine, "run", None)
-    if run is None:
-        raise TrainingError("the training engine initlab.train has no run(); is the engine installed?")
-    return run
+    """``initlab.train.run``, looked up at call time (tests substitute a fake engine)."""
+    from .. import train as engine
+    return engine.run
 
 
 def identity(config: TrainConfig | dict) -> dict:
@@ -109,8 +103,8 @@ def _run_cell(config: TrainConfig, labels: dict, run_dir: Path, main: bool, *, p
 
 
 def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a torchrun launch (RANK is set by torchrun)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """True unless this is a non-zero rank of a torchrun launch."""
+    return env_rank() == 0
 
 
 def stop_if_interrupted(record: RunRecord) -> None:
@@ -127,12 +121,5 @@ def stop_if_interrupted(record: RunRecord) -> None:
 
 def _has_checkpoint(run_dir: Path) -> bool:
     """An engine checkpoint in ``run_dir`` (checkpoint.pt or its last-good copy)."""
-    try:
-        from ..train.checkpoint import find_checkpoint
-    except ImportError:
-        find_checkpoint = None
-    if not run_dir.is_dir():
-        return False
-    if find_checkpoint is not None:
-        return find_checkpoint(run_dir) is not None
-    return any(p.name.startswith("checkpoint") for p in run_dir.iterdir())
+    from ..train.checkpoint import find_checkpoint
+    return run_dir.is_dir() and find_checkpoint(run_dir) is not None

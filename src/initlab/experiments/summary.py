@@ -5,6 +5,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from ..output import text_table
 from .records import PRIMARY, RunRecord
 
 
@@ -78,18 +79,9 @@ def summarize(records: list[RunRecord], group_by: str, metric: MetricSpec) -> li
 
 
 def format_table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    """Plain monospace table; ``align`` is one char per column ('l' or 'r')."""
-    align = align or "l" + "r" * (len(header) - 1)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-
-    def line(cells):
-        out = []
-        for cell, w, a in zip(cells, widths, align):
-            out.append(str(cell).ljust(w) if a == "l" else str(cell).rjust(w))
-        return "  ".join(out).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule] + [line(r) for r in rows])
+    """Plain monospace table with a rule under the header; ``align`` is one char per column
+    ('l' or 'r'; default: first left, the rest right)."""
+    return text_table([header, *rows], align=align or "l" + "r" * (len(header) - 1), rule=True)
 
 
 def compare_table(summary: list[dict], metric: MetricSpec, group_by: str = "init") -> str:

@@ -162,7 +162,7 @@ def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str |
 
 
 def _check_widths(base: TrainConfig, widths: list[int]) -> None:
-    from .configure import check_config
+    from .checks import check_config
 
     for width in widths:
         check_config(base.replace(width=width), check_init=False, check_data=False)

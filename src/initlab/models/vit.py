@@ -1,8 +1,6 @@
 """Reference Vision Transformer (pre-LN, as in arXiv 2304.02034 section 1)."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 

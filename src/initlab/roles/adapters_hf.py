@@ -94,7 +94,7 @@ def hf_roles(model: nn.Module) -> RoleMap:
     raise RoleMapError(
         f"initlab knows GPT-2, BERT, ViT and LLaMA-style layouts of transformers models; "
         f"{type(model).__name__} (model_type={model_type!r}) matches none of them. Pass an explicit "
-        f"mapping to initlab.roles(model, mapping=...) (see docs/adapters.md).")
+        f"mapping to initlab.role_map(model, mapping=...) (see docs/adapters.md).")
 
 
 register_adapter("transformers", is_transformers_model, hf_roles)

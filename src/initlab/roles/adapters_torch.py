@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .core import BIAS, Projection, Role, RoleMap, RoleMapBuilder, _join
+from .core import BIAS, Projection, Role, RoleMap, RoleMapBuilder, join_name
 from .registry import register_adapter
 
 _LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
@@ -27,25 +27,25 @@ def _mha(b: RoleMapBuilder, index: int, name: str, mha: nn.MultiheadAttention) -
     e = mha.embed_dim
     bias = mha.in_proj_bias
     if mha._qkv_same_embed_dim:
-        wname = _join(name, "in_proj_weight")
-        bname = _join(name, "in_proj_bias") if bias is not None else None
+        wname = join_name(name, "in_proj_weight")
+        bname = join_name(name, "in_proj_bias") if bias is not None else None
         q, k, v = (Projection(wname, mha.in_proj_weight, "out_in", e, e, j * e, bias, bname)
                    for j in range(3))
     else:
-        q, k, v = (Projection(_join(name, f"{r}_proj_weight"), getattr(mha, f"{r}_proj_weight"),
+        q, k, v = (Projection(join_name(name, f"{r}_proj_weight"), getattr(mha, f"{r}_proj_weight"),
                               "out_in", dim, e) for r, dim in (("q", e), ("k", mha.kdim), ("v", mha.vdim)))
     o_bias = mha.out_proj.bias
-    o = Projection(_join(name, "out_proj.weight"), mha.out_proj.weight, "out_in", e, e, 0,
-                   o_bias, _join(name, "out_proj.bias") if o_bias is not None else None)
+    o = Projection(join_name(name, "out_proj.weight"), mha.out_proj.weight, "out_in", e, e, 0,
+                   o_bias, join_name(name, "out_proj.bias") if o_bias is not None else None)
     b.add_attention(index, name, q=q, k=k, v=v, o=o, n_heads=mha.num_heads)
     if not mha._qkv_same_embed_dim and bias is not None:
         # separate weights still share one packed bias: register its three slices
         for j, role in enumerate((Role.Q, Role.K, Role.V)):
-            b.add(_join(name, "in_proj_bias"), role, kind=BIAS, layer=index, fan_in=1, fan_out=e,
+            b.add(join_name(name, "in_proj_bias"), role, kind=BIAS, layer=index, fan_in=1, fan_out=e,
                   index=(slice(j * e, (j + 1) * e),))
     for extra in ("bias_k", "bias_v"):  # add_bias_kv: learned extra key/value tokens
         if isinstance(getattr(mha, extra, None), nn.Parameter):
-            b.add(_join(name, extra), Role.OTHER, kind=BIAS, layer=index, fan_in=1, fan_out=e)
+            b.add(join_name(name, extra), Role.OTHER, kind=BIAS, layer=index, fan_in=1, fan_out=e)
 
 
 def has_torch_attention(model: nn.Module) -> bool:
@@ -59,8 +59,8 @@ def torch_roles(model: nn.Module) -> RoleMap:
     for name, mod in model.named_modules():
         if isinstance(mod, _LAYERS):
             layer = n_attn  # index of this layer's self-attention, visited next
-            b.add_module(_join(name, "linear1"), Role.MLP_IN, layer=layer)
-            b.add_module(_join(name, "linear2"), Role.MLP_OUT, layer=layer)
+            b.add_module(join_name(name, "linear1"), Role.MLP_IN, layer=layer)
+            b.add_module(join_name(name, "linear2"), Role.MLP_OUT, layer=layer)
             mlp_layers += 1
         elif isinstance(mod, nn.MultiheadAttention):
             _mha(b, n_attn, name, mod)

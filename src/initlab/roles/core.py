@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import RoleMapError
+from ..output import text_table
 
 
 class Role(str, Enum):
@@ -47,6 +48,11 @@ class Role(str, Enum):
 
     def __str__(self) -> str:  # "q", not "Role.Q"
         return self.value
+
+    @classmethod
+    def _missing_(cls, value):
+        # Role("qq") is a user's typo: initlab's own error naming the choices, not a bare ValueError
+        raise RoleMapError(f"unknown role {value!r}; roles are {', '.join(r.value for r in cls)}")
 
 
 WEIGHT, BIAS = "weight", "bias"
@@ -255,6 +261,13 @@ class RoleMap:
         return [(info, s) for info in self.params.values() for s in info.slots
                 if s.role == role and (kind is None or info.kind == kind)]
 
+    def require_attention(self, purpose: str) -> list:
+        """The attention layers, or :class:`RoleMapError` saying ``purpose`` needs some."""
+        if not self.attention:
+            raise RoleMapError(f"{self.model_class} has no attention layers in its role map; "
+                               f"{purpose} needs them")
+        return self.attention
+
     def by_role(self, role: Role | str, kind: str | None = WEIGHT) -> list[ParamInfo]:
         role = Role(role)
         return [info for info in self.params.values()
@@ -266,8 +279,7 @@ class RoleMap:
         for info in self.params.values():
             rows.append((info.name, info.role, info.kind, "" if info.layer is None else str(info.layer),
                          "x".join(map(str, info.param.shape))))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        return text_table(rows)
 
 
 class RoleMapBuilder:
@@ -323,10 +335,10 @@ class RoleMapBuilder:
         w = getattr(mod, "weight", None)
         if isinstance(w, nn.Parameter):
             fan_in, fan_out = _fans(mod, w)
-            self.add(_join(module_name, "weight"), role, layer=layer, fan_in=fan_in, fan_out=fan_out)
+            self.add(join_name(module_name, "weight"), role, layer=layer, fan_in=fan_in, fan_out=fan_out)
         b = getattr(mod, "bias", None)
         if isinstance(b, nn.Parameter):
-            self.add(_join(module_name, "bias"), role, kind=BIAS, layer=layer, fan_in=1, fan_out=b.numel())
+            self.add(join_name(module_name, "bias"), role, kind=BIAS, layer=layer, fan_in=1, fan_out=b.numel())
 
     def linear(self, module_name: str, *, offset: int = 0, d_out: int | None = None,
                layout: str | None = None) -> Projection:
@@ -339,9 +351,9 @@ class RoleMapBuilder:
         total = w.shape[0] if layout == "out_in" else w.shape[1]
         b = getattr(mod, "bias", None)
         b = b if isinstance(b, nn.Parameter) else None
-        return Projection(_join(module_name, "weight"), w, layout, d_in,
+        return Projection(join_name(module_name, "weight"), w, layout, d_in,
                           total - offset if d_out is None else d_out, offset,
-                          b, _join(module_name, "bias") if b is not None else None)
+                          b, join_name(module_name, "bias") if b is not None else None)
 
     def add_attention(self, layer: int, module_name: str, *, q: Projection, k: Projection,
                       v: Projection, o: Projection, n_heads: int, n_kv_heads: int | None = None,
@@ -368,9 +380,9 @@ class RoleMapBuilder:
     def add_norms(self, *, layer_of: Callable[[str], int | None] = lambda n: None) -> None:
         """Register every LayerNorm/RMSNorm-like module not yet claimed as role ``norm``."""
         for mname, mod in self.model.named_modules():
-            if _is_norm(mod):
+            if is_norm(mod):
                 for pname, p in mod.named_parameters(recurse=False):
-                    full = _join(mname, pname)
+                    full = join_name(mname, pname)
                     if self.canonical_name(p) not in self.infos:
                         self.add(full, Role.NORM, kind=BIAS if pname == "bias" else WEIGHT,
                                  layer=layer_of(mname), fan_in=1, fan_out=p.numel())
@@ -381,7 +393,7 @@ class RoleMapBuilder:
             raise RoleMapError(
                 f"{type(self.model).__name__}: adapter {adapter!r} left parameters without a role: "
                 f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}. Pass an explicit "
-                f"mapping to initlab.roles(model, mapping=...) or register an adapter.")
+                f"mapping to initlab.role_map(model, mapping=...) or register an adapter.")
         for n in missing:
             p = self.named[n]
             self.infos[n] = ParamInfo(n, p, BIAS if n.endswith("bias") else WEIGHT,
@@ -391,11 +403,20 @@ class RoleMapBuilder:
                        self.controls, adapter)
 
 
-def _join(prefix: str, name: str) -> str:
+def join_name(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _is_norm(mod: nn.Module) -> bool:
+def require_materialized(model: nn.Module, action: str = "initialize it") -> None:
+    """:class:`~initlab.errors.InitError` naming the first parameter still on the meta device."""
+    from ..errors import InitError
+    for n, p in model.named_parameters():
+        if p.is_meta:
+            raise InitError(f"parameter {n} is on the meta device; materialize the model first "
+                            f"(model.to_empty(device=...)), then {action}")
+
+
+def is_norm(mod: nn.Module) -> bool:
     if isinstance(mod, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
         return True
     rms = getattr(nn, "RMSNorm", None)

@@ -6,7 +6,7 @@ module, such as a class token), segment by segment: ``*`` matches within one dot
 (``blocks.*.attn`` matches ``blocks.3.attn`` but not ``blocks.3.attn.qkv``), ``**`` matches any
 number of segments (``**.fc1`` matches ``fc1`` and ``blocks.3.mlp.fc1``), ``?`` one character::
 
-    initlab.roles(model, mapping={
+    initlab.role_map(model, mapping={
         "attention": {
             # separate q/k/v/o Linears (names relative to the matched module)
             "blocks.*.attn": dict(q="q_proj", k="k_proj", v="v_proj", o="out_proj", heads=8),

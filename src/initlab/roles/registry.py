@@ -71,6 +71,6 @@ def roles(model: nn.Module, mapping: dict | None = None) -> RoleMap:
             return a.build(inner)
     raise RoleMapError(
         f"initlab does not know how to map {type(inner).__module__}.{type(inner).__name__}. Pass an "
-        f"explicit mapping, e.g. initlab.roles(model, mapping={{'attention': {{'blocks.*.attn': "
+        f"explicit mapping, e.g. initlab.role_map(model, mapping={{'attention': {{'blocks.*.attn': "
         f"dict(q='q_proj', k='k_proj', v='v_proj', o='out_proj', heads=8)}}, 'mlp_in': ['**.fc1'], ...}}), "
         f"or register an adapter with initlab.roles.register_adapter. Known adapters: {', '.join(adapters())}.")

@@ -3,16 +3,18 @@
 Schemes are declarative per-role specs over the role map (:mod:`initlab.schemes.spec`); a few
 delegate to one closed-form construction (mimetic, structured, the effective-theory
 parametrizations). ``init_(model, "a+b")`` applies a chain left to right and refuses chains that
-make no sense (see :data:`COMPOSITION_RULES`). ``schemes()`` lists name, description, citation,
-roles touched and implied parametrization; ``initlab schemes`` prints the table.
+make no sense (see :data:`COMPOSITION_RULES`); every call goes through one :class:`InitPlan`
+(:mod:`initlab.schemes.plan`), which validates the whole chain before writing anything.
+``schemes()`` lists name, description, citation, roles touched and implied parametrization;
+``initlab schemes`` prints the table.
 """
 from __future__ import annotations
 
-from ..callable_module import make_module_callable
 from .delegates import MIMETIC, PARAMS, parametrization_scheme
-from .registry import (COMPOSITION_RULES, aliases_of, check_spec, get_scheme, init_, parametrization_of,
-                       parse, refusal, register_scheme, schemes, split_specs)
-from .spec import Context, Rule, Scheme, SchemeInfo, apply_rules, expected_std, truncated_std_factor
+from .plan import InitPlan, PlanStep, build_seeded, init_
+from .registry import (COMPOSITION_RULES, aliases_of, check_spec, get_scheme, parametrization_of, parse,
+                       refusal, register_scheme, schemes, split_specs)
+from .spec import Context, Rule, Scheme, SchemeInfo, apply_rules
 from .structured import STRUCTURED, structured_
 from .zoo import ZOO
 
@@ -39,9 +41,8 @@ _ALIASES = {
 for _s in ZOO[:11] + MIMETIC + PARAMS + (STRUCTURED,) + ZOO[11:]:
     register_scheme(_s, aliases=_ALIASES.get(_s.name, ()))
 
-__all__ = ["init_", "schemes", "get_scheme", "register_scheme", "parametrization_of", "check_spec",
-           "refusal", "parse", "split_specs", "Scheme", "SchemeInfo", "Rule", "Context",
-           "apply_rules", "expected_std", "truncated_std_factor", "structured_",
-           "parametrization_scheme", "COMPOSITION_RULES", "aliases_of"]
-
-make_module_callable(__name__, schemes)  # initlab.schemes() lists the schemes
+__all__ = ["init_", "list_schemes", "InitPlan", "PlanStep", "build_seeded", "schemes", "get_scheme", "register_scheme",
+           "parametrization_of", "check_spec", "refusal", "parse", "split_specs", "Scheme", "SchemeInfo",
+           "Rule", "Context", "apply_rules", "structured_", "parametrization_scheme",
+           "COMPOSITION_RULES", "aliases_of", "MIMETIC", "PARAMS", "STRUCTURED", "ZOO"]
+list_schemes = schemes  # the top-level verb's name: initlab.list_schemes()

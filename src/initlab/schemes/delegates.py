@@ -1,16 +1,16 @@
 """Schemes that delegate to one implementation elsewhere in initlab (never a second copy).
 
-* ``mimetic`` and its presets call :func:`initlab.mimetic.mimetic_` on the shared role map.
+* ``mimetic`` and its presets call :func:`initlab.mimetic.mimetic_` on the shared role map; their
+  options are checked by :func:`initlab.mimetic.check_options` before anything is written.
 * ``standard``, ``nt``, ``hybrid``, ``mu`` (and ``s=<float>``) are the effective-theory
-  parametrizations (arXiv 2304.02034): they call :func:`initlab.parametrization.parametrize_`
-  (imported lazily), and :func:`initlab.schemes.parametrization_of` tells the training engine to
-  build its optimizer groups with the same parametrization.
+  parametrizations (arXiv 2304.02034). They carry no code of their own: the init plan
+  (:class:`initlab.schemes.InitPlan`) builds the one :class:`~initlab.parametrization.Parametrization`
+  of a spec and runs :func:`initlab.parametrization.parametrize_` with it, and the training engine
+  builds its optimizer groups from the same object.
 """
 from __future__ import annotations
 
-import importlib
-
-from ..errors import InitError
+from ..mimetic import PRESETS, check_options, mimetic_
 from .spec import MATRIX_ROLES, Scheme
 
 ATTN = ("q", "k", "v", "o")
@@ -18,11 +18,10 @@ ATTN = ("q", "k", "v", "o")
 _MIMETIC_OPTIONS = dict(preset="vision", alpha_qk=None, beta_qk=None, alpha_vo=None, beta_vo=None,
                         vo_sign=None, noise_dist=None, qk=True, vo=True, zero_bias=None,
                         pos_embed=None, svd=None, vo_layout=None)
-MIMETIC_CITE = "arXiv 2305.09828 (Trockman & Kolter, ICML 2023); shared/papers/mimetic-init.md"
+MIMETIC_CITE = "arXiv 2305.09828 (Trockman & Kolter, ICML 2023)"
 
 
 def _mimetic_apply(model, rmap, o, generator) -> None:
-    from ..mimetic import mimetic_
     mimetic_(model, generator=generator, role_map=rmap, **{k: v for k, v in o.items() if v is not None})
 
 
@@ -30,19 +29,15 @@ def _writes(roles) -> tuple:
     return tuple((r, k) for r in roles for k in ("weight", "bias"))
 
 
-def _preset_values(preset: str) -> dict:
-    try:
-        from ..mimetic import PRESETS
-    except ImportError:  # an older mimetic module without presets
-        return {}
-    return dict(PRESETS.get(preset, {}))
+def _mimetic_validate(o: dict) -> None:
+    check_options(**{k: v for k, v in o.items() if v is not None})
 
 
 def mimetic_scheme(name: str, description: str, *, preset: str = "vision", qk: bool = True,
                    vo: bool = True) -> Scheme:
     options = {**_MIMETIC_OPTIONS, "preset": preset, "qk": qk, "vo": vo}
     touched = (("q", "k") if qk else ()) + (("v", "o") if vo else ())
-    v = _preset_values(preset)
+    v = PRESETS[preset]
     parts = []
     if qk:
         parts.append(f"per head Wq Wkᵀ ≈ {v.get('alpha_qk', 'α₁')}·Z + {v.get('beta_qk', 'β₁')}·I "
@@ -52,7 +47,8 @@ def mimetic_scheme(name: str, description: str, *, preset: str = "vision", qk: b
         parts.append(f"Wv Wo = {v.get('alpha_vo', 'α₂')}·Z {sign} {v.get('beta_vo', 'β₂')}·I")
     # (mimetic_'s optional pos_embed="sincos" also writes the position table; not listed, since
     # it is off by default)
-    return Scheme(name, description, MIMETIC_CITE, apply=_mimetic_apply, options=options,
+    return Scheme(name, description, MIMETIC_CITE, apply=_mimetic_apply, validate=_mimetic_validate,
+                  options=options,
                   writes=_writes(touched), fixes=touched,
                   requires=("attention",),
                   formula="; ".join(parts) + f" (preset {preset!r}); Z_ij iid var 1/d; attention "
@@ -62,7 +58,7 @@ def mimetic_scheme(name: str, description: str, *, preset: str = "vision", qk: b
 MIMETIC = (
     mimetic_scheme("mimetic", "mimetic attention init, the paper's vision values (= mimetic-vision)"),
     mimetic_scheme("mimetic-vision", "mimetic attention init, α₁=β₁=0.7, α₂=β₂=0.4 (vision)"),
-    mimetic_scheme("mimetic-language", "mimetic attention init, initlab.mimetic's 'language' preset "
+    mimetic_scheme("mimetic-language", "mimetic attention init, the 'language' preset "
                    "(docs/mimetic.md; the paper's LM values were not recovered)", preset="language"),
     mimetic_scheme("mimetic-qk", "mimetic QK products only (identity-like attention), V/O untouched",
                    vo=False),
@@ -74,37 +70,20 @@ PARAMETRIZATIONS = {
                 "factors in the learning rates",
     "nt": "neural-tangent parametrization (s=0): per-role variances, per-group lr/wd width scalings",
     "hybrid": "hybrid √(NT·MU) parametrization (s=½)",
-    "mu": "maximal-update parametrization (s=1, μP) as initlab.parametrization implements it",
+    "mu": "maximal-update parametrization (s=1, μP), see docs/parametrizations.md",
 }
 PARAM_CITE = "arXiv 2304.02034 (effective theory of Transformers at init); arXiv 2203.03466 (μP)"
 # what parametrize_ rewrites: every weight and bias, norms reset to 1/0; branch gains are kept
 PARAM_WRITES = _writes(("patch_embed", "token_embed", "pos_embed", "cls_token") + MATRIX_ROLES + ("norm",))
 
 
-def _parametrization_module():
-    try:
-        return importlib.import_module("initlab.parametrization")
-    except ImportError as exc:
-        raise InitError(f"the parametrization schemes need initlab.parametrization, which failed to "
-                        f"import ({exc})") from exc
-
-
-# options forwarded to Parametrization.parse when given (None = the parametrization's own default)
+# options of the plan's Parametrization when given (None = the parametrization's own default)
 PARAM_OPTIONS = dict(base_width=None, init_style=None, mlp_factors=None, attn_scale=None)
-
-
-def _param_apply(label: str):
-    def apply(model, rmap, o, generator) -> None:
-        mod = _parametrization_module()
-        extra = {k: v for k, v in o.items() if k != "base_width" and v is not None}
-        p = mod.Parametrization.parse(label, base_width=o.get("base_width"), **extra)
-        mod.parametrize_(model, p, generator=generator, role_map=rmap)
-    return apply
 
 
 def parametrization_scheme(label: str, description: str | None = None) -> Scheme:
     return Scheme(label, description or f"effective-theory parametrization {label}", PARAM_CITE,
-                  apply=_param_apply(label), options=dict(PARAM_OPTIONS),
+                  options=dict(PARAM_OPTIONS),
                   writes=PARAM_WRITES, parametrization=label,
                   formula="initlab.parametrization.parametrize_ (see docs/parametrizations.md); the "
                           "engine also builds its optimizer groups from it")

@@ -8,15 +8,12 @@ without breaking parentheses.
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Iterable
 
-import torch
-from torch import nn
-
 from ..errors import InitError
-from .spec import Scheme, SchemeInfo, apply_rules
+from ..values import parse_value
+from .spec import Scheme, SchemeInfo
 
 _REGISTRY: dict[str, Scheme] = {}
 _ALIASES: dict[str, str] = {}
@@ -107,23 +104,6 @@ def split_specs(text: str) -> list[str]:
     return out
 
 
-def _parse_value(text: str):
-    t = text.strip()
-    low = t.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        return float(t)
-    except ValueError:
-        return t.strip("'\"")
-
-
 def parse(spec: str) -> list[tuple[str, dict]]:
     """``"a+b(0.1)+c(k=v;k2=v2)"`` -> [("a", {}), ("b", {None: 0.1}), ("c", {"k": v, "k2": v2})]."""
     if not isinstance(spec, str) or not spec.strip():
@@ -131,6 +111,8 @@ def parse(spec: str) -> list[tuple[str, dict]]:
     out = []
     for part in _split_top(spec, "+"):
         part = part.strip()
+        if not part:
+            raise InitError(f"empty name around '+' in init spec {spec!r}; join names like nt+mimetic")
         m = re.fullmatch(r"([^()]+?)\s*(?:\((.*)\))?", part, flags=re.S)
         if not part or m is None:
             raise InitError(f"cannot read {part!r} in init spec {spec!r}; write name or name(key=value)")
@@ -140,11 +122,11 @@ def parse(spec: str) -> list[tuple[str, dict]]:
             for a in _split_top(args, ",;"):
                 if "=" in a:
                     k, v = a.split("=", 1)
-                    opts[k.strip()] = _parse_value(v)
+                    opts[k.strip()] = parse_value(v)
                 elif a.strip():
                     if None in opts:
                         raise InitError(f"{name}: only one positional option allowed in {part!r}")
-                    opts[None] = _parse_value(a)
+                    opts[None] = parse_value(a)
         out.append((name, opts))
     return out
 
@@ -154,7 +136,8 @@ def resolve(spec: str) -> list[tuple[Scheme, dict]]:
 
 
 # -- composition ----------------------------------------------------------------------------------
-def _refusal(chain: list[Scheme]) -> str | None:
+def refusal_of(chain: list[Scheme]) -> str | None:
+    """Why a chain of schemes is refused (a sentence), or None when it composes."""
     names = [s.name for s in chain]
     params = [s for s in chain if s.parametrization]
     if len(params) > 1:
@@ -184,7 +167,7 @@ def _refusal(chain: list[Scheme]) -> str | None:
 
 def refusal(spec: str) -> str | None:
     """Why ``spec`` is refused (a sentence), or None when it composes. Model checks not included."""
-    return _refusal([s for s, _ in resolve(spec)])
+    return refusal_of([s for s, _ in resolve(spec)])
 
 
 def check_spec(spec: str) -> None:
@@ -198,127 +181,10 @@ def parametrization_of(spec: str) -> str | None:
     """The parametrization a spec implies ("nt" for "nt+mimetic"), or None; the engine builds its
     optimizer groups with it."""
     chain = [s for s, _ in resolve(spec)]
-    why = _refusal(chain)
+    why = refusal_of(chain)
     if why is not None:
         raise InitError(why)
     for s in chain:
         if s.parametrization:
             return s.parametrization
     return None
-
-
-# -- options --------------------------------------------------------------------------------------
-def _route(chain: list[tuple[Scheme, dict]], options: dict) -> list[dict]:
-    per = [dict(s.options) for s, _ in chain]
-    names = [s.name for s, _ in chain]
-    plain = {k: v for k, v in options.items() if "." not in k}
-    dotted = {k: v for k, v in options.items() if "." in k}
-    for k, v in plain.items():
-        takers = [i for i, (s, _) in enumerate(chain) if k in s.options]
-        if not takers:
-            accepted = sorted({o for s, _ in chain for o in s.options})
-            raise InitError(f"option {k!r} is not accepted by {'+'.join(names)}; accepted: "
-                            f"{', '.join(accepted) or 'none'}")
-        for i in takers:
-            per[i][k] = v
-    for i, (s, inline) in enumerate(chain):
-        for k, v in inline.items():
-            if k is None:
-                if s.primary is None:
-                    raise InitError(f"{s.name} takes no positional option; use {s.name}(key=value) with "
-                                    f"one of: {', '.join(s.options) or 'none'}")
-                k = s.primary
-            if k not in s.options:
-                raise InitError(f"{s.name} has no option {k!r}; its options: {', '.join(s.options) or 'none'}")
-            per[i][k] = v
-    for k, v in dotted.items():
-        sname, opt = k.split(".", 1)
-        target = get_scheme(sname).name  # unknown scheme names are an error (typos)
-        # a scheme that is not in this chain ignores its dotted options, so one option set can
-        # serve every spec of a comparison ("structured.focus=0.8" with --inits default,structured)
-        idx = [i for i, (s, _) in enumerate(chain) if s.name == target]
-        for i in idx:
-            if opt not in chain[i][0].options:
-                raise InitError(f"{chain[i][0].name} has no option {opt!r}; its options: "
-                                f"{', '.join(chain[i][0].options) or 'none'}")
-            per[i][opt] = v
-    for i, (s, _) in enumerate(chain):
-        for k, v in per[i].items():
-            per[i][k] = v = _coerce(s, k, s.options.get(k), v)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise InitError(f"{s.name}: option {k} must be finite, got {v}")
-    return per
-
-
-def _coerce(scheme: Scheme, key: str, default, value):
-    """Give an option the type of its default (strings from files/flags are parsed)."""
-    if isinstance(value, str) and not isinstance(default, str):
-        value = _parse_value(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise InitError(f"{scheme.name}: option {key} must be true or false, got {value!r}")
-    elif isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InitError(f"{scheme.name}: option {key} must be a number, got {value!r}")
-    return value
-
-
-# -- the entry point ------------------------------------------------------------------------------
-def _requires(model: nn.Module, rmap, scheme: Scheme) -> None:
-    for need in scheme.requires:
-        if need == "attention" and not rmap.attention:
-            raise InitError(f"{scheme.name} initializes attention, but {rmap.model_class} has no attention "
-                            f"layers in its role map")
-        elif need == "gains" and not rmap.by_role("gain"):
-            raise InitError(f"{scheme.name} sets residual-branch gains, but {rmap.model_class} has none; "
-                            f"build the model with branch_gain='{scheme.name}' (initlab ViT/GPT option)")
-        elif need == "skip_scale" and rmap.controls.set_skip_scale is None:
-            raise InitError(f"{scheme.name} needs a residual skip-scale control, which "
-                            f"{rmap.model_class}'s role map does not expose")
-
-
-@torch.no_grad()
-def init_(model: nn.Module, spec: str = "default", *, generator: torch.Generator | None = None,
-          role_map=None, **options) -> nn.Module:
-    """Initialize ``model`` in place with a named scheme or a ``+``-joined chain of them.
-
-    Args:
-        model: any model :func:`initlab.roles` can map (wrappers are looked through).
-        spec: e.g. ``"gpt2"``, ``"trunc_normal(0.01)+mimetic"``, ``"nt+mimetic"``.
-        generator: a CPU ``torch.Generator``; every draw of the chain uses it, in order.
-        role_map: a precomputed role map (built when omitted).
-        **options: scheme options. A plain key goes to every scheme of the chain that has it
-            (unknown keys are an error); ``"scheme.key"`` targets one scheme and is ignored when
-            that scheme is not in the chain.
-
-    Returns ``model``. Refused combinations and models that cannot cooperate raise
-    :class:`~initlab.errors.InitError` before anything is written.
-    """
-    if generator is not None and (not isinstance(generator, torch.Generator)
-                                  or generator.device.type != "cpu"):
-        raise InitError("generator must be a CPU torch.Generator (draws are made on the CPU and "
-                        "copied to the parameters' device)")
-    chain = resolve(spec)
-    why = _refusal([s for s, _ in chain])
-    if why is not None:
-        raise InitError(why)
-    per = _route(chain, options)
-    for n, p in model.named_parameters():
-        if p.is_meta:
-            raise InitError(f"parameter {n} is on the meta device; materialize the model first "
-                            f"(model.to_empty(device=...)), then initialize it")
-    if role_map is None:
-        from ..roles import roles
-        role_map = roles(model)
-    for (scheme, _), o in zip(chain, per):
-        _requires(model, role_map, scheme)
-        if scheme.check is not None:
-            scheme.check(model, role_map, o)
-    for (scheme, _), o in zip(chain, per):
-        if scheme.rules:
-            apply_rules(role_map, scheme.rules, o, generator)
-        if scheme.apply is not None:
-            scheme.apply(model, role_map, o, generator)
-        if scheme.setup is not None:
-            scheme.setup(model, role_map, o)
-    return model

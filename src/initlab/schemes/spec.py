@@ -29,6 +29,9 @@ MATRIX_ROLES = ("q", "k", "v", "o", "mlp_in", "mlp_out", "head")
 IN_PROJ = ("q", "k", "v", "mlp_in")  # baselines.md: "in-proj"
 OUT_PROJ = ("o", "mlp_out")  # residual-branch output matrices
 TABLES = ("token_embed", "pos_embed", "cls_token")
+#: model capabilities a scheme may require: attention layers, residual-branch gains, a skip-scale
+#: control, a ViT patch grid (the last checked by the scheme's own ``check``)
+REQUIREMENTS = ("attention", "gains", "skip_scale", "grid")
 DISTRIBUTIONS = ("normal", "trunc_normal", "uniform", "xavier_uniform", "xavier_normal",
                  "zeros", "constant")
 
@@ -83,7 +86,7 @@ class Rule:
         if isinstance(self.roles, str):
             object.__setattr__(self, "roles", (self.roles,))
         for r in self.roles:
-            Role(r)  # raises ValueError on a typo, at import time
+            Role(r)  # RoleMapError naming the roles on a typo, at import time
         if self.dist not in DISTRIBUTIONS:
             raise InitError(f"unknown distribution {self.dist!r}; choose one of {', '.join(DISTRIBUTIONS)}")
         if self.kind not in (WEIGHT, BIAS, "both"):
@@ -185,28 +188,6 @@ def apply_rules(rmap: RoleMap, rules: tuple[Rule, ...], options: dict,
     return written
 
 
-def expected_std(rmap: RoleMap, rules: tuple[Rule, ...], options: dict,
-                 info: ParamInfo, slot: Slot) -> tuple[Rule | None, float | None]:
-    """(rule, std the rule prescribes) for one region: what tests compare measurements against."""
-    rule = None
-    for r in rules:
-        if r.applies(info, slot):
-            rule = r
-    if rule is None:
-        return None, None
-    ctx = context(rmap, info, slot, options)
-    if value(rule.std, ctx) is None:
-        return None, None
-    return rule, target_std(rule, ctx)
-
-
-def truncated_std_factor(t: float) -> float:
-    """std of N(0,1) truncated to [-t, t]: √(1 − 2tφ(t)/(2Φ(t)−1))."""
-    phi = math.exp(-t * t / 2) / math.sqrt(2 * math.pi)
-    z = math.erf(t / math.sqrt(2))
-    return math.sqrt(1 - 2 * t * phi / z)
-
-
 @dataclass(frozen=True)
 class SchemeInfo:
     """One registry entry as listed by :func:`initlab.schemes.schemes`."""
@@ -227,6 +208,7 @@ class Scheme:
 
     Rule-based schemes list ``rules``; schemes that run a closed-form construction over the role
     map (mimetic, structured, the parametrizations) give ``apply(model, rmap, options, generator)``.
+    ``validate(options)`` checks the options alone when a plan is built (no model needed);
     ``check(model, rmap, options)`` runs before anything of the chain is written and raises
     :class:`InitError` when the model cannot cooperate; ``setup(model, rmap, options)`` runs after
     the rules and sets model-level knobs (DeepNorm's α).
@@ -235,7 +217,9 @@ class Scheme:
         writes: (role, kind) pairs this scheme overwrites; derived from ``rules`` when empty.
         fixes: roles whose joint structure the scheme builds (mimetic's products): a later scheme
             writing any of them would silently destroy it, so such chains are refused.
-        requires: model capabilities checked before anything is written.
+        requires: model capabilities checked before anything is written (see :data:`REQUIREMENTS`).
+        parametrization: the effective-theory member this scheme stands for (``"nt"``...); the init
+            plan runs :func:`initlab.parametrization.parametrize_` for it.
     """
 
     name: str
@@ -243,6 +227,7 @@ class Scheme:
     citation: str
     rules: tuple[Rule, ...] = ()
     apply: Callable[..., Any] | None = None
+    validate: Callable[[dict], Any] | None = None
     check: Callable[..., Any] | None = None
     setup: Callable[..., Any] | None = None
     options: dict = field(default_factory=dict)
@@ -253,6 +238,15 @@ class Scheme:
     formula: str = ""
     models: str = "any role-mapped Transformer"
     primary: str | None = None  # option a bare positional argument sets: "trunc_normal(0.01)"
+
+    def __post_init__(self):
+        unknown = [r for r in self.requires if r not in REQUIREMENTS]
+        if unknown:
+            raise InitError(f"scheme {self.name!r}: unknown requirement(s) {', '.join(map(repr, unknown))}; "
+                            f"known: {', '.join(REQUIREMENTS)}")
+        if self.primary is not None and self.primary not in self.options:
+            raise InitError(f"scheme {self.name!r}: primary option {self.primary!r} is not one of its "
+                            f"options ({', '.join(self.options) or 'none'})")
 
     def written(self) -> tuple[tuple[str, str], ...]:
         if self.writes:

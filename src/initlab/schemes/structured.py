@@ -289,11 +289,20 @@ def logit_scale(model, att) -> float:
 
 
 def _check(model, rmap, o) -> None:
+    _validate(o)
     grid_of(model)
     table, _ = position_table(model, rmap)
     gh, gw = grid_of(model)
     if table.shape[0] < gh * gw:
         raise InitError(f"the position table has {table.shape[0]} rows for a {gh}x{gw} patch grid")
+    for att in rmap.attention:
+        if att.n_kv_heads != att.n_heads:
+            raise InitError(f"{att.module_name}: grouped key/value heads are not supported by "
+                            f"structured init")
+
+
+def _validate(o) -> None:
+    """The options alone (checked when a plan is built, before any model is seen)."""
     k = o["kernel_size"]
     if not (isinstance(k, int) and k >= 1 and k % 2 == 1):
         raise InitError(f"kernel_size must be a positive odd integer, got {k!r}")
@@ -303,12 +312,17 @@ def _check(model, rmap, o) -> None:
     if c != "auto" and not (isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c < 1):
         raise InitError(f"content must be 'auto' or a share in [0, 1) (the part of the attention "
                         f"input's variance that is token content at init), got {c!r}")
+    ps = o.get("pos_scale", "auto")
+    if ps not in ("auto", None) and not (isinstance(ps, (int, float)) and not isinstance(ps, bool)
+                                         and math.isfinite(ps) and ps > 0):
+        raise InitError(f"pos_scale must be a positive number, 'auto' or None, got {ps!r}")
     if o["vo"] not in ("mimetic", "keep"):
         raise InitError(f"vo must be 'mimetic' or 'keep', got {o['vo']!r}")
-    for att in rmap.attention:
-        if att.n_kv_heads != att.n_heads:
-            raise InitError(f"{att.module_name}: grouped key/value heads are not supported by "
-                            f"structured init")
+    if o.get("offsets", "random") not in ("random", "ordered"):
+        raise InitError(f"offsets must be 'random' or 'ordered', got {o['offsets']!r}")
+    f = o.get("focus", 0.9)
+    if not (isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1):
+        raise InitError(f"focus must be in (0, 1) (the attention mass on the target offset), got {f!r}")
 
 
 @torch.no_grad()
@@ -344,10 +358,10 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
     """
     from ..roles import roles
     rmap = role_map if role_map is not None else roles(model)
-    o = dict(kernel_size=kernel_size, vo=vo, target=target, content=content)
+    o = dict(kernel_size=kernel_size, vo=vo, target=target, content=content, pos_scale=pos_scale,
+             offsets=offsets, focus=focus)
     _check(model, rmap, o)
-    if not rmap.attention:
-        raise InitError(f"{rmap.model_class} has no attention layers in its role map")
+    rmap.require_attention("structured init")
     grid = grid_of(model)
     table, learned = position_table(model, rmap)
     if learned and pos_scale == "auto":
@@ -399,7 +413,7 @@ def _apply(model, rmap, o, generator) -> None:
 STRUCTURED = Scheme(
     "structured", "Zheng et al. convolutional/impulse attention init for ViTs: each head's attention "
     "map at init is a random k×k impulse filter over the patch grid",
-    CITE, apply=_apply, check=_check,
+    CITE, apply=_apply, check=_check, validate=_validate,
     options=dict(kernel_size=3, offsets="random", focus=0.9, target="impulse", pos_scale="auto",
                  content="auto", vo="mimetic",
                  alpha_vo=0.4, beta_vo=0.4, rcond=1e-6),

@@ -1,4 +1,4 @@
-"""The baseline zoo as declarative per-role rules (digest: shared/papers/baselines.md §1).
+"""The baseline zoo as declarative per-role rules (docs/schemes.md lists every scheme and its source).
 
 Every scheme here is a tuple of :class:`~initlab.schemes.spec.Rule` over role names, with the
 std a function of (fan_in, fan_out, width d, depth L, block index l, options). Notation:

@@ -14,17 +14,16 @@ from scratch behind the user's back.
 """
 from __future__ import annotations
 
-import errno
 import io
 import os
 import pickle
-import secrets
 import zipfile
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
+from ..output import NO_SPACE, write_replace
 
 CHECKPOINT = "checkpoint.pt"
 LAST_GOOD = "checkpoint.last_good.pt"
@@ -35,95 +34,6 @@ FORMAT_VERSION = 1
 # run: the cosine schedule is then stretched to the new end from the resumed step on)
 RESUME_MAY_CHANGE = frozenset({"out", "resume", "device", "compile", "checkpoint_every", "data_root",
                                "eval_every", "eval_batches", "steps", "epochs"})
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-def _create_temp(path: Path) -> tuple[int, Path]:
-    """A new hidden temporary file next to ``path`` (``.NAME.<random>.tmp``).
-
-    Created with mode 0666 so the process umask applies, as for every other file of a run
-    directory (``tempfile.mkstemp`` would make it 0600).
-    """
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
-        except FileExistsError:
-            continue
-    raise OSError(errno.EEXIST, "could not create a unique temporary file", str(path.parent))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-    os.fsync(fd)
-
-
-def _write_replace(path: Path, data: bytes, before_replace=None) -> None:
-    """Write ``data`` to a temporary file, fsync it, then rename it over ``path``."""
-    fd, tmp = _create_temp(path)
-    try:
-        try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
-    _write_replace(Path(path), data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def remove_orphan_temp_files(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files a writer killed mid-write left in ``run_dir``.
-
-    Only call this while holding the directory's lock (:mod:`initlab.train.lock`): then no other
-    process can be writing one of them.
-    """
-    removed = []
-    try:
-        entries = list(Path(run_dir).iterdir())
-    except OSError:
-        return removed
-    for p in entries:
-        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
-    return removed
 
 
 def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
@@ -147,7 +57,7 @@ def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
             os.replace(path, last_good)
 
     try:
-        _write_replace(path, data, before_replace=rotate)
+        write_replace(path, data, before_replace=rotate)
     except OSError as exc:
         kept = find_checkpoint(run_dir)
         keep = (f"the previous checkpoint {kept} (step {_step_of(kept)}) is kept" if kept is not None

@@ -38,6 +38,14 @@ def env_world_size() -> int:
         raise ConfigError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from exc
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun announces it (0 outside torchrun)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError as exc:
+        raise ConfigError(f"RANK must be an integer, got {os.environ['RANK']!r}") from exc
+
+
 def setup(device: torch.device) -> DistInfo:
     """Join the process group described by the environment (or use an existing one)."""
     world = env_world_size()

@@ -1,80 +1,61 @@
-"""Initialization of a freshly built model: parametrization, then the named init scheme.
+"""Initialization of a freshly built model from its :class:`TrainConfig`, through one init plan.
 
 Order (documented in docs/training.md):
 
-1. ``torch.manual_seed(seed)`` before the model is built, so PyTorch's module defaults are
-   reproducible and identical on every rank;
-2. if the parametrization is not ``standard`` and the init spec does not itself imply one,
-   :func:`initlab.parametrize_` draws every weight as the parametrization prescribes (and sets the
-   head multiplier N_rescale);
-3. :func:`initlab.schemes.init_` applies the init spec (e.g. ``"mimetic"`` then rewrites Q, K,
-   V, O) with a CPU generator seeded from ``seed``.
-
-The parametrization used for the optimizer groups is ``config.param``, or the one the init spec
-implies (``parametrization_of("nt+mimetic") == "nt"``) when ``config.param`` is ``standard``.
+1. ``torch.manual_seed(seed)`` before the model is built (the engine does it), so PyTorch's module
+   defaults are reproducible and identical on every rank;
+2. :func:`init_plan` turns the config into one :class:`~initlab.schemes.InitPlan`: the init spec
+   parsed and validated once, and the single :class:`~initlab.parametrization.Parametrization` of
+   the run (``--param``, or the one the spec implies, e.g. ``nt`` in ``nt+mimetic``, with the base
+   width, the language runs' ``init_style="lm"`` and the model's ``attn_scale``);
+3. the plan is applied with the run's init generator (:meth:`InitPlan.generator`), and the engine
+   builds its optimizer groups from the same parametrization object.
 """
 from __future__ import annotations
 
-import torch
+import json
+
 from torch import nn
 
-from ..errors import ConfigError
+from ..schemes.plan import InitPlan
 from .config import TrainConfig
 
-INIT_STREAM = 7
+_PLANS: dict[str, InitPlan] = {}  # plans are immutable values: one per distinct init setting
 
 
-def init_generator(seed: int) -> torch.Generator:
-    from ..data.batches import derive_seed
-    return torch.Generator().manual_seed(derive_seed(seed, INIT_STREAM))
+def init_plan(config: TrainConfig) -> InitPlan:
+    """The validated :class:`InitPlan` of ``config`` (built once per distinct init setting)."""
+    fields = parametrization_fields(config)
+    key = json.dumps([config.init, config.param, config.base_width, fields, config.init_options],
+                     sort_keys=True, default=repr)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = InitPlan.build(config.init, param=config.param, base_width=config.base_width,
+                              param_options=fields, options=dict(config.init_options))
+        if len(_PLANS) > 64:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
-def resolve_parametrization(config: TrainConfig):
-    """The :class:`~initlab.parametrization.Parametrization` of the run, and whether the init spec implies it."""
-    from ..parametrization import Parametrization
-    from ..schemes import parametrization_of
-    implied = parametrization_of(config.init)
-    options = _parametrization_options(config)
-    chosen = Parametrization.parse(config.param, base_width=config.base_width, **options)
-    if implied is not None:
-        implied_p = Parametrization.parse(implied, base_width=config.base_width, **options)
-        if chosen.is_standard:
-            chosen = implied_p
-        elif chosen.s != implied_p.s:
-            raise ConfigError(f"init {config.init!r} implies parametrization {implied!r} but param is "
-                              f"{config.param!r}; drop one of them or make them agree")
-    return chosen, implied is not None
-
-
-def _parametrization_options(config: TrainConfig) -> dict:
-    """Options that must be the same for the init and the optimizer groups.
+def parametrization_fields(config: TrainConfig) -> dict:
+    """Parametrization fields that follow from the rest of the config.
 
     The language runs of the paper keep std 0.02 bodies (``init_style="lm"``); an attention scale
     the user chose for the model (``--model-option attn_scale=linear``) must not be overwritten by
     the parametrization's default 1/sqrt(head_dim).
     """
-    options = {}
+    fields = {}
     if config.task == "lm":
-        options["init_style"] = "lm"
+        fields["init_style"] = "lm"
     if "attn_scale" in config.model_options:
-        options["attn_scale"] = config.model_options["attn_scale"]
-    return options
+        fields["attn_scale"] = config.model_options["attn_scale"]
+    return fields
 
 
-@torch.no_grad()
 def initialize_(model: nn.Module, config: TrainConfig):
-    """Initialize ``model`` (on CPU, freshly built) as ``config`` says; returns the parametrization."""
-    from ..parametrization import parametrize_
-    from ..schemes import init_
-    p, implied = resolve_parametrization(config)
-    gen = init_generator(config.seed)
-    options = dict(config.init_options)
-    if implied:
-        # the spec's own parametrization (e.g. "mu" in "mu+mimetic") must be the one the optimizer
-        # groups use: same base width and options, or init and learning rates disagree
-        options = {"base_width": config.base_width, **_parametrization_options(config), **options}
-    elif not p.is_standard:
-        parametrize_(model, p, generator=gen)
-    init_(model, config.init, generator=gen, **options)
-    return p
-
+    """Initialize ``model`` (on CPU, freshly built) as ``config`` says; returns the parametrization
+    the optimizer groups must use (the plan's one object)."""
+    plan = init_plan(config)
+    plan.initialize_(model, config.seed)
+    return plan.parametrization

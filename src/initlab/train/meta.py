@@ -18,7 +18,12 @@ from torch import nn
 @torch.no_grad()
 def materialize_(model: nn.Module, device: str | torch.device = "cpu", *, init: str = "default",
                  generator: torch.Generator | None = None, **init_options) -> nn.Module:
-    """Allocate a meta-device ``model`` on ``device`` and initialize every tensor in place."""
+    """Allocate a meta-device ``model`` on ``device`` and initialize every tensor in place.
+
+    The init spec is parsed and its options validated (one :class:`~initlab.schemes.InitPlan`)
+    before anything is allocated."""
+    from ..schemes.plan import InitPlan
+    plan = InitPlan.build(init, options=init_options)
     model.to_empty(device=device)
     for module in model.modules():  # parents before children, in registration order
         reset = getattr(module, "reset_parameters", None)
@@ -29,9 +34,7 @@ def materialize_(model: nn.Module, device: str | torch.device = "cpu", *, init: 
     reset_tables = getattr(model, "reset_tables", None)
     if callable(reset_tables):
         reset_tables()
-    if init != "default":
-        from ..schemes import init_
-        init_(model, init, generator=generator, **init_options)
+    plan.apply_(model, generator=generator)
     return model
 
 

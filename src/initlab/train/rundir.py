@@ -20,28 +20,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import uuid
 from pathlib import Path
 
-from .checkpoint import atomic_write_text, remove_orphan_temp_files
+from ..output import atomic_write_text, remove_orphan_temp_files, write_json
 from .config import TrainConfig
-
-
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; "nan"/"inf" strings stay readable
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
-
 
 RUN_FILE = "run.json"
 

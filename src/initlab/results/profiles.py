@@ -1,0 +1,254 @@
+"""The results suite's profiles: each a declared list of ``initlab compare``/``initlab sweep`` steps.
+
+A profile names its vision settings, its language table and its width-transfer sweeps; the report
+(:mod:`.report`) turns each section into a block of the results page. A profile with a ``prefix``
+(``long``) writes its own ``<prefix>_*`` blocks and leaves the main ones alone, so a new profile is
+one more entry in :data:`PROFILE_SETTINGS` (and, when it needs its own page sections, a prefix).
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+SECTIONS = ("vision", "lm", "transfer", "regime")
+# trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
+VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
+LM_INITS = ("default", "mimetic-language", "mimetic-language(vo_sign=1)", "nt")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``initlab compare`` or ``initlab sweep`` invocation of the suite."""
+    key: str  # unique, also the output folder name under --out
+    section: str  # vision | lm | transfer
+    command: str  # compare | sweep
+    args: tuple[str, ...]  # CLI arguments, without --out and --quiet
+    labels: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def argv(self, out: Path) -> list[str]:
+        return [self.command, *self.args, "--out", str(out / self.key), "--quiet"]
+
+    def display(self, out: Path) -> str:
+        return "initlab " + " ".join(shlex.quote(a) for a in [self.command, *self.args, "--out",
+                                                                  str(out / self.key)])
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles
+
+
+def _regime_cells() -> list[tuple]:
+    """The regime map's cells: (train size, patch, epochs, width, position table, readout, inits,
+    evaluations). Where each init helps: the regime factors of a small-data ViT (position table,
+    readout, tokens, data size, width) at the long profile's 49-token budget (1k images x 30 epochs =
+    210 steps; 5k images get the same steps). Every factor is kept but the grid is trimmed: 5
+    position x readout regimes with default/mimetic/structured, the whole init panel, 16 tokens, 5k
+    images and width 128 in the best and the worst regime. ~110 single-threaded runs of ~1.5-2.5
+    min; ``--jobs 2`` about 2-3 hours on an idle 2-core box."""
+    best, worst = ("sincos", "mean"), ("learned", "cls")
+    core = ("default", "mimetic", "structured")
+    pair = ("default", "mimetic")
+    panel_a = ("trunc_normal", "mimetic(vo=false)", "mimetic(qk=false)")
+    panel_b = ("trunc_normal+mimetic", "nt", "nt+mimetic")
+    # running order = priority: the 1k-image 49-token regimes first, then one row per other
+    # factor in the best regime, then the rest of the panel and the worst regime's rows. The
+    # two headline cells are evaluated 3 times (curves); the others once, at the end (a
+    # 10k-image evaluation costs about a quarter of such a run)
+    cells = [(1000, 4, 30, 64, *best, core, 3), (1000, 4, 30, 64, *worst, core, 3),
+             (1000, 4, 30, 64, "learned", "mean", core, 1), (1000, 4, 30, 64, "sincos", "cls", core, 1),
+             (1000, 7, 30, 64, *best, core, 1), (1000, 4, 30, 64, *best, panel_a, 1),
+             (1000, 4, 30, 64, "sincos-learned", "mean", pair, 1), (1000, 7, 30, 128, *best, pair, 1),
+             (5000, 4, 5.4, 64, *best, core, 1),  # 39 steps/epoch x 5.4 = the same 210 steps
+             (1000, 4, 30, 64, *best, panel_b, 1),
+             (1000, 7, 30, 64, *worst, core, 1), (1000, 7, 30, 128, *worst, pair, 1),
+             (1000, 4, 30, 64, "sincos-learned", "cls", pair, 1), (5000, 4, 5.4, 64, *worst, core, 1),
+             (1000, 4, 30, 64, *worst, panel_a, 1), (1000, 4, 30, 64, *worst, panel_b, 1)]
+    return cells
+
+
+def _gpu_cells() -> list[tuple]:
+    """The regime map's best and worst regimes at ViT-Tiny size (width 192, depth 12, 3 heads) on one
+    GPU: 5k Fashion-MNIST images x 100 epochs (3,900 steps), patch 4 and 2 (49 and 196 tokens),
+    bf16. 36 runs as 12 steps (one per cell and init, 3 seeds each), so that ``--jobs 12`` runs
+    them side by side on the GPU. Not yet measured on a GPU: see docs/results.md section 7b."""
+    best, worst = ("sincos", "mean"), ("learned", "cls")
+    return [(5000, patch, 100, 192, *regime, ("default", "mimetic", "structured"), 5)
+            for patch in (4, 2) for regime in (best, worst)]
+
+
+#: every profile, declared: its vision settings (train size, patch, epochs, evaluations), its
+#: language table and its width-transfer sweeps; ``prefix`` = it fills its own ``<prefix>_*`` blocks
+#: of the page. A new profile is a new entry here (``initlab results --profile NAME`` offers it).
+PROFILE_SETTINGS: dict[str, dict] = {
+    "smoke": dict(
+        vision=dict(model="vit-micro", width=16, depth=1, heads=2, batch=16, lr=3e-3, seeds=2,
+                    inits=("default", "mimetic"),
+                    settings=[(64, 7, 2, 2)]),  # (train size, patch, epochs, evaluations)
+        lm=dict(model="gpt-mini", width=16, depth=1, heads=2, block=16, batch=8, steps=4, evals=2,
+                eval_batches=1, lr=3e-3, seeds=2, inits=("default", "mimetic-language")),
+        transfer=dict(widths=(16, 32), lrs="1e-3..1e-2:2", params=("mu",), seeds=1,
+                      vision=dict(depth=1, heads=2, batch=16, steps=2, train_size=64, test_size=20),
+                      lm=dict(depth=1, heads=2, block=16, batch=8, steps=2, eval_batches=1)),
+    ),
+    # Sized for the shared 2-core box: ~40 CPU-minutes without the 60k row (single-threaded
+    # steps, OMP_NUM_THREADS=1; run the vision section and the rest as two processes).
+    "cpu": dict(
+        # vit-micro: width 64, depth 4, 2 heads; patch 7 -> 16 tokens, patch 4 -> 49 tokens
+        vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
+                    inits=VISION_INITS,
+                    settings=[(1000, 7, 15, 3), (5000, 7, 3, 3), (60000, 7, 0.25, 3),
+                              (1000, 4, 8, 2), (5000, 4, 3, 3), (60000, 4, 0.25, 3)]),
+        lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=150, evals=3,
+                eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
+        # 1e-3..3e-2:4 (log-spaced) plus one step lower, written out so the cells' names match
+        transfer=dict(widths=(64, 128, 256, 512), lrs="0.000321829,0.001,0.00310723,0.00965489,0.03",
+                      params=("standard", "nt", "mu"),
+                      seeds=3,
+                      vision=dict(depth=2, heads=2, batch=64, steps=30, train_size=5000, test_size=1000),
+                      lm=dict(depth=2, heads=4, block=64, batch=16, steps=30, eval_batches=4)),
+    ),
+    # The regime behind the mimetic paper's small-data claim, at CPU size: the cpu profile's
+    # ViT trained until 1k images are fit many times over (100 epochs), with the same number
+    # of steps (~700-780) for 5k and 60k images, so the rows differ in data only. Ten
+    # evaluations per run make "epochs to default's final" a real curve read-out.
+    # ~155 CPU-minutes (84 vision runs of ~90 s and 12 language runs of ~150 s, single-threaded);
+    # `--jobs 2` runs it in about 80 minutes.
+    "long": dict(
+        prefix="long",
+        vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
+                    inits=VISION_INITS,
+                    settings=[(1000, 7, 100, 10), (5000, 7, 20, 10), (1000, 4, 30, 6), (60000, 7, 1.5, 10)]),
+        # the cpu profile's language table at 3.3x the tokens (1.0M), to see whether the early
+        # mimetic gain survives past the bigram level
+        lm=dict(model="gpt-mini", width=128, depth=4, heads=4, block=128, batch=16, steps=500, evals=5,
+                eval_batches=8, lr=1e-3, seeds=3, inits=LM_INITS),
+    ),
+    "full": dict(
+        vision=dict(model="vit-tiny", width=192, depth=12, heads=3, batch=128, lr=1e-3, seeds=3,
+                    inits=VISION_INITS,
+                    settings=[(1000, 7, 200, 20), (5000, 7, 100, 20), (60000, 7, 50, 25),
+                              (1000, 4, 200, 20), (5000, 4, 100, 20), (60000, 4, 50, 25),
+                              (1000, 2, 200, 20), (5000, 2, 100, 20)]),
+        lm=dict(model="gpt-char", width=384, depth=6, heads=6, block=256, batch=64, steps=5000, evals=20,
+                eval_batches=50, lr=1e-3, seeds=3, inits=LM_INITS),
+        transfer=dict(widths=(64, 128, 256, 512, 1024), lrs="1e-4..1e-1:10", params=("standard", "nt", "mu"),
+                      seeds=3,
+                      vision=dict(depth=6, heads=4, batch=128, steps=2000, train_size=None, test_size=None),
+                      lm=dict(depth=6, heads=4, block=256, batch=64, steps=2000, eval_batches=20)),
+    ),
+}
+PROFILE_SETTINGS["regime"] = dict(
+    prefix="regime", regime=dict(model="vit-micro", depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
+                                 base_width=64, cells=_regime_cells()))
+PROFILE_SETTINGS["gpu"] = dict(
+    prefix="gpu", regime=dict(model="vit-tiny", depth=12, heads=3, batch=128, lr=1e-3, seeds=3,
+                              base_width=192, cells=_gpu_cells(), split_inits=True,
+                              extra=("--device", "cuda", "--amp", "bf16")))
+PROFILES = tuple(PROFILE_SETTINGS)
+
+
+def profile_settings(name: str) -> dict:
+    """The declared settings of profile ``name`` (:class:`ConfigError` naming the choices)."""
+    if name not in PROFILE_SETTINGS:
+        raise ConfigError(f"unknown results profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILE_SETTINGS[name]
+
+
+def _tokens(patch: int, image: int = 28) -> int:
+    return (image // patch) ** 2
+
+
+def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
+         small_test_root: str | None = None) -> list[Step]:
+    """The suite's steps for ``profile``, in running order (headline tables first).
+
+    ``data_root``: Fashion-MNIST location (else the standard places); ``text``: the LM corpus
+    (else Shakespeare); ``small_test_root``: where :func:`prepare_sweep_data` wrote the copy with
+    a small test split for the vision sweeps (which never read the test metrics).
+    """
+    p = profile_settings(profile)
+    pre = p["prefix"] + "-" if p.get("prefix") else ""
+    if "regime" in p:
+        return _regime_steps(p["prefix"], p["regime"], data_root)
+    steps: list[Step] = []
+    v = p["vision"]
+    root = ["--data-root", data_root] if data_root else []
+    for size, patch, epochs, evals in v["settings"]:
+        per_epoch = size // v["batch"]
+        eval_every = max(1, int(per_epoch * epochs) // evals)
+        args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", v["model"],
+                "--width", str(v["width"]), "--depth", str(v["depth"]), "--heads", str(v["heads"]),
+                "--patch-size", str(patch), "--inits", ",".join(v["inits"]), "--seeds", str(v["seeds"]),
+                "--epochs", str(epochs), "--eval-every", str(eval_every), "--batch-size", str(v["batch"]),
+                "--lr", f"{v['lr']:g}", "--base-width", str(v["width"])]
+        steps.append(Step(f"{pre}vision-n{size}-p{patch}", "vision", "compare", tuple(args),
+                          dict(train_size=size, patch=patch, tokens=_tokens(patch), epochs=epochs)))
+    # running order: the small-data vision rows and the language table first, the full-data rows
+    # (the most expensive, and the first to drop when time runs short) last
+    def priority(step: Step) -> int:
+        if step.section == "vision":
+            return 3 if step.labels["train_size"] >= 60000 else 0
+        return 1 if step.section == "lm" else 2
+    if "lm" not in p:
+        return sorted(steps, key=priority)
+    l = p["lm"]
+    args = ["--task", "lm", *(["--data", text] if text else []), "--model", l["model"],
+            "--width", str(l["width"]), "--depth", str(l["depth"]), "--heads", str(l["heads"]),
+            "--block-size", str(l["block"]), "--batch-size", str(l["batch"]), "--steps", str(l["steps"]),
+            "--eval-every", str(max(1, l["steps"] // l["evals"])), "--eval-batches", str(l["eval_batches"]),
+            "--lr", f"{l['lr']:g}", "--base-width", str(l["width"]),
+            "--inits", ",".join(l["inits"]), "--seeds", str(l["seeds"])]
+    steps.append(Step(f"{pre}lm", "lm", "compare", tuple(args),
+                      dict(steps=l["steps"], tokens_per_step=l["batch"] * l["block"])))
+    if "transfer" not in p:
+        return sorted(steps, key=priority)
+    t = p["transfer"]
+    widths = ",".join(str(w) for w in t["widths"])
+    for task in ("vision", "lm"):
+        s = t[task]
+        for param in t["params"]:
+            for seed in range(t["seeds"]):
+                if task == "vision":
+                    troot = small_test_root or data_root
+                    args = ["--data", "fashion-mnist", *(["--data-root", troot] if troot else []),
+                            *(["--train-size", str(s["train_size"])] if s["train_size"] else []),
+                            "--model", "vit-micro", "--patch-size", "7"]
+                else:
+                    args = ["--task", "lm", *(["--data", text] if text else []), "--model", "gpt-mini",
+                            "--block-size", str(s["block"]), "--eval-batches", str(s["eval_batches"])]
+                args += ["--depth", str(s["depth"]), "--heads", str(s["heads"]), "--batch-size", str(s["batch"]),
+                         "--steps", str(s["steps"]), "--eval-every", str(s["steps"]),
+                         "--widths", widths, "--lrs", t["lrs"], "--param", param, "--seed", str(seed)]
+                steps.append(Step(f"transfer-{task}-{param}-s{seed}", "transfer", "sweep", tuple(args),
+                                  dict(task=task, param=param, seed=seed)))
+    return sorted(steps, key=priority)
+
+
+def _regime_steps(prefix: str, r: dict, data_root: str | None) -> list[Step]:
+    """One ``initlab compare`` per (regime cell, init group), in the order of ``r["cells"]`` (train
+    size, patch, epochs, width, position table, readout, inits, evaluations); with
+    ``r["split_inits"]`` one per (cell, init), so that ``--jobs N`` runs the inits side by side."""
+    steps = []
+    root = ["--data-root", data_root] if data_root else []
+    for size, patch, epochs, width, pos, pool, inits, evals in r["cells"]:
+        total = int(size // r["batch"] * epochs)
+        group = ("core" if "structured" in inits else "pair") if "default" in inits else \
+            ("panel-" + ("a" if "trunc_normal" in inits else "b"))
+        key = f"{prefix}-n{size}-p{patch}-w{width}-{pos}-{pool}"
+        groups = [(f"{key}-{group}", inits)]
+        if r.get("split_inits"):
+            groups = [(f"{key}-{init}", (init,)) for init in inits]
+        for step_key, names in groups:
+            args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", r["model"],
+                    "--width", str(width), "--depth", str(r["depth"]), "--heads", str(r["heads"]),
+                    "--patch-size", str(patch), "--model-option", f"pos={pos}", "--model-option", f"pool={pool}",
+                    "--inits", ",".join(names), "--seeds", str(r["seeds"]), "--epochs", f"{epochs:g}",
+                    "--eval-every", str(max(1, total // evals)), "--batch-size", str(r["batch"]),
+                    "--lr", f"{r['lr']:g}", "--base-width", str(r["base_width"]), *r.get("extra", ())]
+            steps.append(Step(step_key, "regime", "compare", tuple(args),
+                              dict(train_size=size, patch=patch, tokens=_tokens(patch), epochs=epochs,
+                                   width=width, heads=r["heads"], pos=pos, pool=pool, steps=total)))
+    return steps

@@ -1,0 +1,162 @@
+"""Running a profile's steps: in this process through the experiments layer (the same code path as
+``initlab compare``/``initlab sweep``), or with ``jobs > 1`` as ``python -m initlab ...`` processes;
+finished steps are skipped, and each invocation's wall clock is recorded for the report."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, InitlabError
+from ..output import read_json, write_json
+from .profiles import SECTIONS, Step, plan, profile_settings
+from .report import write_report
+
+
+def prepare_sweep_data(out: Path, data_root: str | None, test_size: int | None) -> str | None:
+    """A Fashion-MNIST folder whose train files are links to the real ones and whose test split is
+    a class-balanced ``test_size`` subset: every sweep cell ends with a test evaluation the sweep
+    never reads (it minimizes the training loss), and on a CPU the full 10k-image evaluation of a
+    width-512 model costs more than its training steps."""
+    if not test_size:
+        return data_root
+    from ..data import balanced_subset, dataset_spec, load_vision, locate
+    from ..data.synthetic import write_idx_dataset
+    from ..data.vision import IDX_FILES
+    target = out / "data" / f"fashion-mnist-test{test_size}"
+    marker = target / "done.json"
+    if marker.exists():
+        return str(target)
+    spec = dataset_spec("fashion-mnist")
+    source = locate(spec, root=data_root, split="train")
+    target.mkdir(parents=True, exist_ok=True)
+    for stem in IDX_FILES["train"]:
+        link = target / f"{stem}.gz"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to((Path(source) / f"{stem}.gz").resolve())
+    test = load_vision("fashion-mnist", root=data_root, split="test")
+    idx = balanced_subset(test.labels, test_size, seed=0)
+    write_idx_dataset(target, "test", test.images[idx].numpy(), test.labels[idx].numpy())
+    write_json(marker, {"test_size": test_size, "source": str(source)})
+    return str(target)
+
+
+def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, data_root: str | None = None,
+              text: str | None = None, doc: str | Path, img_dir: str | Path,
+              log: Callable[[str], None] = print,
+              run: bool = True, jobs: int = 1) -> Path:
+    """Run (or resume) every step of ``profile`` in ``only``'s sections, then write the report.
+
+    ``jobs > 1`` runs that many steps at once, each as its own ``python -m initlab`` process with
+    ``cpu_count // jobs`` torch threads (unless ``OMP_NUM_THREADS`` is set): on a small CPU, one
+    thread per step wastes far less than several steps fighting over every core.
+    """
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
+    only = list(only or SECTIONS)
+    keys = {s.key for s in plan(profile)}  # unknown profile: one-line error before anything is made
+    bad = [s for s in only if s not in SECTIONS and s not in keys]
+    if bad:
+        raise ConfigError(f"unknown results section(s) or step(s) {', '.join(bad)}; choose from "
+                          f"{', '.join(SECTIONS)} or a step key ({', '.join(sorted(keys))})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    small = None
+    transfer = profile_settings(profile).get("transfer")
+    if run and transfer and any(s == "transfer" or s.startswith("transfer-") for s in only):
+        small = prepare_sweep_data(out, data_root, transfer["vision"]["test_size"])
+    elif (out / "data").exists():
+        found = sorted((out / "data").glob("fashion-mnist-test*"))
+        small = str(found[0]) if found else None
+    steps = plan(profile, data_root=data_root, text=text, small_test_root=small)
+    if run:
+        lock = threading.Lock()  # parallel steps: one whole line at a time
+        say = log
+
+        def log(message: str) -> None:
+            with lock:
+                say(message)
+        todo = [s for s in steps if s.section in only or s.key in only]
+        pending = []
+        for i, step in enumerate(todo, 1):
+            marker = out / step.key / "step.json"
+            if marker.exists() and read_json(marker).get("args") == list(step.args):
+                log(f"[{i}/{len(todo)}] {step.key}: done earlier, skipped")
+            else:
+                pending.append((i, step))
+        if pending:
+            t0 = time.time()
+            run_one = _run_in_process if jobs == 1 else _run_in_subprocess(jobs)
+
+            def go(item):
+                i, step = item
+                log(f"[{i}/{len(todo)}] {step.key}: {step.display(out)}")
+                wall, rc = run_one(step, out)
+                if rc in (128 + 2, 128 + 15):  # the step was stopped by SIGINT/SIGTERM: so is the suite
+                    from ..errors import Interrupted
+                    raise Interrupted(rc - 128)
+                if rc not in (0, 1):  # 1: a diverged run, which is a result
+                    raise ConfigError(f"step {step.key} failed with exit code {rc}: {step.display(out)}"
+                                      + (f" (its output: {out / step.key / 'output.txt'})" if jobs > 1 else ""))
+                write_json(out / step.key / "step.json",
+                           {"args": list(step.args), "wall_s": wall, "rc": rc, "finished": _utc_now()})
+                log(f"[{i}/{len(todo)}] {step.key}: finished in {wall:.0f} s")
+
+            if jobs == 1:
+                for item in pending:
+                    go(item)
+            else:
+                with ThreadPoolExecutor(max_workers=jobs) as pool:
+                    for f in [pool.submit(go, item) for item in pending]:
+                        f.result()
+            _record_session(out, profile, time.time() - t0, jobs, [s.key for _, s in pending])
+    return write_report(profile, steps, out, doc=doc, img_dir=img_dir)
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def _run_in_process(step: Step, out: Path) -> tuple[float, int]:
+    """The step through the experiments layer, as its displayed command would run it."""
+    from ..experiments import invoke
+    t0 = time.time()
+    try:
+        args = invoke.parse_command(step.command, step.argv(out)[1:])
+        getattr(invoke, step.command)(args)
+        rc = 0
+    except InitlabError as exc:
+        print(f"initlab {step.command}: error: {exc}", file=sys.stderr)
+        rc = 2
+    return time.time() - t0, rc
+
+
+def _run_in_subprocess(jobs: int):
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+
+    def run(step: Step, out: Path) -> tuple[float, int]:
+        (out / step.key).mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        with open(out / step.key / "output.txt", "w") as sink:
+            rc = subprocess.call([sys.executable, "-m", "initlab", *step.argv(out)], env=env,
+                                 stdout=sink, stderr=subprocess.STDOUT)
+        return time.time() - t0, rc
+    return run
+
+
+def _record_session(out: Path, profile: str, wall: float, jobs: int, keys: list[str]) -> None:
+    """Append this invocation's wall clock to ``out/sessions.json``: the report states how long
+    the steps took end to end, not only the sum of their own times."""
+    path = out / "sessions.json"
+    sessions = read_json(path) if path.exists() else []
+    sessions.append({"profile": profile, "wall_s": wall, "jobs": jobs, "steps": keys,
+                     "threads": os.environ.get("OMP_NUM_THREADS"),
+                     "finished": _utc_now()})
+    write_json(path, sessions, indent=1)
