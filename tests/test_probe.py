@@ -54,7 +54,7 @@ def test_hooks_removed_on_error(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom inside the forward")
     monkeypatch.setattr(m.blocks[-1].mlp, "forward", boom)
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(ConfigError, match="boom inside the forward"):  # the forward's own error, named
         probe(m, _images())  # fails inside the forward, after the hooks are in place
     assert _no_hooks(m) and all(p.grad is None for p in m.parameters())
     with pytest.raises(ConfigError, match="shape"):  # a batch of the wrong shape: refused before any hook
