@@ -263,6 +263,11 @@ def _check_layer(att: AttentionLayer) -> None:
                         f"not d_model = {d}; the VO target is square, so mimetic init needs them equal")
 
 
+def default_preset(rmap) -> str:
+    """``"language"`` when the model's self-attention is causal (a causal LM), else ``"vision"``."""
+    return "language" if any(a.causal and not a.cross for a in rmap.attention) else "vision"
+
+
 def _resolve(preset, **given):
     if preset is None:
         preset = "vision"
@@ -308,9 +313,11 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     """Mimetic initialization of every self-attention layer of ``model``, in place.
 
     Args:
-        preset: ``"vision"`` (default; the paper's α₁=β₁=0.7, α₂=β₂=0.4, VO sign −) or
+        preset: ``"vision"`` (the paper's α₁=β₁=0.7, α₂=β₂=0.4, VO sign −) or
             ``"language"`` (β₂=0.2, see docs/mimetic.md), or a dict of the values below.
-            Explicit arguments override the preset.
+            Default (``None``): ``"language"`` when the role map says the self-attention is causal
+            (a causal LM: initlab's GPT, Hugging Face ``*ForCausalLM``), else ``"vision"`` (image
+            models, encoders). Explicit arguments override the preset.
         alpha_qk, beta_qk: QK target α₁ Z + β₁ I.
         alpha_vo, beta_vo, vo_sign: VO target α₂ Z + vo_sign·β₂ I; ``vo_sign`` is −1 (paper) or +1.
         noise_dist: ``"uniform"`` (public code's default) or ``"normal"``, both variance 1/d.
@@ -337,10 +344,18 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         generator: a CPU ``torch.Generator`` for reproducible draws.
         role_map: a precomputed :func:`initlab.roles` map (built when omitted).
 
-    Touches only the Q, K, V, O weights (their biases when ``zero_bias``, and the position tables
-    when ``pos_embed``). Keeps parameter identity, dtype, device and ``requires_grad``.
+    Touches only the Q, K, V, O weights of self-attention layers (their biases when ``zero_bias``,
+    and the position tables when ``pos_embed``); cross-attention layers (``att.cross``) are left
+    as they are. Keeps parameter identity, dtype, device and ``requires_grad``.
     Returns ``model``.
     """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InitError(f"generator must be a torch.Generator, got {type(generator).__name__}; "
+                        f"use torch.Generator().manual_seed(seed)")
+    _check_materialized(model)
+    rmap = role_map if role_map is not None else roles(model)
+    if preset is None:
+        preset = default_preset(rmap)
     cfg = _resolve(preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo, beta_vo=beta_vo,
                    vo_sign=vo_sign)
     sign = cfg.pop("vo_sign")
@@ -355,26 +370,22 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         raise InitError(f"power_iters must be a non-negative int, got {power_iters!r}")
     if noise_dist not in ("uniform", "normal"):
         raise InitError(f"noise must be 'uniform' or 'normal' (same variance 1/d), got {noise_dist!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InitError(f"generator must be a torch.Generator, got {type(generator).__name__}; "
-                        f"use torch.Generator().manual_seed(seed)")
     if generator is not None and generator.device.type != "cpu":
         raise InitError("pass a CPU torch.Generator (noise for accelerators is seeded from it)")
-    _check_materialized(model)
-    rmap = role_map if role_map is not None else roles(model)
-    if not rmap.attention:
-        raise InitError(f"{rmap.model_class} has no attention layers in its role map; nothing to "
-                        f"initialize mimetically")
-    for att in rmap.attention:
+    layers = [a for a in rmap.attention if not a.cross]  # cross-attention is left as it is
+    if not layers:
+        raise InitError(f"{rmap.model_class} has no attention layers in its role map (none that "
+                        f"is self-attention); nothing to initialize mimetically")
+    for att in layers:
         _check_layer(att)
-    if vo_layout == "compat" and any(a.n_kv_heads * a.head_dim != a.d_model for a in rmap.attention):
+    if vo_layout == "compat" and any(a.n_kv_heads * a.head_dim != a.d_model for a in layers):
         raise InitError("vo_layout='compat' reproduces code for square V/O weights only (no GQA)")
 
     # position tables are computed (and checked) before anything is written
     positions = _sincos_plan(rmap, pos_embed, pos_grid) if pos_embed is not None else []
 
     device_gens: dict[str, torch.Generator] = {}
-    for att in rmap.attention:
+    for att in layers:
         dev = _layer_device(att, device)
         method = svd
         if method == "auto":
@@ -394,8 +405,8 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         if qk:
             wq, wk = grouped_qk_factors(a, att.head_dim, att.n_kv_heads, **opts)
             del a
-            _write(att.q.matrix(), wq.transpose(0, 1).reshape(att.d_model, -1))
-            _write(att.k.matrix(), wk.transpose(0, 1).reshape(att.d_model, -1))
+            att.q.write(wq.transpose(0, 1).reshape(att.d_model, -1))
+            att.k.write(wk.transpose(0, 1).reshape(att.d_model, -1))
         else:
             del a
         if vo:
@@ -404,8 +415,8 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
                 wv, wo = wv.t(), wo.t()
             else:
                 wv, wo = grouped_vo_factors(b, att.head_dim, att.n_heads, att.n_kv_heads, **opts)
-            _write(att.v.matrix(), wv)
-            _write(att.o.matrix(), wo)
+            att.v.write(wv)
+            att.o.write(wo)
         if zero_bias:
             _zero_biases(rmap, att, qk=qk, vo=vo)
     for param, table in positions:
@@ -424,7 +435,7 @@ def _zero_biases(rmap, att: AttentionLayer, *, qk: bool, vo: bool) -> None:
     for role in wanted:
         proj = projections[role]
         if proj.bias is not None:
-            proj.bias_view().zero_()
+            proj.zero_bias()
             continue
         for info, slot in rmap.slots(role, "bias"):
             if info.layer == att.index:
