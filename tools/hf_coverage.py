@@ -56,7 +56,8 @@ _SCALARS = {
     "head_dim": D // N_HEADS, "kv_channels": D // N_HEADS, "attention_head_dim": D // N_HEADS,
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
     "image_size": 32, "patch_size": 4, "max_position_embeddings": 128, "n_positions": 128,
-    "embedding_size": D, "max_window_layers": LAYERS,
+    "embedding_size": D, "max_window_layers": LAYERS, "emb_dim": D, "input_embedding_size": D,
+    "output_embedding_size": D, "rotary_dim": 8, "window_size": 4,
 }
 _KV = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
        "n_head_kv", "num_key_value_groups_heads")
@@ -97,10 +98,17 @@ def shrink(cfg) -> None:
                 isinstance(cfg.__dict__.get("embed_dim"), int):
             _set(cfg, "num_heads", [2 * 2 ** i for i in range(len(depths))])
             _set(cfg, "embed_dim", 32)
-    for key in ("layer_types", "layers_block_type"):
-        old = cfg.__dict__.get(key)
-        if isinstance(old, list) and len(old) > LAYERS:
-            _set(cfg, key, old[:LAYERS])
+        if isinstance(cfg.__dict__.get("window_size"), int) and isinstance(cfg.__dict__.get("patch_size"), int):
+            # every stage at least one window wide (its resolution halves per stage)
+            _set(cfg, "window_size", 2)
+            _set(cfg, "image_size", cfg.patch_size * 2 ** len(depths))
+    for key, old in list(cfg.__dict__.items()):  # per-layer lists: the first LAYERS entries
+        if isinstance(old, list) and len(old) > LAYERS and (
+                key in ("layer_types", "layers_block_type") or key.endswith(("_per_layer", "layer_types"))):
+            new = old[:LAYERS]
+            if "heads" in key and all(isinstance(v, int) for v in new):
+                new = [N_HEADS] * LAYERS
+            _set(cfg, key, new)
     if getattr(cfg, "vocab_size", None) and cfg.vocab_size > 4096 and "pad_token_id" in cfg.__dict__:
         pass  # vocabularies keep their size: special token ids index into them
     for name, sub in list(cfg.__dict__.items()):
@@ -148,13 +156,21 @@ _HIDDEN = re.compile(r"(mlp|expert|router|gate|ffn|feed_forward|fc\d|dense|proj|
                      re.I)
 
 
-def build(head: str, model_type: str):
+def build(head: str, model_type: str, *, vocab: int | None = None):
     from transformers import AutoConfig
     from transformers.models.auto import modeling_auto
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     cls_name = getattr(modeling_auto, HEADS[head])[model_type]
     cfg = CONFIG_MAPPING[model_type]()
     shrink(cfg)
+    if vocab is not None:  # tests: a small vocabulary when the config's special tokens allow it
+        for c in [cfg] + [v for v in cfg.__dict__.values() if _is_config(v)]:
+            ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
+                                                  "decoder_start_token_id", "sep_token_id")]
+            flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x])
+                    if isinstance(i, int)]
+            if isinstance(c.__dict__.get("vocab_size"), int) and all(i < vocab for i in flat):
+                _set(c, "vocab_size", vocab)
     auto = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
             "image": "AutoModelForImageClassification"}[head]
     import transformers
@@ -257,6 +273,105 @@ def mimetic_check(model, rmap, head: str) -> list[str]:
     return problems
 
 
+_CAPTURED: dict = {}
+
+
+def _capture(module, query, key, value, attention_mask, **kw):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    _CAPTURED.setdefault(id(module), (query.detach(), key.detach(), value.detach()))
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+
+
+def forward_check(model, rmap, head: str) -> list[str] | None:
+    """Does the model compute, at position 0, the q/k/v the role map says it does?
+
+    Runs the model with an attention implementation that records the (query, key, value) handed to
+    the attention kernel, and the hidden states entering each mapped self-attention module, and
+    compares with x @ q_head(h) (+ bias): values exactly, queries and keys at position 0 (where
+    rotary embeddings are the identity) up to one scalar per layer (models pre-scale queries).
+    None when the model does not route through transformers' attention interface.
+    """
+    from transformers import AttentionInterface
+    AttentionInterface.register("initlab_check", _capture)
+    try:
+        model.set_attn_implementation("initlab_check")
+    except Exception:  # noqa: BLE001 - models without the interface
+        return None
+    inputs: dict = {}
+    hooks = []
+    for att in rmap.attention:
+        if att.cross:
+            continue
+        mod = model.get_submodule(att.module_name)
+
+        def pre(m, args, kwargs, name=att.module_name):
+            x = kwargs.get("hidden_states", args[0] if args else None)
+            if isinstance(x, torch.Tensor):
+                inputs.setdefault(name, x.detach())
+        hooks.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+    _CAPTURED.clear()
+    try:
+        cfg = model.config
+        if head == "image":
+            size = getattr(cfg, "image_size", 32)
+            size = size if isinstance(size, int) else size[0]
+            batch = dict(pixel_values=torch.randn(1, getattr(cfg, "num_channels", 3), size, size))
+        else:
+            batch = dict(input_ids=torch.randint(3, 50, (1, 6)))
+        with torch.no_grad():
+            model(**batch)
+    except Exception as exc:  # noqa: BLE001 - a tiny config the forward rejects: say so, check nothing
+        return [f"NOTE forward failed ({type(exc).__name__}: {str(exc)[:60]}), q/k/v not checked "
+                f"against it"]
+    finally:
+        for h in hooks:
+            h.remove()
+    problems, checked = [], 0
+    mods = dict(model.named_modules())
+    for att in rmap.attention:
+        if att.cross or att.module_name not in inputs:
+            continue
+        root = mods[att.module_name]
+        calls = [(_CAPTURED[id(m)]) for m in root.modules() if id(m) in _CAPTURED]
+        if len(calls) != 1:
+            continue
+        q, k, v = calls[0]
+        x = inputs[att.module_name][0]  # (s, d)
+        if q.dim() != 4 or x.dim() != 2 or q.shape[1] != att.n_heads or v.shape[1] != att.n_kv_heads:
+            problems.append(f"{att.module_name}: kernel got q {tuple(q.shape)}, v {tuple(v.shape)}; "
+                            f"the role map says {att.n_heads} heads, {att.n_kv_heads} kv heads")
+            continue
+        qk_norm = any(hasattr(root, n) or any(hasattr(m, n) for m in root.modules())
+                      for n in ("q_norm", "k_norm", "q_layernorm", "k_layernorm", "query_layernorm"))
+        x = x.double()
+        hd = att.head_dim
+        for name, proj, got, n in (("v", att.v, v, att.n_kv_heads), ("q", att.q, q, att.n_heads),
+                                   ("k", att.k, k, att.n_kv_heads)):
+            if name != "v" and qk_norm:
+                continue
+            bias = proj.bias_view()
+            pos = slice(None) if name == "v" else slice(0, 1)
+            want = torch.stack([x[pos] @ proj.cols(h * hd, (h + 1) * hd).double() +
+                                (0 if bias is None else bias[h * hd:(h + 1) * hd].double())
+                                for h in range(n)])
+            have = got[0, :, pos].double()
+            if have.shape != want.shape:
+                problems.append(f"{att.module_name}: {name} shape {tuple(have.shape)} vs {tuple(want.shape)}")
+                break
+            c = float((have * want).sum() / want.pow(2).sum().clamp_min(1e-30))
+            if name == "v":
+                c = 1.0
+            err = float((have - c * want).abs().max() / want.abs().max().clamp_min(1e-12))
+            if not err < 1e-4:
+                problems.append(f"{att.module_name}: the kernel's {name} is not the role map's "
+                                f"(relative error {err:.2g})")
+                break
+        checked += 1
+    if not checked:
+        return None
+    return problems
+
+
 def mu_check(model, rmap) -> list[str]:
     from initlab.parametrization import param_groups, parametrize_
     parametrize_(model, "mu", generator=torch.Generator().manual_seed(3), role_map=rmap)
@@ -278,7 +393,7 @@ def mu_check(model, rmap) -> list[str]:
     return problems
 
 
-def check(head: str, model_type: str, timeout: int = 120) -> Result:
+def check(head: str, model_type: str, timeout: int = 120, vocab: int | None = None) -> Result:
     import initlab
     from initlab.errors import InitlabError
     res = Result(head, model_type)
@@ -287,7 +402,7 @@ def check(head: str, model_type: str, timeout: int = 120) -> Result:
     signal.alarm(timeout)
     try:
         try:
-            model, res.cls = build(head, model_type)
+            model, res.cls = build(head, model_type, vocab=vocab)
         except _Timeout:
             raise
         except Exception as exc:  # noqa: BLE001 - many configs cannot be built tiny
@@ -305,7 +420,13 @@ def check(head: str, model_type: str, timeout: int = 120) -> Result:
                 return res
             res.roles = "ok"
             stage = "mimetic"
-            probs = mimetic_check(model, rmap, head)
+            probs = forward_check(model, rmap, head)
+            if probs is None:
+                res.notes.append("q/k/v not checked against the forward (no attention interface)")
+                probs = []
+            res.notes += [p[5:] for p in probs if p.startswith("NOTE ")]
+            probs = [p for p in probs if not p.startswith("NOTE ")]
+            probs += mimetic_check(model, rmap, head)
             res.mimetic = "ok" if not probs else "wrong: " + "; ".join(probs[:2])
             stage = "mu"
             probs = mu_check(model, rmap)

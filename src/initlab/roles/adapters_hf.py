@@ -247,7 +247,8 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
 
 
 def _is_attention_class(mod: nn.Module) -> bool:
-    return bool(re.search(r"Attention|Attn|SelfAttention", type(mod).__name__))
+    name = type(mod).__name__  # an attention module, not a layer or block that holds one
+    return bool(re.search(r"Attention|Attn", name)) and not re.search(r"(Layer|Block|Model)$", name)
 
 
 def _experts(b: RoleMapBuilder, name: str, mod: nn.Module, d_model: int, layer) -> bool:
@@ -320,12 +321,19 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
         raise RoleMapError("found no attention module with q/k/v (or fused qkv) and output "
                            "projections")
     width = b.attention[0].d_model
+    for c in claimed:  # an attention output gate (gated attention): a hidden matrix like the MLP gate
+        for name, mod in model.get_submodule(c).named_modules(prefix=c):
+            w = getattr(mod, "weight", None)
+            leaf = name.rsplit(".", 1)[-1]
+            if isinstance(mod, nn.Linear) and ("gate" in leaf or leaf == "g_proj") and \
+                    b.canonical_name(w) not in b.infos:
+                b.add_module(name, Role.MLP_GATE, layer=_first_int(name))
     # MLPs, experts and routers inside the blocks
     for name, mod in mods.items():
         if any(name == c or name.startswith(c + ".") for c in claimed):
             continue
         layer = _first_int(name)
-        if layer is None:
+        if layer is None and not _MLP_PARENTS.search(name.rsplit(".", 1)[0] if "." in name else ""):
             continue
         if _experts(b, name, mod, width, layer):
             continue
@@ -383,10 +391,18 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
                 b.add(full, Role.CLS_TOKEN, fan_in=1, fan_out=p.shape[-1])
             elif re.fullmatch(r"position_embeddings?|pos_embed|positional_embedding", pn) and p.dim() >= 2:
                 b.add(full, Role.POS_EMBED, fan_in=1, fan_out=p.shape[-1])
+            elif p.dim() == 2 and re.search(r"proj", pn) and _first_int(name) is None:
+                b.add(full, Role.MLP_IN, fan_in=p.shape[0], fan_out=p.shape[1])  # x @ W projector
     for name, mod in free:  # heads: matrices outside the blocks (a tied one is already token_embed)
         w = getattr(mod, "weight", None)
         if isinstance(w, nn.Parameter) and w.dim() == 2 and _first_int(name) is None and \
-                not isinstance(mod, nn.Embedding) and not re.search(r"embed|project_in|proj_in|patch", name, re.I):
+                not isinstance(mod, nn.Embedding) and b.canonical_name(w) not in b.infos and \
+                re.search(r"embed|project_in|proj_in|patch|projection|projector", name, re.I):
+            # a projection into the trunk (ALBERT's embedding mapping, a multimodal projector):
+            # a hidden matrix, initialized and scaled like an MLP's input
+            b.add_module(name, Role.MLP_IN)
+        elif isinstance(w, nn.Parameter) and w.dim() == 2 and _first_int(name) is None and \
+                not isinstance(mod, nn.Embedding):
             if b.canonical_name(w) not in b.infos:
                 b.add_module(name, Role.HEAD)
             else:
@@ -448,7 +464,8 @@ def head_controls(controls, model: nn.Module) -> None:
 
 
 def is_transformers_model(model: nn.Module) -> bool:
-    return type(model).__module__.split(".")[0] == "transformers"
+    # the MRO, not the class itself: fully_shard (FSDP2) swaps in a subclass defined elsewhere
+    return any(c.__module__.split(".")[0] == "transformers" for c in type(model).__mro__)
 
 
 def hf_roles(model: nn.Module) -> RoleMap:
