@@ -384,43 +384,47 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     # position tables are computed (and checked) before anything is written
     positions = _sincos_plan(rmap, pos_embed, pos_grid) if pos_embed is not None else []
 
-    device_gens: dict[str, torch.Generator] = {}
-    for att in layers:
-        dev = _layer_device(att, device)
-        method = svd
-        if method == "auto":
-            method = "exact" if att.d_model < AUTO_RANDOMIZED_WIDTH else "randomized"
-        # exact on CPU: float64 (the paper's construction to rounding); otherwise float32
-        dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
-        if dev.type == "cpu":
-            gen = generator
-        else:
-            if str(dev) not in device_gens:  # one generator per device (cuda:0, cuda:1, ...)
-                seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-                device_gens[str(dev)] = torch.Generator(dev).manual_seed(seed)
-            gen = device_gens[str(dev)]
-        a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
-                            dtype=dtype, device=dev)
-        opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=gen)
-        if qk:
-            wq, wk = grouped_qk_factors(a, att.head_dim, att.n_kv_heads, **opts)
-            del a
-            att.q.write(wq.transpose(0, 1).reshape(att.d_model, -1))
-            att.k.write(wk.transpose(0, 1).reshape(att.d_model, -1))
-        else:
-            del a
-        if vo:
-            if vo_layout == "compat":
-                wv, wo = vo_factors(b)
-                wv, wo = wv.t(), wo.t()
+    from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
+    with full_tensors(rmap) as rmap:
+        layers = [a for a in rmap.attention if not a.cross]
+        positions = _sincos_plan(rmap, pos_embed, pos_grid) if pos_embed is not None else []
+        device_gens: dict[str, torch.Generator] = {}
+        for att in layers:
+            dev = _layer_device(att, device)
+            method = svd
+            if method == "auto":
+                method = "exact" if att.d_model < AUTO_RANDOMIZED_WIDTH else "randomized"
+            # exact on CPU: float64 (the paper's construction to rounding); otherwise float32
+            dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
+            if dev.type == "cpu":
+                gen = generator
             else:
-                wv, wo = grouped_vo_factors(b, att.head_dim, att.n_heads, att.n_kv_heads, **opts)
-            att.v.write(wv)
-            att.o.write(wo)
-        if zero_bias:
-            _zero_biases(rmap, att, qk=qk, vo=vo)
-    for param, table in positions:
-        _write(param.detach(), table)
+                if str(dev) not in device_gens:  # one generator per device (cuda:0, cuda:1, ...)
+                    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+                    device_gens[str(dev)] = torch.Generator(dev).manual_seed(seed)
+                gen = device_gens[str(dev)]
+            a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
+                                dtype=dtype, device=dev)
+            opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=gen)
+            if qk:
+                wq, wk = grouped_qk_factors(a, att.head_dim, att.n_kv_heads, **opts)
+                del a
+                att.q.write(wq.transpose(0, 1).reshape(att.d_model, -1))
+                att.k.write(wk.transpose(0, 1).reshape(att.d_model, -1))
+            else:
+                del a
+            if vo:
+                if vo_layout == "compat":
+                    wv, wo = vo_factors(b)
+                    wv, wo = wv.t(), wo.t()
+                else:
+                    wv, wo = grouped_vo_factors(b, att.head_dim, att.n_heads, att.n_kv_heads, **opts)
+                att.v.write(wv)
+                att.o.write(wo)
+            if zero_bias:
+                _zero_biases(rmap, att, qk=qk, vo=vo)
+        for param, table in positions:
+            _write(param.detach(), table)
     return model
 
 

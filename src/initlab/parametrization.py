@@ -315,6 +315,25 @@ def _write(view: torch.Tensor, value: torch.Tensor) -> None:
     view.copy_(value.to(device=view.device, dtype=view.dtype))
 
 
+def _parametrize_tensors(rmap: RoleMap, p: Parametrization, keep: set, generator) -> None:
+    width = rmap.width
+    for info in rmap:
+        for slot in info.slots:
+            role = str(slot.role)
+            if role in keep or role in ("gain", "other"):
+                continue
+            region = info.region(slot)
+            if region.numel() == 0:  # a zero-size tensor (e.g. an empty bias table): nothing to draw
+                continue
+            if role == "norm":
+                region.fill_(0.0 if info.kind == BIAS else 1.0)
+            elif info.kind == BIAS:
+                region.zero_()
+            else:
+                var = p.variance(role, fan_in=slot.fan_in, width=width)
+                _write(region, _draw(region.shape, var, p.distribution(role), generator))
+
+
 @torch.no_grad()
 def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: torch.Generator | None = None,
                  role_map: RoleMap | None = None, keep: Iterable[str] = (),
@@ -342,23 +361,11 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
                             f"(model.to_empty(device=...)), then parametrize it")
     rmap = role_map if role_map is not None else roles(model)
     keep = {str(Role(r)) for r in keep}
+    from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
+    with full_tensors(rmap) as full:
+        _parametrize_tensors(full, p, keep, generator)
     width = rmap.width
     tied = is_tied(rmap)
-    for info in rmap:
-        for slot in info.slots:
-            role = str(slot.role)
-            if role in keep or role in ("gain", "other"):
-                continue
-            region = info.region(slot)
-            if region.numel() == 0:  # a zero-size tensor (e.g. an empty bias table): nothing to draw
-                continue
-            if role == "norm":
-                region.fill_(0.0 if info.kind == BIAS else 1.0)
-            elif info.kind == BIAS:
-                region.zero_()
-            else:
-                var = p.variance(role, fan_in=slot.fan_in, width=width)
-                _write(region, _draw(region.shape, var, p.distribution(role), generator))
     mult = p.head_multiplier(width, tied=tied)
     if rmap.controls.set_head_multiplier is not None:
         rmap.controls.set_head_multiplier(mult)

@@ -310,15 +310,17 @@ def init_(model: nn.Module, spec: str = "default", *, generator: torch.Generator
     if role_map is None:
         from ..roles import roles
         role_map = roles(model)
-    for (scheme, _), o in zip(chain, per):
-        _requires(model, role_map, scheme)
-        if scheme.check is not None:
-            scheme.check(model, role_map, o)
-    for (scheme, _), o in zip(chain, per):
-        if scheme.rules:
-            apply_rules(role_map, scheme.rules, o, generator)
-        if scheme.apply is not None:
-            scheme.apply(model, role_map, o, generator)
-        if scheme.setup is not None:
-            scheme.setup(model, role_map, o)
+    from ..roles.dtensor import full_tensors  # FSDP2: read/write full tensors, then reshard
+    with full_tensors(role_map) as rm:
+        for (scheme, _), o in zip(chain, per):
+            _requires(model, rm, scheme)
+            if scheme.check is not None:
+                scheme.check(model, rm, o)
+        for (scheme, _), o in zip(chain, per):
+            if scheme.rules:
+                apply_rules(rm, scheme.rules, o, generator)
+            if scheme.apply is not None:
+                scheme.apply(model, rm, o, generator)
+            if scheme.setup is not None:
+                scheme.setup(model, rm, o)
     return model
