@@ -148,3 +148,44 @@ def test_fsdp2_sharded_init_equals_unsharded(tmp_path):
         assert r["head_multiplier"][0] == r["head_multiplier"][1] != 1.0
         assert r["groups_equal"] and r["groups_hold_dtensors"]
         assert r["probe_rows"] < 1e-5 and r["probe_grads"] < 1e-4
+
+
+def _train_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    report = {}
+    try:
+        from initlab.train import TrainConfig, run
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        for mode in ("ddp", "fsdp"):
+            cfg = TrainConfig.from_dict({**cfg_dict, "fsdp": mode == "fsdp",
+                                         "out": f"{cfg_dict['out']}-{mode}"})
+            result = run(cfg, progress=False)
+            report[mode] = dict(status=result.status, history=result.history)
+    except Exception:
+        report["error"] = traceback.format_exc()
+    finally:
+        with open(f"{out}.rank{rank}.json", "w") as f:
+            json.dump(report, f)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_train_fsdp_matches_ddp(tmp_path):
+    from test_train_support import vision_config, write_fake_fashion
+    root = write_fake_fashion(tmp_path / "data", n_train=256, n_test=64)
+    cfg = vision_config(root, tmp_path / "run", width=16, batch_size=32, steps=6, eval_every=3,
+                        checkpoint_every=3, optimizer="sgd", lr=0.1, init="mu")
+    mp.spawn(_train_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path / "res")), nprocs=2,
+             join=True)
+    for rank in range(2):
+        r = json.loads((tmp_path / f"res.rank{rank}.json").read_text())
+        assert "error" not in r, r["error"]
+        assert r["ddp"]["status"] == r["fsdp"]["status"] == "completed"
+        for a, b in zip(r["ddp"]["history"], r["fsdp"]["history"]):
+            for key in ("train_loss", "test_loss", "test_acc"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    ck = torch.load(tmp_path / "run-fsdp" / "checkpoint.pt", weights_only=False)
+    assert not any(hasattr(v, "full_tensor") for v in ck["model"].values())  # gathered, full

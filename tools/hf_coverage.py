@@ -297,18 +297,20 @@ def forward_check(model, rmap, head: str) -> list[str] | None:
         model.set_attn_implementation("initlab_check")
     except Exception:  # noqa: BLE001 - models without the interface
         return None
-    inputs: dict = {}
+    inputs: dict = {}  # the input each q/k/v projection module saw (first call)
     hooks = []
     for att in rmap.attention:
         if att.cross:
             continue
-        mod = model.get_submodule(att.module_name)
+        for proj in (att.q, att.k, att.v):
+            mname = proj.name.rsplit(".", 1)[0]
+            if mname in inputs or any(h[0] == mname for h in hooks):
+                continue
 
-        def pre(m, args, kwargs, name=att.module_name):
-            x = kwargs.get("hidden_states", args[0] if args else None)
-            if isinstance(x, torch.Tensor):
-                inputs.setdefault(name, x.detach())
-        hooks.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+            def pre(m, args, name=mname):
+                if args and isinstance(args[0], torch.Tensor):
+                    inputs.setdefault(name, args[0].detach())
+            hooks.append((mname, model.get_submodule(mname).register_forward_pre_hook(pre)))
     _CAPTURED.clear()
     try:
         cfg = model.config
@@ -324,32 +326,35 @@ def forward_check(model, rmap, head: str) -> list[str] | None:
         return [f"NOTE forward failed ({type(exc).__name__}: {str(exc)[:60]}), q/k/v not checked "
                 f"against it"]
     finally:
-        for h in hooks:
+        for _, h in hooks:
             h.remove()
     problems, checked = [], 0
     mods = dict(model.named_modules())
     for att in rmap.attention:
-        if att.cross or att.module_name not in inputs:
+        names = [p.name.rsplit(".", 1)[0] for p in (att.q, att.k, att.v)]
+        if att.cross or any(n not in inputs for n in names):
             continue
         root = mods[att.module_name]
         calls = [(_CAPTURED[id(m)]) for m in root.modules() if id(m) in _CAPTURED]
         if len(calls) != 1:
             continue
         q, k, v = calls[0]
-        x = inputs[att.module_name][0]  # (s, d)
-        if q.dim() != 4 or x.dim() != 2 or q.shape[1] != att.n_heads or v.shape[1] != att.n_kv_heads:
+        xs = {r: inputs[n][0] for r, n in zip("qkv", names)}  # (s, d) per projection
+        if q.dim() != 4 or any(x.dim() != 2 for x in xs.values()) or q.shape[1] != att.n_heads \
+                or v.shape[1] != att.n_kv_heads:
             problems.append(f"{att.module_name}: kernel got q {tuple(q.shape)}, v {tuple(v.shape)}; "
                             f"the role map says {att.n_heads} heads, {att.n_kv_heads} kv heads")
             continue
         qk_norm = any(hasattr(root, n) or any(hasattr(m, n) for m in root.modules())
-                      for n in ("q_norm", "k_norm", "q_layernorm", "k_layernorm", "query_layernorm"))
-        x = x.double()
+                      for n in ("q_norm", "k_norm", "q_layernorm", "k_layernorm", "query_layernorm",
+                                "qk_norm"))
         hd = att.head_dim
         for name, proj, got, n in (("v", att.v, v, att.n_kv_heads), ("q", att.q, q, att.n_heads),
                                    ("k", att.k, k, att.n_kv_heads)):
             if name != "v" and qk_norm:
                 continue
             bias = proj.bias_view()
+            x = xs[name].double()
             pos = slice(None) if name == "v" else slice(0, 1)
             want = torch.stack([x[pos] @ proj.cols(h * hd, (h + 1) * hd).double() +
                                 (0 if bias is None else bias[h * hd:(h + 1) * hd].double())
@@ -528,6 +533,7 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", default=",".join(HEADS), help="comma-separated: " + ",".join(HEADS))
     ap.add_argument("--before", help="JSON of a previous run, for the before/after line")
     ap.add_argument("--timeout", type=int, default=120)
+    ap.add_argument("--merge", help="JSON of a full run: re-check only --types and keep the rest")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     import transformers
@@ -547,6 +553,15 @@ def main(argv=None) -> int:
         st = stats([r for r in results if head == "all" or r.head == head])
         print(f"{head}: coverage {st['coverage']}, roles+mimetic {st['roles_mimetic']}, "
               f"not softmax {st['not_softmax']}, refused {st['refused']}, failing {st['failing']}")
+    if args.merge:
+        with open(args.merge) as f:
+            old = [Result(**{k: v for k, v in r.items() if k in Result.__dataclass_fields__})
+                   for r in json.load(f)]
+        new = {(r.head, r.model_type): r for r in results}
+        results = [new.pop((r.head, r.model_type), r) for r in old] + list(new.values())
+        for head in list(HEADS) + ["all"]:
+            st = stats([r for r in results if head == "all" or r.head == head])
+            print(f"merged {head}: coverage {st['coverage']}, roles+mimetic {st['roles_mimetic']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in results], f, indent=1)

@@ -101,6 +101,8 @@ _NOT_SOFTMAX = (
                 r"KimiDelta|LinearAttn|GLA\b|AdditiveAttention"),
      "linear (delta-rule / kernelized / additive) attention"),
     (re.compile(r"MoA$|MixtureOfAttention"), "mixture-of-attention-heads experts"),
+    (re.compile(r"Diff\w*Attention"), "differential attention (two softmax maps subtracted, "
+                                      "heads paired)"),
 )
 # names of projections that make an attention latent (MLA): per-head q/k/v are products of factors
 _MLA = ("kv_a_proj_with_mqa", "q_a_proj", "kv_b_proj", "kv_a_proj")
