@@ -173,7 +173,8 @@ def test_gpt2_conv1d_layout():
     rm = roles(model)
     assert rm.adapter == "transformers.gpt2" and rm["transformer.wte.weight"].role == "token_embed"
     before = snapshot(model)
-    initlab.mimetic_(model, generator=torch.Generator().manual_seed(4), role_map=rm)
+    initlab.mimetic_(model, generator=torch.Generator().manual_seed(4), role_map=rm,
+                     preset="vision")  # the reference targets use the vision values
     per_layer = []
     for blk in model.transformer.h:
         w = np64(blk.attn.c_attn.weight)  # (in, out): y = x W, columns [q | k | v]
@@ -237,7 +238,7 @@ def test_llama_grouped_query_attention(n_kv):
     rm = roles(model)
     assert rm.attention[0].n_kv_heads == n_kv
     before = snapshot(model)
-    initlab.mimetic_(model, generator=torch.Generator().manual_seed(7), role_map=rm)
+    initlab.mimetic_(model, generator=torch.Generator().manual_seed(7), role_map=rm, preset="vision")
     per_layer = []
     r = heads // n_kv
     for layer in model.model.layers:

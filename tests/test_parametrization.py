@@ -546,8 +546,16 @@ def test_foreign_models_through_their_adapters():
     assert by["k"]["lr"] == pytest.approx(1 / n) and by["head"]["lr"] == pytest.approx(1 / (n * 128 ** 0.5))
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_embd=n, n_layer=1, n_head=2, vocab_size=128, n_positions=16, bos_token_id=0, eos_token_id=0))
-    parametrize_(gpt2, "standard")  # N_rescale = 1: nothing to set
-    with pytest.raises(InitError, match="N_rescale"):
-        parametrize_(gpt2, "nt")  # the tied head needs n^-1/2 and GPT-2 has no knob for it
+    gpt2.eval()  # no dropout: the logits are compared
+    parametrize_(gpt2, "standard")  # N_rescale = 1
+    ids = torch.arange(8)[None]
+    plain = gpt2(ids).logits
+    rm = initlab.role_map(gpt2)
+    rm.controls.set_head_multiplier(0.25)  # through the role map: the tie stays, the logits scale
+    assert gpt2.lm_head.weight is gpt2.transformer.wte.weight
+    torch.testing.assert_close(gpt2(ids).logits, 0.25 * plain)
+    parametrize_(gpt2, "nt")  # the tied head gets N_rescale = n^-1/2 without untying
+    assert initlab.role_map(gpt2).controls.get_head_multiplier() == pytest.approx(n ** -0.5)
+    assert gpt2.lm_head.weight is gpt2.transformer.wte.weight
     by = {g["role"]: g for g in param_groups(gpt2, "nt", lr=1.0)}
     assert by["q+k+v"]["lr"] == pytest.approx(n ** -1.5) and by["token_embed"]["lr"] == pytest.approx(n ** -0.5)

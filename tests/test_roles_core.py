@@ -126,3 +126,60 @@ def test_summary_lists_every_tensor():
     text = initlab.role_map(m).summary()
     assert len(text.splitlines()) == 1 + len(list(m.parameters()))
     assert "q+k+v" in text
+
+
+def test_head_multiplier_survives_state_dict_round_trip():
+    kw = dict(vocab_size=40, block_size=8, width=32, depth=1, heads=2, tie_head=True)
+    m = GPT(**kw)
+    initlab.parametrize_(m, "mu", generator=torch.Generator().manual_seed(0))
+    assert m.head_multiplier == pytest.approx(32 ** -1.0)
+    fresh = GPT(**kw)
+    fresh.load_state_dict(m.state_dict())
+    assert fresh.head_multiplier == m.head_multiplier
+    ids = torch.randint(0, 40, (1, 8))
+    torch.testing.assert_close(fresh(ids), m(ids))
+    old = {k: v for k, v in m.state_dict().items() if k != "_extra_state"}  # saved before it existed
+    GPT(**kw).load_state_dict(old)
+
+
+class _Attn(nn.Module):
+    def __init__(self, d=16, q_out=16):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, q_out), nn.Linear(d, 16), nn.Linear(d, 16),
+                                          nn.Linear(16, d))
+
+
+def test_mapping_head_dim_is_checked_for_separate_projections():
+    net = nn.Module()
+    net.attn = _Attn()
+    spec = dict(q="q", k="k", v="v", o="o", heads=4)
+    rm = initlab.role_map(net, mapping={"attention": {"attn": dict(spec, head_dim=4)}})
+    assert rm.attention[0].head_dim == 4
+    with pytest.raises(RoleMapError, match="head_dim 8"):
+        initlab.role_map(net, mapping={"attention": {"attn": dict(spec, head_dim=8)}})
+
+
+def test_interleaved_projection_views_write_through():
+    from initlab.roles import Projection
+    w = nn.Parameter(torch.zeros(2 * 3 * 4, 8))  # 2 heads of [q_h | k_h | v_h], head_dim 4
+    k = Projection("w", w, "out_in", 8, 8, offset=4, groups=2, stride=12)
+    value = torch.arange(64.).reshape(8, 8)
+    k.write(value)
+    torch.testing.assert_close(k.matrix(), value)
+    torch.testing.assert_close(w.detach()[4:8].t(), value[:, :4])  # head 0's k rows
+    torch.testing.assert_close(w.detach()[16:20].t(), value[:, 4:])  # head 1's k rows
+    assert w.detach()[0:4].abs().sum() == 0 and w.detach()[8:12].abs().sum() == 0  # q, v untouched
+    assert k.cols(4, 8).data_ptr() == w.detach()[16:20].data_ptr()  # a head is a view
+
+
+def test_zero_size_weight_does_not_divide_by_zero():
+    net = nn.Module()
+    net.attn = _Attn()
+    with pytest.warns(UserWarning, match="zero-element"):
+        net.head = nn.Linear(16, 0)  # e.g. an empty output layer
+    rm = initlab.role_map(net, mapping={"attention": {"attn": dict(q="q", k="k", v="v", o="o", heads=4)},
+                                     "head": ["head"]})
+    initlab.parametrize_(net, "mu", role_map=rm, generator=torch.Generator().manual_seed(0))
+    groups = initlab.param_groups(net, "mu", lr=1e-3, role_map=rm)
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    initlab.init_(net, "torchtitan", role_map=rm, generator=torch.Generator().manual_seed(0))

@@ -258,6 +258,11 @@ def _check_layer(att: AttentionLayer) -> None:
                         f"not d_model = {d}; the VO target is square, so mimetic init needs them equal")
 
 
+def default_preset(rmap) -> str:
+    """``"language"`` when the model's self-attention is causal (a causal LM), else ``"vision"``."""
+    return "language" if any(a.causal and not a.cross for a in rmap.attention) else "vision"
+
+
 def _resolve(preset, **given):
     if preset is None:
         preset = "vision"
@@ -328,9 +333,11 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     """Mimetic initialization of every self-attention layer of ``model``, in place.
 
     Args:
-        preset: ``"vision"`` (default; the paper's α₁=β₁=0.7, α₂=β₂=0.4, VO sign −) or
+        preset: ``"vision"`` (the paper's α₁=β₁=0.7, α₂=β₂=0.4, VO sign −) or
             ``"language"`` (β₂=0.2, see docs/mimetic.md), or a dict of the values below.
-            Explicit arguments override the preset.
+            Default (``None``): ``"language"`` when the role map says the self-attention is causal
+            (a causal LM: initlab's GPT, Hugging Face ``*ForCausalLM``), else ``"vision"`` (image
+            models, encoders). Explicit arguments override the preset.
         alpha_qk, beta_qk: QK target α₁ Z + β₁ I.
         alpha_vo, beta_vo, vo_sign: VO target α₂ Z + vo_sign·β₂ I; ``vo_sign`` is −1 (paper) or +1.
         noise_dist: ``"uniform"`` (public code's default) or ``"normal"``, both variance 1/d.
@@ -357,17 +364,14 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         generator: a CPU ``torch.Generator`` for reproducible draws.
         role_map: a precomputed :func:`initlab.roles` map (built when omitted).
 
-    Touches only the Q, K, V, O weights (their biases when ``zero_bias``, and the position tables
-    when ``pos_embed``). Keeps parameter identity, dtype, device and ``requires_grad``.
+    Touches only the Q, K, V, O weights of self-attention layers (their biases when ``zero_bias``,
+    and the position tables when ``pos_embed``); cross-attention layers (``att.cross``) are left
+    as they are. Keeps parameter identity, dtype, device and ``requires_grad``.
     Returns ``model``.
     """
     if not isinstance(model, nn.Module):
         raise InitError(f"mimetic_() initializes a torch.nn.Module in place, got "
                         f"{type(model).__name__}; pass the model itself, e.g. mimetic_(model)")
-    cfg = check_options(preset=preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo,
-                        beta_vo=beta_vo, vo_sign=vo_sign, noise_dist=noise_dist, svd=svd,
-                        vo_layout=vo_layout, power_iters=power_iters, pos_embed=pos_embed)
-    sign = cfg.pop("vo_sign")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InitError(f"generator must be a torch.Generator, got {type(generator).__name__}; "
                         f"use torch.Generator().manual_seed(seed)")
@@ -375,51 +379,65 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         raise InitError("pass a CPU torch.Generator (noise for accelerators is seeded from it)")
     require_materialized(model)
     rmap = role_map if role_map is not None else roles(model)
-    for att in rmap.require_attention("mimetic init"):
+    if preset is None:
+        preset = default_preset(rmap)
+    cfg = check_options(preset=preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo,
+                        beta_vo=beta_vo, vo_sign=vo_sign, noise_dist=noise_dist, svd=svd,
+                        vo_layout=vo_layout, power_iters=power_iters, pos_embed=pos_embed)
+    sign = cfg.pop("vo_sign")
+    layers = [a for a in rmap.require_attention("mimetic init") if not a.cross]
+    if not layers:  # cross-attention is left as it is
+        raise InitError(f"{rmap.model_class} has no self-attention layers in its role map (only "
+                        f"cross-attention); nothing to initialize mimetically")
+    for att in layers:
         _check_layer(att)
-    if vo_layout == "compat" and any(a.n_kv_heads * a.head_dim != a.d_model for a in rmap.attention):
+    if vo_layout == "compat" and any(a.n_kv_heads * a.head_dim != a.d_model for a in layers):
         raise InitError("vo_layout='compat' reproduces code for square V/O weights only (no GQA)")
 
     # position tables are computed (and checked) before anything is written
     positions = _sincos_plan(rmap, pos_embed, pos_grid) if pos_embed is not None else []
 
-    device_gens: dict[str, torch.Generator] = {}
-    for att in rmap.attention:
-        dev = _layer_device(att, device)
-        method = svd
-        if method == "auto":
-            method = "exact" if att.d_model < AUTO_RANDOMIZED_WIDTH else "randomized"
-        # exact on CPU: float64 (the paper's construction to rounding); otherwise float32
-        dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
-        if dev.type == "cpu":
-            gen = generator
-        else:
-            if str(dev) not in device_gens:  # one generator per device (cuda:0, cuda:1, ...)
-                seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-                device_gens[str(dev)] = torch.Generator(dev).manual_seed(seed)
-            gen = device_gens[str(dev)]
-        a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
-                            dtype=dtype, device=dev)
-        opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=gen)
-        if qk:
-            wq, wk = grouped_qk_factors(a, att.head_dim, att.n_kv_heads, **opts)
-            del a
-            _write(att.q.matrix(), wq.transpose(0, 1).reshape(att.d_model, -1))
-            _write(att.k.matrix(), wk.transpose(0, 1).reshape(att.d_model, -1))
-        else:
-            del a
-        if vo:
-            if vo_layout == "compat":
-                wv, wo = vo_factors(b)
-                wv, wo = wv.t(), wo.t()
+    from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
+    with full_tensors(rmap) as rmap:
+        layers = [a for a in rmap.attention if not a.cross]
+        positions = _sincos_plan(rmap, pos_embed, pos_grid) if pos_embed is not None else []
+        device_gens: dict[str, torch.Generator] = {}
+        for att in layers:
+            dev = _layer_device(att, device)
+            method = svd
+            if method == "auto":
+                method = "exact" if att.d_model < AUTO_RANDOMIZED_WIDTH else "randomized"
+            # exact on CPU: float64 (the paper's construction to rounding); otherwise float32
+            dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
+            if dev.type == "cpu":
+                gen = generator
             else:
-                wv, wo = grouped_vo_factors(b, att.head_dim, att.n_heads, att.n_kv_heads, **opts)
-            _write(att.v.matrix(), wv)
-            _write(att.o.matrix(), wo)
-        if zero_bias:
-            _zero_biases(rmap, att, qk=qk, vo=vo)
-    for param, table in positions:
-        _write(param.detach(), table)
+                if str(dev) not in device_gens:  # one generator per device (cuda:0, cuda:1, ...)
+                    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+                    device_gens[str(dev)] = torch.Generator(dev).manual_seed(seed)
+                gen = device_gens[str(dev)]
+            a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
+                                dtype=dtype, device=dev)
+            opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=gen)
+            if qk:
+                wq, wk = grouped_qk_factors(a, att.head_dim, att.n_kv_heads, **opts)
+                del a
+                att.q.write(wq.transpose(0, 1).reshape(att.d_model, -1))
+                att.k.write(wk.transpose(0, 1).reshape(att.d_model, -1))
+            else:
+                del a
+            if vo:
+                if vo_layout == "compat":
+                    wv, wo = vo_factors(b)
+                    wv, wo = wv.t(), wo.t()
+                else:
+                    wv, wo = grouped_vo_factors(b, att.head_dim, att.n_heads, att.n_kv_heads, **opts)
+                att.v.write(wv)
+                att.o.write(wo)
+            if zero_bias:
+                _zero_biases(rmap, att, qk=qk, vo=vo)
+        for param, table in positions:
+            _write(param.detach(), table)
     return model
 
 
@@ -434,7 +452,7 @@ def _zero_biases(rmap, att: AttentionLayer, *, qk: bool, vo: bool) -> None:
     for role in wanted:
         proj = projections[role]
         if proj.bias is not None:
-            proj.bias_view().zero_()
+            proj.zero_bias()
             continue
         for info, slot in rmap.slots(role, "bias"):
             if info.layer == att.index:

@@ -60,6 +60,9 @@ DISTRIBUTIONS: dict[str, str] = {
 }
 _FAN_IN_ROLES = ("patch_embed", "q", "k", "v", "o", "mlp_in", "mlp_out")
 _TABLE_ROLES = ("pos_embed", "cls_token", "token_embed")
+# Roles that follow another role's rules: a gated MLP's gate is an MLP-in matrix; an MoE router maps
+# width n to a fixed number of experts, so like the head it is a readout (finite fan-out).
+ROLE_ALIASES = {"mlp_gate": "mlp_in", "router": "head"}
 # Roles whose tensors PyTorch should not decay unless asked (biases are never decayed either).
 DEFAULT_NO_DECAY = ("norm", "pos_embed", "cls_token", "gain")
 
@@ -177,7 +180,7 @@ class Parametrization:
     # -- initialization -----------------------------------------------------------------------
     def constant(self, role: str) -> float:
         """C_G for a role (overrides first, then the ViT-run constants; standard C_WE = 0.02^2)."""
-        role = str(role)
+        role = ROLE_ALIASES.get(str(role), str(role))
         if role in self.constants:
             return float(self.constants[role])
         if role == "token_embed" and self.is_standard:
@@ -185,7 +188,7 @@ class Parametrization:
         return VIT_CONSTANTS[role]
 
     def distribution(self, role: str) -> str:
-        role = str(role)
+        role = ROLE_ALIASES.get(str(role), str(role))
         if self.init_style == "lm" and role in _FAN_IN_ROLES:
             return self.distributions.get(role, "normal")
         return self.distributions.get(role, DISTRIBUTIONS[role])
@@ -195,18 +198,18 @@ class Parametrization:
 
         fan-in roles: C_G/fan_in (``init_style="lm"``: 0.02^2, or C_G if overridden); tables
         (pos, cls, token embedding): C_G; head: C_head/(fan_in · w^s), w = n or n/n_base
-        (standard: s = 0).
+        (standard: s = 0). ``mlp_gate`` follows ``mlp_in``, ``router`` the head.
         """
-        role = str(role)
+        role = ROLE_ALIASES.get(str(role), str(role))
         if role in _FAN_IN_ROLES:
             if self.init_style == "lm":
                 return float(self.constants.get(role, LM_STD ** 2))
-            return self.constant(role) / fan_in
+            return self.constant(role) / max(fan_in, 1)
         if role in _TABLE_ROLES:
             return self.constant(role)
         if role == "head":
             s = self.s or 0.0
-            return self.constant("head") / (fan_in * self._w(width) ** s)
+            return self.constant("head") / (max(fan_in, 1) * self._w(width) ** s)
         raise InitError(f"no initialization variance for role {role!r}")
 
     def head_multiplier(self, width: int, *, tied: bool) -> float:
@@ -238,20 +241,21 @@ class Parametrization:
         optimizer = _check_optimizer(optimizer)
         if self.is_standard:
             return 1.0, 0.0
-        role = str(role)
+        role = ROLE_ALIASES.get(str(role), str(role))
         adam = optimizer == "adamw"
         head = role == "head"
         if role == "other":
             return 1.0, 0.0  # unmapped tensors: no factor (documented)
+        n_out = max(fan_out, 1)  # a zero-size head tensor has no outputs to average over
         if head and kind == BIAS:  # b_head: 1 (SGD), n_out^-1/2 (AdamW), never multiplied by n^s
-            return (fan_out ** -0.5 if adam else 1.0), 0.0
+            return (n_out ** -0.5 if adam else 1.0), 0.0
         if head:  # W_head: 1/n (SGD), 1/(n sqrt(n_out)) (AdamW)
-            return (fan_out ** -0.5 if adam else 1.0), -1.0
+            return (n_out ** -0.5 if adam else 1.0), -1.0
         if kind == BIAS or role in ("norm", "gain", "pos_embed", "cls_token", "token_embed"):
             # b_PE, W_WE: 1 (SGD), n^-1/2 (AdamW); hidden biases, norms, gains, cls: same by inference
             const, exp = 1.0, (-0.5 if adam else 0.0)
         elif role == "patch_embed":
-            const, exp = 1.0 / fan_in, (-0.5 if adam else 0.0)
+            const, exp = 1.0 / max(fan_in, 1), (-0.5 if adam else 0.0)
         elif role in ("q", "k", "v", "o"):
             const, exp = 1.0, (-1.5 if adam else -1.0)
         elif role == "mlp_in":  # fan_out = M n
@@ -319,6 +323,8 @@ def _coerce(p) -> Parametrization:
 
 def is_tied(rmap: RoleMap) -> bool:
     """True when the output layer is the token embedding (no separate head weight)."""
+    if rmap.controls.tied_head is not None:
+        return bool(rmap.controls.tied_head)
     return bool(rmap.by_role(Role.TOKEN_EMBED)) and not rmap.by_role(Role.HEAD)
 
 
@@ -334,6 +340,25 @@ def _draw(shape, var: float, dist: str, generator) -> torch.Tensor:
 @torch.no_grad()
 def _write(view: torch.Tensor, value: torch.Tensor) -> None:
     view.copy_(value.to(device=view.device, dtype=view.dtype))
+
+
+def _parametrize_tensors(rmap: RoleMap, p: Parametrization, keep: set, generator) -> None:
+    width = rmap.width
+    for info in rmap:
+        for slot in info.slots:
+            role = str(slot.role)
+            if role in keep or role in ("gain", "other"):
+                continue
+            region = info.region(slot)
+            if region.numel() == 0:  # a zero-size tensor (e.g. an empty bias table): nothing to draw
+                continue
+            if role == "norm":
+                region.fill_(0.0 if info.kind == BIAS else 1.0)
+            elif info.kind == BIAS:
+                region.zero_()
+            else:
+                var = p.variance(role, fan_in=slot.fan_in, width=width)
+                _write(region, _draw(region.shape, var, p.distribution(role), generator))
 
 
 @torch.no_grad()
@@ -360,21 +385,11 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
     require_materialized(model, "parametrize it")
     rmap = role_map if role_map is not None else roles(model)
     keep = {str(Role(r)) for r in keep}
+    from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
+    with full_tensors(rmap) as full:
+        _parametrize_tensors(full, p, keep, generator)
     width = rmap.width
     tied = is_tied(rmap)
-    for info in rmap:
-        for slot in info.slots:
-            role = str(slot.role)
-            if role in keep or role in ("gain", "other"):
-                continue
-            region = info.region(slot)
-            if role == "norm":
-                region.fill_(0.0 if info.kind == BIAS else 1.0)
-            elif info.kind == BIAS:
-                region.zero_()
-            else:
-                var = p.variance(role, fan_in=slot.fan_in, width=width)
-                _write(region, _draw(region.shape, var, p.distribution(role), generator))
     mult = p.head_multiplier(width, tied=tied)
     if rmap.controls.set_head_multiplier is not None:
         rmap.controls.set_head_multiplier(mult)

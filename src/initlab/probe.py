@@ -322,9 +322,12 @@ def probe(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None = 
     def stem_hook(mod, inp):
         rec["stem"] = _ms(inp[0])
 
+    from .roles.dtensor import full_tensors, full_view
+    views = {}  # the q/k views the attention statistics read: full copies under FSDP2
+
     def att_hook(i):
         def fn(mod, inp, out):
-            rec["att"][i] = _attention_stats(rm.attention[i], mod, inp[0])
+            rec["att"][i] = _attention_stats(views["rm"].attention[i], mod, inp[0])
         return fn
 
     def norm_hook(key):
@@ -336,7 +339,8 @@ def probe(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None = 
     saved_grads = [p.grad for p in params]
     rng_devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
     try:
-        with torch.random.fork_rng(devices=rng_devices):
+        with torch.random.fork_rng(devices=rng_devices), full_tensors(rm, write_back=False) as full:
+            views["rm"] = full
             hooks.append(blocks[0].register_forward_pre_hook(stem_hook))
             for i, (b, a) in enumerate(zip(blocks, att_mods)):
                 hooks.append(b.register_forward_hook(block_hook(i)))
@@ -403,13 +407,17 @@ def probe(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None = 
 
 
 def _grad_rows(rm) -> list[dict]:
+    from .roles.core import take
+    from .roles.dtensor import full_view
     rows = []
     for info in rm:
         grad = info.param.grad
+        if grad is not None:
+            grad = full_view(grad)  # a DTensor gradient (FSDP2): gathered
         for slot in info.slots:
             if grad is None:
                 continue
-            region = grad[slot.index] if slot.index else grad
+            region = take(grad, slot.index)
             r = region.detach().double()
             norm = float(r.norm())
             rows.append(dict(name=info.name, role=str(slot.role), kind=info.kind, layer=info.layer,

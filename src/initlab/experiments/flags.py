@@ -112,6 +112,8 @@ def add_config_flags(parser: argparse.ArgumentParser, *, init_flag: bool = True,
     g.add_argument("--device", default=S, help="auto | cpu | cuda | cuda:N | mps (default auto)")
     g.add_argument("--amp", choices=("none", "bf16"), default=S, help=d("amp"))
     g.add_argument("--compile", action="store_const", const=True, default=S, help="torch.compile the model")
+    g.add_argument("--fsdp", action="store_const", const=True, default=S,
+                   help="under torchrun: shard the model with FSDP2 (fully_shard) instead of DDP")
     g.add_argument("--out", default=S, metavar="DIR", help="output directory (default runs/<command>-<time>)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 

@@ -107,3 +107,21 @@ class ViT(nn.Module):
         s = self.forward_features(x)
         s = s[:, 0] if self.pool == "cls" else s.mean(dim=1)
         return self.head(s) * self.head_multiplier
+
+    # The head multiplier a parametrization sets (N_rescale) travels with the state_dict as this
+    # module's extra state (a 0-dim tensor), so a round trip keeps the function the weights were
+    # initialized for; state dicts saved before it existed still load.
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.head_multiplier, dtype=torch.float64)
+
+    def set_extra_state(self, state) -> None:
+        if isinstance(state, (torch.Tensor, float, int)):
+            self.head_multiplier = float(state)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + "_extra_state"
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)

@@ -20,11 +20,13 @@ role ``other``: no scheme touches them.
 """
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from ..errors import RoleMapError
-from .core import RoleMap
-from .mapping import roles_from_mapping
+from .core import BIAS, Role, RoleMap, RoleMapBuilder
+from .mapping import _first_int, module_layout, roles_from_mapping
 from .registry import register_adapter
 
 _HEADS = "config.num_attention_heads"
@@ -41,7 +43,7 @@ BERT = {
     "token_embed": ["**.embeddings.word_embeddings", "**.embeddings.token_type_embeddings"],
     "pos_embed": ["**.embeddings.position_embeddings"],
     "mlp_in": ["**.layer.*.intermediate.dense"], "mlp_out": ["**.layer.*.output.dense"],
-    "head": ["**.pooler.dense", "cls.**", "classifier", "qa_outputs"],
+    "head": ["**.pooler.dense", "cls.**", "classifier", "qa_outputs", "lm_head.dense", "lm_head.decoder"],
 }
 _VIT_COMMON = {
     "patch_embed": ["**.embeddings.patch_embeddings.projection"],
@@ -76,25 +78,417 @@ FAMILIES: dict[str, list[dict]] = {
 }
 
 
+# ------------------------------------------------------------------------------------------------
+# every other transformers model: found by structure (attention modules, MLP names, MoE experts)
+# ------------------------------------------------------------------------------------------------
+_Q = ("q_proj", "query", "q", "q_lin", "wq", "query_proj", "Wq", "self.query", "attention.query",
+      "attention.q_proj", "self_attn.q_proj")
+_K = ("k_proj", "key", "k", "k_lin", "wk", "key_proj", "Wk", "self.key", "attention.key",
+      "attention.k_proj", "self_attn.k_proj")
+_V = ("v_proj", "value", "v", "v_lin", "wv", "value_proj", "Wv", "self.value", "attention.value",
+      "attention.v_proj", "self_attn.v_proj")
+_QKV = ("qkv_proj", "qkv", "c_attn", "query_key_value", "Wqkv", "W_pack", "in_proj", "qkv_linear",
+        "attention.qkv", "self.qkv", "self.in_proj")
+_O = ("o_proj", "out_proj", "dense", "o", "out_lin", "wo", "c_proj", "proj", "output.dense",
+      "attention.output.dense", "out", "attention.o_proj", "self_attn.o_proj", "Wo", "attention.dense")
+_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")
+_KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads", "n_head_kv")
+_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
+# module classes that mean "not softmax attention": refused with this reason
+_NOT_SOFTMAX = (
+    (re.compile(r"Mamba|SSM|Mixer$|ShortConv|Rwkv|RWKV|S4|Hyena"), "state-space / recurrent layers"),
+    (re.compile(r"GatedDeltaNet|DeltaNet|DeltaAttention|Linear\w*Attention|Lightning|Retention|"
+                r"KimiDelta|LinearAttn|GLA\b|AdditiveAttention"),
+     "linear (delta-rule / kernelized / additive) attention"),
+    (re.compile(r"MoA$|MixtureOfAttention"), "mixture-of-attention-heads experts"),
+    (re.compile(r"Diff\w*Attention"), "differential attention (two softmax maps subtracted, "
+                                      "heads paired)"),
+)
+# names of projections that make an attention latent (MLA): per-head q/k/v are products of factors
+_MLA = ("kv_a_proj_with_mqa", "q_a_proj", "kv_b_proj", "kv_a_proj")
+_CROSS = re.compile(r"(encoder_attn|crossattention|cross_attn|cross_attention|enc_dec_attn)",
+                    re.I)
+_MLP_IN = ("ffn", "up_proj", "fc1", "c_fc", "wi", "wi_1", "fc_in", "dense_h_to_4h", "intermediate.dense",
+           "lin1", "w3", "linear1", "dense_in", "mlp.fc1", "in_proj", "fc_1", "w_in", "Wi")
+_MLP_GATE = ("gate_proj", "w1", "wi_0", "gate_up_proj", "ff_gate")
+_MLP_OUT = ("ffn_output", "down_proj", "fc2", "c_proj", "wo", "fc_out", "dense_4h_to_h", "output.dense", "lin2",
+            "w2", "linear2", "dense_out", "Wo", "fc_2", "w_out", "out_proj")
+_MLP_PARENTS = re.compile(r"(^|\.)(mlp|ffn|feed_forward|feedforward|ff|intermediate|output|"
+                          r"shared_expert|shared_experts|shared_mlp|experts\.\d+|mlp\.\d+|"
+                          r"block_sparse_moe|moe|fc|mlp_block|ffn_layer|dense_mlp)(\.|$)", re.I)
+
+
+def _attr_int(mods, names):
+    for mod in mods:
+        for n in names:
+            v = getattr(mod, n, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def _find(model: nn.Module, base: str, names) -> str | None:
+    for rel in names:
+        full = f"{base}.{rel}" if base else rel
+        try:
+            mod = model.get_submodule(full)
+        except AttributeError:
+            continue
+        w = getattr(mod, "weight", None)
+        if isinstance(w, nn.Parameter) and w.dim() == 2:
+            return full
+    return None
+
+
+def _config_chain(model: nn.Module, mod: nn.Module):
+    """The attention module, its config, the model's config and the text/vision sub-configs."""
+    out = [mod]
+    for obj in (getattr(mod, "config", None), getattr(model, "config", None)):
+        if obj is not None:
+            out.append(obj)
+    return out
+
+
+def _fused_layout(model_type: str, mod: nn.Module, heads: int, kv: int, hd: int):
+    """(groups, stride, [(offset, size) for q, k, v]) of a fused qkv tensor's output axis."""
+    t = model_type or ""
+    name = type(mod).__name__
+    per_head = (heads, 3 * hd, [(0, hd), (hd, hd), (2 * hd, hd)])
+    if t in ("gpt_neox", "gpt_neox_japanese", "persimmon", "fuyu", "bloom", "deberta") or \
+            name.startswith(("GPTNeoX", "Persimmon", "Bloom", "DisentangledSelfAttention")):
+        return per_head
+    if t == "falcon" or name.startswith("Falcon"):
+        if getattr(mod, "new_decoder_architecture", False):
+            r = heads // kv
+            return kv, (r + 2) * hd, [(0, r * hd), (r * hd, hd), ((r + 1) * hd, hd)]
+        if not getattr(mod, "multi_query", False):
+            return per_head
+    if t == "codegen" or name.startswith("CodeGen"):
+        mp = getattr(mod, "mp_num", 4)
+        local = heads * hd // mp
+        return mp, 3 * local, [(0, local), (2 * local, local), (local, local)]  # [q | v | k]
+    if t == "gpt_bigcode" or name.startswith("GPTBigCode"):
+        if not getattr(mod, "multi_query", True):
+            return per_head
+    return 1, 0, [(0, heads * hd), (heads * hd, kv * hd), (heads * hd + kv * hd, kv * hd)]
+
+
+def _refusal(model: nn.Module) -> str | None:
+    found = {}
+    for name, mod in model.named_modules():
+        cname = type(mod).__name__
+        for rx, why in _NOT_SOFTMAX:
+            if rx.search(cname):
+                found.setdefault(why, f"{name} ({cname})")
+        if any(isinstance(getattr(mod, n, None), nn.Module) for n in _MLA):
+            found.setdefault("multi-head latent attention (MLA: q/k/v are low-rank latents with a "
+                             "decoupled RoPE key, no per-head q/k/v projection to write)",
+                             f"{name} ({cname})")
+    if not found:
+        return None
+    return "; ".join(f"{why}, e.g. {where}" for why, where in found.items())
+
+
+def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Module, index: int,
+                     model_type: str) -> bool:
+    """Register ``mod`` as an attention layer if its projections can be found; False if not."""
+    q, k, v = (_find(model, name, c) for c in (_Q, _K, _V))
+    fused = None if (q and k and v) else _find(model, name, _QKV)
+    o = _find(model, name, _O)
+    if not (o and ((q and k and v) or fused)):
+        return False
+    if fused and o == fused:
+        return False
+    inner = [mod] + [model.get_submodule(x.rsplit(".", 1)[0]) for x in (q, fused) if x and "." in x[len(name) + 1:]]
+    chain = inner + _config_chain(model, mod)
+    heads = _attr_int(chain, _HEAD_ATTRS)
+    if heads is None:
+        raise RoleMapError(f"{name}: cannot tell the number of heads (no num_heads/"
+                           f"num_attention_heads attribute on the module or its config)")
+    hd = _attr_int(inner, _HEAD_DIM_ATTRS)
+    lin = lambda full, **kw: b.linear(full, layout=module_layout(model.get_submodule(full)), **kw)
+    if fused:
+        whole = lin(fused)
+        kv = _attr_int(inner, _KV_ATTRS)
+        if kv is None and getattr(mod, "multi_query", False):
+            kv = 1
+        if hd is None:
+            kv0 = kv or heads
+            if whole.d_out % (heads + 2 * kv0):
+                raise RoleMapError(f"{fused}: fused width {whole.d_out} does not split into {heads} "
+                                   f"query and 2x{kv0} key/value heads")
+            hd = whole.d_out // (heads + 2 * kv0)
+        kv = kv or (whole.d_out // hd - heads) // 2
+        groups, stride, parts = _fused_layout(model_type, mod, heads, kv, hd)
+        if groups == 1 and sum(s for _, s in parts) != whole.d_out:
+            raise RoleMapError(f"{fused}: fused width {whole.d_out} does not hold {heads} query and "
+                               f"2x{kv} key/value heads of {hd}")
+        qp, kp, vp = (lin(fused, offset=off, d_out=size * groups, groups=groups, stride=stride)
+                      if groups > 1 else lin(fused, offset=off, d_out=size) for off, size in parts)
+    else:
+        qp, kp, vp = lin(q), lin(k), lin(v)
+        if hd is None or qp.d_out != heads * hd:
+            hd = qp.d_out // heads
+        if qp.d_out == 2 * heads * hd:  # gated query: per head [q_h | gate_h]
+            qp = lin(q, offset=0, d_out=heads * hd, groups=heads, stride=2 * hd)
+        kv = kp.d_out // hd if kp.d_out % hd == 0 else None
+        if not kv or heads % kv:
+            raise RoleMapError(f"{name}: key width {kp.d_out} is not a whole number of "
+                               f"{hd}-wide heads dividing {heads} query heads")
+    op = lin(o)
+    causal = getattr(mod, "is_causal", None)
+    cross = bool(getattr(mod, "is_cross_attention", False) or _CROSS.search(name.rsplit(".", 1)[-1]))
+    b.add_attention(index, name, q=qp, k=kp, v=vp, o=op, n_heads=heads, n_kv_heads=kv,
+                    head_dim=hd, cross=cross, causal=None if causal is None else bool(causal) and not cross)
+    for extra in ("q_bias", "v_bias", "k_bias"):  # DeBERTa: biases beside a bias-free fused weight
+        p = getattr(mod, extra, None)
+        if isinstance(p, nn.Parameter) and p.dim() == 1:
+            role = {"q_bias": Role.Q, "k_bias": Role.K, "v_bias": Role.V}[extra]
+            b.add(f"{name}.{extra}", role, kind=BIAS, layer=index, fan_in=1, fan_out=p.numel())
+    return True
+
+
+def _is_attention_class(mod: nn.Module) -> bool:
+    name = type(mod).__name__  # an attention module, not a layer or block that holds one
+    return bool(re.search(r"Attention|Attn", name)) and not re.search(r"(Layer|Block|Model)$", name)
+
+
+def _experts(b: RoleMapBuilder, name: str, mod: nn.Module, d_model: int, layer) -> bool:
+    """Fused 3-D expert tensors (transformers >= 5): gate_up_proj / up_proj / down_proj."""
+    ps = dict(mod.named_parameters(recurse=False))
+    if not any(p.dim() == 3 for p in ps.values()) or not (
+            "Expert" in type(mod).__name__ or any(n in ps for n in ("gate_up_proj", "down_proj", "up_proj"))):
+        return False
+    tr = getattr(mod, "is_transposed", None)
+    concat = getattr(mod, "is_concatenated", True)
+
+    def io(p):  # (fan_in axis, fan_out axis) of an (E, a, b) expert tensor
+        if tr is None:
+            if p.shape[2] == p.shape[1]:
+                raise RoleMapError(f"{name}: cannot tell the (in, out) layout of square expert "
+                                   f"tensors; pass an explicit mapping")
+            tr_ = p.shape[1] == d_model if "down" not in pn and "output" not in pn else p.shape[2] == d_model
+        else:
+            tr_ = bool(tr)
+        return (1, 2) if tr_ else (2, 1)
+
+    for pn, p in ps.items():
+        full = f"{name}.{pn}"
+        if p.dim() == 3:
+            ain, aout = io(p)
+            fin, fout = p.shape[ain], p.shape[aout]
+            if pn in ("gate_up_proj", "input_linear.weight", "w13") or ("gate" in pn and "up" in pn):
+                half = fout // 2
+                sel = lambda part: ((slice(None),) * aout + ((slice(part * half, (part + 1) * half)
+                                     if concat else slice(part, None, 2)),))
+                b.add(full, Role.MLP_GATE, layer=layer, fan_in=fin, fan_out=half, index=sel(0))
+                b.add(full, Role.MLP_IN, layer=layer, fan_in=fin, fan_out=half, index=sel(1))
+            elif "down" in pn or "output" in pn or pn in ("w2",):
+                b.add(full, Role.MLP_OUT, layer=layer, fan_in=fin, fan_out=fout)
+            elif "gate" in pn:
+                b.add(full, Role.MLP_GATE, layer=layer, fan_in=fin, fan_out=fout)
+            else:
+                b.add(full, Role.MLP_IN, layer=layer, fan_in=fin, fan_out=fout)
+        elif p.dim() == 2 and pn.endswith("bias"):
+            b.add(full, Role.MLP_OUT if ("down" in pn or "output" in pn) else Role.MLP_IN, kind=BIAS,
+                  layer=layer, fan_in=1, fan_out=p.numel())
+    return True
+
+
+def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
+    why = _refusal(model)
+    if why:
+        raise RoleMapError(f"{type(model).__name__} (model_type={model_type!r}) is not a softmax-"
+                           f"attention Transformer initlab can map: it has {why}. initlab refuses it "
+                           f"rather than map part of it wrongly.")
+    b = RoleMapBuilder(model)
+    mods = dict(model.named_modules())
+    claimed: list[str] = []
+    index = 0
+    for name, mod in mods.items():
+        if not name or any(name.startswith(c + ".") for c in claimed):
+            continue
+        if isinstance(mod, nn.MultiheadAttention):  # e.g. SigLIP's attention-pooling head
+            from .adapters_torch import _mha
+            _mha(b, index, name, mod, cross=True)
+            claimed.append(name)
+            index += 1
+            continue
+        if not _is_attention_class(mod):
+            continue
+        if _attention_layer(b, model, name, mod, index, model_type):
+            claimed.append(name)
+            index += 1
+    if not b.attention:
+        raise RoleMapError("found no attention module with q/k/v (or fused qkv) and output "
+                           "projections")
+    width = b.attention[0].d_model
+    for c in claimed:  # an attention output gate (gated attention): a hidden matrix like the MLP gate
+        for name, mod in model.get_submodule(c).named_modules(prefix=c):
+            w = getattr(mod, "weight", None)
+            leaf = name.rsplit(".", 1)[-1]
+            if isinstance(mod, nn.Linear) and ("gate" in leaf or leaf == "g_proj") and \
+                    b.canonical_name(w) not in b.infos:
+                b.add_module(name, Role.MLP_GATE, layer=_first_int(name))
+    # MLPs, experts and routers inside the blocks
+    for name, mod in mods.items():
+        if any(name == c or name.startswith(c + ".") for c in claimed):
+            continue
+        layer = _first_int(name)
+        if layer is None and not _MLP_PARENTS.search(name.rsplit(".", 1)[0] if "." in name else ""):
+            continue
+        if _experts(b, name, mod, width, layer):
+            continue
+        w = getattr(mod, "weight", None)
+        if not isinstance(w, nn.Parameter) or w.dim() != 2 or type(mod).__name__ == "Embedding":
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        two = ".".join(name.split(".")[-2:])
+        cls = type(mod).__name__
+        if "Router" in cls or leaf in ("router", "gate", "wg", "layer") and w.shape[0] < w.shape[1] \
+                and ("router" in name or leaf == "gate" or leaf == "wg") or leaf == "shared_expert_gate":
+            b.add_module(name, Role.ROUTER, layer=layer)
+        elif leaf in ("gate_up_proj", "Wi"):
+            # fused [gate | up] (glm, phi3); ModernBERT's Wi is [input | gate]
+            fin, fout = _fans_of(mod)
+            half = fout // 2
+            first, second = (Role.MLP_GATE, Role.MLP_IN) if leaf == "gate_up_proj" else (Role.MLP_IN, Role.MLP_GATE)
+            for part, role in ((0, first), (1, second)):
+                sl = slice(part * half, (part + 1) * half)
+                b.add(f"{name}.weight", role, layer=layer, fan_in=fin, fan_out=half,
+                      index=(sl, slice(None)) if module_layout(mod) == "out_in" else (slice(None), sl))
+                bias = getattr(mod, "bias", None)
+                if isinstance(bias, nn.Parameter):
+                    b.add(f"{name}.bias", role, kind=BIAS, layer=layer, fan_in=1, fan_out=half,
+                          index=(slice(part * half, (part + 1) * half),))
+        elif leaf in _MLP_GATE or two in _MLP_GATE:
+            b.add_module(name, Role.MLP_GATE, layer=layer)
+        elif leaf in _MLP_IN or two in _MLP_IN:
+            b.add_module(name, Role.MLP_IN, layer=layer)
+        elif leaf in _MLP_OUT or two in _MLP_OUT:
+            b.add_module(name, Role.MLP_OUT, layer=layer)
+        elif _MLP_PARENTS.search(parent):  # unknown name inside an MLP: in if it widens, else out
+            fin, fout = _fans_of(mod)
+            b.add_module(name, Role.MLP_IN if fout >= fin else Role.MLP_OUT, layer=layer)
+    b.add_norms(layer_of=_first_int)
+    # embeddings, tokens and patch stems first, so a head tied to an embedding stays token_embed
+    free = [(n, m) for n, m in mods.items() if n and not any(n == c or n.startswith(c + ".") for c in claimed)
+            and any(True for _ in m.parameters(recurse=False))]
+    for name, mod in free:
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(mod, nn.Embedding):
+            if re.search(r"rel|bucket|bias", leaf, re.I):
+                continue
+            role = Role.POS_EMBED if re.search(r"pos|wpe|position", leaf, re.I) else Role.TOKEN_EMBED
+            b.add_module(name, role, layer=None)
+        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and (
+                _first_int(name) is None or re.search(r"patch", name, re.I)):
+            b.add_module(name, Role.PATCH_EMBED, layer=_first_int(name))
+        for pn, p in mod.named_parameters(recurse=False):
+            full = f"{name}.{pn}"
+            if b.canonical_name(p) in b.infos:
+                continue
+            if pn in ("cls_token", "distillation_token", "register_tokens", "class_embedding", "probe"):
+                b.add(full, Role.CLS_TOKEN, fan_in=1, fan_out=p.shape[-1])
+            elif re.fullmatch(r"position_embeddings?|pos_embed|positional_embedding", pn) and p.dim() >= 2:
+                b.add(full, Role.POS_EMBED, fan_in=1, fan_out=p.shape[-1])
+            elif p.dim() == 2 and re.search(r"proj", pn) and _first_int(name) is None:
+                b.add(full, Role.MLP_IN, fan_in=p.shape[0], fan_out=p.shape[1])  # x @ W projector
+    for name, mod in free:  # heads: matrices outside the blocks (a tied one is already token_embed)
+        w = getattr(mod, "weight", None)
+        if isinstance(w, nn.Parameter) and w.dim() == 2 and _first_int(name) is None and \
+                not isinstance(mod, nn.Embedding) and b.canonical_name(w) not in b.infos and \
+                re.search(r"embed|project_in|proj_in|patch|projection|projector", name, re.I):
+            # a projection into the trunk (ALBERT's embedding mapping, a multimodal projector):
+            # a hidden matrix, initialized and scaled like an MLP's input
+            b.add_module(name, Role.MLP_IN)
+        elif isinstance(w, nn.Parameter) and w.dim() == 2 and _first_int(name) is None and \
+                not isinstance(mod, nn.Embedding):
+            if b.canonical_name(w) not in b.infos:
+                b.add_module(name, Role.HEAD)
+            else:
+                bias = getattr(mod, "bias", None)
+                if isinstance(bias, nn.Parameter) and b.canonical_name(bias) not in b.infos:
+                    b.add(f"{name}.bias", Role.HEAD, kind=BIAS, fan_in=1, fan_out=bias.numel())
+    for n, p in model.named_parameters():  # bare parameters directly on the model
+        if "." not in n and b.canonical_name(p) not in b.infos and n in ("cls_token", "pos_embed"):
+            b.add(n, Role.CLS_TOKEN if n == "cls_token" else Role.POS_EMBED, fan_in=1, fan_out=p.shape[-1])
+    head_controls(b.controls, model)
+    depth = sum(1 for a in b.attention if not a.cross)
+    return b.build(width=width, depth=depth, adapter=f"transformers.{model_type or 'generic'}",
+                   allow_unmapped=True)
+
+
+def _fans_of(mod: nn.Module) -> tuple[int, int]:
+    w = mod.weight
+    if module_layout(mod) == "in_out":
+        return w.shape[0], w.shape[1]
+    return w.shape[1], w.shape[0]
+
+
+_MULT = "_initlab_head_multiplier"
+
+
+def _scale_logits(module: nn.Module, args, output):
+    m = getattr(module, _MULT, 1.0)
+    return output if m == 1.0 else output * m
+
+
+def tied_output(model: nn.Module) -> nn.Module | None:
+    """The output-embedding module when its weight is the input embedding's (a tied head)."""
+    try:
+        out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    w_out, w_in = getattr(out, "weight", None), getattr(inp, "weight", None)
+    return out if w_out is not None and w_out is w_in else None
+
+
+def head_controls(controls, model: nn.Module) -> None:
+    """A tied head's multiplier (N_rescale), applied to the output module's logits by a forward
+    hook, so the tie stays (one tensor, one init) while the logits are rescaled. The value lives on
+    the module (``deepcopy`` keeps it); a fresh model loaded from a state dict needs it set again."""
+    out = tied_output(model)
+    controls.tied_head = out is not None
+    if out is None:
+        return
+
+    def get() -> float:
+        return float(getattr(out, _MULT, 1.0))
+
+    def set_(value: float) -> None:
+        setattr(out, _MULT, float(value))
+        if not any(h is _scale_logits for h in out._forward_hooks.values()):
+            out.register_forward_hook(_scale_logits)
+
+    controls.get_head_multiplier, controls.set_head_multiplier = get, set_
+
+
 def is_transformers_model(model: nn.Module) -> bool:
-    return type(model).__module__.split(".")[0] == "transformers"
+    # the MRO, not the class itself: fully_shard (FSDP2) swaps in a subclass defined elsewhere
+    return any(c.__module__.split(".")[0] == "transformers" for c in type(model).__mro__)
 
 
 def hf_roles(model: nn.Module) -> RoleMap:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    candidates = [(model_type, spec) for spec in FAMILIES.get(model_type, [])]
-    candidates += [(fam, spec) for fam, specs in FAMILIES.items() if fam != model_type for spec in specs]
     errors = []
-    for fam, spec in candidates:
+    for spec in FAMILIES.get(model_type, []):
         try:
-            return roles_from_mapping(model, {**spec, "strict": False},
-                                      adapter=f"transformers.{fam}", require_matches=False)
+            rmap = roles_from_mapping(model, {**spec, "strict": False},
+                                      adapter=f"transformers.{model_type}", require_matches=False)
+            head_controls(rmap.controls, model)
+            return rmap
         except RoleMapError as exc:
-            errors.append(f"{fam}: {exc}")
+            errors.append(f"{model_type} layout: {exc}")
+    try:
+        return _hf_generic(model, model_type)
+    except RoleMapError as exc:
+        errors.append(str(exc))
     raise RoleMapError(
-        f"initlab knows GPT-2, BERT, ViT and LLaMA-style layouts of transformers models; "
-        f"{type(model).__name__} (model_type={model_type!r}) matches none of them. Pass an explicit "
-        f"mapping to initlab.role_map(model, mapping=...) (see docs/adapters.md).")
+        f"initlab cannot map {type(model).__name__} (model_type={model_type!r}): "
+        + " | ".join(errors) + " Pass an explicit mapping to initlab.role_map(model, mapping=...) "
+        f"(see docs/adapters.md).")
 
 
 register_adapter("transformers", is_transformers_model, hf_roles)

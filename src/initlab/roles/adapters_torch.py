@@ -23,7 +23,8 @@ from .registry import register_adapter
 _LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
-def _mha(b: RoleMapBuilder, index: int, name: str, mha: nn.MultiheadAttention) -> None:
+def _mha(b: RoleMapBuilder, index: int, name: str, mha: nn.MultiheadAttention, *,
+         cross: bool = False) -> None:
     e = mha.embed_dim
     bias = mha.in_proj_bias
     if mha._qkv_same_embed_dim:
@@ -37,7 +38,7 @@ def _mha(b: RoleMapBuilder, index: int, name: str, mha: nn.MultiheadAttention) -
     o_bias = mha.out_proj.bias
     o = Projection(join_name(name, "out_proj.weight"), mha.out_proj.weight, "out_in", e, e, 0,
                    o_bias, join_name(name, "out_proj.bias") if o_bias is not None else None)
-    b.add_attention(index, name, q=q, k=k, v=v, o=o, n_heads=mha.num_heads)
+    b.add_attention(index, name, q=q, k=k, v=v, o=o, n_heads=mha.num_heads, cross=cross)
     if not mha._qkv_same_embed_dim and bias is not None:
         # separate weights still share one packed bias: register its three slices
         for j, role in enumerate((Role.Q, Role.K, Role.V)):

@@ -39,8 +39,10 @@ class Role(str, Enum):
     K = "k"
     V = "v"
     O = "o"
-    MLP_IN = "mlp_in"
-    MLP_OUT = "mlp_out"
+    MLP_IN = "mlp_in"  # up projection (a dense MLP's or one expert's)
+    MLP_GATE = "mlp_gate"  # gate projection of a gated MLP (SwiGLU/GeGLU); schemes treat it as mlp_in
+    MLP_OUT = "mlp_out"  # down projection (a dense MLP's or one expert's)
+    ROUTER = "router"  # MoE router: d_model -> n_experts logits
     NORM = "norm"
     HEAD = "head"
     GAIN = "gain"  # residual-branch multipliers (ReZero, SkipInit, LayerScale)
@@ -57,6 +59,35 @@ class Role(str, Enum):
 
 WEIGHT, BIAS = "weight", "bias"
 ATTENTION_ROLES = (Role.Q, Role.K, Role.V, Role.O)
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """Index of a region interleaved in a fused tensor.
+
+    Along ``axis`` the tensor is ``groups`` blocks of ``stride`` entries; the region takes entries
+    ``[offset, offset + size)`` of every block (e.g. GPT-NeoX's per-head [q_h | k_h | v_h] rows).
+    :func:`take` returns it as a view of shape (…, groups, size, …).
+    """
+
+    groups: int
+    stride: int
+    offset: int
+    size: int
+    axis: int = 0
+
+    def take(self, t: torch.Tensor) -> torch.Tensor:
+        ax = self.axis % t.dim()
+        shape = t.shape[:ax] + (self.groups, self.stride) + t.shape[ax + 1:]
+        idx = (slice(None),) * (ax + 1) + (slice(self.offset, self.offset + self.size),)
+        return t.view(shape)[idx]
+
+
+def take(t: torch.Tensor, index) -> torch.Tensor:
+    """The region ``index`` (a slot's or projection's index) of ``t``, as a view."""
+    if isinstance(index, Grouped):
+        return index.take(t)
+    return t[index] if index else t
 
 
 @dataclass(frozen=True)
@@ -102,8 +133,7 @@ class ParamInfo:
 
     def region(self, slot: Slot) -> torch.Tensor:
         """The region of the parameter's data that ``slot`` covers (a view)."""
-        data = self.param.detach()
-        return data[slot.index] if slot.index else data
+        return take(self.param.detach(), slot.index)
 
 
 @dataclass
@@ -111,7 +141,11 @@ class Projection:
     """One linear map of an attention layer, stored inside a (possibly fused) tensor.
 
     ``layout`` is ``"out_in"`` (nn.Linear: weight (out, in)) or ``"in_out"`` (Conv1D: (in, out)).
-    ``offset``/``d_out`` select this projection's outputs inside a fused tensor.
+    ``offset``/``d_out`` select this projection's outputs inside a fused tensor. With
+    ``groups`` > 1 the outputs are interleaved: the stored output axis is ``groups`` blocks of
+    ``stride`` features and this projection owns ``[offset, offset + d_out/groups)`` of each block
+    (GPT-NeoX/Bloom per-head [q|k|v], Falcon per-KV-group, CodeGen's model-parallel blocks, a gated
+    query's [q_h | gate_h]). :meth:`matrix` is then a copy; write with :meth:`write`.
     """
 
     name: str
@@ -122,34 +156,84 @@ class Projection:
     offset: int = 0
     bias: nn.Parameter | None = None
     bias_name: str | None = None
+    groups: int = 1
+    stride: int = 0
 
     def __post_init__(self):
         if self.layout not in ("out_in", "in_out"):
             raise RoleMapError(f"unknown projection layout {self.layout!r} for {self.name}")
         rows = self.weight.shape[0] if self.layout == "out_in" else self.weight.shape[1]
         cols = self.weight.shape[1] if self.layout == "out_in" else self.weight.shape[0]
-        if cols != self.d_in or self.offset + self.d_out > rows:
+        if self.groups > 1:
+            ok = (self.d_out % self.groups == 0 and self.groups * self.stride == rows
+                  and self.offset + self.d_out // self.groups <= self.stride)
+        else:
+            ok = self.offset + self.d_out <= rows
+        if cols != self.d_in or not ok:
             raise RoleMapError(
                 f"{self.name}: weight of shape {tuple(self.weight.shape)} ({self.layout}) cannot hold "
-                f"a {self.d_in}->{self.d_out} projection at offset {self.offset}")
+                f"a {self.d_in}->{self.d_out} projection at offset {self.offset}"
+                + (f" in {self.groups} groups of {self.stride}" if self.groups > 1 else ""))
 
     @property
-    def index(self) -> tuple:
-        """Index of this projection's region inside the stored weight."""
+    def size(self) -> int:
+        """Outputs per group (all of them when not interleaved)."""
+        return self.d_out // self.groups
+
+    @property
+    def index(self):
+        """Index of this projection's region inside the stored weight (see :func:`take`)."""
+        axis = 0 if self.layout == "out_in" else 1
+        if self.groups > 1:
+            return Grouped(self.groups, self.stride, self.offset, self.size, axis)
         sl = slice(self.offset, self.offset + self.d_out)
-        return (sl, slice(None)) if self.layout == "out_in" else (slice(None), sl)
+        return (sl, slice(None)) if axis == 0 else (slice(None), sl)
+
+    @property
+    def bias_index(self):
+        if self.groups > 1:
+            return Grouped(self.groups, self.stride, self.offset, self.size, 0)
+        return (slice(self.offset, self.offset + self.d_out),)
+
+    def _rows(self, start: int, stop: int) -> tuple[int, int]:
+        """Stored output positions of canonical outputs [start, stop) (within one group)."""
+        if self.groups == 1:
+            return self.offset + start, self.offset + stop
+        g = start // self.size
+        if stop > (g + 1) * self.size:
+            raise RoleMapError(f"{self.name}: outputs {start}:{stop} cross an interleaving block")
+        base = g * self.stride + self.offset - g * self.size
+        return base + start, base + stop
+
+    def cols(self, start: int, stop: int) -> torch.Tensor:
+        """Canonical (d_in, stop - start) view of outputs [start, stop) (e.g. one head)."""
+        a, b = self._rows(start, stop)
+        w = self.weight.detach()
+        return w[a:b].t() if self.layout == "out_in" else w[:, a:b]
 
     def matrix(self) -> torch.Tensor:
-        """Canonical (d_in, d_out) view: y = x @ matrix()."""
-        w = self.weight.detach()
-        if self.layout == "out_in":
-            return w[self.offset:self.offset + self.d_out].t()
-        return w[:, self.offset:self.offset + self.d_out]
+        """Canonical (d_in, d_out) matrix, y = x @ matrix(): a view (a copy when interleaved)."""
+        if self.groups == 1:
+            return self.cols(0, self.d_out)
+        return torch.cat([self.cols(g * self.size, (g + 1) * self.size) for g in range(self.groups)], 1)
+
+    @torch.no_grad()
+    def write(self, value: torch.Tensor) -> None:
+        """Write a canonical (d_in, d_out) matrix into the stored weight, in place."""
+        for g in range(self.groups):
+            view = self.cols(g * self.size, (g + 1) * self.size)
+            view.copy_(value[:, g * self.size:(g + 1) * self.size].to(view.device, view.dtype))
 
     def bias_view(self) -> torch.Tensor | None:
+        """This projection's bias (a view; a copy when interleaved)."""
         if self.bias is None:
             return None
-        return self.bias.detach()[self.offset:self.offset + self.d_out]
+        return take(self.bias.detach(), self.bias_index).reshape(-1)
+
+    @torch.no_grad()
+    def zero_bias(self) -> None:
+        if self.bias is not None:
+            take(self.bias.detach(), self.bias_index).zero_()
 
 
 @dataclass
@@ -172,6 +256,8 @@ class AttentionLayer:
     v: Projection
     o: Projection
     set_logit_scale: Callable[[float], None] | None = None
+    cross: bool = False  # cross-attention: keys/values read another sequence (encoder states)
+    causal: bool | None = None  # masked to earlier positions (None: the adapter cannot tell)
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -185,17 +271,17 @@ class AttentionLayer:
     def kv_group(self, h: int) -> int:
         return h // self.group_size
 
-    def _cols(self, m: torch.Tensor, h: int) -> torch.Tensor:
-        return m[:, h * self.head_dim:(h + 1) * self.head_dim]
+    def _head(self, proj: Projection, h: int) -> torch.Tensor:
+        return proj.cols(h * self.head_dim, (h + 1) * self.head_dim)
 
     def q_head(self, h: int) -> torch.Tensor:
-        return self._cols(self.q.matrix(), h)
+        return self._head(self.q, h)
 
     def k_head(self, g: int) -> torch.Tensor:
-        return self._cols(self.k.matrix(), g)
+        return self._head(self.k, g)
 
     def v_head(self, g: int) -> torch.Tensor:
-        return self._cols(self.v.matrix(), g)
+        return self._head(self.v, g)
 
     def o_head(self, h: int) -> torch.Tensor:
         return self.o.matrix()[h * self.head_dim:(h + 1) * self.head_dim]
@@ -221,11 +307,14 @@ class ModelControls:
 
     ``head_multiplier``: get/set the constant multiplying the output logits (N_rescale).
     ``skip_scale``: set the residual skip multiplier (DeepNorm's alpha).
+    ``tied_head``: True when the output layer reuses the token embedding (None: unknown, judged from
+    the roles: a token embedding and no head weight).
     """
 
     get_head_multiplier: Callable[[], float] | None = None
     set_head_multiplier: Callable[[float], None] | None = None
     set_skip_scale: Callable[[float], None] | None = None
+    tied_head: bool | None = None
 
 
 @dataclass
@@ -294,6 +383,8 @@ class RoleMapBuilder:
         self.model = model
         self.prefix = prefix
         self.named = dict(model.named_parameters(remove_duplicate=True))
+        # every name, tied aliases included (xlm-roberta's decoder.weight is word_embeddings.weight)
+        self.aliases = dict(model.named_parameters(remove_duplicate=False))
         self._ids = {id(p): n for n, p in self.named.items()}
         self.infos: dict[str, ParamInfo] = {}
         self.attention: list[AttentionLayer] = []
@@ -302,7 +393,7 @@ class RoleMapBuilder:
     # -- lookup ---------------------------------------------------------------------------------
     def param(self, name: str) -> nn.Parameter:
         try:
-            return self.named[name]
+            return self.aliases[name]
         except KeyError:
             raise RoleMapError(f"{type(self.model).__name__} has no parameter {name!r}") from None
 
@@ -341,7 +432,7 @@ class RoleMapBuilder:
             self.add(join_name(module_name, "bias"), role, kind=BIAS, layer=layer, fan_in=1, fan_out=b.numel())
 
     def linear(self, module_name: str, *, offset: int = 0, d_out: int | None = None,
-               layout: str | None = None) -> Projection:
+               layout: str | None = None, groups: int = 1, stride: int = 0) -> Projection:
         """A :class:`Projection` over an ``nn.Linear`` (or Conv1D when ``layout="in_out"``)."""
         mod = self.model.get_submodule(module_name)
         w = mod.weight
@@ -353,27 +444,32 @@ class RoleMapBuilder:
         b = b if isinstance(b, nn.Parameter) else None
         return Projection(join_name(module_name, "weight"), w, layout, d_in,
                           total - offset if d_out is None else d_out, offset,
-                          b, join_name(module_name, "bias") if b is not None else None)
+                          b, join_name(module_name, "bias") if b is not None else None, groups, stride)
 
     def add_attention(self, layer: int, module_name: str, *, q: Projection, k: Projection,
                       v: Projection, o: Projection, n_heads: int, n_kv_heads: int | None = None,
-                      set_logit_scale: Callable[[float], None] | None = None) -> AttentionLayer:
+                      set_logit_scale: Callable[[float], None] | None = None,
+                      head_dim: int | None = None, cross: bool = False,
+                      causal: bool | None = None) -> AttentionLayer:
         """Register an attention layer and the roles of the tensors its projections live in."""
         n_kv = n_kv_heads or n_heads
         d_model = q.d_in
         if q.d_out % n_heads:
             raise RoleMapError(f"{module_name}: q width {q.d_out} is not divisible by {n_heads} heads")
+        if head_dim is not None and head_dim * n_heads != q.d_out:
+            raise RoleMapError(f"{module_name}: {n_heads} heads of head_dim {head_dim} need a q width "
+                               f"of {n_heads * head_dim}, the q projection has {q.d_out}")
         head_dim = q.d_out // n_heads
         if k.d_out != n_kv * head_dim or v.d_out != n_kv * head_dim or o.d_in != n_heads * head_dim:
             raise RoleMapError(f"{module_name}: projection shapes do not match {n_heads} heads of "
                                f"{head_dim} with {n_kv} key/value heads")
         att = AttentionLayer(layer, module_name, d_model, n_heads, n_kv, head_dim, q, k, v, o,
-                             set_logit_scale)
+                             set_logit_scale, cross, causal)
         for role, proj in att.projections().items():
             self.add(proj.name, role, layer=layer, fan_in=proj.d_in, fan_out=proj.d_out, index=proj.index)
             if proj.bias is not None:
-                sl = (slice(proj.offset, proj.offset + proj.d_out),)
-                self.add(proj.bias_name, role, kind=BIAS, layer=layer, fan_in=1, fan_out=proj.d_out, index=sl)
+                self.add(proj.bias_name, role, kind=BIAS, layer=layer, fan_in=1, fan_out=proj.d_out,
+                         index=proj.bias_index)
         self.attention.append(att)
         return att
 

@@ -19,7 +19,7 @@ def _attention(b: RoleMapBuilder, i: int, name: str, attn: Attention) -> None:
         attn.scale = float(value)
 
     b.add_attention(i, name, q=q, k=k, v=v, o=b.linear(f"{name}.proj"), n_heads=attn.n_heads,
-                    set_logit_scale=set_scale)
+                    set_logit_scale=set_scale, causal=bool(getattr(attn, "causal", False)))
 
 
 def _blocks(b: RoleMapBuilder, model) -> None:
@@ -35,6 +35,7 @@ def _blocks(b: RoleMapBuilder, model) -> None:
 
 def _controls(b: RoleMapBuilder, model) -> None:
     b.controls.get_head_multiplier = lambda: model.head_multiplier
+    b.controls.tied_head = getattr(model, "head", None) is None
 
     def set_head(value: float) -> None:
         model.head_multiplier = float(value)

@@ -169,7 +169,11 @@ def add_attention_spec(b: RoleMapBuilder, index: int, name: str, spec: dict, mod
     if "o" not in spec:
         raise RoleMapError(f"attention spec for {name}: missing o= (the output projection)")
     o = lin(spec["o"])
-    b.add_attention(index, name, q=q, k=k, v=v, o=o, n_heads=heads, n_kv_heads=kv_heads)
+    head_dim = spec.get("head_dim")
+    causal = getattr(module, "is_causal", None)  # Hugging Face attention modules say so
+    b.add_attention(index, name, q=q, k=k, v=v, o=o, n_heads=heads, n_kv_heads=kv_heads,
+                    head_dim=head_dim if "qkv" not in spec else None,
+                    causal=causal if isinstance(causal, bool) else None)
 
 
 def roles_from_mapping(model: nn.Module, mapping: dict, *, adapter: str = "mapping",

@@ -149,19 +149,22 @@ class InitPlan:
                                       or generator.device.type != "cpu"):
             raise InitError("generator must be a CPU torch.Generator (draws are made on the CPU and "
                             "copied to the parameters' device)")
-        rmap = self.check(model, role_map)
-        if self.parametrize_first:
-            parametrize_(model, self.parametrization, generator=generator, role_map=rmap)
-        for step in self.steps:
-            scheme, o = step.scheme, step.options
-            if scheme.parametrization:
+        from ..roles.dtensor import full_tensors  # FSDP2: read/write full tensors, then reshard
+        require_materialized(model)
+        with full_tensors(role_map if role_map is not None else roles(model)) as full:
+            rmap = self.check(model, full)
+            if self.parametrize_first:
                 parametrize_(model, self.parametrization, generator=generator, role_map=rmap)
-            if scheme.rules:
-                apply_rules(rmap, scheme.rules, o, generator)
-            if scheme.apply is not None:
-                scheme.apply(model, rmap, o, generator)
-            if scheme.setup is not None:
-                scheme.setup(model, rmap, o)
+            for step in self.steps:
+                scheme, o = step.scheme, step.options
+                if scheme.parametrization:
+                    parametrize_(model, self.parametrization, generator=generator, role_map=rmap)
+                if scheme.rules:
+                    apply_rules(rmap, scheme.rules, o, generator)
+                if scheme.apply is not None:
+                    scheme.apply(model, rmap, o, generator)
+                if scheme.setup is not None:
+                    scheme.setup(model, rmap, o)
         return model
 
     def initialize_(self, model: nn.Module, seed: int, *, role_map=None) -> nn.Module:

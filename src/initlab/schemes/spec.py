@@ -32,6 +32,9 @@ TABLES = ("token_embed", "pos_embed", "cls_token")
 #: model capabilities a scheme may require: attention layers, residual-branch gains, a skip-scale
 #: control, a ViT patch grid (the last checked by the scheme's own ``check``)
 REQUIREMENTS = ("attention", "gains", "skip_scale", "grid")
+#: roles a rule covers through another unless it names them: a gated MLP's gate projection and an
+#: MoE router are input-side matrices (fan_in = d), initialized like mlp_in
+SCHEME_ALIASES = {"mlp_gate": "mlp_in", "router": "mlp_in"}
 DISTRIBUTIONS = ("normal", "trunc_normal", "uniform", "xavier_uniform", "xavier_normal",
                  "zeros", "constant")
 
@@ -96,7 +99,10 @@ class Rule:
         return (WEIGHT, BIAS) if self.kind == "both" else (self.kind,)
 
     def applies(self, info: ParamInfo, slot: Slot) -> bool:
-        return (slot.role.value in self.roles and info.kind in self.kinds()
+        role = slot.role.value
+        if role not in self.roles:  # a gate or router falls under the rule for mlp_in
+            role = SCHEME_ALIASES.get(role, role)
+        return (role in self.roles and info.kind in self.kinds()
                 and (self.layers is None or self.layers(info.layer)))
 
 
@@ -179,10 +185,12 @@ def apply_rules(rmap: RoleMap, rules: tuple[Rule, ...], options: dict,
                     rule = r
             if rule is None:
                 continue
+            region = info.region(slot)
+            if region.numel() == 0:  # zero-size tensor: nothing to draw (its fans may be 0)
+                continue
             ctx = context(rmap, info, slot, options)
             if value(rule.std, ctx) is None:  # an option switched this rule off
                 continue
-            region = info.region(slot)
             region.copy_(draw(rule, ctx, region.shape, generator).to(region.device, region.dtype))
             written.append(info.name)
     return written

@@ -54,6 +54,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: str = "none"  # none | bf16
     compile: bool = False
+    fsdp: bool = False  # under torchrun: shard with FSDP2 (fully_shard) instead of DDP
     out: str | None = None  # run directory
     resume: bool = False
 

@@ -99,3 +99,41 @@ def check_same_init(model: torch.nn.Module, info: DistInfo, device: torch.device
         raise TrainingError(f"ranks initialized different weights (checksum {lo!r} .. {hi!r}); "
                             f"initialization must draw only from the seeded generator")
     return float(c)
+
+
+def fully_shard_model(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """FSDP2: shard every block, then the root, over all ranks (parameters become DTensors).
+
+    Call after initialization (every rank holds the same full weights; each keeps its shard) and
+    before building the optimizer, which must hold the sharded parameters.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    if not info.enabled:
+        raise ConfigError("--fsdp shards over processes: launch with torchrun --nproc_per_node N "
+                          "(N >= 2), or drop --fsdp")
+    mesh = init_device_mesh(device.type, (info.world_size,))
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ConfigError(f"--fsdp knows initlab's ViT/GPT blocks; {type(model).__name__} has none")
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """The model's state dict with every DTensor gathered (a collective: call on every rank)."""
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v)
+            for k, v in model.state_dict().items()}
+
+
+def gather_tree(obj):
+    """A copy of a nested dict/list state with every DTensor gathered (collective, every rank)."""
+    if hasattr(obj, "full_tensor"):
+        return obj.full_tensor()
+    if isinstance(obj, dict):
+        return {k: gather_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(gather_tree(v) for v in obj)
+    return obj

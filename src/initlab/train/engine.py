@@ -163,7 +163,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
     if config.optimizer == "adamw":
         # the fused kernel: one pass over all tensors (on CPU ~5x faster than the foreach path for
         # a 2.7M-parameter ViT; benchmarks/bench_throughput.py)
-        kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {}
+        kwargs = {"fused": True} if device.type in ("cuda", "cpu") and not config.fsdp else {}
         return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, **kwargs)
     # SGD with heavy-ball momentum betas[0] (0.9 by default), the paper's SGD runs
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.betas[0])
@@ -288,6 +288,10 @@ class _Trainer:
         self.checksum = distributed.check_same_init(model, self.dist, self.device)
         self.total = total_steps(cfg, self.task.steps_per_epoch)
         self.eval_every = eval_interval(cfg, self.total, self.task.steps_per_epoch)
+        if cfg.fsdp:
+            if state is not None:
+                raise ConfigError("resuming an --fsdp run is not supported yet; start a new run")
+            distributed.fully_shard_model(model, self.dist, self.device)
         self.opt = build_optimizer(model, cfg, self.device, self.parametrization)
         self.schedule = WarmupCosine(self.total, warmup_steps(cfg.warmup, self.total), cfg.min_lr_ratio)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.schedule)
@@ -302,7 +306,7 @@ class _Trainer:
         self.model = model
         self.n_params = sum(p.numel() for p in model.parameters())
         net = model
-        if self.dist.enabled:
+        if self.dist.enabled and not cfg.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
@@ -347,8 +351,12 @@ class _Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict:
-        return dict(step=self.step, run_id=self.run_id, model=self.task.model.state_dict(),
-                    optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+        model_state = getattr(self, "_model_state", None)
+        if model_state is None:
+            model_state = self.task.model.state_dict()
+        return dict(step=self.step, run_id=self.run_id, model=model_state,
+                    optimizer=getattr(self, "_opt_state", None) or self.opt.state_dict(),
+                    scheduler=self.sched.state_dict(),
                     rng=rng_state(), config=self.config.to_dict(), history=self.history,
                     accumulator=dict(loss_sum=self.loss_sum.detach().cpu(), loss_count=self.loss_count),
                     data=dict(position=self.step, seed=self.config.seed,
@@ -365,6 +373,9 @@ class _Trainer:
         return ok
 
     def _save(self) -> None:
+        # FSDP2: every rank gathers the full weights (a collective) before rank 0 writes them
+        self._model_state = distributed.full_state_dict(self.task.model) if self.config.fsdp else None
+        self._opt_state = distributed.gather_tree(self.opt.state_dict()) if self.config.fsdp else None
         if self.run_dir is None or not self.dist.is_main:
             return
         ckpt.save_checkpoint(self._state(), self.run_dir.path)
