@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import RoleMapError
 from .core import BIAS, Role, RoleMap, RoleMapBuilder
-from .mapping import _first_int, module_layout, roles_from_mapping
+from .mapping import first_int, module_layout, roles_from_mapping
 from .registry import register_adapter
 
 _HEADS = "config.num_attention_heads"
@@ -309,8 +309,8 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
         if not name or any(name.startswith(c + ".") for c in claimed):
             continue
         if isinstance(mod, nn.MultiheadAttention):  # e.g. SigLIP's attention-pooling head
-            from .adapters_torch import _mha
-            _mha(b, index, name, mod, cross=True)
+            from .adapters_torch import add_mha
+            add_mha(b, index, name, mod, cross=True)
             claimed.append(name)
             index += 1
             continue
@@ -329,12 +329,12 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
             leaf = name.rsplit(".", 1)[-1]
             if isinstance(mod, nn.Linear) and ("gate" in leaf or leaf == "g_proj") and \
                     b.canonical_name(w) not in b.infos:
-                b.add_module(name, Role.MLP_GATE, layer=_first_int(name))
+                b.add_module(name, Role.MLP_GATE, layer=first_int(name))
     # MLPs, experts and routers inside the blocks
     for name, mod in mods.items():
         if any(name == c or name.startswith(c + ".") for c in claimed):
             continue
-        layer = _first_int(name)
+        layer = first_int(name)
         if layer is None and not _MLP_PARENTS.search(name.rsplit(".", 1)[0] if "." in name else ""):
             continue
         if _experts(b, name, mod, width, layer):
@@ -371,7 +371,7 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
         elif _MLP_PARENTS.search(parent):  # unknown name inside an MLP: in if it widens, else out
             fin, fout = _fans_of(mod)
             b.add_module(name, Role.MLP_IN if fout >= fin else Role.MLP_OUT, layer=layer)
-    b.add_norms(layer_of=_first_int)
+    b.add_norms(layer_of=first_int)
     # embeddings, tokens and patch stems first, so a head tied to an embedding stays token_embed
     free = [(n, m) for n, m in mods.items() if n and not any(n == c or n.startswith(c + ".") for c in claimed)
             and any(True for _ in m.parameters(recurse=False))]
@@ -383,8 +383,8 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
             role = Role.POS_EMBED if re.search(r"pos|wpe|position", leaf, re.I) else Role.TOKEN_EMBED
             b.add_module(name, role, layer=None)
         elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and (
-                _first_int(name) is None or re.search(r"patch", name, re.I)):
-            b.add_module(name, Role.PATCH_EMBED, layer=_first_int(name))
+                first_int(name) is None or re.search(r"patch", name, re.I)):
+            b.add_module(name, Role.PATCH_EMBED, layer=first_int(name))
         for pn, p in mod.named_parameters(recurse=False):
             full = f"{name}.{pn}"
             if b.canonical_name(p) in b.infos:
@@ -393,17 +393,17 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
                 b.add(full, Role.CLS_TOKEN, fan_in=1, fan_out=p.shape[-1])
             elif re.fullmatch(r"position_embeddings?|pos_embed|positional_embedding", pn) and p.dim() >= 2:
                 b.add(full, Role.POS_EMBED, fan_in=1, fan_out=p.shape[-1])
-            elif p.dim() == 2 and re.search(r"proj", pn) and _first_int(name) is None:
+            elif p.dim() == 2 and re.search(r"proj", pn) and first_int(name) is None:
                 b.add(full, Role.MLP_IN, fan_in=p.shape[0], fan_out=p.shape[1])  # x @ W projector
     for name, mod in free:  # heads: matrices outside the blocks (a tied one is already token_embed)
         w = getattr(mod, "weight", None)
-        if isinstance(w, nn.Parameter) and w.dim() == 2 and _first_int(name) is None and \
+        if isinstance(w, nn.Parameter) and w.dim() == 2 and first_int(name) is None and \
                 not isinstance(mod, nn.Embedding) and b.canonical_name(w) not in b.infos and \
                 re.search(r"embed|project_in|proj_in|patch|projection|projector", name, re.I):
             # a projection into the trunk (ALBERT's embedding mapping, a multimodal projector):
             # a hidden matrix, initialized and scaled like an MLP's input
             b.add_module(name, Role.MLP_IN)
-        elif isinstance(w, nn.Parameter) and w.dim() == 2 and _first_int(name) is None and \
+        elif isinstance(w, nn.Parameter) and w.dim() == 2 and first_int(name) is None and \
                 not isinstance(mod, nn.Embedding):
             if b.canonical_name(w) not in b.infos:
                 b.add_module(name, Role.HEAD)

@@ -23,7 +23,7 @@ from .registry import register_adapter
 _LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
-def _mha(b: RoleMapBuilder, index: int, name: str, mha: nn.MultiheadAttention, *,
+def add_mha(b: RoleMapBuilder, index: int, name: str, mha: nn.MultiheadAttention, *,
          cross: bool = False) -> None:
     e = mha.embed_dim
     bias = mha.in_proj_bias
@@ -64,7 +64,7 @@ def torch_roles(model: nn.Module) -> RoleMap:
             b.add_module(join_name(name, "linear2"), Role.MLP_OUT, layer=layer)
             mlp_layers += 1
         elif isinstance(mod, nn.MultiheadAttention):
-            _mha(b, n_attn, name, mod)
+            add_mha(b, n_attn, name, mod)
             n_attn += 1
         elif isinstance(mod, nn.Embedding):
             b.add_module(name, Role.TOKEN_EMBED)

@@ -48,7 +48,7 @@ _ROLE_KEYS = ("patch_embed", "token_embed", "pos_embed", "cls_token", "mlp_in", 
 _ATTN_KEYS = {"q", "k", "v", "o", "qkv", "heads", "kv_heads", "layout", "head_dim"}
 
 
-def _first_int(name: str) -> int | None:
+def first_int(name: str) -> int | None:
     m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
     return int(m.group(1)) if m else None
 
@@ -212,7 +212,7 @@ def roles_from_mapping(model: nn.Module, mapping: dict, *, adapter: str = "mappi
     for i, (name, spec) in enumerate(m for m in matched if not (m[0] in seen or seen.add(m[0]))):
         add_attention_spec(b, i, name, spec, model)
 
-    b.add_norms(layer_of=_first_int)  # first, so a broad pattern ("cls.*") cannot claim a norm
+    b.add_norms(layer_of=first_int)  # first, so a broad pattern ("cls.*") cannot claim a norm
     for key in _ROLE_KEYS:
         patterns = mapping.get(key, [])
         if isinstance(patterns, str):
@@ -233,16 +233,16 @@ def roles_from_mapping(model: nn.Module, mapping: dict, *, adapter: str = "mappi
                         continue
                     kind = BIAS if pname == "bias" else "weight"
                     if kind == BIAS:
-                        b.add(full, key, kind=BIAS, layer=_first_int(n), fan_in=1, fan_out=p.numel())
+                        b.add(full, key, kind=BIAS, layer=first_int(n), fan_in=1, fan_out=p.numel())
                     elif pname == "weight":
-                        b.add_module(n, key, layer=_first_int(n))
+                        b.add_module(n, key, layer=first_int(n))
                     else:
-                        b.add(full, key, layer=_first_int(n), fan_in=1, fan_out=p.shape[-1])
+                        b.add(full, key, layer=first_int(n), fan_in=1, fan_out=p.shape[-1])
             for n in params:
                 p = b.named[n]
                 if b.canonical_name(p) not in b.infos:
                     b.add(n, key, kind=BIAS if n.endswith("bias") else "weight",
-                          layer=_first_int(n), fan_in=1, fan_out=p.shape[-1] if p.dim() else 1)
+                          layer=first_int(n), fan_in=1, fan_out=p.shape[-1] if p.dim() else 1)
     if not b.attention:
         raise RoleMapError(f"the mapping for {type(model).__name__} found no attention layer")
     width = b.attention[0].d_model
