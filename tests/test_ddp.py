@@ -141,9 +141,12 @@ def test_meta_device_materialization_equals_direct_construction(name, kwargs):
 def test_meta_device_then_mimetic_init_has_the_right_statistics():
     import initlab
     with torch.device("meta"):
-        model = create_model("vit-micro", width=64, depth=2, heads=2)
+        model = create_model("vit-micro", width=64, depth=2, heads=2, pos="learned", pool="cls")
+        preset = create_model("vit-micro", width=64, depth=2, heads=2)  # fixed sin-cos + mean pooling
     g = torch.Generator().manual_seed(0)
     materialize_(model, "cpu", init="mimetic", generator=g)
+    materialize_(preset, "cpu", init="mimetic", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(preset.pos_embed[0], preset.sincos_table())  # the fixed table is recomputed
     assert all(torch.isfinite(p).all() for p in model.parameters())
     rmap = initlab.role_map(model)
     # module defaults: Linear U(-1/sqrt(fan_in), 1/sqrt(fan_in)) has std 1/sqrt(3 fan_in)

@@ -484,7 +484,7 @@ def render(results: list[Result], command: str, before: dict | None = None) -> s
              "Every model type of the installed transformers' causal-LM, masked-LM and "
              "image-classification auto mappings, built from its config at tiny size "
              f"(d={D}, {LAYERS} layers, {N_HEADS} heads, {N_KV} KV heads where the config uses GQA), "
-             "never `from_pretrained`. A type **works** when `initlab.roles` maps every attention "
+             "never `from_pretrained`. A type **works** when `initlab.role_map` maps every attention "
              "layer, `mimetic_` gives the product identities (checked against re-drawn targets, "
              "1e-5, float64) without touching anything else, and `parametrize_`/`param_groups` "
              "for mu run with no hidden matrix left as role `other`. **Refused** types raise "

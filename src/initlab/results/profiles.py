@@ -16,6 +16,8 @@ from ..errors import ConfigError
 SECTIONS = ("vision", "lm", "transfer", "regime")
 # trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
 VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
+# the ViT regime the cpu and long profiles were measured in (the presets now use fixed sin-cos + mean)
+LEARNED_CLS = dict(pos="learned", pool="cls")
 LM_INITS = ("default", "mimetic-language", "mimetic-language(vo_sign=1)", "nt")
 
 
@@ -98,6 +100,7 @@ PROFILE_SETTINGS: dict[str, dict] = {
     "cpu": dict(
         # vit-micro: width 64, depth 4, 2 heads; patch 7 -> 16 tokens, patch 4 -> 49 tokens
         vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
+                    model_options=LEARNED_CLS,
                     inits=VISION_INITS,
                     settings=[(1000, 7, 15, 3), (5000, 7, 3, 3), (60000, 7, 0.25, 3),
                               (1000, 4, 8, 2), (5000, 4, 3, 3), (60000, 4, 0.25, 3)]),
@@ -107,7 +110,8 @@ PROFILE_SETTINGS: dict[str, dict] = {
         transfer=dict(widths=(64, 128, 256, 512), lrs="0.000321829,0.001,0.00310723,0.00965489,0.03",
                       params=("standard", "nt", "mu"),
                       seeds=3,
-                      vision=dict(depth=2, heads=2, batch=64, steps=30, train_size=5000, test_size=1000),
+                      vision=dict(depth=2, heads=2, batch=64, steps=30, train_size=5000, test_size=1000,
+                                  model_options=LEARNED_CLS),
                       lm=dict(depth=2, heads=4, block=64, batch=16, steps=30, eval_batches=4)),
     ),
     # The regime behind the mimetic paper's small-data claim, at CPU size: the cpu profile's
@@ -119,6 +123,7 @@ PROFILE_SETTINGS: dict[str, dict] = {
     "long": dict(
         prefix="long",
         vision=dict(model="vit-micro", width=64, depth=4, heads=2, batch=128, lr=1e-3, seeds=3,
+                    model_options=LEARNED_CLS,
                     inits=VISION_INITS,
                     settings=[(1000, 7, 100, 10), (5000, 7, 20, 10), (1000, 4, 30, 6), (60000, 7, 1.5, 10)]),
         # the cpu profile's language table at 3.3x the tokens (1.0M), to see whether the early
@@ -157,6 +162,13 @@ def profile_settings(name: str) -> dict:
     return PROFILE_SETTINGS[name]
 
 
+def _model_options(settings: dict) -> list[str]:
+    """``--model-option K=V`` flags of a profile's vision settings (the cpu and long profiles were
+    measured with the ViT's learned table and class token, before the presets moved to fixed
+    sin-cos + mean pooling; pinning them keeps their tables reproducible)."""
+    return [a for k, v in settings.get("model_options", {}).items() for a in ("--model-option", f"{k}={v}")]
+
+
 def _tokens(patch: int, image: int = 28) -> int:
     return (image // patch) ** 2
 
@@ -181,7 +193,8 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
         eval_every = max(1, int(per_epoch * epochs) // evals)
         args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", v["model"],
                 "--width", str(v["width"]), "--depth", str(v["depth"]), "--heads", str(v["heads"]),
-                "--patch-size", str(patch), "--inits", ",".join(v["inits"]), "--seeds", str(v["seeds"]),
+                "--patch-size", str(patch), *_model_options(v), "--inits", ",".join(v["inits"]),
+                "--seeds", str(v["seeds"]),
                 "--epochs", str(epochs), "--eval-every", str(eval_every), "--batch-size", str(v["batch"]),
                 "--lr", f"{v['lr']:g}", "--base-width", str(v["width"])]
         steps.append(Step(f"{pre}vision-n{size}-p{patch}", "vision", "compare", tuple(args),
@@ -215,7 +228,7 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
                     troot = small_test_root or data_root
                     args = ["--data", "fashion-mnist", *(["--data-root", troot] if troot else []),
                             *(["--train-size", str(s["train_size"])] if s["train_size"] else []),
-                            "--model", "vit-micro", "--patch-size", "7"]
+                            "--model", "vit-micro", "--patch-size", "7", *_model_options(s)]
                 else:
                     args = ["--task", "lm", *(["--data", text] if text else []), "--model", "gpt-mini",
                             "--block-size", str(s["block"]), "--eval-batches", str(s["eval_batches"])]
