@@ -279,17 +279,16 @@ REGIME_NAMES = {("sincos", "mean"): "fixed sin-cos + mean pooling",
                  ("sincos-learned", "cls"): "learned, sin-cos at init + class token"}
 
 
-def position_content_ratio(pos: str, pool: str, patch: int, width: int, data_root: str | None = None) -> float:
+def position_content_ratio(pos: str, pool: str, patch: int, width: int, data_root: str | None = None,
+                           stems: int = 8) -> float:
     """RMS of the position table over RMS of the patch-embedded content at init (PyTorch's default
-    stem), on 256 Fashion-MNIST test images when they are found, else unit-variance noise: the
-    variable that decides what QK ≈ I attends to at init."""
+    stem, averaged over ``stems`` seeded draws of the model), on 256 Fashion-MNIST test images when
+    they are found, else unit-variance noise: the variable that decides what QK ≈ I attends to at
+    init. Deterministic: the draws use their own seeds, the global RNG is left as it was."""
     import torch
 
     from ..models import ViT
-    model = ViT(patch_size=patch, width=width, heads=2, depth=1, pos=pos, pool=pool)
-    gen = torch.Generator().manual_seed(0)
-    model.patch_embed.reset_parameters()
-    images = torch.randn(256, 1, 28, 28, generator=gen)
+    images = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     try:
         from ..data import load_vision
         test = load_vision("fashion-mnist", root=data_root, split="test")
@@ -297,10 +296,16 @@ def position_content_ratio(pos: str, pool: str, patch: int, width: int, data_roo
         images = ((x - x.mean()) / x.std()).reshape(-1, 1, 28, 28)
     except (InitlabError, OSError):  # no data here: noise of the same variance
         pass
-    with torch.no_grad():
-        content = model.patch_embed(images).flatten(2).transpose(1, 2)
-        table = model.pos_embed.detach()[0, -content.shape[1]:]
-    return float(table.pow(2).mean().sqrt() / content.pow(2).mean().sqrt())
+    content_ms = table_ms = 0.0
+    for seed in range(stems):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ViT(patch_size=patch, width=width, heads=2, depth=1, pos=pos, pool=pool)
+        with torch.no_grad():
+            content = model.patch_embed(images).flatten(2).transpose(1, 2)
+            content_ms += float(content.pow(2).mean()) / stems
+            table_ms += float(model.pos_embed.detach()[0, -content.shape[1]:].pow(2).mean()) / stems
+    return (table_ms / content_ms) ** 0.5
 
 
 def paired_delta(runs: list[dict], base: list[dict]) -> tuple[float, float, int]:
