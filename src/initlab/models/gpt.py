@@ -6,12 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import POS_KINDS, Block, check_heads, make_norm, sincos_1d
+from .layers import POS_KINDS, Block, HeadMultiplierState, check_heads, make_norm, sincos_1d
 
 TABLE_STD = 0.02  # token and position tables start N(0, 0.02^2), as GPT-2/nanoGPT
 
 
-class GPT(nn.Module):
+class GPT(HeadMultiplierState, nn.Module):
     """Causal language model.
 
     Args:
@@ -85,21 +85,3 @@ class GPT(nn.Module):
             return logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
-
-    # The head multiplier a parametrization sets (N_rescale) travels with the state_dict as this
-    # module's extra state (a 0-dim tensor), so a round trip keeps the function the weights were
-    # initialized for; state dicts saved before it existed still load.
-    def get_extra_state(self) -> torch.Tensor:
-        return torch.tensor(self.head_multiplier, dtype=torch.float64)
-
-    def set_extra_state(self, state) -> None:
-        if isinstance(state, (torch.Tensor, float, int)):
-            self.head_multiplier = float(state)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        key = prefix + "_extra_state"
-        if key not in state_dict and key in missing_keys:
-            missing_keys.remove(key)

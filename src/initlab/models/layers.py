@@ -151,6 +151,28 @@ class Block(nn.Module):
         return x if self.skip_scale == 1.0 else self.skip_scale * x
 
 
+class HeadMultiplierState:
+    """Mixin for models with a ``head_multiplier`` attribute: the multiplier a parametrization sets
+    (N_rescale) travels with the state_dict as the module's extra state (a 0-dim tensor), so a round
+    trip keeps the function the weights were initialized for; state dicts saved before it existed
+    still load."""
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.head_multiplier, dtype=torch.float64)
+
+    def set_extra_state(self, state) -> None:
+        if isinstance(state, (torch.Tensor, float, int)):
+            self.head_multiplier = float(state)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + "_extra_state"
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
+
+
 # position tables: learned N(0, 0.02^2), fixed sin-cos buffer, or learned starting as sin-cos
 POS_KINDS = ("learned", "sincos", "sincos-learned")
 

@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import POS_KINDS, Block, check_heads, make_norm, sincos_2d
+from .layers import POS_KINDS, Block, HeadMultiplierState, check_heads, make_norm, sincos_2d
 
 TABLE_STD = 0.02  # learned tables (position, class token) start N(0, 0.02^2), as timm/HF ViT
 
 
-class ViT(nn.Module):
+class ViT(HeadMultiplierState, nn.Module):
     """Vision Transformer with the options the papers vary.
 
     Args:
@@ -107,21 +107,3 @@ class ViT(nn.Module):
         s = self.forward_features(x)
         s = s[:, 0] if self.pool == "cls" else s.mean(dim=1)
         return self.head(s) * self.head_multiplier
-
-    # The head multiplier a parametrization sets (N_rescale) travels with the state_dict as this
-    # module's extra state (a 0-dim tensor), so a round trip keeps the function the weights were
-    # initialized for; state dicts saved before it existed still load.
-    def get_extra_state(self) -> torch.Tensor:
-        return torch.tensor(self.head_multiplier, dtype=torch.float64)
-
-    def set_extra_state(self, state) -> None:
-        if isinstance(state, (torch.Tensor, float, int)):
-            self.head_multiplier = float(state)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        key = prefix + "_extra_state"
-        if key not in state_dict and key in missing_keys:
-            missing_keys.remove(key)
