@@ -203,4 +203,7 @@ def test_regime_block_pairs_seeds_and_says_when_a_gap_is_noise(tmp_path):
     text = regime_block(tmp_path, [step], tmp_path / "img", tmp_path)
     assert "| `mimetic` | 3 | 67.00 ± 2.00 | 5.00 ± 0.00 | gain |" in text
     assert "within noise" in text and step.display(tmp_path) in text
+    from initlab.results.report import _noise_word
+    assert _noise_word((4.0, 2.2), 3) == "within noise"  # t = 3.15 < 4.30: not significant at 3 seeds
+    assert _noise_word((4.1, 1.6), 3) == "gain" and _noise_word((-3.0, 0.5), 3) == "loss"
     assert (tmp_path / "img" / "regime-map.png").stat().st_size > 1000

@@ -344,13 +344,22 @@ def regime_rows(out: Path, steps: list[Step], data_root: str | None = None) -> l
     return rows
 
 
-def _noise_word(delta: tuple[float, float]) -> str:
+# two-sided 95% critical values of Student's t for 1..10 degrees of freedom
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def _noise_word(delta: tuple[float, float], n: int) -> str:
+    """"gain"/"loss" when the paired t-test over ``n`` seeds rejects Δ = 0 at 5%, else "within
+    noise" (3 seeds: |Δ| must exceed 4.30 · std/√3 = 2.48 std)."""
     m, sd = delta
     if not math.isfinite(m):
         return ""
-    if not math.isfinite(sd) or abs(m) <= 2 * sd / math.sqrt(3):
+    if n < 2 or not math.isfinite(sd):
         return "within noise"
-    return "gain" if m > 0 else "loss"
+    t_crit = T_975[min(n - 1, len(T_975)) - 1]
+    if sd == 0 or abs(m) / (sd / math.sqrt(n)) > t_crit:
+        return "gain" if m > 0 else "loss"
+    return "within noise"
 
 
 def regime_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path,
@@ -359,9 +368,10 @@ def regime_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path,
     done = sum((out / s.key / "step.json").exists() for s in steps)
     cmds = "\n".join(s.display(out) for s in steps)
     head = (f"{done}/{len(steps)} steps finished. Δ = final test accuracy minus the same cell's "
-            f"`default` at the same seed (mean ± std over the paired seeds, points); *within noise* "
-            f"when |Δ| ≤ 2·std/√3 (the paired t-interval at 3 seeds roughly). p/x = RMS of the position "
-            f"table over RMS of the patch-embedded content at init (256 test images).\n\n"
+            f"`default` at the same seed (mean ± std over the paired seeds, points); *gain*/*loss* "
+            f"when a paired t-test over the seeds rejects Δ = 0 at 5% (3 seeds: |Δ| > 2.48 std), "
+            f"else *within noise*. p/x = RMS of the position table over RMS of the patch-embedded "
+            f"content at init (256 test images, 8 stems).\n\n"
             f"<details><summary>the {len(steps)} commands</summary>\n\n```\n{cmds}\n```\n</details>\n")
     if not rows:
         return head + "\n*not run yet*\n"
@@ -371,7 +381,7 @@ def regime_block(out: Path, steps: list[Step], img_dir: Path, doc_dir: Path,
         [[REGIME_NAMES.get((r["pos"], r["pool"]), f"{r['pos']} + {r['pool']}"), f"{r['ratio']:.2f}",
           str(r["tokens"]), f"{r['images']:,}", f"{r['width']} ({r['head_dim']})", f"`{r['init']}`",
           str(r["seeds"]), fmt(*r["acc"], 2), fmt(*r["delta"], 2) if r["init"] != "default" else "—",
-          _noise_word(r["delta"]) + ("" if r["status"] == "completed" else f" ({r['status']})")]
+          _noise_word(r["delta"], r["paired"]) + ("" if r["status"] == "completed" else f" ({r['status']})")]
          for r in rows])
     pic = ""
     p = _plot_regime(rows, img_dir / png)
