@@ -75,7 +75,7 @@ def _gpu_cells() -> list[tuple]:
     """The regime map's best and worst regimes at ViT-Tiny size (width 192, depth 12, 3 heads) on one
     GPU: 5k Fashion-MNIST images x 100 epochs (3,900 steps), patch 4 and 2 (49 and 196 tokens),
     bf16. 36 runs as 12 steps (one per cell and init, 3 seeds each), so that ``--jobs 12`` runs
-    them side by side on the GPU. Not yet measured on a GPU: see docs/results.md section 7b."""
+    them side by side on the GPU. Not yet measured on a GPU: see docs/results.md section 7c."""
     best, worst = ("sincos", "mean"), ("learned", "cls")
     return [(5000, patch, 100, 192, *regime, ("default", "mimetic", "structured"), 5)
             for patch in (4, 2) for regime in (best, worst)]
