@@ -60,7 +60,7 @@ results-long: setup
 	$(VENV)/bin/initlab results --profile long --out results --jobs $(JOBS)
 
 # the regime map (section 7 of docs/results.md): which init helps under which position table,
-# readout, tokens, data size and width; ~110 single-threaded runs, about 2-3 hours with 2 jobs
+# readout, tokens, data size and width; 132 single-threaded runs, an estimated 2-3 hours with 2 jobs
 results-regime: setup
 	$(VENV)/bin/initlab results --profile regime --out results --jobs $(JOBS)
 

@@ -48,8 +48,9 @@ def _regime_cells() -> list[tuple]:
     readout, tokens, data size, width) at the long profile's 49-token budget (1k images x 30 epochs =
     210 steps; 5k images get the same steps). Every factor is kept but the grid is trimmed: 5
     position x readout regimes with default/mimetic/structured, the whole init panel, 16 tokens, 5k
-    images and width 128 in the best and the worst regime. ~110 single-threaded runs of ~1.5-2.5
-    min; ``--jobs 2`` about 2-3 hours on an idle 2-core box."""
+    images and width 128 in the best and the worst regime. 132 single-threaded runs; ``--jobs 2``
+    an estimated 2-3 hours on a 2-core box (12 of the 16 steps took 2 h 10 min while other jobs
+    shared the cores)."""
     best, worst = ("sincos", "mean"), ("learned", "cls")
     core = ("default", "mimetic", "structured")
     pair = ("default", "mimetic")
