@@ -1,61 +1,36 @@
 """Data parallelism on gloo (2 CPU processes), batch sharding, and meta-device initialization."""
 from __future__ import annotations
 
-import json
-import socket
-import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from initlab.errors import TrainingError
 from initlab.models import create_model
 from initlab.train import materialize_, read_metrics, run
 from initlab.train.batches import TextStream, VisionStream
 from initlab.train.distributed import DistInfo, check_same_init
-from test_train_support import vision_config, write_fake_fashion
+from test_train_support import spawn_gloo, vision_config, write_fake_fashion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, cfg_dict: dict, result_path: str) -> None:
-    import os
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    report = {}
+def _ddp_rank(rank: int, world: int, report: dict, cfg_dict: dict, result_path: str) -> None:
+    info = DistInfo(rank=rank, local_rank=rank, world_size=world)
+    # the checksum check: same seed passes, a rank-dependent init is caught on every rank
+    torch.manual_seed(0)
+    check_same_init(create_model("vit-micro", width=16, depth=1), info, torch.device("cpu"))
+    torch.manual_seed(rank)
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        info = DistInfo(rank=rank, local_rank=rank, world_size=world)
-        # the checksum check: same seed passes, a rank-dependent init is caught on every rank
-        torch.manual_seed(0)
         check_same_init(create_model("vit-micro", width=16, depth=1), info, torch.device("cpu"))
-        torch.manual_seed(rank)
-        try:
-            check_same_init(create_model("vit-micro", width=16, depth=1), info, torch.device("cpu"))
-            report["mismatch_caught"] = False
-        except TrainingError as exc:
-            report["mismatch_caught"] = "ranks initialized different weights" in str(exc)
-        from initlab.train import TrainConfig
-        result = run(TrainConfig.from_dict(cfg_dict), progress=False)
-        report.update(status=result.status, history=result.history,
-                      checksum=result.info["init_checksum"], world=result.info["world_size"])
-        torch.save(result.model.state_dict(), f"{result_path}.rank{rank}.pt")
-    except Exception:
-        report["error"] = traceback.format_exc()
-    finally:
-        with open(f"{result_path}.rank{rank}.json", "w") as f:
-            json.dump(report, f)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        report["mismatch_caught"] = False
+    except TrainingError as exc:
+        report["mismatch_caught"] = "ranks initialized different weights" in str(exc)
+    from initlab.train import TrainConfig
+    result = run(TrainConfig.from_dict(cfg_dict), progress=False)
+    report.update(status=result.status, history=result.history,
+                  checksum=result.info["init_checksum"], world=result.info["world_size"])
+    torch.save(result.model.state_dict(), f"{result_path}.rank{rank}.pt")
 
 
 def test_two_process_gloo_equals_one_process(tmp_path):
@@ -64,10 +39,8 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     # bias: softmax ignores it) into +-lr steps, hiding what this test checks
     cfg = vision_config(root, tmp_path / "ddp", width=16, batch_size=32, steps=10, eval_every=5,
                         checkpoint_every=5, optimizer="sgd", lr=0.1)
-    mp.spawn(_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path / "res")), nprocs=2, join=True)
-    reports = [json.loads((tmp_path / f"res.rank{r}.json").read_text()) for r in range(2)]
+    reports = spawn_gloo(_ddp_rank, tmp_path / "res", cfg.to_dict(), str(tmp_path / "res"))
     for r in reports:
-        assert "error" not in r, r["error"]
         assert r["mismatch_caught"] is True
         assert r["status"] == "completed" and r["world"] == 2
     # identical init on both ranks, identical weights after training (DDP keeps them in sync)

@@ -7,14 +7,10 @@ fully_shard -> to_empty -> init flow equals initializing the unsharded model.
 from __future__ import annotations
 
 import copy
-import json
-import socket
-import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from test_train_support import spawn_gloo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,12 +26,6 @@ MODELS = {  # (preset, options, the schemes tried on it: None = every registered
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _full(t):
     return t.detach().full_tensor() if hasattr(t, "full_tensor") else t.detach()
 
@@ -48,96 +38,80 @@ def _max_diff(ref, sharded) -> float:
     return worst
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    import os
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    report: dict = {"schemes": {}, "refused": {}}
-    try:
-        import initlab
-        from initlab.errors import InitlabError
-        from initlab.models import create_model
-        from initlab.schemes import init_, schemes
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        mesh = init_device_mesh("cpu", (world,))
+def _shard_rank(rank: int, world: int, report: dict) -> None:
+    report.update(schemes={}, refused={})
+    import initlab
+    from initlab.errors import InitlabError
+    from initlab.models import create_model
+    from initlab.schemes import init_, schemes
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh("cpu", (world,))
 
-        def shard(m):
-            for b in m.blocks:
-                fully_shard(b, mesh=mesh)
-            fully_shard(m, mesh=mesh)
-            return m
+    def shard(m):
+        for b in m.blocks:
+            fully_shard(b, mesh=mesh)
+        fully_shard(m, mesh=mesh)
+        return m
 
-        def pair(key):
-            name, kw, _ = MODELS[key]
-            torch.manual_seed(0)
-            ref = create_model(name, **kw)
-            return ref, shard(copy.deepcopy(ref))
-
-        gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-        report["all_schemes"] = [info.name for info in schemes()]
-        for key, (_, _, only) in MODELS.items():
-            ref, sh = pair(key)  # one pair per model: each scheme starts where the last left both
-            for name in only or report["all_schemes"]:
-                try:
-                    init_(ref, name, generator=gen())
-                except InitlabError as exc:  # the scheme does not apply to this model
-                    report["refused"][f"{key}:{name}"] = str(exc)[:120]
-                    continue
-                init_(sh, name, generator=gen())
-                report["schemes"][f"{key}:{name}"] = dict(
-                    diff=_max_diff(ref, sh), head=[ref.head_multiplier, sh.head_multiplier],
-                    scale=[ref.blocks[0].attn.scale, sh.blocks[0].attn.scale],
-                    skip=[ref.blocks[0].skip_scale, sh.blocks[0].skip_scale])
-        ref, sh = pair("gpt")
-        initlab.mimetic_(ref, generator=gen())
-        initlab.mimetic_(sh, generator=gen())
-        report["mimetic"] = _max_diff(ref, sh)
-        initlab.parametrize_(ref, "mu", generator=gen())
-        initlab.parametrize_(sh, "mu", generator=gen())
-        report["parametrize_mu"] = _max_diff(ref, sh)
-        report["head_multiplier"] = [ref.head_multiplier, sh.head_multiplier]
-        g_ref = initlab.param_groups(ref, "mu", lr=1e-3)
-        g_sh = initlab.param_groups(sh, "mu", lr=1e-3)
-        report["groups_equal"] = [(g["role"], g["lr"], g["param_names"]) for g in g_ref] == \
-                                 [(g["role"], g["lr"], g["param_names"]) for g in g_sh]
-        report["groups_hold_dtensors"] = all(hasattr(p, "full_tensor") for g in g_sh for p in g["params"])
-        batch = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
-        p_ref, p_sh = initlab.probe_model(ref, batch), initlab.probe_model(sh, batch)
-        report["probe_rows"] = max(abs(a[k] - b[k]) for a, b in zip(p_ref.blocks, p_sh.blocks)
-                                   for k in a if isinstance(a[k], float) and a[k] == a[k])
-        report["probe_grads"] = max(abs(a["norm"] - b["norm"]) / max(a["norm"], 1e-12)
-                                    for a, b in zip(p_ref.grads, p_sh.grads))
-        # meta -> fully_shard -> to_empty -> init, against the unsharded model
-        name, kw, _ = MODELS["gpt"]
-        with torch.device("meta"):
-            meta = create_model(name, **kw)
-        shard(meta)
-        meta.to_empty(device="cpu")
-        initlab.parametrize_(meta, "mu", generator=gen())
+    def pair(key):
+        name, kw, _ = MODELS[key]
         torch.manual_seed(0)
-        plain = create_model(name, **kw)
-        initlab.parametrize_(plain, "mu", generator=gen())
-        report["meta_flow"] = _max_diff(plain, meta)
-    except Exception:
-        report["error"] = traceback.format_exc()
-    finally:
-        with open(f"{out}.rank{rank}.json", "w") as f:
-            json.dump(report, f)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        ref = create_model(name, **kw)
+        return ref, shard(copy.deepcopy(ref))
+
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    report["all_schemes"] = [info.name for info in schemes()]
+    for key, (_, _, only) in MODELS.items():
+        ref, sh = pair(key)  # one pair per model: each scheme starts where the last left both
+        for name in only or report["all_schemes"]:
+            try:
+                init_(ref, name, generator=gen())
+            except InitlabError as exc:  # the scheme does not apply to this model
+                report["refused"][f"{key}:{name}"] = str(exc)[:120]
+                continue
+            init_(sh, name, generator=gen())
+            report["schemes"][f"{key}:{name}"] = dict(
+                diff=_max_diff(ref, sh), head=[ref.head_multiplier, sh.head_multiplier],
+                scale=[ref.blocks[0].attn.scale, sh.blocks[0].attn.scale],
+                skip=[ref.blocks[0].skip_scale, sh.blocks[0].skip_scale])
+    ref, sh = pair("gpt")
+    initlab.mimetic_(ref, generator=gen())
+    initlab.mimetic_(sh, generator=gen())
+    report["mimetic"] = _max_diff(ref, sh)
+    initlab.parametrize_(ref, "mu", generator=gen())
+    initlab.parametrize_(sh, "mu", generator=gen())
+    report["parametrize_mu"] = _max_diff(ref, sh)
+    report["head_multiplier"] = [ref.head_multiplier, sh.head_multiplier]
+    g_ref = initlab.param_groups(ref, "mu", lr=1e-3)
+    g_sh = initlab.param_groups(sh, "mu", lr=1e-3)
+    report["groups_equal"] = [(g["role"], g["lr"], g["param_names"]) for g in g_ref] == \
+                             [(g["role"], g["lr"], g["param_names"]) for g in g_sh]
+    report["groups_hold_dtensors"] = all(hasattr(p, "full_tensor") for g in g_sh for p in g["params"])
+    batch = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    p_ref, p_sh = initlab.probe_model(ref, batch), initlab.probe_model(sh, batch)
+    report["probe_rows"] = max(abs(a[k] - b[k]) for a, b in zip(p_ref.blocks, p_sh.blocks)
+                               for k in a if isinstance(a[k], float) and a[k] == a[k])
+    report["probe_grads"] = max(abs(a["norm"] - b["norm"]) / max(a["norm"], 1e-12)
+                                for a, b in zip(p_ref.grads, p_sh.grads))
+    # meta -> fully_shard -> to_empty -> init, against the unsharded model
+    name, kw, _ = MODELS["gpt"]
+    with torch.device("meta"):
+        meta = create_model(name, **kw)
+    shard(meta)
+    meta.to_empty(device="cpu")
+    initlab.parametrize_(meta, "mu", generator=gen())
+    torch.manual_seed(0)
+    plain = create_model(name, **kw)
+    initlab.parametrize_(plain, "mu", generator=gen())
+    report["meta_flow"] = _max_diff(plain, meta)
 
 
 def test_fsdp2_sharded_init_equals_unsharded(tmp_path):
     pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
     if not hasattr(torch.distributed.fsdp, "fully_shard"):
         pytest.skip("this torch has no torch.distributed.fsdp.fully_shard")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "res")), nprocs=2, join=True)
-    for rank in range(2):
-        r = json.loads((tmp_path / f"res.rank{rank}.json").read_text())
-        assert "error" not in r, r["error"]
+    for r in spawn_gloo(_shard_rank, tmp_path / "res"):
         names = {s.split(":")[1] for s in r["schemes"]}
         assert names == set(r["all_schemes"]), (set(r["all_schemes"]) - names, r["refused"])
         for key, res in r["schemes"].items():
@@ -150,27 +124,13 @@ def test_fsdp2_sharded_init_equals_unsharded(tmp_path):
         assert r["probe_rows"] < 1e-5 and r["probe_grads"] < 1e-4
 
 
-def _train_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
-    import os
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    report = {}
-    try:
-        from initlab.train import TrainConfig, run
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        for mode in ("ddp", "fsdp"):
-            cfg = TrainConfig.from_dict({**cfg_dict, "fsdp": mode == "fsdp",
-                                         "out": f"{cfg_dict['out']}-{mode}"})
-            result = run(cfg, progress=False)
-            report[mode] = dict(status=result.status, history=result.history)
-    except Exception:
-        report["error"] = traceback.format_exc()
-    finally:
-        with open(f"{out}.rank{rank}.json", "w") as f:
-            json.dump(report, f)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def _train_rank(rank: int, world: int, report: dict, cfg_dict: dict) -> None:
+    from initlab.train import TrainConfig, run
+    for mode in ("ddp", "fsdp"):
+        cfg = TrainConfig.from_dict({**cfg_dict, "fsdp": mode == "fsdp",
+                                     "out": f"{cfg_dict['out']}-{mode}"})
+        result = run(cfg, progress=False)
+        report[mode] = dict(status=result.status, history=result.history)
 
 
 def test_train_fsdp_matches_ddp(tmp_path):
@@ -178,11 +138,7 @@ def test_train_fsdp_matches_ddp(tmp_path):
     root = write_fake_fashion(tmp_path / "data", n_train=256, n_test=64)
     cfg = vision_config(root, tmp_path / "run", width=16, batch_size=32, steps=6, eval_every=3,
                         checkpoint_every=3, optimizer="sgd", lr=0.1, init="mu")
-    mp.spawn(_train_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path / "res")), nprocs=2,
-             join=True)
-    for rank in range(2):
-        r = json.loads((tmp_path / f"res.rank{rank}.json").read_text())
-        assert "error" not in r, r["error"]
+    for r in spawn_gloo(_train_rank, tmp_path / "res", cfg.to_dict()):
         assert r["ddp"]["status"] == r["fsdp"]["status"] == "completed"
         for a, b in zip(r["ddp"]["history"], r["fsdp"]["history"]):
             for key in ("train_loss", "test_loss", "test_acc"):

@@ -7,7 +7,10 @@ a few dozen steps and a test can assert that it did.
 from __future__ import annotations
 
 import gzip
+import json
+import socket
 import struct
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +68,46 @@ def lm_config(text: Path, out: Path | None, **changes) -> TrainConfig:
                 block_size=32, batch_size=16, steps=24, eval_every=8, eval_batches=4, lr=3e-3,
                 warmup=0.1, device="cpu", out=None if out is None else str(out))
     return TrainConfig(**{**base, **changes})
+
+
+# ---------------------------------------------------------------------------------------------
+# two-process gloo runs (DDP, FSDP2): one harness for every distributed test
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_rank(rank: int, world: int, port: int, out: str, body, args: tuple) -> None:
+    """One spawned rank: torchrun's environment, a gloo process group, ``body(rank, world, report,
+    *args)``; the report (or the traceback) is written to ``{out}.rank{rank}.json``."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    report: dict = {}
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        body(rank, world, report, *args)
+    except Exception:
+        report["error"] = traceback.format_exc()
+    finally:
+        with open(f"{out}.rank{rank}.json", "w") as f:
+            json.dump(report, f)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn_gloo(body, out, *args, world: int = 2) -> list[dict]:
+    """Run ``body`` (a module-level function, so it can be pickled) on ``world`` gloo processes;
+    returns each rank's report, asserting that none raised."""
+    import torch.multiprocessing as mp
+    mp.spawn(_gloo_rank, args=(world, free_port(), str(out), body, args), nprocs=world, join=True)
+    reports = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(world)]
+    for r in reports:
+        assert "error" not in r, r["error"]
+    return reports
