@@ -279,23 +279,30 @@ REGIME_NAMES = {("sincos", "mean"): "fixed sin-cos + mean pooling",
                  ("sincos-learned", "cls"): "learned, sin-cos at init + class token"}
 
 
-def position_content_ratio(pos: str, pool: str, patch: int, width: int, data_root: str | None = None,
-                           stems: int = 8) -> float:
-    """RMS of the position table over RMS of the patch-embedded content at init (PyTorch's default
-    stem, averaged over ``stems`` seeded draws of the model), on 256 Fashion-MNIST test images when
-    they are found, else unit-variance noise: the variable that decides what QK ≈ I attends to at
-    init. Deterministic: the draws use their own seeds, the global RNG is left as it was."""
+def ratio_images(data_root: str | None = None):
+    """The 256 images :func:`position_content_ratio` embeds: the first Fashion-MNIST test images,
+    normalized, when they are found, else unit-variance noise of the same shape."""
     import torch
-
-    from ..models import ViT
-    images = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     try:
         from ..data import load_vision
         test = load_vision("fashion-mnist", root=data_root, split="test")
-        x = test.images[:256].float() / 255.0
-        images = ((x - x.mean()) / x.std()).reshape(-1, 1, 28, 28)
     except (InitlabError, OSError):  # no data here: noise of the same variance
-        pass
+        return torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x = test.images[:256].float() / 255.0
+    return ((x - x.mean()) / x.std()).reshape(-1, 1, 28, 28)
+
+
+def position_content_ratio(pos: str, pool: str, patch: int, width: int, data_root: str | None = None,
+                           stems: int = 8, images=None) -> float:
+    """RMS of the position table over RMS of the patch-embedded content at init (PyTorch's default
+    stem, averaged over ``stems`` seeded draws of the model), on ``images`` (default
+    :func:`ratio_images`): the variable that decides what QK ≈ I attends to at init.
+    Deterministic: the draws use their own seeds, the global RNG is left as it was."""
+    import torch
+
+    from ..models import ViT
+    if images is None:
+        images = ratio_images(data_root)
     content_ms = table_ms = 0.0
     for seed in range(stems):
         with torch.random.fork_rng(devices=[]):
@@ -320,6 +327,7 @@ def paired_delta(runs: list[dict], base: list[dict]) -> tuple[float, float, int]
 def regime_rows(out: Path, steps: list[Step], data_root: str | None = None) -> list[dict]:
     """One row per (regime cell, init): final acc, Δ vs the same cell's default (paired by seed)."""
     cells: dict[tuple, dict] = {}
+    images = ratio_images(data_root)  # loaded once for every cell's ratio
     for s in steps:
         lab = s.labels
         cell = (lab["pos"], lab["pool"], lab["tokens"], lab["train_size"], lab["width"])
@@ -333,7 +341,7 @@ def regime_rows(out: Path, steps: list[Step], data_root: str | None = None) -> l
         for r in c["records"]:
             by_init.setdefault(r["labels"]["init"], []).append(r)
         base = by_init.get("default", [])
-        ratio = position_content_ratio(lab["pos"], lab["pool"], lab["patch"], lab["width"], data_root)
+        ratio = position_content_ratio(lab["pos"], lab["pool"], lab["patch"], lab["width"], images=images)
         for init, runs in by_init.items():
             acc = mean_std([100 * _final(r, "test_acc") for r in runs])
             d, dsd, n = paired_delta(runs, base) if init != "default" else (math.nan, math.nan, 0)
