@@ -350,12 +350,11 @@ class _Trainer:
             group["lr"] = base * self.schedule(self.step)
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _state(self) -> dict:
-        model_state = getattr(self, "_model_state", None)
-        if model_state is None:
-            model_state = self.task.model.state_dict()
-        return dict(step=self.step, run_id=self.run_id, model=model_state,
-                    optimizer=getattr(self, "_opt_state", None) or self.opt.state_dict(),
+    def _state(self, model_state: dict | None = None, opt_state: dict | None = None) -> dict:
+        """The checkpoint; ``model_state``/``opt_state``: full (gathered) states under FSDP2."""
+        return dict(step=self.step, run_id=self.run_id,
+                    model=model_state if model_state is not None else self.task.model.state_dict(),
+                    optimizer=opt_state if opt_state is not None else self.opt.state_dict(),
                     scheduler=self.sched.state_dict(),
                     rng=rng_state(), config=self.config.to_dict(), history=self.history,
                     accumulator=dict(loss_sum=self.loss_sum.detach().cpu(), loss_count=self.loss_count),
@@ -374,11 +373,13 @@ class _Trainer:
 
     def _save(self) -> None:
         # FSDP2: every rank gathers the full weights (a collective) before rank 0 writes them
-        self._model_state = distributed.full_state_dict(self.task.model) if self.config.fsdp else None
-        self._opt_state = distributed.gather_tree(self.opt.state_dict()) if self.config.fsdp else None
+        model_state = opt_state = None
+        if self.config.fsdp:
+            model_state = distributed.full_state_dict(self.task.model)
+            opt_state = distributed.gather_tree(self.opt.state_dict())
         if self.run_dir is None or not self.dist.is_main:
             return
-        ckpt.save_checkpoint(self._state(), self.run_dir.path)
+        ckpt.save_checkpoint(self._state(model_state, opt_state), self.run_dir.path)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _elapsed(self) -> float:
