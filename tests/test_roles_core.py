@@ -183,3 +183,28 @@ def test_zero_size_weight_does_not_divide_by_zero():
     groups = initlab.param_groups(net, "mu", lr=1e-3, role_map=rm)
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
     initlab.init_(net, "torchtitan", role_map=rm, generator=torch.Generator().manual_seed(0))
+
+
+def test_model_facts_of_initlab_models_come_from_the_role_map():
+    from initlab.models import GPT, ViT
+    vit = ViT(image_size=28, patch_size=7, in_chans=1, num_classes=10, width=32, depth=1, heads=2,
+              pos="sincos", pool="mean")
+    f = initlab.role_map(vit).facts
+    assert (f.inputs.kind, f.inputs.image_size, f.inputs.in_chans) == ("image", (28, 28), 1)
+    assert (f.positions.kind, f.positions.grid, f.positions.prefix_tokens) == ("fixed", (4, 4), 0)
+    assert f.causal is False
+    vit = ViT(image_size=28, patch_size=7, in_chans=1, num_classes=10, width=32, depth=1, heads=2)
+    assert initlab.role_map(vit).facts.positions.kind == "learned"
+    assert initlab.role_map(vit).facts.positions.prefix_tokens == 1
+    gpt = GPT(vocab_size=50, block_size=16, width=32, depth=1, heads=2)
+    f = initlab.role_map(gpt).facts
+    assert (f.inputs.kind, f.inputs.vocab_size, f.inputs.max_positions, f.causal) == ("tokens", 50, 16, True)
+
+
+def test_frozen_and_unit_gain_are_read_from_the_param_info():
+    from initlab.models import GPT
+    gpt = GPT(vocab_size=50, block_size=16, width=32, depth=1, heads=2)
+    gpt.pos_embed.requires_grad_(False)
+    rm = initlab.role_map(gpt)
+    assert rm["pos_embed"].frozen and not rm["tok_embed.weight"].frozen
+    assert all(i.unit_gain == 1.0 for i in rm.by_role("norm"))

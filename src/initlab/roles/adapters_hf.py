@@ -25,7 +25,7 @@ import re
 from torch import nn
 
 from ..errors import RoleMapError
-from .core import BIAS, Role, RoleMap, RoleMapBuilder
+from .core import BIAS, InputFacts, ModelFacts, PositionFacts, Role, RoleMap, RoleMapBuilder
 from .mapping import first_int, module_layout, roles_from_mapping
 from .registry import register_adapter
 
@@ -465,6 +465,57 @@ def head_controls(controls, model: nn.Module) -> None:
     controls.get_head_multiplier, controls.set_head_multiplier = get, set_
 
 
+_INPUT_KINDS = {"input_ids": "tokens", "pixel_values": "image", "input_features": "features",
+                "input_values": "features"}
+
+
+def _cfg(config, *names, sub=("text_config", "vision_config", "encoder", "audio_config")):
+    """The first of ``names`` set on the config (or, failing that, on a sub-config)."""
+    for cfg in (config, *(getattr(config, s, None) for s in sub)):
+        for n in names:
+            v = getattr(cfg, n, None) if cfg is not None else None
+            if v is not None:
+                return v
+    return None
+
+
+def _pair(v) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)[:2]
+
+
+def hf_facts(model: nn.Module, rmap: RoleMap) -> ModelFacts:
+    """Inputs and positions of a transformers model, from its config and its role map."""
+    cfg = getattr(model, "config", None)
+    name = getattr(model, "main_input_name", None)
+    kind = _INPUT_KINDS.get(name, "unknown")
+    image = _pair(_cfg(cfg, "image_size")) if kind == "image" else None
+    inputs = InputFacts(
+        kind, name, vocab_size=_cfg(cfg, "vocab_size") if kind == "tokens" else None,
+        max_positions=_cfg(cfg, "max_position_embeddings", "n_positions", "max_source_positions"),
+        image_size=image,
+        in_chans=_cfg(cfg, "num_channels", "num_mel_bins") if kind in ("image", "features") else None,
+        encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)))
+    tables = [i for i in rmap.by_role(Role.POS_EMBED) if i.kind != BIAS]
+    patch = _pair(_cfg(cfg, "patch_size"))
+    grid = (image[0] // patch[0], image[1] // patch[1]) if image and patch else None
+    prefix = sum(i.param.shape[-2] if i.param.dim() >= 2 else 1 for i in rmap.by_role(Role.CLS_TOKEN))
+    if tables:
+        table = tables[0]
+        pos_kind = "fixed" if table.frozen else "learned"
+        positions = PositionFacts(pos_kind, table.name, grid, prefix)
+    elif _cfg(cfg, "rope_theta", "rope_parameters", "rotary_dim") is not None or any(
+            "rotary" in type(m).__name__.lower() for m in model.modules()):
+        positions = PositionFacts("rope", None, grid, prefix)
+    elif _cfg(cfg, "relative_attention_num_buckets") is not None:
+        positions = PositionFacts("relative", None, grid, prefix)
+    else:
+        positions = PositionFacts("unknown", None, grid, prefix)
+    causal = rmap.facts.causal
+    return ModelFacts(inputs=inputs, positions=positions, causal=causal)
+
+
 def is_transformers_model(model: nn.Module) -> bool:
     # the MRO, not the class itself: fully_shard (FSDP2) swaps in a subclass defined elsewhere
     return any(c.__module__.split(".")[0] == "transformers" for c in type(model).__mro__)
@@ -478,11 +529,14 @@ def hf_roles(model: nn.Module) -> RoleMap:
             rmap = roles_from_mapping(model, {**spec, "strict": False},
                                       adapter=f"transformers.{model_type}", require_matches=False)
             head_controls(rmap.controls, model)
+            rmap.facts = hf_facts(model, rmap)
             return rmap
         except RoleMapError as exc:
             errors.append(f"{model_type} layout: {exc}")
     try:
-        return _hf_generic(model, model_type)
+        rmap = _hf_generic(model, model_type)
+        rmap.facts = hf_facts(model, rmap)
+        return rmap
     except RoleMapError as exc:
         errors.append(str(exc))
     raise RoleMapError(

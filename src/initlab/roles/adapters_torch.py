@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .core import BIAS, Projection, Role, RoleMap, RoleMapBuilder, join_name
+from .core import BIAS, InputFacts, ModelFacts, Projection, Role, RoleMap, RoleMapBuilder, join_name
 from .registry import register_adapter
 
 _LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
@@ -70,6 +70,11 @@ def torch_roles(model: nn.Module) -> RoleMap:
             b.add_module(name, Role.TOKEN_EMBED)
     b.add_norms()
     width = b.attention[0].d_model
+    embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    batch_first = all(getattr(m, "batch_first", False) for m in model.modules()
+                      if isinstance(m, nn.MultiheadAttention))
+    b.facts = ModelFacts(inputs=InputFacts("tokens", None, batch_first, vocab_size=embeds[0].num_embeddings)
+                         if embeds else InputFacts("embeddings", None, batch_first))
     return b.build(width=width, depth=mlp_layers or n_attn, adapter="torch.nn",
                    allow_unmapped=True)
 

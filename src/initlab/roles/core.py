@@ -17,7 +17,7 @@ built, so it survives ``deepcopy``, ``state_dict`` round trips, ``torch.compile`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Iterator
 
@@ -102,13 +102,28 @@ class Slot:
 
 @dataclass
 class ParamInfo:
-    """Role information for one parameter tensor."""
+    """Role information for one parameter tensor.
+
+    ``gain_offset``: for a norm weight, the constant its module adds to it (Gemma's RMSNorm computes
+    x·(1 + w): offset 1), so "unit gain" writes ``1 - gain_offset`` (see :meth:`unit_gain`).
+    """
 
     name: str
     param: nn.Parameter
     kind: str  # "weight" or "bias"
     slots: tuple[Slot, ...]
     layer: int | None = None
+    gain_offset: float = 0.0
+
+    @property
+    def frozen(self) -> bool:
+        """True when the tensor is not trained (``requires_grad=False``): schemes leave it alone."""
+        return not self.param.requires_grad
+
+    @property
+    def unit_gain(self) -> float:
+        """The stored value that makes this norm weight a gain of exactly 1."""
+        return 1.0 - self.gain_offset
 
     @property
     def roles(self) -> tuple[Role, ...]:
@@ -301,6 +316,63 @@ class AttentionLayer:
         return {Role.Q: self.q, Role.K: self.k, Role.V: self.v, Role.O: self.o}
 
 
+@dataclass(frozen=True)
+class InputFacts:
+    """What the model reads, so probes and checks can build a valid batch.
+
+    ``kind``: ``"tokens"`` (integer ids < ``vocab_size``, at most ``max_positions`` long),
+    ``"image"`` (float (B, ``in_chans``, *``image_size``)), ``"features"`` (float frames, e.g.
+    Whisper's log-mel (B, ``in_chans``, ``max_positions``)), ``"embeddings"`` (float vectors of
+    the model width, e.g. ``nn.TransformerEncoder``; (T, B, d) when not ``batch_first``) or
+    ``"unknown"``.
+    ``encoder_decoder``: the forward also needs decoder inputs (T5, BART, Whisper).
+    ``name``: the forward's keyword for the input (``input_ids``, ``pixel_values``, …; None:
+    positional).
+    """
+
+    kind: str = "unknown"
+    name: str | None = None
+    batch_first: bool = True
+    vocab_size: int | None = None
+    max_positions: int | None = None
+    image_size: tuple[int, ...] | None = None
+    in_chans: int | None = None
+    encoder_decoder: bool = False
+
+
+@dataclass(frozen=True)
+class PositionFacts:
+    """How the model encodes positions.
+
+    ``kind``: ``"learned"`` (a trained table), ``"fixed"`` (a buffer or a frozen parameter: never
+    re-drawn), ``"rope"`` (rotary, no table), ``"relative"`` (a learned bias on the logits, T5-style),
+    ``"none"`` or ``"unknown"``. ``table``: the parameter or buffer name of the table, if any.
+    ``grid``: (rows, cols) of the image patch grid, for vision models. ``prefix_tokens``: tokens
+    before the grid (class, distillation, register tokens).
+    """
+
+    kind: str = "unknown"
+    table: str | None = None
+    grid: tuple[int, int] | None = None
+    prefix_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Model-level facts every consumer reads from the role map, never from the model itself.
+
+    ``causal``: decoder-only masked attention (None: the adapter cannot tell).
+    ``embed_scale``: the constant the model multiplies its token embeddings by (Gemma: √d).
+    ``norm_position``: ``"pre"``, ``"post"`` or None (unknown).
+    """
+
+    inputs: InputFacts = field(default_factory=InputFacts)
+    positions: PositionFacts = field(default_factory=PositionFacts)
+    causal: bool | None = None
+    embed_scale: float = 1.0
+    norm_position: str | None = None
+
+
 @dataclass
 class ModelControls:
     """Model-level knobs some schemes need, when the model exposes them.
@@ -328,6 +400,7 @@ class RoleMap:
     attention: list[AttentionLayer] = field(default_factory=list)
     controls: ModelControls = field(default_factory=ModelControls)
     adapter: str = ""
+    facts: ModelFacts = field(default_factory=ModelFacts)
 
     def __iter__(self) -> Iterator[ParamInfo]:
         return iter(self.params.values())
@@ -389,6 +462,7 @@ class RoleMapBuilder:
         self.infos: dict[str, ParamInfo] = {}
         self.attention: list[AttentionLayer] = []
         self.controls = ModelControls()
+        self.facts = ModelFacts()
 
     # -- lookup ---------------------------------------------------------------------------------
     def param(self, name: str) -> nn.Parameter:
@@ -495,8 +569,13 @@ class RoleMapBuilder:
             self.infos[n] = ParamInfo(n, p, BIAS if n.endswith("bias") else WEIGHT,
                                       (Slot(Role.OTHER, (), 0, p.numel()),), None)
         ordered = {n: self.infos[n] for n in self.named}  # model order
+        facts = self.facts
+        if facts.causal is None and self.attention:  # from the self-attention layers when they agree
+            flags = {a.causal for a in self.attention if not a.cross}
+            if len(flags) == 1 and None not in flags:
+                facts = replace(facts, causal=flags.pop())
         return RoleMap(type(self.model).__name__, width, depth, ordered, self.attention,
-                       self.controls, adapter)
+                       self.controls, adapter, facts)
 
 
 def join_name(prefix: str, name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..models.gpt import GPT
 from ..models.layers import Attention, Block
 from ..models.vit import ViT
-from .core import Role, RoleMap, RoleMapBuilder
+from .core import InputFacts, ModelFacts, PositionFacts, Role, RoleMap, RoleMapBuilder
 from .registry import register_adapter
 
 
@@ -48,6 +48,12 @@ def _controls(b: RoleMapBuilder, model) -> None:
     b.controls.set_skip_scale = set_skip
 
 
+def _positions(model, **kw) -> PositionFacts:
+    """A ``"sincos"`` table is a buffer (fixed); ``"learned"``/``"sincos-learned"`` are parameters."""
+    kind = "fixed" if model.config["pos"] == "sincos" else "learned"
+    return PositionFacts(kind=kind, table="pos_embed", **kw)
+
+
 def _layer_of(module_name: str):
     parts = module_name.split(".")
     return int(parts[1]) if parts[0] == "blocks" and len(parts) > 1 else None
@@ -64,6 +70,13 @@ def vit_roles(model: ViT) -> RoleMap:
     b.add_module("head", Role.HEAD)
     b.add_norms(layer_of=_layer_of)
     _controls(b, model)
+    cfg = model.config
+    b.facts = ModelFacts(
+        inputs=InputFacts("image", None, image_size=(cfg["image_size"], cfg["image_size"]),
+                          in_chans=cfg["in_chans"]),
+        positions=_positions(model, grid=(model.grid, model.grid),
+                             prefix_tokens=0 if model.cls_token is None else 1),
+        causal=False, norm_position=cfg["norm_position"])
     return b.build(width=model.width, depth=model.depth, adapter="initlab.ViT")
 
 
@@ -77,6 +90,10 @@ def gpt_roles(model: GPT) -> RoleMap:
         b.add_module("head", Role.HEAD)
     b.add_norms(layer_of=_layer_of)
     _controls(b, model)
+    cfg = model.config
+    b.facts = ModelFacts(
+        inputs=InputFacts("tokens", None, vocab_size=cfg["vocab_size"], max_positions=cfg["block_size"]),
+        positions=_positions(model), causal=True, norm_position=cfg["norm_position"])
     return b.build(width=model.width, depth=model.depth, adapter="initlab.GPT")
 
 
