@@ -8,6 +8,9 @@ faster) are printed.
   the same image/patch/width/depth/heads/MLP size, no dropout, SDPA attention);
 * lm: initlab GPT vs ``transformers.GPT2LMHeadModel`` (same vocab/context/width/depth/heads,
   exact GELU, no dropout);
+* llama: initlab Llama vs ``transformers.LlamaForCausalLM`` (same vocab/context/width/depth/heads,
+  SwiGLU hidden size, RoPE, RMSNorm, untied head, no biases) -- the same function, so the ratio
+  compares implementations only;
 * a training step = forward, cross-entropy, backward, clip-grad-norm 1.0, AdamW step, zero_grad,
   on a batch already on the device (the same step for both models);
 * "engine": ``initlab.train.run`` itself on synthetic data of the same shape (its own input pipeline,
@@ -16,7 +19,7 @@ faster) are printed.
 
 Models are built from configs (never ``from_pretrained``: nothing is downloaded).
 
-    .venv/bin/python benchmarks/bench_throughput.py              # both tasks, defaults below
+    .venv/bin/python benchmarks/bench_throughput.py              # all three, defaults below
     .venv/bin/python benchmarks/bench_throughput.py --task lm --steps 10
 """
 from __future__ import annotations
@@ -90,6 +93,24 @@ def lm_pair(a):
             a.lm_batch_size * a.block_size)
 
 
+def llama_pair(a):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from initlab.models import create_model
+    ours = create_model("llama-mini", vocab_size=a.vocab, block_size=a.block_size, width=a.lm_width,
+                        depth=a.lm_depth, heads=a.lm_heads)
+    cfg = LlamaConfig(vocab_size=a.vocab, max_position_embeddings=a.block_size, hidden_size=a.lm_width,
+                      intermediate_size=ours.config["mlp_hidden"], num_hidden_layers=a.lm_depth,
+                      num_attention_heads=a.lm_heads, num_key_value_heads=a.lm_heads,
+                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+    cfg._attn_implementation = "sdpa"
+    theirs = LlamaForCausalLM(cfg)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, a.vocab, (a.lm_batch_size, a.block_size + 1), generator=g)
+    batch = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
+    return (ours, theirs, batch, (lambda m, x: m(x)), (lambda m, x: m(input_ids=x).logits),
+            a.lm_batch_size * a.block_size)
+
+
 def engine_throughput(a, task: str) -> float:
     """items/s of initlab.train.run on synthetic data of the benchmark's shape."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -104,7 +125,8 @@ def engine_throughput(a, task: str) -> float:
                               batch_size=a.batch_size, steps=steps, eval_every=steps, device="cpu")
         else:
             text = write_text(Path(tmp) / "t.txt", n_chars=200_000)
-            cfg = TrainConfig(task="lm", data=str(text), tokenizer="byte", model="gpt-micro",
+            cfg = TrainConfig(task="lm", data=str(text), tokenizer="byte",
+                              model="llama-mini" if task == "llama" else "gpt-micro",
                               width=a.lm_width, depth=a.lm_depth, heads=a.lm_heads,
                               block_size=a.block_size, batch_size=a.lm_batch_size, steps=steps,
                               eval_every=steps, eval_batches=1, device="cpu")
@@ -138,7 +160,8 @@ def bench(name, pair, a):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--task", choices=("vision", "lm", "both"), default="both")
+    p.add_argument("--task", choices=("vision", "lm", "llama", "both", "all"), default="all",
+                   help="both = vision and lm; all = vision, lm and llama")
     p.add_argument("--steps", type=int, default=8, help="timed steps per repetition")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
@@ -151,7 +174,7 @@ def main(argv=None):
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
-    # lm: char-GPT d4 w128 h4, T=128, batch 32
+    # lm and llama: char models d4 w128 h4, T=128, batch 32
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--lm-width", type=int, default=128)
@@ -163,10 +186,12 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, command: {' '.join(sys.argv)}")
-    if a.task in ("vision", "both"):
+    if a.task in ("vision", "both", "all"):
         bench("vision", vision_pair(a), a)
-    if a.task in ("lm", "both"):
+    if a.task in ("lm", "both", "all"):
         bench("lm", lm_pair(a), a)
+    if a.task in ("llama", "all"):
+        bench("llama", llama_pair(a), a)
 
 
 if __name__ == "__main__":

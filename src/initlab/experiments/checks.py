@@ -15,14 +15,13 @@ from ..train.config import TrainConfig
 def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bool = True) -> None:
     """Fail fast, in one line, on mistakes that would otherwise surface deep inside a run."""
     from ..data import dataset_spec
-    from ..models import PRESETS, GPT, ViT, check_model_options
+    from ..models import PRESETS, check_model_options
 
     if config.model not in PRESETS:
         raise ConfigError(f"unknown model preset {config.model!r}; choose one of {', '.join(PRESETS)}")
     cls, preset = PRESETS[config.model]
-    want = ViT if config.task == "vision" else GPT
-    if cls is not want:
-        kind = "vit-*" if config.task == "vision" else "gpt-*"
+    if getattr(cls, "TASK", None) != config.task:
+        kind = "vit-*" if config.task == "vision" else "gpt-* or llama-*"
         raise ConfigError(f"model {config.model!r} does not fit task {config.task!r}; use a {kind} preset")
     check_model_options(config.model, config.model_options)  # --model-option bogus=1: one line, now
     shape = {**preset, **{k: v for k, v in config.model_options.items() if k in ("width", "heads", "patch_size")}}

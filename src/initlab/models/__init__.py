@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .gpt import GPT
+from .llama import Llama
 from .layers import Attention, Block, MLP, sincos_1d, sincos_2d
 from .vit import ViT
 
@@ -23,6 +24,10 @@ PRESETS: dict[str, tuple[type, dict]] = {
     "gpt-mini": (GPT, dict(width=128, depth=4, heads=4)),
     "gpt-char": (GPT, dict(width=192, depth=6, heads=3, block_size=256)),
     "gpt2-small": (GPT, dict(width=768, depth=12, heads=12, vocab_size=50257, block_size=1024)),
+    # Llama-style (RoPE, RMSNorm, SwiGLU, no biases, untied head; kv_heads/qk_norm as options)
+    "llama-micro": (Llama, dict(width=64, depth=2, heads=2)),
+    "llama-mini": (Llama, dict(width=128, depth=4, heads=4)),
+    "llama-char": (Llama, dict(width=192, depth=6, heads=3, block_size=256)),
 }
 
 
@@ -53,5 +58,5 @@ def create_model(name: str, **overrides):
     return cls(**{**kwargs, **overrides})
 
 
-__all__ = ["ViT", "GPT", "Block", "Attention", "MLP", "PRESETS", "create_model", "check_model_options",
+__all__ = ["ViT", "GPT", "Llama", "Block", "Attention", "MLP", "PRESETS", "create_model", "check_model_options",
            "sincos_1d", "sincos_2d"]

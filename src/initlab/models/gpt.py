@@ -24,6 +24,8 @@ class GPT(HeadMultiplierState, nn.Module):
         head_multiplier: N_rescale, the constant multiplying the logits.
     """
 
+    TASK = "lm"  # what the training engine does with a preset of this class
+
     def __init__(self, *, vocab_size: int = 256, block_size: int = 128, width: int = 128,
                  depth: int = 4, heads: int = 4, mlp_ratio: int = 4, bias: bool = True,
                  ln_affine: bool = True, ln_eps: float = 1e-5, pos: str = "learned",

@@ -27,6 +27,8 @@ class ViT(HeadMultiplierState, nn.Module):
         norm_position, branch_gain, branch_gain_init, skip_scale: see :class:`Block`.
     """
 
+    TASK = "vision"  # what the training engine does with a preset of this class
+
     def __init__(self, *, image_size: int = 28, patch_size: int = 7, in_chans: int = 1,
                  num_classes: int = 10, width: int = 192, depth: int = 6, heads: int = 3,
                  mlp_ratio: int = 4, bias: bool = True, ln_affine: bool = True, ln_eps: float = 1e-6,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .core import (ATTENTION_ROLES, BIAS, WEIGHT, AttentionLayer, InputFacts, ModelControls, ModelFacts,
                    ParamInfo, PositionFacts, Projection, Role, RoleMap, RoleMapBuilder, Slot)
 from .registry import adapters, register_adapter, roles, unwrap
-from . import initlab_models  # noqa: F401  (registers the built-in adapters)
+from . import initlab_llama, initlab_models  # noqa: F401  (registers the built-in adapters)
 from . import adapters_hf, adapters_timm, adapters_torch  # noqa: F401  (third-party layouts; import-guarded)
 from .mapping import roles_from_mapping
 

@@ -31,9 +31,11 @@ def materialize_(model: nn.Module, device: str | torch.device = "cpu", *, init: 
             reset()
     # fixed (non-parameter) sincos tables are computed in the constructor, so recompute them
     _restore_fixed_buffers(model, device)
-    reset_tables = getattr(model, "reset_tables", None)
-    if callable(reset_tables):
-        reset_tables()
+    # the model's own init on top of the module defaults: ViT/GPT draw their tables, Llama its
+    # N(0, 0.02^2) weights (the same draws, in the same order, as building it on the device)
+    reset_own = getattr(model, "reset_tables", None) or getattr(model, "reset_parameters", None)
+    if callable(reset_own):
+        reset_own()
     plan.apply_(model, generator=generator)
     return model
 

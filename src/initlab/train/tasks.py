@@ -51,11 +51,10 @@ class Task:
 
 
 def preset_family(name: str) -> str:
-    from ..models import GPT, PRESETS, ViT
+    from ..models import PRESETS
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-    cls = PRESETS[name][0]
-    return "vision" if issubclass(cls, ViT) else "lm" if issubclass(cls, GPT) else "other"
+    return getattr(PRESETS[name][0], "TASK", "other")
 
 
 def _overrides(config: TrainConfig) -> dict:
@@ -68,7 +67,7 @@ def build_model(config: TrainConfig, **shape) -> nn.Module:
     family = preset_family(config.model)
     if family != config.task:
         raise ConfigError(f"model {config.model!r} is a {family} model but task is {config.task!r}; "
-                          f"pick a {'vit-*' if config.task == 'vision' else 'gpt-*'} preset")
+                          f"pick a {'vit-*' if config.task == 'vision' else 'gpt-* or llama-*'} preset")
     return create_model(config.model, **shape, **_overrides(config))
 
 
