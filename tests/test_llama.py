@@ -172,3 +172,38 @@ def test_a_llama_preset_on_the_vision_task_is_refused_in_one_line(tmp_path, caps
                  "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "does not fit task 'vision'" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("pos", ["learned", "sincos", "none"])
+def test_position_schemes_other_than_rope(pos):
+    model = _tiny(pos=pos)
+    rm = initlab.role_map(model)
+    assert rm.facts.positions.kind == {"learned": "learned", "sincos": "fixed", "none": "none"}[pos]
+    idx = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(0))
+    if pos == "sincos":  # the fixed table is a buffer whose RMS is the token embeddings' std
+        assert model.pos_embed.pow(2).mean().sqrt().item() == pytest.approx(0.02, rel=1e-3)
+        assert "pos_embed" not in dict(model.named_parameters())
+    if pos == "learned":
+        assert rm["pos_embed"].role == "pos_embed" and model.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
+    if pos == "none":  # no position signal: in one layer, the last token's output is a function of
+        one = _tiny(pos=pos, depth=1)  # the set of earlier tokens, so reordering them changes nothing
+        perm = idx.clone()
+        perm[:, :15] = idx[:, :15].flip(1)
+        with torch.no_grad():
+            assert torch.allclose(one(idx)[:, -1], one(perm)[:, -1], atol=1e-5)
+            rope = _randomize(_tiny(depth=1))  # with rotary positions the order matters
+            assert not torch.allclose(rope(idx)[:, -1], rope(perm)[:, -1], atol=1e-5)
+    with torch.no_grad():
+        assert torch.isfinite(model(idx)).all()
+    with pytest.raises(ConfigError, match="pos must be one of"):
+        _tiny(pos="alibi")
+
+
+def test_a_meta_build_recomputes_the_fixed_table():
+    torch.manual_seed(0)
+    direct = _tiny(pos="sincos")
+    with torch.device("meta"):
+        meta = _tiny(pos="sincos")
+    torch.manual_seed(0)
+    initlab.materialize_(meta, "cpu")
+    assert torch.equal(meta.pos_embed, direct.pos_embed)

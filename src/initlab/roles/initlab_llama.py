@@ -11,9 +11,17 @@ def _layer_of(module_name: str):
     return int(parts[1]) if parts[0] == "blocks" and len(parts) > 1 else None
 
 
+def _positions(pos: str) -> PositionFacts:
+    if pos in ("learned", "sincos"):
+        return PositionFacts("learned" if pos == "learned" else "fixed", "pos_embed")
+    return PositionFacts(pos)  # "rope" or "none"
+
+
 def llama_roles(model: Llama) -> RoleMap:
     b = RoleMapBuilder(model)
     b.add_module("tok_embed", Role.TOKEN_EMBED)
+    if "pos_embed" in b.named:
+        b.add("pos_embed", Role.POS_EMBED, fan_in=1, fan_out=model.width)
     for i, block in enumerate(model.blocks):
         name = f"blocks.{i}.attn"
         attn = block.attn
@@ -41,7 +49,7 @@ def llama_roles(model: Llama) -> RoleMap:
     cfg = model.config
     b.facts = ModelFacts(
         inputs=InputFacts("tokens", None, vocab_size=cfg["vocab_size"], max_positions=cfg["block_size"]),
-        positions=PositionFacts("rope"), causal=True, norm_position="pre")
+        positions=_positions(cfg["pos"]), causal=True, norm_position="pre")
     return b.build(width=model.width, depth=model.depth, adapter="initlab.Llama")
 
 
