@@ -271,6 +271,10 @@ def test_semi_orthogonal_wide_has_orthonormal_rows(gen):
 def test_mimetic_mlp_shifts_the_first_layer_by_the_mean(gen):
     m = MODELS["llama"]()
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    init_(m, "mimetic_mlp", generator=gen)
+    for n, p in m.named_parameters():  # the default mean, 0.01 (initlab's, not the paper's)
+        assert torch.equal(p, before[n] + 0.01 if "gate_proj" in n else before[n]), n
+    m.load_state_dict(before)
     init_(m, "mimetic_mlp(0.03)", generator=gen)
     for n, p in m.named_parameters():
         if "gate_proj" in n:  # target='activation': the gate feeds SiLU
@@ -294,7 +298,8 @@ def test_mimetic_mlp_shifts_the_first_layer_by_the_mean(gen):
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("mimetic_mlp", "paper's value was not recovered"),
+    ("mimetic_mlp(mean=none)", "mean must be a number"),
+    ("mimetic_mlp(mean=inf)", "mean must be finite"),
     ("mimetic_mlp(mean=0.1; target=down)", "target must be"),
     ("modded_nanogpt_vo(beta=-1)", "beta"),
     ("modded_nanogpt_vo(noise=nan)", "noise"),

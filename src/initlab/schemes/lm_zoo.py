@@ -31,7 +31,7 @@ MODDED = "KellerJordan/modded-nanogpt train_gpt.py @91955ec6"
 RECORD = ("KellerJordan/modded-nanogpt records/track_1_short/2026-01-30_MimeticValueOutput/runs/"
           "0f262f64-20c4-4268-9ae7-d7440c810abd.txt (the script as run; PR #214)")
 OLMO = "allenai/OLMo-core src/olmo_core/nn/transformer/init.py @8be24cfb"
-BIASES_ZERO = Rule(MATRIX_ROLES + ("router",), "zeros", kind=BIAS, note="biases 0")
+BIASES_ZERO = Rule(MATRIX_ROLES, "zeros", kind=BIAS, note="biases 0")  # a router's too (alias of mlp_in)
 
 
 def _opt(key: str):
@@ -325,13 +325,15 @@ CONDITIONED = Scheme(
 TARGETS = ("activation", "up", "both")
 
 
+#: initlab's placeholder, not the paper's value (which was not recovered): about half the 0.02 std
+#: LM inits draw with, so the mean is visible next to the noise without dominating a layer
+DEFAULT_MEAN = 0.01
+
+
 def _mlp_validate(o: dict) -> None:
-    if o["mean"] is None:
-        raise InitError("mimetic_mlp needs the mean to add to the first MLP layer, e.g. "
-                        "mimetic_mlp(mean=0.01): the paper's value was not recovered, so there is no "
-                        "default (docs/schemes.md)")
     if isinstance(o["mean"], bool) or not isinstance(o["mean"], (int, float)) or not math.isfinite(o["mean"]):
-        raise InitError(f"mimetic_mlp: mean must be a finite number, got {o['mean']!r}")
+        raise InitError(f"mimetic_mlp: mean must be a finite number (the constant added to the first "
+                        f"MLP layer, e.g. mimetic_mlp(0.01)), got {o['mean']!r}")
     if o["target"] not in TARGETS:
         raise InitError(f"mimetic_mlp: target must be one of {', '.join(TARGETS)}, got {o['target']!r}")
 
@@ -363,12 +365,14 @@ MIMETIC_MLP = Scheme(
     "mimetic_mlp", "mimetic MLP init: add a constant mean to the first MLP layer's weights (on top of "
     "whatever the chain drew)",
     "arXiv 2602.07156 (Trockman & Kolter, 'Mimetic Initialization of MLPs'), abstract: 'give the "
-    "first layer a nonzero mean'; the value of the mean was not recovered (docs/schemes.md)",
+    "first layer a nonzero mean'; the paper's value of the mean was not recovered, the default is "
+    "initlab's (docs/schemes.md)",
     apply=_mlp_apply, validate=_mlp_validate, check=_mlp_check,
-    options=dict(mean=None, target="activation"), primary="mean",
+    options=dict(mean=DEFAULT_MEAN, target="activation"), primary="mean",
     writes=(("mlp_in", WEIGHT), ("mlp_gate", WEIGHT)),
     formula="W₁ ← W₁ + mean (every entry); W₁ = mlp_in, or for a gated MLP the gate (target="
-            "'activation'), the up projection ('up') or both; no default mean; rest untouched")
+            "'activation'), the up projection ('up') or both; mean=0.01 is initlab's placeholder, not "
+            "the paper's; rest untouched")
 
 
 LM_ZOO = (MODDED_NANOGPT, MODDED_NANOGPT_VO, OLMO_NORMAL, OLMO_LLAMA, OLMO_LLAMA_DEPTH, OLMO_FAN_IN,
