@@ -62,10 +62,10 @@ def _writes(rules: tuple[Rule, ...], *extra: tuple[str, str]) -> tuple[tuple[str
 @torch.no_grad()
 def _draw_role(rmap, role: str, rule: Rule, options: dict, generator) -> None:
     """Draw ``rule`` into every weight slot of exactly ``role`` (no alias: an ``mlp_in`` rule here
-    never reaches ``mlp_gate``), trainable tensors only."""
+    never reaches ``mlp_gate``), as :func:`~initlab.schemes.spec.apply_rules` draws."""
     for info, slot in rmap.slots(role):
         region = info.region(slot)
-        if info.frozen or region.numel() == 0:
+        if region.numel() == 0:
             continue
         x = draw(rule, context(rmap, info, slot, options), region.shape, generator)
         region.copy_(x.to(region.device, region.dtype))
@@ -95,7 +95,7 @@ def _modded_tie(rmap, o) -> None:
     """modded-nanogpt draws lm_head ~ N(0, 0.005²) and copies it into the token embedding at init
     (train_gpt.py l. 1226-1231): the embedding of token t equals the head's output row t."""
     heads, embeds = rmap.by_role("head"), rmap.by_role("token_embed")
-    if o["tie_embed"] and heads and embeds and not embeds[0].frozen:
+    if o["tie_embed"] and heads and embeds:
         embeds[0].param.detach().copy_(heads[0].param.detach())
 
 
@@ -357,8 +357,7 @@ def _mlp_check(model, rmap, o) -> None:
 def _mlp_apply(model, rmap, o, generator) -> None:
     for role in _mlp_roles(rmap, o["target"]):
         for info, slot in rmap.slots(role):
-            if not info.frozen:
-                info.region(slot).add_(float(o["mean"]))
+            info.region(slot).add_(float(o["mean"]))
 
 
 MIMETIC_MLP = Scheme(
