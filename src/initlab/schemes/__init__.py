@@ -11,6 +11,7 @@ make no sense (see :data:`COMPOSITION_RULES`); every call goes through one :clas
 from __future__ import annotations
 
 from .delegates import MIMETIC, PARAMS, parametrization_scheme
+from .lm_zoo import LM_ZOO
 from .plan import InitPlan, PlanStep, build_seeded, init_
 from .registry import (COMPOSITION_RULES, aliases_of, check_spec, get_scheme, parametrization_of, parse,
                        refusal, register_scheme, schemes, split_specs)
@@ -36,13 +37,23 @@ _ALIASES = {
     "structured": ("impulse", "convolutional"),
     "mu": ("mup",),
     "nt": ("ntk",),
+    "modded_nanogpt": ("modded",),
+    "modded_nanogpt_vo": ("modded_vo", "modded_nanogpt_mimetic_vo"),
+    "olmo_normal": ("olmo_core_normal",),
+    "olmo_llama": ("olmo_core_llama",),
+    "olmo_llama_depth": ("olmo_core_llama_depth",),
+    "olmo_fan_in": ("olmo_core_fan_in",),
+    "conditioned": ("conditioned_init",),
+    "mimetic_mlp": ("mlp_mimetic",),
 }
 
 for _s in ZOO[:11] + MIMETIC + PARAMS + (STRUCTURED,) + ZOO[11:]:
+    register_scheme(_s, aliases=_ALIASES.get(_s.name, ()))
+for _s in LM_ZOO:  # language-model inits (lm_zoo.py)
     register_scheme(_s, aliases=_ALIASES.get(_s.name, ()))
 
 __all__ = ["init_", "list_schemes", "InitPlan", "PlanStep", "build_seeded", "schemes", "get_scheme", "register_scheme",
            "parametrization_of", "check_spec", "refusal", "parse", "split_specs", "Scheme", "SchemeInfo",
            "Rule", "Context", "apply_rules", "structured_", "parametrization_scheme",
-           "COMPOSITION_RULES", "aliases_of", "MIMETIC", "PARAMS", "STRUCTURED", "ZOO"]
+           "COMPOSITION_RULES", "aliases_of", "MIMETIC", "PARAMS", "STRUCTURED", "ZOO", "LM_ZOO"]
 list_schemes = schemes  # the top-level verb's name: initlab.list_schemes()
