@@ -25,6 +25,7 @@ from torch import nn
 from .errors import CheckpointError, InitlabError
 from .output import text_table
 from .roles import RoleMap, roles, roles_from_mapping
+from .roles.persist import restore_
 
 
 @dataclass
@@ -251,7 +252,7 @@ def _load_hf_folder(transformers, path: str) -> tuple[nn.Module, RoleMap]:
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs else None
     cls = cls or transformers.AutoModel
-    model = cls.from_pretrained(path, local_files_only=True)
+    model = restore_(cls.from_pretrained(path, local_files_only=True))  # a tied head's N_rescale
     return model, roles(model)
 
 

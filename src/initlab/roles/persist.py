@@ -149,5 +149,5 @@ def restore_(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["restore_", "head_controls", "tied_output", "scale_logits", "recorded_multiplier", "HeadMultiplierWarning",
-           "CONFIG_KEY"]
+__all__ = ["restore_", "head_controls", "tied_output", "scale_logits", "recorded_multiplier",
+           "HeadMultiplierWarning", "CONFIG_KEY"]
