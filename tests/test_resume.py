@@ -313,3 +313,6 @@ def test_an_old_checkpoint_is_refused_until_upgraded_then_resumes_bit_exact(text
     assert upgrade([str(old)]) == 0 and "nothing to upgrade" in capsys.readouterr().out
     _assert_same_run(full, run(cfg.replace(out=str(old), resume=True), progress=False))
     assert upgrade([str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    assert upgrade([str(tmp_path / "garbage.pt")]) == 2
+    assert "corrupt" in capsys.readouterr().err

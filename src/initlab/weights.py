@@ -189,13 +189,14 @@ def _read(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "weights only load failed" in str(exc).lower():
+        if "unsupported global" in str(exc).lower():
             raise CheckpointError(
                 f"{path} holds pickled Python objects besides tensors, so it is not read (unpickling "
                 f"could run code from the file); an initlab training checkpoint of format 1 can be "
                 f"upgraded, if you trust it, with: python -m initlab.train.upgrade {path}") from None
+        why = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         raise CheckpointError(f"cannot read {path} as a safetensors file or torch.save state dict: "
-                              f"{type(exc).__name__}: {exc}") from None
+                              f"{type(exc).__name__}: {why}") from None
 
 
 def _training_checkpoint(path: str, obj) -> tuple[nn.Module, RoleMap, str] | None:

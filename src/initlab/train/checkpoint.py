@@ -80,6 +80,16 @@ def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
     return path
 
 
+def _reason(exc: Exception) -> str:
+    """One line of why torch could not read a file (its weights-only messages span a page)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else type(exc).__name__)
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def _step_of(path: Path) -> str:
     try:
         return str(torch.load(path, map_location="cpu", weights_only=True).get("step", "?"))
@@ -107,9 +117,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
-                                  f"{exc}); {fix}") from exc
+        if "unsupported global" not in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_reason(exc)}); "
+                                  f"{fix}") from exc
         raise CheckpointError(
             f"checkpoint {path} holds pickled Python objects besides tensors (an initlab checkpoint of "
             f"format 1, which stored numpy's RNG state, or a file from elsewhere), so it is not "
@@ -117,8 +127,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"with: python -m initlab.train.upgrade {path}") from None
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
             ValueError, AttributeError, ImportError, IndexError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
-                              f"{exc}); {fix}") from exc
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_reason(exc)}); "
+                              f"{fix}") from exc
     needed = ("format_version", "step", "model", "optimizer", "scheduler", "config")
     if not isinstance(state, dict) or any(k not in state for k in needed):
         missing = [k for k in needed if not isinstance(state, dict) or k not in state]
@@ -173,9 +183,18 @@ def upgrade_checkpoint(path: str | os.PathLike) -> list[Path]:
         try:
             torch.load(f, map_location="cpu", weights_only=True)
             continue  # already safe to load
-        except pickle.UnpicklingError:
-            pass
-        state = torch.load(f, map_location="cpu", weights_only=False)  # trusted by the caller
+        except pickle.UnpicklingError as exc:
+            if "unsupported global" not in str(exc).lower():
+                raise CheckpointError(f"{f} is corrupt or truncated ({_reason(exc)}); nothing to "
+                                      f"upgrade") from None
+        except Exception as exc:  # noqa: BLE001 - a damaged file, whatever torch raises for it
+            raise CheckpointError(f"{f} is corrupt or truncated ({_reason(exc)}); nothing to "
+                                  f"upgrade") from None
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=False)  # trusted by the caller
+        except Exception as exc:  # noqa: BLE001 - a damaged file, whatever torch raises for it
+            raise CheckpointError(f"{f} is corrupt or truncated ({_reason(exc)}); nothing to "
+                                  f"upgrade") from None
         if not isinstance(state, dict) or state.get("format_version") != 1:
             raise CheckpointError(f"{f} is not an initlab checkpoint of format 1; nothing to upgrade")
         state = {**state, "format_version": FORMAT_VERSION, "rng": _plain_rng(state.get("rng", {}))}
@@ -185,7 +204,7 @@ def upgrade_checkpoint(path: str | os.PathLike) -> list[Path]:
             torch.load(io.BytesIO(buf.getvalue()), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise CheckpointError(f"{f} holds objects besides tensors and plain values even after its "
-                                  f"RNG state is converted ({exc}); it cannot be upgraded") from None
+                                  f"RNG state is converted ({_reason(exc)}); it cannot be upgraded") from None
         write_replace(f, buf.getbuffer())
         done.append(f)
     return done
