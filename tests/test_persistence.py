@@ -181,3 +181,25 @@ def test_initlab_gpt_state_dict_keeps_the_multiplier_as_extra_state():
     assert fresh.head_multiplier == 1.0
     fresh.load_state_dict(state)
     assert fresh.head_multiplier == model.head_multiplier
+
+
+def test_initlab_vit_every_path(tmp_path):
+    """initlab's ViT (untied head: mu leaves N = 1, so a multiplier is set by hand to make it count)."""
+    from initlab.models import ViT
+    kw = dict(width=32, depth=1, heads=2, image_size=28, patch_size=7)
+    model = ViT(**kw).eval()
+    initlab.parametrize_(model, "mu", generator=torch.Generator().manual_seed(0))
+    assert _multiplier(model) == 1.0  # untied: its n^-s is in the head's init variance
+    initlab.role_map(model).controls.set_head_multiplier(0.5)
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(x)
+    fresh = ViT(**kw).eval()
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    fresh.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    for other in (fresh, copy.deepcopy(model), torch.load(buf, weights_only=False)):
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), ref, rtol=1e-5, atol=0)
