@@ -10,6 +10,7 @@ SNIPPETS = [
     # no module pretends to be a function
     "import initlab; initlab.Parametrization; initlab.parametrize_; initlab.param_groups; initlab.mimetic_; "
     "assert not any(callable(getattr(initlab, m)) for m in ('roles', 'schemes', 'probe'))",
+    "import initlab; assert initlab.restore_ is initlab.roles.persist.restore_ and 'restore_' in initlab.__all__",
 ]
 
 

@@ -41,7 +41,7 @@ def _resume_from_midpoint(cfg: TrainConfig, tmp_path: Path):
     """Uninterrupted run with checkpoints at N/2 and N; then a second directory that holds only the
     N/2 checkpoint (what a run killed after N/2 leaves) is resumed to N."""
     full = run(cfg.replace(out=str(tmp_path / "full")), progress=False)
-    half_state = torch.load(tmp_path / "full" / LAST_GOOD, weights_only=False)
+    half_state = torch.load(tmp_path / "full" / LAST_GOOD, weights_only=True)
     assert half_state["step"] == cfg.steps // 2
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
@@ -134,11 +134,11 @@ def test_an_extended_run_really_trains_on_the_schedule_of_its_new_length(fake_ro
         run(cfg.replace(steps=12), progress=False)
         (out / CHECKPOINT).unlink()
         shutil.copy(out / LAST_GOOD, out / CHECKPOINT)
-        assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 8
-    before = torch.load(out / CHECKPOINT, weights_only=False)
+        assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 8
+    before = torch.load(out / CHECKPOINT, weights_only=True)
     longer = run(cfg.replace(resume=True, steps=16), progress=False)
     assert longer.status == "completed" and [r["step"] for r in longer.history][-2:] == [12, 16]
-    after = torch.load(out / CHECKPOINT, weights_only=False)
+    after = torch.load(out / CHECKPOINT, weights_only=True)
     assert after["step"] == 16
     assert after["scheduler"]["lr_lambdas"][0]["total_steps"] == 16
     # the extension trained: positive lr at every step 8..15, and every trained weight moved
@@ -218,12 +218,12 @@ def test_disk_full_says_so_and_keeps_the_previous_checkpoint(fake_root, tmp_path
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "cannot write the checkpoint: no space left" in err and "(step 4) is kept" in err
-    assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 4
+    assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 4
     assert not list(out.glob(".*.tmp"))
     monkeypatch.undo()
     # once there is space again the run resumes from step 4 and completes
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
-    assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 8
+    assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 8
 
 
 def _cli(args, env):
@@ -255,7 +255,7 @@ def test_sigterm_then_resume_matches_uninterrupted(fake_root, tmp_path):
     assert stderr.startswith("interrupted by SIGTERM at step ") and "--resume" in stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted", summary
-    stopped_at = torch.load(out / CHECKPOINT, weights_only=False)["step"]
+    stopped_at = torch.load(out / CHECKPOINT, weights_only=True)["step"]
     assert 0 < stopped_at < steps
 
     resume = _cli(["--resume", str(out), "--quiet"], env)
@@ -266,7 +266,53 @@ def test_sigterm_then_resume_matches_uninterrupted(fake_root, tmp_path):
 
     saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     reference = run(saved.replace(out=str(tmp_path / "reference"), resume=False), progress=False)
-    final = torch.load(out / CHECKPOINT, weights_only=False)
+    final = torch.load(out / CHECKPOINT, weights_only=True)
     assert _without_time(final["history"]) == _without_time(reference.history)
     for k, v in reference.model.state_dict().items():
         assert torch.equal(final["model"][k], v), k
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
+    """Every RNG the engine restores (torch, Python, numpy) comes back from a weights_only load."""
+    import random
+
+    import numpy as np
+
+    from initlab.train.engine import rng_state, set_rng_state
+    saved = rng_state()
+    torch.save(saved, tmp_path / "rng.pt")
+    expected = (torch.rand(3), random.random(), np.random.rand(3), np.random.randn())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), random.random(), np.random.rand(3), np.random.randn())
+    assert torch.equal(expected[0], again[0]) and expected[1] == again[1]
+    assert np.array_equal(expected[2], again[2]) and expected[3] == again[3]
+
+
+def _as_format_1(path: Path) -> None:
+    """Rewrite a checkpoint the way initlab wrote format 1: numpy's RNG state pickled as a tuple."""
+    import numpy as np
+    state = torch.load(path, weights_only=True)
+    s = state["rng"]["numpy"]
+    state["rng"]["numpy"] = (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
+                             s["cached_gaussian"])
+    torch.save({**state, "format_version": 1}, path)
+
+
+def test_an_old_checkpoint_is_refused_until_upgraded_then_resumes_bit_exact(text_file, tmp_path, capsys):
+    from initlab.train.upgrade import main as upgrade
+    cfg = lm_config(text_file, None, steps=8, eval_every=4, checkpoint_every=4)
+    full = run(cfg.replace(out=str(tmp_path / "full")), progress=False)
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(tmp_path / "full" / LAST_GOOD, old / CHECKPOINT)
+    _as_format_1(old / CHECKPOINT)
+    with pytest.raises(CheckpointError, match=r"could run code .* python -m initlab.train.upgrade"):
+        run(cfg.replace(out=str(old), resume=True), progress=False)
+    assert upgrade([str(old)]) == 0 and "upgraded" in capsys.readouterr().out
+    assert torch.load(old / CHECKPOINT, weights_only=True)["format_version"] == 2
+    assert upgrade([str(old)]) == 0 and "nothing to upgrade" in capsys.readouterr().out
+    _assert_same_run(full, run(cfg.replace(out=str(old), resume=True), progress=False))
+    assert upgrade([str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    assert upgrade([str(tmp_path / "garbage.pt")]) == 2
+    assert "corrupt" in capsys.readouterr().err

@@ -107,3 +107,39 @@ def test_cli_table_png_json_and_errors(tmp_path, capsys):
     assert main(["weights", str(tmp_path / "missing.safetensors")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["weights", "vit-micro", "--layers", "a"]) == 2
+
+
+def test_a_checkpoint_written_by_initlab_train_end_to_end(tmp_path, capsys):
+    """The README's `initlab weights runs/m1/checkpoint.pt`: a tiny `initlab train` run, then its
+    checkpoint (and its run directory) read with weights_only=True, the numbers those of its weights."""
+    text = tmp_path / "tiny.txt"
+    text.write_text("to be or not to be, that is the question. " * 40)
+    run_dir = tmp_path / "m1"
+    assert main(["train", "--task", "lm", "--data", str(text), "--model", "gpt-micro", "--width", "16",
+                 "--depth", "1", "--heads", "2", "--block-size", "16", "--batch-size", "4", "--steps", "2",
+                 "--eval-batches", "1", "--init", "mimetic", "--out", str(run_dir), "--quiet"]) == 0
+    capsys.readouterr()
+    js = tmp_path / "w.json"
+    assert main(["weights", str(run_dir / "checkpoint.pt"), "--json", str(js)]) == 0
+    printed = capsys.readouterr().out
+    assert "gpt-micro checkpoint, step 2" in printed and "blocks.0.attn" in printed
+    # head 0's W_q W_kᵀ by hand from the checkpoint's fused qkv weight (rows q | k | v, y = x Wᵀ)
+    w = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]["blocks.0.attn.qkv.weight"]
+    q, k = w[0:8].double(), w[16:24].double()  # width 16, 2 heads of 8
+    by_hand = product_stats(q.T @ k)
+    head0 = json.loads(js.read_text())["layers"][0]["qk"][0]
+    assert head0["diag"] == pytest.approx(by_hand.diag, rel=1e-9)
+    assert head0["ratio"] == pytest.approx(by_hand.ratio, rel=1e-9)
+    assert by_hand.diag > 0  # mimetic init, two steps later: still the paper's positive diagonal
+    assert main(["weights", str(run_dir)]) == 0  # the run directory: its newest checkpoint
+    assert "step 2" in capsys.readouterr().out
+
+
+def test_a_file_that_pickles_code_is_refused_in_one_line(tmp_path, capsys):
+    import numpy as np
+    path = tmp_path / "old.pt"  # what initlab's format-1 checkpoints held: numpy's RNG state
+    torch.save({"format_version": 1, "model": {"w": torch.zeros(2)},
+                "rng": {"numpy": np.random.RandomState(0).get_state()}}, path)
+    assert main(["weights", str(path), "--heads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could run code" in err and "initlab.train.upgrade" in err

@@ -12,6 +12,7 @@ Verbs
     ``probe_model(model, batch)``         signal propagation at init, held against the theory
     ``create_model(name, ...)``           a reference ViT/GPT preset (``"vit-micro"``, ``"gpt-mini"``)
     ``materialize_(model, device, init=)`` allocate a meta-device model and initialize it
+    ``restore_(model)``                   after a reload, put back a tied head's multiplier
 
 Values
     ``Parametrization`` (standard, nt, hybrid, mu, s=x; arXiv 2304.02034), ``InitPlan`` (a spec
@@ -38,6 +39,7 @@ _LAZY = {
     "probe_model": ("initlab.probe", "probe"),
     "create_model": ("initlab.models", "create_model"),
     "materialize_": ("initlab.train.meta", "materialize_"),
+    "restore_": ("initlab.roles.persist", "restore_"),
     # values
     "Parametrization": ("initlab.parametrization", "Parametrization"),
     "InitPlan": ("initlab.schemes", "InitPlan"),

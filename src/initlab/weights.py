@@ -25,6 +25,7 @@ from torch import nn
 from .errors import CheckpointError, InitlabError
 from .output import text_table
 from .roles import RoleMap, roles, roles_from_mapping
+from .roles.persist import restore_
 
 
 @dataclass
@@ -183,15 +184,46 @@ def roles_from_state_dict(state: dict[str, torch.Tensor], *, heads: int,
                           + "; ".join(tried[:3]))
 
 
-def _load_state(path: str) -> dict[str, torch.Tensor]:
+def _read(path: str):
+    """``torch.load`` with ``weights_only=True``: a file is never unpickled beyond tensors."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if "unsupported global" in str(exc).lower():
+            raise CheckpointError(
+                f"{path} holds pickled Python objects besides tensors, so it is not read (unpickling "
+                f"could run code from the file); an initlab training checkpoint of format 1 can be "
+                f"upgraded, if you trust it, with: python -m initlab.train.upgrade {path}") from None
+        why = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise CheckpointError(f"cannot read {path} as a safetensors file or torch.save state dict: "
+                              f"{type(exc).__name__}: {why}") from None
+
+
+def _training_checkpoint(path: str, obj) -> tuple[nn.Module, RoleMap, str] | None:
+    """The model of a checkpoint ``initlab train`` wrote, rebuilt from the checkpoint's own model
+    config (so its role map is the model's, with no --heads), or None for any other file."""
+    from .models import PRESETS
+    if not (isinstance(obj, dict) and "format_version" in obj and isinstance(obj.get("model"), dict)):
+        return None
+    config, model_config = obj.get("config") or {}, obj.get("model_config")
+    preset = config.get("model") if isinstance(config, dict) else None
+    if preset not in PRESETS or not isinstance(model_config, dict):
+        return None
+    model = PRESETS[preset][0](**model_config)
+    try:
+        model.load_state_dict(obj["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: its weights do not fit the {preset} its config describes "
+                              f"({str(exc).splitlines()[0]})") from None
+    return model, roles(model), f"{path} ({preset} checkpoint, step {obj.get('step', '?')})"
+
+
+def _load_state(path: str, obj=None) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (``obj``: the file already read with :func:`_read`)."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {path} as a safetensors file or torch.save state dict: "
-                              f"{type(exc).__name__}: {exc}") from None
+    obj = _read(path) if obj is None else obj
     for key in ("model", "state_dict", "model_state_dict", "module"):  # training checkpoints
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -221,7 +253,7 @@ def _load_hf_folder(transformers, path: str) -> tuple[nn.Module, RoleMap]:
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs else None
     cls = cls or transformers.AutoModel
-    model = cls.from_pretrained(path, local_files_only=True)
+    model = restore_(cls.from_pretrained(path, local_files_only=True))  # a tied head's N_rescale
     return model, roles(model)
 
 
@@ -229,6 +261,9 @@ def load_for_weights(source: str, *, init: str | None = None, heads: int | None 
                      kv_heads: int | None = None, seed: int = 0,
                      model_options: dict | None = None) -> tuple[nn.Module, RoleMap, str]:
     """(model, role map, description) for an initlab preset name or a local checkpoint path."""
+    if os.path.isdir(source):  # a run directory of initlab train: its newest checkpoint
+        source = next((os.path.join(source, n) for n in ("checkpoint.pt", "checkpoint.last_good.pt")
+                       if os.path.isfile(os.path.join(source, n))), source)
     if os.path.isdir(source):
         if not os.path.exists(os.path.join(source, "config.json")):
             raise CheckpointError(f"{source} is a folder without config.json; expected a Hugging Face "
@@ -236,7 +271,11 @@ def load_for_weights(source: str, *, init: str | None = None, heads: int | None 
         model, rmap = _hf_folder(source)
         return model, rmap, f"{source} ({type(model).__name__})"
     if os.path.isfile(source):
-        state = _load_state(source)
+        obj = None if source.endswith(".safetensors") else _read(source)
+        trained = _training_checkpoint(source, obj)
+        if trained is not None:
+            return trained
+        state = _load_state(source, obj)
         if heads is None:
             meta = os.path.join(os.path.dirname(source), "config.json")
             if os.path.exists(meta):

@@ -1,16 +1,20 @@
 """``initlab weights``: W_q W_kᵀ per head and W_v W_o per layer, as a table and heatmaps.
 
     initlab weights vit-micro --init mimetic --png runs/weights/vit-micro-mimetic.png
+    initlab weights runs/m1/checkpoint.pt --png qk_vo.png
     initlab weights runs/my-run/model.safetensors --heads 3
     initlab weights path/to/hf-model-folder --layers 0,5,11 --png weights.png
 
 MODEL_OR_CHECKPOINT is an initlab model preset (built fresh and initialized with ``--init``, any
-scheme name) or a local checkpoint: a ``.safetensors`` file, a ``torch.save`` state dict (or a
-training checkpoint holding one under "model"/"state_dict"), or a Hugging Face model folder
-(``save_pretrained``; read with ``local_files_only``, nothing is downloaded). The table shows,
-per layer, the mean diagonal of W_q^h W_k^hᵀ (averaged over heads), its ratio to the RMS of the
-off-diagonal entries, its sign and how many heads are positive, and the same for W_v W_o — the
-paper's Figure 1 observation is QK sign + and VO sign - in pre-trained vision Transformers.
+scheme name) or a local checkpoint: a checkpoint ``initlab train`` wrote (or its run directory;
+the model is rebuilt from the checkpoint's own config), a ``.safetensors`` file, a ``torch.save``
+state dict (or a training checkpoint holding one under "model"/"state_dict"), or a Hugging Face
+model folder (``save_pretrained``; read with ``local_files_only``, nothing is downloaded). Files
+are read with ``torch.load(weights_only=True)``: one that pickles other objects is refused, never
+unpickled. The table shows, per layer, the mean diagonal of W_q^h W_k^hᵀ (averaged over heads),
+its ratio to the RMS of the off-diagonal entries, its sign and how many heads are positive, and
+the same for W_v W_o — the paper's Figure 1 observation is QK sign + and VO sign - in
+pre-trained vision Transformers.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("weights", help="QK and VO products per layer: table and heatmaps",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("source", metavar="MODEL_OR_CHECKPOINT",
-                   help="model preset name, or a .safetensors / torch.save file, or a HF model folder")
+                   help="model preset name, an initlab train checkpoint or run directory, a "
+                   ".safetensors / torch.save file, or a HF model folder")
     p.add_argument("--init", default="default", help="scheme for a fresh preset (e.g. mimetic, "
                    "trunc_normal, nt+mimetic); 'default' = PyTorch's module defaults")
     p.add_argument("--seed", type=int, default=0)

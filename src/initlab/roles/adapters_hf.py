@@ -427,42 +427,9 @@ def _fans_of(mod: nn.Module) -> tuple[int, int]:
     return w.shape[1], w.shape[0]
 
 
-_MULT = "_initlab_head_multiplier"
-
-
-def _scale_logits(module: nn.Module, args, output):
-    m = getattr(module, _MULT, 1.0)
-    return output if m == 1.0 else output * m
-
-
-def tied_output(model: nn.Module) -> nn.Module | None:
-    """The output-embedding module when its weight is the input embedding's (a tied head)."""
-    try:
-        out, inp = model.get_output_embeddings(), model.get_input_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-    w_out, w_in = getattr(out, "weight", None), getattr(inp, "weight", None)
-    return out if w_out is not None and w_out is w_in else None
-
-
-def head_controls(controls, model: nn.Module) -> None:
-    """A tied head's multiplier (N_rescale), applied to the output module's logits by a forward
-    hook, so the tie stays (one tensor, one init) while the logits are rescaled. The value lives on
-    the module (``deepcopy`` keeps it); a fresh model loaded from a state dict needs it set again."""
-    out = tied_output(model)
-    controls.tied_head = out is not None
-    if out is None:
-        return
-
-    def get() -> float:
-        return float(getattr(out, _MULT, 1.0))
-
-    def set_(value: float) -> None:
-        setattr(out, _MULT, float(value))
-        if not any(h is _scale_logits for h in out._forward_hooks.values()):
-            out.register_forward_hook(_scale_logits)
-
-    controls.get_head_multiplier, controls.set_head_multiplier = get, set_
+# The tied head's multiplier (N_rescale) and its persistence live in roles/persist.py; these names
+# stay importable from here (pickled models reference initlab.roles.adapters_hf._scale_logits).
+from .persist import head_controls, scale_logits as _scale_logits, tied_output  # noqa: E402,F401
 
 
 _INPUT_KINDS = {"input_ids": "tokens", "pixel_values": "image", "input_features": "features",

@@ -1,0 +1,153 @@
+"""What initlab sets on a model besides its tensors, and how it survives saving and reloading.
+
+The only such setting is a tied head's multiplier N_rescale (``Parametrization.head_multiplier``:
+mu, nt and every s-member rescale the logits of a head that shares the token embedding's weight).
+
+* initlab's ViT/GPT keep it as ``model.head_multiplier``, saved in the state dict as the model's
+  extra state (:class:`initlab.models.layers.HeadMultiplierState`): every path that carries the
+  state dict or the module carries it.
+* A Hugging Face model with a tied head gets a forward hook on its output module that multiplies
+  the logits (the tie stays: one tensor). The value is also written into ``model.config`` as
+  ``initlab_head_multiplier``, which ``save_pretrained`` serializes into ``config.json``. A model
+  rebuilt from that config (``from_pretrained``, or ``type(model)(model.config)`` then
+  ``load_state_dict``) gets the hook back from :func:`restore_`, and from every initlab verb that
+  builds the role map, which also warns (:class:`HeadMultiplierWarning`) that the model had lost it.
+  ``copy.deepcopy`` and pickling the whole model (``torch.save(model)``) keep the hook.
+
+An untied head has nothing to keep: its n^-s is in its initial weights (multiplier 1).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+from torch import nn
+
+from ..errors import RoleMapError
+from .registry import unwrap
+
+CONFIG_KEY = "initlab_head_multiplier"  # the key in a Hugging Face config (and its config.json)
+_MULT = "_initlab_head_multiplier"  # the value on the output module, read by the hook
+
+
+class HeadMultiplierWarning(UserWarning):
+    """A reloaded model had lost the head multiplier its config records (initlab put it back)."""
+
+
+def scale_logits(module: nn.Module, args, output):
+    """The forward hook on a tied output module: its logits times the multiplier set on it."""
+    m = getattr(module, _MULT, 1.0)
+    return output if m == 1.0 else output * m
+
+
+def tied_output(model: nn.Module) -> nn.Module | None:
+    """The output-embedding module when its weight is the input embedding's (a tied head)."""
+    try:
+        out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    w_out, w_in = getattr(out, "weight", None), getattr(inp, "weight", None)
+    return out if w_out is not None and w_out is w_in else None
+
+
+def _hooked(out: nn.Module) -> bool:
+    return any(h is scale_logits for h in out._forward_hooks.values())
+
+
+def recorded_multiplier(model: nn.Module) -> float | None:
+    """The head multiplier ``model.config`` records, or None."""
+    value = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    return None if value is None else float(value)
+
+
+def _record(model: nn.Module, value: float | None) -> None:
+    """Write (or, for None, remove) the record in a copy of ``model.config`` that every module of
+    the model holding the old config gets: a config object the caller shares with other models
+    (``Cls(cfg)`` twice, or a model built from another's config) never changes behind their back."""
+    old = getattr(model, "config", None)
+    if old is None or recorded_multiplier(model) == value:
+        return
+    new = copy.copy(old)
+    if value is None:
+        if hasattr(new, CONFIG_KEY):
+            delattr(new, CONFIG_KEY)
+    else:
+        setattr(new, CONFIG_KEY, float(value))
+    for module in model.modules():
+        if getattr(module, "config", None) is old:
+            module.config = new
+
+
+def _apply(out: nn.Module, value: float) -> None:
+    setattr(out, _MULT, float(value))
+    if not _hooked(out):
+        out.register_forward_hook(scale_logits)
+
+
+def head_controls(controls, model: nn.Module) -> None:
+    """Role-map controls of a Hugging Face model's tied head (N_rescale without untying), and the
+    check that a reloaded model still applies the multiplier its config records."""
+    out = tied_output(model)
+    controls.tied_head = out is not None
+    recorded = recorded_multiplier(model)
+    if out is None:
+        if recorded not in (None, 1.0):
+            warnings.warn(f"{type(model).__name__}.config records {CONFIG_KEY}={recorded:.6g}, but "
+                          f"the model's head is not tied to its token embedding, so initlab cannot "
+                          f"apply it and the logits differ from the saved model's; load the model "
+                          f"with its tied head (tie_word_embeddings=True)", HeadMultiplierWarning,
+                          stacklevel=3)
+        return
+    if _hooked(out):
+        live = float(getattr(out, _MULT, 1.0))
+        _record(model, None if live == 1.0 else live)  # the hook computes: the record follows it
+    elif recorded not in (None, 1.0):
+        _apply(out, recorded)
+        warnings.warn(f"{type(model).__name__} was reloaded without its tied-head multiplier "
+                      f"({CONFIG_KEY}={recorded:.6g} in its config): its logits were off by that "
+                      f"factor until now; initlab restored it. Call initlab.restore_(model) right "
+                      f"after loading (docs/parametrizations.md, 'Saving and reloading')",
+                      HeadMultiplierWarning, stacklevel=3)
+
+    def get() -> float:
+        return float(getattr(out, _MULT, 1.0))
+
+    def set_(value: float) -> None:
+        value = float(value)
+        if value != 1.0 or _hooked(out):
+            _apply(out, value)
+        _record(model, None if value == 1.0 else value)
+
+    controls.get_head_multiplier, controls.set_head_multiplier = get, set_
+
+
+def restore_(model: nn.Module) -> nn.Module:
+    """Put back what initlab set on ``model`` besides its tensors, after a reload; returns ``model``.
+
+    For a Hugging Face model with a tied head this re-installs the logit multiplier N_rescale that
+    ``model.config`` records (``from_pretrained`` of a folder ``save_pretrained`` wrote, or a model
+    built from a saved model's config and given its state dict). initlab's own models need nothing
+    (the multiplier is in their state dict); for them, and for models initlab never rescaled, this
+    does nothing. Every initlab verb that builds the role map does the same, with a warning.
+
+    Raises :class:`~initlab.errors.RoleMapError` when the config records a multiplier the model
+    cannot apply (its head is not tied).
+    """
+    inner = unwrap(model)
+    recorded = recorded_multiplier(inner)
+    if recorded is None or not hasattr(inner, "get_output_embeddings"):
+        return model
+    out = tied_output(inner)
+    if out is None:
+        if recorded != 1.0:
+            raise RoleMapError(f"{type(inner).__name__}.config records {CONFIG_KEY}={recorded:.6g}, "
+                               f"but the model's head is not tied to its token embedding, so the "
+                               f"multiplier cannot be applied; load it with tie_word_embeddings=True")
+        return model
+    if not _hooked(out) and recorded != 1.0:
+        _apply(out, recorded)
+    return model
+
+
+__all__ = ["restore_", "head_controls", "tied_output", "scale_logits", "recorded_multiplier",
+           "HeadMultiplierWarning", "CONFIG_KEY"]
