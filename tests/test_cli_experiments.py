@@ -25,10 +25,12 @@ class FakeEngine:
 
     def __init__(self):
         self.calls: list[TrainConfig] = []
+        self.plans: list = []
 
-    def __call__(self, config, *, progress=True, command=None):
+    def __call__(self, config, *, plan=None, progress=True, command=None):
         assert isinstance(config, TrainConfig)
         self.calls.append(config)
+        self.plans.append(plan)
         epochs = int(config.epochs or 2)
         base = 0.6 + (0.1 if "mimetic" in config.init else 0.0) + 0.01 * config.seed
         # optimum lr 1e-2 * 64 / width: one octave lower per width doubling
@@ -151,6 +153,27 @@ def test_bad_config_file_keys(fake, tmp_path, capsys):
     broken.write_text("lr = = 1\n")
     assert main(["train", "--config", str(broken)]) == 2
     assert "cannot parse config file" in capsys.readouterr().err
+
+
+def test_compare_inits_with_options_holding_commas_run_every_init(fake, tmp_path, capsys):
+    """--inits is split by the spec grammar (parentheses kept), and each init's checked plan is the
+    one the engine receives (config -> plan -> engine)."""
+    out = tmp_path / "cmp"
+    code = main(["compare", "--inits", "default,trunc_normal(std=0.01,truncate=3)", "--epochs", "1",
+                 "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert [c.init for c in fake.calls] == ["default", "trunc_normal(std=0.01,truncate=3)"]
+    assert [p.spec for p in fake.plans] == [c.init for c in fake.calls]
+    step = fake.plans[1].steps[0]
+    assert step.scheme.name == "trunc_normal" and (step.options["std"], step.options["truncate"]) == (0.01, 3)
+    table = (out / "table.txt").read_text()
+    assert "trunc_normal(std=0.01,truncate=3)" in table and "default" in table
+    # a config file's inits string goes through the same splitter
+    toml = tmp_path / "c.toml"
+    toml.write_text('inits = "xavier,trunc_normal(std=0.02,truncate=2)"\nepochs = 1\n')
+    fake.calls.clear()
+    assert main(["compare", "--config", str(toml), "--out", str(tmp_path / "cmp2"), "--quiet"]) == 0
+    assert [c.init for c in fake.calls] == ["xavier", "trunc_normal(std=0.02,truncate=2)"]
 
 
 def test_compare_writes_table_csv_json_png(fake, tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_non_zero_rank_writes_nothing(monkeypatch, tmp_path):
 
 # the layers of docs/architecture.md, bottom to top; a module may import its own layer and below
 LAYERS = [
-    {"errors", "values", "output", "plotting", "threads"},
+    {"errors", "values", "output", "plotting", "threads", "progress"},
     {"roles", "models", "data"},
     {"mimetic", "parametrization"},
     {"schemes"},

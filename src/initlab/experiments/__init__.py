@@ -11,11 +11,11 @@ from .compare import CompareResult, run_compare
 from .checks import check_config
 from .config_file import load_config_file
 from .configure import build_config
-from .grid import parse_ints, parse_lrs, parse_names, parse_seeds
+from .grid import parse_inits, parse_ints, parse_lrs, parse_names, parse_seeds
 from .records import RunRecord, read_csv, write_csv, write_json
 from .runner import run_cell
 from .sweep import SweepAnalysis, analyze, run_sweep
 
 __all__ = ["run_compare", "CompareResult", "run_sweep", "analyze", "SweepAnalysis", "build_config",
-           "check_config", "load_config_file", "parse_lrs", "parse_ints", "parse_seeds", "parse_names",
+           "check_config", "load_config_file", "parse_lrs", "parse_ints", "parse_seeds", "parse_names", "parse_inits",
            "RunRecord", "read_csv", "write_csv", "write_json", "run_cell"]

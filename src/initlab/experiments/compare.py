@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..progress import labelled
 from ..train.config import TrainConfig
 from .plots import plot_curves
 from .records import RunRecord, write_csv, write_json
@@ -36,8 +37,12 @@ class CompareResult:
 
 
 def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str | Path, *,
-                progress: bool = True, log: Callable[[str], None] = print,
+                plans: dict | None = None, progress=True, log: Callable[[str], None] = print,
                 command: str | None = None) -> CompareResult:
+    """One run per (init, seed). ``plans`` maps each init to its checked
+    :class:`~initlab.schemes.InitPlan` (built when the config was checked; the engine builds it
+    when missing)."""
+    plans = plans or {}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"base": base.to_dict(), "inits": list(inits), "seeds": list(seeds)})
@@ -47,7 +52,8 @@ def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str 
         for j, seed in enumerate(seeds):
             k = i * len(seeds) + j + 1
             config = base.replace(init=init, seed=seed, out=str(out / "runs" / f"{slug(init)}-s{seed}"), resume=False)
-            record, reused = run_cell(config, {"init": init, "seed": seed}, progress=progress,
+            record, reused = run_cell(config, {"init": init, "seed": seed}, plan=plans.get(init),
+                                       progress=labelled(progress, f"[{k}/{total}] {init} s{seed}"),
                                        command=command)
             stop_if_interrupted(record)
             records.append(record)
