@@ -55,7 +55,8 @@ class Progress:
         return bool(isatty and isatty())
 
     def labelled(self, label: str) -> "Progress":
-        return replace(self, label=label)
+        """The same progress with ``label`` after the current one (``[1/3] vision-table [2/6] mimetic s0``)."""
+        return replace(self, label=f"{self.label} {label}".strip())
 
     def line(self, text: str) -> None:
         """One plain line (a run finished, a step of the results suite done)."""
@@ -82,7 +83,7 @@ class StepLine:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=self.total, initial=self.step, unit=" steps", dynamic_ncols=True,
                             desc=progress.label or None, file=progress.out(),
-                            bar_format="{desc}{desc_pad}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
                                        "[{rate_fmt}, elapsed {elapsed}, ETA {remaining}{postfix}]")
 
     def stats(self) -> tuple[float, float, float]:

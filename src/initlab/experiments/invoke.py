@@ -48,7 +48,12 @@ def parse_command(command: str, argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def compare(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: None):
+def _progress(args: argparse.Namespace, progress):
+    """``progress`` when the caller gives one (the results suite labels its steps), else the flags'."""
+    return progress if progress is not None else not args.quiet
+
+
+def compare(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: None, progress=None):
     """Check every init (its whole plan) before any training, then :func:`run_compare`.
     Returns ``(base config, seeds, CompareResult)``."""
     base, extra = build_config(args, extra_keys=("inits", "seeds"))
@@ -65,13 +70,13 @@ def compare(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg
     # one writer per --out: a second compare/sweep/train on it exits 2 naming this process
     with hold_directory(out, command=command_text(args), enabled=is_main_process()):
         write_command(out, args)
-        result = run_compare(base, inits, seeds, out, plans=plans, progress=not args.quiet, log=say,
+        result = run_compare(base, inits, seeds, out, plans=plans, progress=_progress(args, progress), log=say,
                              command=command_text(args))
     return base, seeds, result
 
 
 def sweep(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: None,
-          notice: Callable[[str], None] = print):
+          notice: Callable[[str], None] = print, progress=None):
     """Check the config at every width, then :func:`run_sweep`. Returns
     ``(base config, widths, lrs, analysis, info)``."""
     base, extra = build_config(args, extra_keys=("widths", "lrs", "metric"))
@@ -101,7 +106,7 @@ def sweep(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: 
         if note:
             notice(note)
         analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"), plan=plan,
-                                   progress=not args.quiet, log=say, command=command_text(args))
+                                   progress=_progress(args, progress), log=say, command=command_text(args))
     return base, widths, lrs, analysis, info
 
 
