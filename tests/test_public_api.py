@@ -79,7 +79,7 @@ LAYERS = [
     {"roles", "models", "data"},
     {"mimetic", "parametrization"},
     {"schemes"},
-    {"theory", "probe", "coord_check", "weights"},
+    {"theory", "probe", "coord_check", "weights", "ratios"},
     {"train"},
     {"experiments"},
     {"results"},

@@ -17,7 +17,7 @@ from ..errors import ConfigError, InitlabError
 from ..output import atomic_write_bytes, read_json, write_json
 from ..progress import as_progress
 from .profiles import SECTIONS, Step, plan, profile_settings
-from .report import write_report
+from .page import write_report
 
 
 def prepare_sweep_data(out: Path, data_root: str | None, test_size: int | None) -> str | None:
