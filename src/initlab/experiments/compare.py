@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..output import atomic_write_text, write_csv, write_json
 from ..progress import labelled
 from ..train.config import TrainConfig
 from .plots import plot_curves
-from .records import RunRecord, write_csv, write_json
+from .records import RunRecord
 from .runner import run_cell, slug, stop_if_interrupted
 from .summary import MetricSpec, compare_table, primary_metric, summarize
 
@@ -88,8 +89,7 @@ def write_compare_outputs(records: list[RunRecord], task: str, out: Path) -> Com
                                                             "higher_is_better": metric.higher_is_better,
                                                             "rows": summary}),
     }
-    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
-    files["table.txt"] = out / "table.txt"
+    files["table.txt"] = atomic_write_text(out / "table.txt", table + "\n")
     files["curves.png"] = plot_curves(records, metric, out / "curves.png", group_by="init",
                                       title=f"{metric.key} per init (mean ± std over seeds)")
     return CompareResult(records, summary, table, metric, out, files)

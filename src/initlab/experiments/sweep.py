@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
+from ..output import atomic_write_text, read_csv, read_json, write_csv, write_json
 from ..progress import labelled
 from ..train.config import TrainConfig
 from .grid import lr_label
 from .plots import plot_transfer
-from .records import RunRecord, read_csv, read_json, write_csv, write_json
+from .records import RunRecord
 from .runner import FINISHED, identity, run_cell, stop_if_interrupted
 from .summary import format_table
 
@@ -157,7 +158,7 @@ def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str |
     write_csv(csv_path, _sorted_rows(rows), first=CSV_COLUMNS)
     analysis = analyze(rows.values(), widths, lrs, metric)
     write_json(out / "analysis.json", analysis.to_dict())
-    (out / "report.txt").write_text(analysis.report() + "\n", encoding="utf-8")
+    atomic_write_text(out / "report.txt", analysis.report() + "\n")
     plot = plot_transfer(analysis.table, out / "transfer.png", metric=f"final {metric}",
                          title=f"lr transfer across width (param={base.param}, init={base.init})",
                          optimum=analysis.optimum)

@@ -11,10 +11,10 @@ import math
 import statistics
 from pathlib import Path
 
-from ..experiments.records import RunRecord, read_csv
+from ..experiments.records import RunRecord
 from ..experiments.summary import mean_std as summary_mean_std
 from ..experiments.sweep import analyze
-from ..output import read_json
+from ..output import read_csv, read_json
 from .profiles import Step
 
 
