@@ -309,3 +309,32 @@ def test_interrupted_run_stops_the_experiment(fake, tmp_path, capsys, monkeypatc
     assert main(["compare", "--inits", "default,mimetic", "--epochs", "1", "--out", str(out), "--quiet"]) == 130
     assert len(fake.calls) == 1  # the second init never started
     assert "rerun the same command to continue" in capsys.readouterr().err
+
+
+def test_a_config_field_is_declared_once(fake):
+    """Each TrainConfig field is one `setting`: its flag on every experiment command, its help and
+    its effect on the result (what a finished run's identity and a resumed checkpoint compare)."""
+    from dataclasses import fields
+
+    from initlab.experiments.runner import identity
+    from initlab.train.checkpoint import config_differences
+    from initlab.train.config import ON_RESUME, RUNTIME
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    dests = {a.dest for a in sub.choices["train"]._actions}
+    declared = [f.name for f in fields(TrainConfig) if f.metadata.get("cli")]
+    assert set(declared) <= dests and set(declared) | {"resume"} == {f.name for f in fields(TrainConfig)}
+    # a field that had no flag before the flags were generated from the declarations
+    config, _ = build_config(parse(["train", "--eps", "1e-6", "--device", "cpu"]))
+    assert config.eps == 1e-6
+    # identity: every field but the RUNTIME ones; a resumed run may change RUNTIME and ON_RESUME ones
+    base = TrainConfig()
+    changed = {"out": "x", "device": "cpu", "compile": True, "checkpoint_every": 5, "resume": True,
+               "data_root": "/d", "eval_every": 3, "eval_batches": 2, "steps": 9, "lr": 0.5}
+    for key, value in changed.items():
+        other = base.replace(**{key: value})
+        same_identity = identity(other) == identity(base)
+        may_resume = not config_differences(base.to_dict(), other.to_dict())
+        assert same_identity == (key in TrainConfig.fields_with(RUNTIME)), key
+        assert may_resume == (key in TrainConfig.fields_with(RUNTIME, ON_RESUME)), key

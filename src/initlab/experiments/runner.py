@@ -12,15 +12,15 @@ import re
 from pathlib import Path
 
 from ..errors import Interrupted
-from ..train.config import TrainConfig
+from ..train.config import RUNTIME, TrainConfig
 from ..train.distributed import env_rank
 from ..train.lock import hold_directory
 from .records import RunRecord, load_run_record, write_json, write_run_files
 
 FINISHED = ("completed", "diverged")  # a diverged run is a result (inf loss), not something to retry
 
-# config fields that do not change what a run computes
-_NON_IDENTITY = ("out", "resume", "device", "checkpoint_every", "compile")
+# config fields that do not change what a run computes: declared with the fields (effect=RUNTIME)
+_NON_IDENTITY = TrainConfig.fields_with(RUNTIME)
 
 
 def slug(text: str) -> str:
