@@ -231,6 +231,24 @@ def test_train_writes_run_dir_and_resume_reads_it(fake, tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().err
 
 
+def test_train_body_runs_without_the_cli_and_leaves_its_args_alone(fake, tmp_path):
+    """experiments.invoke.train is `initlab train` without the CLI: the config it resumes comes
+    from the run directory, the plan it checked goes to the engine, and args are not changed."""
+    from initlab.experiments.invoke import train
+
+    out = tmp_path / "run"
+    record, config, run_dir, main_rank = train(parse(["train", "--init", "nt+mimetic", "--param", "nt",
+                                                      "--epochs", "2", "--out", str(out), "--quiet"]))
+    assert record.status == "completed" and run_dir == str(out) and main_rank
+    assert fake.plans[-1].spec == "nt+mimetic" and fake.plans[-1].parametrization.s == 0.0
+    args = parse(["train", "--resume", str(out), "--lr", "5e-3", "--quiet"])
+    before = dict(vars(args))
+    _, resumed, _, _ = train(args)
+    assert vars(args) == before  # args.resume is read, never rewritten
+    assert resumed.resume is True and resumed.init == "nt+mimetic" and resumed.lr == 5e-3
+    assert fake.calls[-1] == resumed
+
+
 def test_sweep_resumes_without_rerunning_finished_cells(fake, tmp_path, capsys):
     out = tmp_path / "sw"
     argv = ["sweep", "--widths", "64,128", "--lrs", "1.25e-3..1e-2:4", "--epochs", "1", "--out", str(out), "--quiet"]

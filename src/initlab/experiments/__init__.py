@@ -2,8 +2,11 @@
 
 * :func:`run_compare` — one run per (init, seed), mean ± std over seeds, CSV/JSON/PNG.
 * :func:`run_sweep` / :func:`analyze` — width × lr grid, optimal lr per width, transfer cost.
-* :func:`build_config` / :func:`check_config` — flags + TOML/YAML file -> checked TrainConfig.
-* :func:`parse_lrs` (``1e-4..1e-1:8`` or ``1e-3,3e-3``), :func:`parse_ints`, :func:`parse_seeds`.
+* :func:`build_config` / :func:`check_config` — flags + TOML/YAML file -> TrainConfig, then the
+  checks, which return the config's :class:`~initlab.schemes.InitPlan` (pass it to the engine).
+* :func:`parse_lrs` (``1e-4..1e-1:8`` or ``1e-3,3e-3``), :func:`parse_ints`, :func:`parse_seeds`,
+  :func:`parse_inits` (init specs, split by the spec grammar).
+* :mod:`.invoke` — ``train``/``compare``/``sweep`` as the command line states them, without the CLI.
 """
 from __future__ import annotations
 
