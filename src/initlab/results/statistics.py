@@ -53,10 +53,6 @@ def final(r: dict, key: str) -> float:
     return RunRecord.from_dict(r).final_metric(key)
 
 
-def best(r: dict, key: str, higher: bool) -> float:
-    return RunRecord.from_dict(r).best_metric(key, higher)
-
-
 def first_reach(history: list[dict], key: str, target: float, higher: bool = True) -> float:
     """Epoch of the first evaluation whose ``key`` reaches ``target`` (nan if never)."""
     for row in history:
@@ -138,5 +134,5 @@ def training_seconds(out: Path, steps: list[Step]) -> float:
     return total
 
 
-__all__ = ["mean_std", "step_records", "by_init", "final", "best", "first_reach", "paired_delta", "T_975",
+__all__ = ["mean_std", "step_records", "by_init", "final", "first_reach", "paired_delta", "T_975",
            "noise_word", "transfer_summary", "training_seconds"]

@@ -1,5 +1,6 @@
-"""The results page's tables: rows per init from a step's records (numbers from
-:mod:`.statistics`), formatted as Markdown with the exact command above each table, and the
+"""The results page's tables: rows per init from a step's records (means over seeds from the
+experiments' own :func:`~initlab.experiments.summary.summarize`, the rest from :mod:`.statistics`),
+formatted as Markdown with the exact command above each table, and the
 figures of :mod:`.figures` linked under them. Each ``*_block`` function renders one
 ``<!-- results:KEY -->`` block of the page; :mod:`.page` holds the section -> block registry.
 """
@@ -10,12 +11,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..experiments.records import RunRecord
+from ..experiments.summary import MetricSpec, summarize
 from ..output import markdown_table, read_json
 from ..ratios import position_content_ratio, ratio_images
 from . import figures
 from .profiles import Step
-from .statistics import (best, by_init, final, first_reach, mean_std, noise_word, paired_delta,
-                         step_records, training_seconds, transfer_summary)
+from .statistics import (by_init, final, first_reach, mean_std, noise_word, paired_delta, step_records,
+                         training_seconds, transfer_summary)
 
 
 @dataclass(frozen=True)
@@ -61,39 +64,51 @@ def _status(runs: list[dict]) -> str:
 
 
 # -- rows -------------------------------------------------------------------------------------------
+def _per_init(records: list[dict], key: str, higher: bool) -> dict[str, dict]:
+    """The experiments' own aggregation (:func:`initlab.experiments.summary.summarize`) per init:
+    final/best ``key`` mean and std over seeds (std nan, i.e. not shown, below two finite values)
+    and the mean wall time."""
+    rows = summarize([RunRecord.from_dict(r) for r in records], "init", MetricSpec(key, higher, key))
+    out = {}
+    for row in rows:
+        out[row["init"]] = dict(
+            final=(row[f"final_{key}_mean"], row[f"final_{key}_std"] if row["n_finite"] > 1 else math.nan),
+            best=(row[f"best_{key}_mean"], row[f"best_{key}_std"] if row["n_best_finite"] > 1 else math.nan),
+            wall=row["wall_time_s_mean"])
+    return out
+
+
 def vision_rows(records: list[dict]) -> list[dict]:
     """Per init: final/best accuracy (%) mean ± std, and epochs to reach default's mean final acc."""
     groups = by_init(records)
-    target = mean_std([final(r, "test_acc") for r in groups.get("default", [])])[0]
+    stats = _per_init(records, "test_acc", True)
+    target = stats["default"]["final"][0] if "default" in stats else math.nan
     rows = []
     for init, runs in groups.items():
-        finals = [final(r, "test_acc") for r in runs]
-        bests = [best(r, "test_acc", True) for r in runs]
+        s = stats[init]
         reach = [first_reach(r["history"], "test_acc", target) for r in runs] if math.isfinite(target) else []
         reached = [e for e in reach if math.isfinite(e)]
-        rows.append(dict(init=init, seeds=len(runs), final=mean_std(finals), best=mean_std(bests),
+        rows.append(dict(init=init, seeds=len(runs), final=s["final"], best=s["best"],
                          train_loss=mean_std([final(r, "train_loss") for r in runs]),
-                         delta=(mean_std(finals)[0] - target) if math.isfinite(target) else math.nan,
+                         delta=(s["final"][0] - target) if math.isfinite(target) else math.nan,
                          reach=mean_std(reached), reached=len(reached),
                          epochs=max((r["history"][-1].get("epoch", math.nan) for r in runs if r["history"]),
                                     default=math.nan),
-                         wall=statistics.fmean(r.get("wall_time_s", 0.0) for r in runs),
-                         status=_status(runs)))
+                         wall=s["wall"], status=_status(runs)))
     return rows
 
 
 def lm_rows(records: list[dict]) -> list[dict]:
     """Per init: final/best validation bpc mean ± std and the difference to default's."""
     groups = by_init(records)
-    base = mean_std([final(r, "val_bpc") for r in groups.get("default", [])])[0]
+    stats = _per_init(records, "val_bpc", False)
+    base = stats["default"]["final"][0] if "default" in stats else math.nan
     rows = []
     for init, runs in groups.items():
-        finals = [final(r, "val_bpc") for r in runs]
-        rows.append(dict(init=init, seeds=len(runs), final=mean_std(finals),
-                         best=mean_std([best(r, "val_bpc", False) for r in runs]),
-                         delta=mean_std(finals)[0] - base if math.isfinite(base) else math.nan,
-                         wall=statistics.fmean(r.get("wall_time_s", 0.0) for r in runs),
-                         status=_status(runs)))
+        s = stats[init]
+        rows.append(dict(init=init, seeds=len(runs), final=s["final"], best=s["best"],
+                         delta=s["final"][0] - base if math.isfinite(base) else math.nan,
+                         wall=s["wall"], status=_status(runs)))
     return rows
 
 
