@@ -142,7 +142,9 @@ def global_rng_kept():
     so a library call that seeds them (a training run does) leaves the caller's streams as they were."""
     import numpy as np
     py, npy = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # the process's own GPU only: under torchrun each rank owns one, and reading the others'
+    # states would create a CUDA context on every GPU in every process
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=devices):
             yield
