@@ -25,10 +25,12 @@ class FakeEngine:
 
     def __init__(self):
         self.calls: list[TrainConfig] = []
+        self.plans: list = []
 
-    def __call__(self, config, *, progress=True, command=None):
+    def __call__(self, config, *, plan=None, progress=True, command=None):
         assert isinstance(config, TrainConfig)
         self.calls.append(config)
+        self.plans.append(plan)
         epochs = int(config.epochs or 2)
         base = 0.6 + (0.1 if "mimetic" in config.init else 0.0) + 0.01 * config.seed
         # optimum lr 1e-2 * 64 / width: one octave lower per width doubling
@@ -153,6 +155,27 @@ def test_bad_config_file_keys(fake, tmp_path, capsys):
     assert "cannot parse config file" in capsys.readouterr().err
 
 
+def test_compare_inits_with_options_holding_commas_run_every_init(fake, tmp_path, capsys):
+    """--inits is split by the spec grammar (parentheses kept), and each init's checked plan is the
+    one the engine receives (config -> plan -> engine)."""
+    out = tmp_path / "cmp"
+    code = main(["compare", "--inits", "default,trunc_normal(std=0.01,truncate=3)", "--epochs", "1",
+                 "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert [c.init for c in fake.calls] == ["default", "trunc_normal(std=0.01,truncate=3)"]
+    assert [p.spec for p in fake.plans] == [c.init for c in fake.calls]
+    step = fake.plans[1].steps[0]
+    assert step.scheme.name == "trunc_normal" and (step.options["std"], step.options["truncate"]) == (0.01, 3)
+    table = (out / "table.txt").read_text()
+    assert "trunc_normal(std=0.01,truncate=3)" in table and "default" in table
+    # a config file's inits string goes through the same splitter
+    toml = tmp_path / "c.toml"
+    toml.write_text('inits = "xavier,trunc_normal(std=0.02,truncate=2)"\nepochs = 1\n')
+    fake.calls.clear()
+    assert main(["compare", "--config", str(toml), "--out", str(tmp_path / "cmp2"), "--quiet"]) == 0
+    assert [c.init for c in fake.calls] == ["xavier", "trunc_normal(std=0.02,truncate=2)"]
+
+
 def test_compare_writes_table_csv_json_png(fake, tmp_path, capsys):
     out = tmp_path / "cmp"
     code = main(["compare", "--inits", "default,mimetic", "--seeds", "3", "--epochs", "2", "--out", str(out),
@@ -206,6 +229,24 @@ def test_train_writes_run_dir_and_resume_reads_it(fake, tmp_path, capsys):
     assert resumed.resume is True and resumed.init == "mimetic" and resumed.lr == 2e-3
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_train_body_runs_without_the_cli_and_leaves_its_args_alone(fake, tmp_path):
+    """experiments.invoke.train is `initlab train` without the CLI: the config it resumes comes
+    from the run directory, the plan it checked goes to the engine, and args are not changed."""
+    from initlab.experiments.invoke import train
+
+    out = tmp_path / "run"
+    record, config, run_dir, main_rank = train(parse(["train", "--init", "nt+mimetic", "--param", "nt",
+                                                      "--epochs", "2", "--out", str(out), "--quiet"]))
+    assert record.status == "completed" and run_dir == str(out) and main_rank
+    assert fake.plans[-1].spec == "nt+mimetic" and fake.plans[-1].parametrization.s == 0.0
+    args = parse(["train", "--resume", str(out), "--lr", "5e-3", "--quiet"])
+    before = dict(vars(args))
+    _, resumed, _, _ = train(args)
+    assert vars(args) == before  # args.resume is read, never rewritten
+    assert resumed.resume is True and resumed.init == "nt+mimetic" and resumed.lr == 5e-3
+    assert fake.calls[-1] == resumed
 
 
 def test_sweep_resumes_without_rerunning_finished_cells(fake, tmp_path, capsys):
@@ -286,3 +327,32 @@ def test_interrupted_run_stops_the_experiment(fake, tmp_path, capsys, monkeypatc
     assert main(["compare", "--inits", "default,mimetic", "--epochs", "1", "--out", str(out), "--quiet"]) == 130
     assert len(fake.calls) == 1  # the second init never started
     assert "rerun the same command to continue" in capsys.readouterr().err
+
+
+def test_a_config_field_is_declared_once(fake):
+    """Each TrainConfig field is one `setting`: its flag on every experiment command, its help and
+    its effect on the result (what a finished run's identity and a resumed checkpoint compare)."""
+    from dataclasses import fields
+
+    from initlab.experiments.runner import identity
+    from initlab.train.checkpoint import config_differences
+    from initlab.train.config import ON_RESUME, RUNTIME
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    dests = {a.dest for a in sub.choices["train"]._actions}
+    declared = [f.name for f in fields(TrainConfig) if f.metadata.get("cli")]
+    assert set(declared) <= dests and set(declared) | {"resume"} == {f.name for f in fields(TrainConfig)}
+    # a field that had no flag before the flags were generated from the declarations
+    config, _ = build_config(parse(["train", "--eps", "1e-6", "--device", "cpu"]))
+    assert config.eps == 1e-6
+    # identity: every field but the RUNTIME ones; a resumed run may change RUNTIME and ON_RESUME ones
+    base = TrainConfig()
+    changed = {"out": "x", "device": "cpu", "compile": True, "checkpoint_every": 5, "resume": True,
+               "data_root": "/d", "eval_every": 3, "eval_batches": 2, "steps": 9, "lr": 0.5}
+    for key, value in changed.items():
+        other = base.replace(**{key: value})
+        same_identity = identity(other) == identity(base)
+        may_resume = not config_differences(base.to_dict(), other.to_dict())
+        assert same_identity == (key in TrainConfig.fields_with(RUNTIME)), key
+        assert may_resume == (key in TrainConfig.fields_with(RUNTIME, ON_RESUME)), key

@@ -4,7 +4,8 @@ import math
 import pytest
 
 from initlab.errors import ConfigError
-from initlab.experiments.grid import lr_label, parse_ints, parse_lrs, parse_names, parse_seeds
+from initlab.errors import InitlabError
+from initlab.experiments.grid import lr_label, parse_inits, parse_ints, parse_lrs, parse_names, parse_seeds
 from initlab.experiments.sweep import analyze
 
 
@@ -53,7 +54,14 @@ def test_ints_seeds_names():
         parse_seeds("0")
     with pytest.raises(ConfigError):
         parse_seeds("x")
-    assert parse_names("default, mimetic+nt,default") == ["default", "mimetic+nt"]
+    assert parse_names("vision, lm,vision", "--only") == ["vision", "lm"]
+    assert parse_inits("default, mimetic+nt,default") == ["default", "mimetic+nt"]
+    # the spec grammar's splitter: commas inside parentheses belong to the options
+    assert parse_inits("default,trunc_normal(std=0.01,truncate=3)") == [
+        "default", "trunc_normal(std=0.01,truncate=3)"]
+    assert parse_inits(["default", "mimetic"]) == ["default", "mimetic"]  # a config file's list
+    with pytest.raises(InitlabError, match="unbalanced"):
+        parse_inits("default,trunc_normal(std=0.01")
     assert lr_label(0.001) == "0.001" and lr_label(1e-4) == "0.0001"
 
 

@@ -116,9 +116,9 @@ def test_one_plan_for_the_engine_and_the_optimizer(monkeypatch):
     cfg = TrainConfig(task="lm", model="gpt-micro", width=32, init="mu+mimetic", base_width=16,
                       init_options={"mlp_factors": "paper"}, data="unused.txt")
     plan = init_plan(cfg)
-    assert init_plan(cfg) is plan  # built once per setting
+    assert init_plan(cfg) is not plan  # no cache: a plan travels with its config
     model = initlab.create_model("gpt-micro", width=32, depth=1, heads=2, vocab_size=40, block_size=16)
-    p = initialize_(model, cfg)
+    p = initialize_(model, cfg, plan)
     assert p is plan.parametrization and p.s == 1.0 and p.base_width == 16 and p.init_style == "lm"
 
 
@@ -126,9 +126,7 @@ def test_train_parses_its_spec_once_and_builds_one_parametrization(tmp_path, mon
     """`initlab train --init nt+mimetic --param nt`: check_config and the engine share the plan."""
     from initlab.parametrization import Parametrization as P
     from initlab.schemes import plan as plan_module
-    from initlab.train import init as train_init
 
-    monkeypatch.setattr(train_init, "_PLANS", {})
     parses, built = [], []
     real_parse, real_post = plan_module.parse, P.__post_init__
     monkeypatch.setattr(plan_module, "parse", lambda spec: parses.append(spec) or real_parse(spec))

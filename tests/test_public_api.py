@@ -76,11 +76,11 @@ def test_non_zero_rank_writes_nothing(monkeypatch, tmp_path):
 
 # the layers of docs/architecture.md, bottom to top; a module may import its own layer and below
 LAYERS = [
-    {"errors", "values", "output", "plotting", "threads"},
+    {"errors", "values", "output", "plotting", "threads", "progress"},
     {"roles", "models", "data"},
     {"mimetic", "parametrization"},
     {"schemes"},
-    {"theory", "probe", "coord_check", "weights"},
+    {"theory", "probe", "coord_check", "weights", "ratios"},
     {"train"},
     {"experiments"},
     {"results"},
@@ -123,3 +123,62 @@ def test_no_module_imports_from_a_layer_above_it():
             if layer[target] > layer[top]:
                 upward.append(f"{rel}:{line} imports {target}")
     assert not upward, upward
+
+
+# the modules allowed to write files: output.py (atomic files, JSON, CSV) and plotting.py (figures)
+WRITERS = {"output.py", "plotting.py"}
+# not converted yet; each owned by another open piece of work, converted when it merges
+NOT_YET_ONE_WRITER = {
+    "probe.py": "owned by helper probe, converted at merge",
+    "coord_check.py": "owned by helper probe, converted at merge",
+    "cli/probe.py": "owned by helper probe, converted at merge",
+    "weights.py": "owned by helper persist, converted at merge",
+}
+_WRITE_METHODS = {"write_text", "write_bytes", "savefig"}
+
+
+def _file_writes(path):
+    """(line, what) of every call in ``path`` that writes a file by itself: ``open``/``gzip.open``/
+    ``tarfile.open``/``os.fdopen``/``Path.open`` with a mode that writes, ``write_text``,
+    ``write_bytes``, ``savefig``."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name in _WRITE_METHODS:
+            yield node.lineno, name
+        elif name in ("open", "fdopen") and not any(k.arg == "fileobj" for k in node.keywords):
+            # the mode: mode=..., else Path(...).open(MODE), else open(PATH, MODE) (an in-memory
+            # fileobj= target is no file)
+            modes = [k.value for k in node.keywords if k.arg == "mode"]
+            first = node.args[0] if node.args else None
+            if not modes and isinstance(first, ast.Constant) and isinstance(first.value, str) \
+                    and len(first.value) <= 5 and set(first.value) <= set("rwxabt+:gz"):
+                modes = [first]
+            elif not modes:
+                modes = node.args[1:2]
+            for m in modes:
+                if isinstance(m, ast.Constant) and isinstance(m.value, str) and set(m.value) & set("wax+"):
+                    yield node.lineno, f"{name}(..., {m.value!r})"
+
+
+def test_every_file_is_written_through_output_or_plotting():
+    """One writer: JSON, CSV, PNG, Markdown, checkpoints, downloads all go through
+    initlab.output / initlab.plotting (atomic: a reader or a kill never sees half a file)."""
+    import pathlib
+
+    import initlab
+    root = pathlib.Path(initlab.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in WRITERS or rel in NOT_YET_ONE_WRITER:
+            continue
+        found += [f"{rel}:{line} {what}" for line, what in _file_writes(path)]
+    assert not found, found
+    # the checker sees what it must: the modules still waiting are caught by it
+    waiting = [rel for rel in NOT_YET_ONE_WRITER if (root / rel).exists() and list(_file_writes(root / rel))]
+    assert waiting == [rel for rel in NOT_YET_ONE_WRITER if (root / rel).exists()], waiting

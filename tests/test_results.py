@@ -185,6 +185,7 @@ def test_regime_profile_keeps_every_factor_with_three_seeds():
 
 def test_regime_block_pairs_seeds_and_says_when_a_gap_is_noise(tmp_path):
     from initlab.results import regime_block, regime_rows
+    from initlab.results.tables import Page
 
     step = plan("regime")[0]
     runs = tmp_path / step.key / "runs"
@@ -200,10 +201,10 @@ def test_regime_block_pairs_seeds_and_says_when_a_gap_is_noise(tmp_path):
     assert rows["mimetic"]["delta"][0] == pytest.approx(5.0) and rows["mimetic"]["delta"][1] == pytest.approx(0.0)
     assert rows["structured"]["delta"][0] == pytest.approx(-2 / 3)  # paired: -2, +4, -4
     assert rows["default"]["ratio"] > 0.5  # fixed sin-cos positions are as large as the content
-    text = regime_block(tmp_path, [step], tmp_path / "img", tmp_path)
+    text = regime_block(Page("regime", tmp_path, tmp_path, tmp_path / "img", "regime"), [step])
     assert "| `mimetic` | 3 | 67.00 ± 2.00 | 5.00 ± 0.00 | gain |" in text
     assert "within noise" in text and step.display(tmp_path) in text
-    from initlab.results.report import _noise_word
-    assert _noise_word((4.0, 2.2), 3) == "within noise"  # t = 3.15 < 4.30: not significant at 3 seeds
-    assert _noise_word((4.1, 1.6), 3) == "gain" and _noise_word((-3.0, 0.5), 3) == "loss"
+    from initlab.results.statistics import noise_word
+    assert noise_word((4.0, 2.2), 3) == "within noise"  # t = 3.15 < 4.30: not significant at 3 seeds
+    assert noise_word((4.1, 1.6), 3) == "gain" and noise_word((-3.0, 0.5), 3) == "loss"
     assert (tmp_path / "img" / "regime-map.png").stat().st_size > 1000

@@ -287,7 +287,6 @@ def small_fashion(tmp_path_factory):
     return str(root)
 
 
-@pytest.mark.slow
 def test_structured_trains_no_worse_than_default_with_fixed_sincos_and_mean_pooling(small_fashion):
     """The authors' protocol (fixed 2-D sin-cos table, mean pooling) at toy size, 3 seeds. The
     positions-only fit (content=0) scored 4.5 points below the default here (29.0 vs 33.5 %, means

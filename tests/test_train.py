@@ -203,3 +203,64 @@ def test_resume_with_a_different_config_is_refused(finished_run, tmp_path):
     # where outputs go or how fast it runs may change; the finished run just reports itself
     result = run(cfg.replace(resume=True, checkpoint_every=2, device="cpu"), progress=False)
     assert result.status == "completed" and result.step == 8 and len(result.history) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# no global side effects, progress lines
+
+def test_a_run_leaves_the_global_random_state_as_it_found_it(fake_root, tmp_path):
+    """The engine seeds the global RNGs for its own use (module defaults, dropout) and restores
+    them: the caller's torch, numpy and random streams continue as if no run had happened."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(1234)
+    random.seed(99)
+    np.random.seed(7)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(1234)
+    random.seed(99)
+    np.random.seed(7)
+    result = run(vision_config(fake_root, tmp_path / "run", steps=4, eval_every=4, seed=5), progress=False)
+    assert result.status == "completed"
+    after = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
+    # and the run itself is still reproducible: same seed, same weights
+    again = run(vision_config(fake_root, tmp_path / "again", steps=4, eval_every=4, seed=5), progress=False)
+    for a, b in zip(result.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_progress_plain_lines_off_a_terminal_and_a_live_line_on_one(fake_root, tmp_path, capsys):
+    import io
+
+    from initlab.progress import Progress
+
+    plain = io.StringIO()  # not a TTY: one line per evaluation with step, steps/s, elapsed, ETA
+    run(vision_config(fake_root, tmp_path / "plain", steps=8, eval_every=4),
+        progress=Progress(stream=plain, label="[1/2] default s0"))
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in plain.getvalue()
+    for line, step in zip(lines, (4, 8)):
+        assert line.startswith(f"[1/2] default s0 step {step}/8 ") and "steps/s" in line
+        assert "elapsed 00:" in line and "ETA " in line and "test_acc" in line
+    assert lines[-1].split("ETA ")[1].startswith("00:00")  # nothing left at the last step
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    live = Terminal()  # a terminal: a redrawn line (carriage returns) plus the evaluation lines
+    run(vision_config(fake_root, tmp_path / "live", steps=8, eval_every=4), progress=Progress(stream=live))
+    text = live.getvalue()
+    assert "\r" in text and "8/8" in text and "ETA" in text and "steps/s" in text
+    assert text.count("test_acc") == 2
+
+    capsys.readouterr()
+    run(vision_config(fake_root, tmp_path / "default", steps=8, eval_every=4))  # progress=True, stderr
+    err = capsys.readouterr().err.splitlines()  # captured stderr is no terminal: plain lines
+    assert len(err) == 2 and " step 4/8 " in err[0] and " step 8/8 " in err[1]
+    assert err[0].startswith("vision vit-") and all("ETA" in line for line in err)
+    run(vision_config(fake_root, tmp_path / "quiet", steps=8, eval_every=4), progress=False)  # --quiet
+    assert capsys.readouterr() == ("", "")

@@ -7,15 +7,24 @@
 * :func:`write_json` / :func:`read_json`: one policy for numbers JSON cannot hold: NaN and ±inf are
   written as ``null``, so every file is valid JSON (``allow_nan=False`` guards it); tensors and
   numpy scalars become plain numbers (:func:`python_value`);
+* :func:`write_csv`: rows with possibly different keys as one CSV (the union of their columns);
+* :func:`atomic_stream`: a file object for data too large to hold in memory (a download), renamed
+  into place only when the block ends without an error;
 * :func:`text_table` (aligned monospace columns) and :func:`markdown_table`.
+
+This module and :mod:`initlab.plotting` (figures, through :func:`atomic_write_bytes`) are the only
+places initlab writes files; ``tests/test_public_api.py`` holds every other module to it.
 """
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import math
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -94,6 +103,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextmanager
+def atomic_stream(path: str | os.PathLike):
+    """``with atomic_stream(path) as f: f.write(...)``: a binary file object on a hidden temporary
+    file next to ``path``; when the block ends normally it is fsync'ed and renamed over ``path``,
+    when it raises, the temporary file is removed and ``path`` is as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
 def remove_orphan_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete the ``.NAME.*.tmp`` files a writer killed mid-write left in ``folder``.
 
@@ -156,6 +188,50 @@ def read_json(path: str | os.PathLike):
         return json.load(f)
 
 
+def columns_of(rows: list[dict], first: tuple[str, ...] = ()) -> list[str]:
+    """``first`` (those present), then every other key in order of first appearance."""
+    cols = [c for c in first if any(c in r for r in rows)]
+    for row in rows:
+        for key in row:
+            if key not in cols:
+                cols.append(key)
+    return cols
+
+
+def _csv_cell(value):
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(python_value(value))
+    return value
+
+
+def csv_text(rows: list[dict], *, first: tuple[str, ...] = (), fields: list[str] | None = None,
+             exact: bool = False) -> str:
+    """CSV text of ``rows``: columns ``fields`` (default :func:`columns_of`), blank = missing.
+    Floats get 8 significant digits and dicts/lists JSON, unless ``exact`` (values as ``str``
+    writes them: a run's metrics.csv reads back to the very floats of its history)."""
+    cols = list(fields) if fields is not None else columns_of(rows, first)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row if exact else {k: _csv_cell(v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], first: tuple[str, ...] = (), *,
+              fields: list[str] | None = None, exact: bool = False) -> Path:
+    """Rows with possibly different keys -> one CSV with the union of columns, atomically
+    (:func:`csv_text` for the options)."""
+    return atomic_write_text(path, csv_text(rows, first=first, fields=fields, exact=exact))
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def text_table(rows, *, align: str | None = None, rule: bool = False) -> str:
     """Aligned monospace columns. ``rows[0]`` is the header; ``align`` has one ``l``/``r`` per
     column (default all left); ``rule`` puts a dashed line under the header."""
@@ -180,5 +256,6 @@ def markdown_table(header, rows) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["fsync_dir", "atomic_write_bytes", "atomic_write_text", "python_value", "to_json", "write_json", "read_json",
+__all__ = ["fsync_dir", "atomic_write_bytes", "atomic_write_text", "atomic_stream", "write_replace", "python_value",
+           "to_json", "write_json", "read_json", "columns_of", "csv_text", "write_csv", "read_csv",
            "text_table", "markdown_table"]

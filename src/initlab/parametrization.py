@@ -31,7 +31,16 @@ from .output import text_table
 from .roles import BIAS, ParamInfo, Role, RoleMap, Slot, roles
 from .roles.core import require_materialized
 
-NAMED_S = {"nt": 0.0, "hybrid": 0.5, "mu": 1.0}
+#: the named members of the family, declared once: name -> (s, description); "standard" has no s.
+#: The init schemes of the same names (initlab.schemes.delegates) are made from this table.
+NAMED = {
+    "standard": (None, "effective-theory standard parametrization: per-role C_G/fan_in variances, no width "
+                       "factors in the learning rates"),
+    "nt": (0.0, "neural-tangent parametrization (s=0): per-role variances, per-group lr/wd width scalings"),
+    "hybrid": (0.5, "hybrid √(NT·MU) parametrization (s=½)"),
+    "mu": (1.0, "maximal-update parametrization (s=1, μP), see docs/parametrizations.md"),
+}
+NAMED_S = {name: s for name, (s, _) in NAMED.items() if s is not None}
 ALIASES = {"sp": "standard", "ntk": "nt", "ntp": "nt", "mup": "mu", "μp": "mu", "maximal": "mu"}
 OPTIMIZERS = ("adamw", "sgd")
 INIT_STYLES = ("vit", "lm")

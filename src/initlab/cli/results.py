@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from ..experiments.grid import parse_names
+from ..experiments.grid import parse_names  # --only: section names, not init specs
 from ..results.profiles import PROFILES
 
 
@@ -34,6 +34,8 @@ def add_parser(subparsers) -> None:
                         "(default 1: one after another, in this process)")
     p.add_argument("--report-only", action="store_true", help="train nothing; tables from finished steps")
     p.add_argument("--list", action="store_true", help="print the steps' commands and exit")
+    p.add_argument("--quiet", action="store_true",
+                   help="no live progress line (the steps' start/finish lines are still printed)")
     p.set_defaults(run=run)
 
 
@@ -54,6 +56,6 @@ def run(args) -> int:
     with hold_directory(args.out):
         doc = run_suite(args.profile, args.out, only=only, data_root=args.data_root, text=args.text,
                         doc=args.doc, img_dir=args.img_dir, run=not args.report_only,
-                        log=lambda m: print(m, flush=True), jobs=args.jobs)
+                        log=lambda m: print(m, flush=True), jobs=args.jobs, progress=not args.quiet)
     print(f"wrote {doc}")
     return 0

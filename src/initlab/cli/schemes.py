@@ -30,13 +30,9 @@ def add_parser(subparsers) -> None:
 
 
 def show(spec: str, preset: str, model_options: list[str], seed: int) -> str:
-    """Table of one spec's effect on a freshly built model: name, role, layer, shape, std before/after."""
-    import torch
-
+    """Table of one spec's effect on a freshly built model (:func:`initlab.schemes.effect.spec_effect`)."""
     from ..errors import ConfigError
-    from ..models import create_model
-    from ..roles import roles
-    from ..schemes.plan import InitPlan, build_seeded
+    from ..schemes.effect import HEADER, spec_effect
     from ..values import parse_value
 
     kwargs = {}
@@ -45,21 +41,7 @@ def show(spec: str, preset: str, model_options: list[str], seed: int) -> str:
         if not sep:
             raise ConfigError(f"--model-option expects KEY=VALUE, got {item!r}")
         kwargs[k.strip().replace("-", "_")] = parse_value(v)
-    plan = InitPlan.build(spec)
-    model = build_seeded(lambda: create_model(preset, **kwargs), seed)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    plan.initialize_(model, seed)
-    rows = [("tensor", "role", "kind", "layer", "shape", "std before", "std after", "mean after", "")]
-    for info in roles(model):
-        for slot in info.slots:
-            old = before[info.name][slot.index] if slot.index else before[info.name]
-            new = info.region(slot)
-            name = info.name + ("" if not slot.index or len(info.slots) == 1 else f"[{slot.role.value}]")
-            std = (lambda t: f"{t.double().std().item():.4g}" if t.numel() > 1 else f"{t.item():.4g}")
-            rows.append((name, slot.role.value, info.kind, "" if info.layer is None else str(info.layer),
-                         "x".join(map(str, new.shape)), std(old), std(new),
-                         f"{new.double().mean().item():.3g}", "" if torch.equal(old, new) else "changed"))
-    return text_table(rows)
+    return text_table([HEADER, *spec_effect(spec, preset, kwargs, seed)])
 
 
 _GROUPS = ((("q", "k", "v", "o"), "qkvo"), (("q", "k"), "qk"), (("v", "o"), "vo"),

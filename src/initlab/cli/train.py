@@ -6,11 +6,7 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from ..errors import ConfigError
-from ..experiments.commands import command_text, default_out
-from ..experiments.configure import build_config
 from ..experiments.flags import add_config_flags
 
 
@@ -28,40 +24,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..experiments.records import read_json
-    from ..experiments.runner import is_main_process, run_cell
-    from ..train.lock import hold_directory
+    from ..experiments.invoke import train
 
-    base = None
-    if args.resume:
-        run_dir = args.resume if isinstance(args.resume, str) else args.out
-        if not run_dir:
-            raise ConfigError("--resume needs a run directory: --resume DIR (or --resume --out DIR)")
-        if args.out and isinstance(args.resume, str) and Path(args.out) != Path(args.resume):
-            raise ConfigError(f"--resume {args.resume} and --out {args.out} name different directories")
-        saved = Path(run_dir) / "config.json"
-        if not saved.is_file():
-            raise ConfigError(f"cannot resume: {saved} not found (is {run_dir} a run directory?)")
-        try:
-            base = read_json(saved)
-        except ValueError as exc:
-            raise ConfigError(f"cannot resume: {saved} is not valid JSON ({exc})") from None
-        base = {**base, "out": str(run_dir)}
-    # keep args.resume out of flag_values' reach: it is handled here
-    resume_flag, args.resume = args.resume, None
-    config, _ = build_config(args, base=base)
-    args.resume = resume_flag
-    out = config.out or default_out("train")
-    config = config.replace(out=out, resume=bool(resume_flag))
-    command = command_text(args)
-    main = is_main_process()
-    # one writer per run directory: taken before anything is written (creates out; a file, a
-    # read-only place or another process holding it is a one-line error here)
-    with hold_directory(out, flag="--out", what="run directory", command=command, enabled=main):
-        record, _ = run_cell(config, {"init": config.init, "seed": config.seed},
-                             progress=not args.quiet, reuse=False, command=command)
-        if main and not (Path(out) / "command.txt").exists():  # the engine records it; keep one either way
-            _append_command(out, command)
+    record, config, out, main = train(args)
     return _report(record, config, out, main)
 
 
@@ -106,8 +71,3 @@ def _last_step(record) -> str:
     if step is None:
         step = record.history[-1]["step"] if record.history else "?"
     return f"{step} of {total}" if total else str(step)
-
-
-def _append_command(out: str, command: str) -> None:
-    with open(Path(out) / "command.txt", "a", encoding="utf-8") as f:
-        f.write(command + "\n")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, DataError
+from ..output import atomic_stream
 from .locate import cache_dir
 from .vision import dataset_spec
 
@@ -68,32 +69,28 @@ def md5_file(path: str | Path) -> str:
 
 
 def _fetch(url: str, dest: Path, expected_md5: str, *, timeout: float, log: Callable[[str], None]) -> None:
-    """Stream ``url`` into a temp file beside ``dest``, check the MD5, rename into place."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
-        size = 0
-        request = urllib.request.Request(url, headers={"User-Agent": "initlab-download"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            total = int(resp.headers.get("Content-Length") or 0)
-            next_report = 0.25
-            for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                if total and size / total >= next_report and total > 8 * _CHUNK:
-                    log(f"  {dest.name}: {size / 2**20:.0f}/{total / 2**20:.0f} MiB")
-                    next_report += 0.25
+    """Stream ``url`` into a temp file beside ``dest``, check the MD5, rename into place
+    (:func:`initlab.output.atomic_stream`: on any error nothing is left behind)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    request = urllib.request.Request(url, headers={"User-Agent": "initlab-download"})
+    with atomic_stream(dest) as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+        total = int(resp.headers.get("Content-Length") or 0)
+        next_report = 0.25
+        for chunk in iter(lambda: resp.read(_CHUNK), b""):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            if total and size / total >= next_report and total > 8 * _CHUNK:
+                log(f"  {dest.name}: {size / 2**20:.0f}/{total / 2**20:.0f} MiB")
+                next_report += 0.25
+        # still inside the block: an error here removes the temporary file, dest is untouched
         if total and size != total:
             raise DataError(f"download of {url} stopped after {size} of {total} bytes; run again")
         got = digest.hexdigest()
         if got != expected_md5:
             raise DataError(f"{url}: MD5 {got} does not match the expected {expected_md5}; the file "
                             f"is corrupt or not the official one (nothing was saved)")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _extract(archive: Path, dest_dir: Path, log: Callable[[str], None]) -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..output import atomic_write_bytes
 from .vision import CIFAR10_MEMBERS, IDX_FILES, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS
 
 
@@ -29,14 +30,8 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def write_idx(path: str | Path, array: np.ndarray) -> Path:
     """Write ``array`` as a gzip IDX file (plain IDX when the name does not end in .gz)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     raw = idx_bytes(array)
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "wb") as fh:
-            fh.write(raw)
-    else:
-        path.write_bytes(raw)
-    return path
+    return atomic_write_bytes(path, gzip.compress(raw) if path.name.endswith(".gz") else raw)
 
 
 def random_images(n: int, channels: int, size: int, num_classes: int, seed: int = 0):
@@ -101,15 +96,14 @@ def write_folder(directory: str | Path, members: dict[str, bytes]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in members.items():
-        (directory / name).write_bytes(data)
+        atomic_write_bytes(directory / name, data)
     return directory
 
 
 def write_tarball(path: str | Path, folder: str, members: dict[str, bytes]) -> Path:
     """A .tar.gz holding ``folder/<member>`` entries, like the official CIFAR archives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         info = tarfile.TarInfo(folder)
         info.type, info.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(info)
@@ -117,4 +111,4 @@ def write_tarball(path: str | Path, folder: str, members: dict[str, bytes]) -> P
             info = tarfile.TarInfo(f"{folder}/{name}")
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
-    return path
+    return atomic_write_bytes(path, buf.getvalue())

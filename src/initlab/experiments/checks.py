@@ -9,13 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..schemes.plan import InitPlan
 from ..train.config import TrainConfig
 
 
-def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bool = True) -> None:
-    """Fail fast, in one line, on mistakes that would otherwise surface deep inside a run."""
+def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bool = True) -> InitPlan | None:
+    """Fail fast, in one line, on mistakes that would otherwise surface deep inside a run.
+
+    Returns the run's validated :class:`InitPlan` (``None`` with ``check_init=False``): pass it to
+    :func:`initlab.train.run` (``plan=``), which then does not build it again."""
     from ..data import dataset_spec
     from ..models import PRESETS, check_model_options
+    from ..train.tasks import default_patch_size
 
     if config.model not in PRESETS:
         raise ConfigError(f"unknown model preset {config.model!r}; choose one of {', '.join(PRESETS)}")
@@ -40,7 +45,7 @@ def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bo
         side = config.model_options.get("image_size") or dataset_spec(config.data).size
         patch = shape.get("patch_size")
         if patch is None and side:  # the engine's choice when no patch size is given
-            patch = 7 if side % 7 == 0 else 4 if side % 4 == 0 else 1
+            patch = default_patch_size(side)
         if side and side % patch:
             options = [p for p in range(1, side + 1) if side % p == 0]
             raise ConfigError(f"patch size {patch} does not divide the {side}x{side} images of {config.data}; "
@@ -55,17 +60,17 @@ def check_config(config: TrainConfig, *, check_init: bool = True, check_data: bo
         raise ConfigError(f"--checkpoint-every must be >= 0, got {config.checkpoint_every}")
     if not 0 <= config.label_smoothing < 1:
         raise ConfigError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
-    if check_init:
-        check_init_plan(config)
+    plan = check_init_plan(config) if check_init else None
     if check_data:
         check_data_available(config)
+    return plan
 
 
-def check_init_plan(config: TrainConfig) -> None:
+def check_init_plan(config: TrainConfig) -> InitPlan:
     """The init spec, every option of every scheme, ``--param`` and their agreement: the run's
-    :class:`~initlab.schemes.InitPlan`, built (once per setting) before anything trains."""
+    :class:`~initlab.schemes.InitPlan`, built once, before anything trains, and returned."""
     from ..train.init import init_plan
-    init_plan(config)
+    return init_plan(config)
 
 
 def check_data_available(config: TrainConfig) -> None:

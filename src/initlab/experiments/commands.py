@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from ..output import atomic_write_text
+
 
 def default_out(command: str) -> str:
     import time
@@ -50,7 +52,13 @@ def command_text(args: argparse.Namespace) -> str:
 
 
 def write_command(out: str | os.PathLike, args: argparse.Namespace) -> Path:
+    """``out/command.txt``: the command line of ``args`` (atomically, replacing any older one)."""
+    return atomic_write_text(Path(out) / "command.txt", command_text(args) + "\n")
+
+
+def record_command(out: str | os.PathLike, command: str) -> Path:
+    """Add ``command`` under the lines ``out/command.txt`` already holds (a resumed run's
+    command under the one that started it), atomically."""
     path = Path(out) / "command.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(command_text(args) + "\n", encoding="utf-8")
-    return path
+    previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+    return atomic_write_text(path, previous + command + "\n")

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..output import atomic_write_text, write_csv, write_json
+from ..progress import labelled
 from ..train.config import TrainConfig
 from .plots import plot_curves
-from .records import RunRecord, write_csv, write_json
+from .records import RunRecord
 from .runner import run_cell, slug, stop_if_interrupted
 from .summary import MetricSpec, compare_table, primary_metric, summarize
 
@@ -36,8 +38,12 @@ class CompareResult:
 
 
 def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str | Path, *,
-                progress: bool = True, log: Callable[[str], None] = print,
+                plans: dict | None = None, progress=True, log: Callable[[str], None] = print,
                 command: str | None = None) -> CompareResult:
+    """One run per (init, seed). ``plans`` maps each init to its checked
+    :class:`~initlab.schemes.InitPlan` (built when the config was checked; the engine builds it
+    when missing)."""
+    plans = plans or {}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"base": base.to_dict(), "inits": list(inits), "seeds": list(seeds)})
@@ -47,7 +53,8 @@ def run_compare(base: TrainConfig, inits: list[str], seeds: list[int], out: str 
         for j, seed in enumerate(seeds):
             k = i * len(seeds) + j + 1
             config = base.replace(init=init, seed=seed, out=str(out / "runs" / f"{slug(init)}-s{seed}"), resume=False)
-            record, reused = run_cell(config, {"init": init, "seed": seed}, progress=progress,
+            record, reused = run_cell(config, {"init": init, "seed": seed}, plan=plans.get(init),
+                                       progress=labelled(progress, f"[{k}/{total}] {init} s{seed}"),
                                        command=command)
             stop_if_interrupted(record)
             records.append(record)
@@ -82,8 +89,7 @@ def write_compare_outputs(records: list[RunRecord], task: str, out: Path) -> Com
                                                             "higher_is_better": metric.higher_is_better,
                                                             "rows": summary}),
     }
-    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
-    files["table.txt"] = out / "table.txt"
+    files["table.txt"] = atomic_write_text(out / "table.txt", table + "\n")
     files["curves.png"] = plot_curves(records, metric, out / "curves.png", group_by="init",
                                       title=f"{metric.key} per init (mean ± std over seeds)")
     return CompareResult(records, summary, table, metric, out, files)

@@ -9,18 +9,19 @@ from __future__ import annotations
 import argparse
 
 from ..train.config import TrainConfig
-from .checks import check_config
 from .config_file import load_config_file, split_file_values
 from .flags import flag_values
 
 LM_DEFAULTS = {"data": "shakespeare", "model": "gpt-mini"}
 
 
-def build_config(args: argparse.Namespace, *, extra_keys: tuple[str, ...] = (), base: dict | None = None,
-                 check: bool = True) -> tuple[TrainConfig, dict]:
+def build_config(args: argparse.Namespace, *, extra_keys: tuple[str, ...] = (),
+                 base: dict | None = None) -> tuple[TrainConfig, dict]:
     """The effective TrainConfig and the command-level keys (from the file, overridden by flags).
 
-    ``base`` (e.g. the config.json of a run being resumed) sits below the file and the flags.
+    ``base`` (e.g. the config.json of a run being resumed) sits below the file and the flags. The
+    config is not checked here: :func:`~initlab.experiments.checks.check_config` checks it and
+    returns its :class:`~initlab.schemes.InitPlan`, which the caller passes on to the engine.
     """
     file_config, file_extra = {}, {}
     if getattr(args, "config", None):
@@ -43,7 +44,4 @@ def build_config(args: argparse.Namespace, *, extra_keys: tuple[str, ...] = (), 
         values["betas"] = tuple(values["betas"])
     extra = {k: getattr(args, k) for k in extra_keys if getattr(args, k, None) is not None}
     extra = {**file_extra, **extra}
-    config = TrainConfig.from_dict(values)
-    if check:
-        check_config(config)
-    return config, extra
+    return TrainConfig.from_dict(values), extra

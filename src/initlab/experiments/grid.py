@@ -1,4 +1,5 @@
-"""Parsing of grid flags: ``--lrs 1e-4..1e-1:8``, ``--widths 64,128``, ``--seeds 3``, ``--inits a,b+c``.
+"""Parsing of grid flags: ``--lrs 1e-4..1e-1:8``, ``--widths 64,128``, ``--seeds 3``,
+``--inits a,b+c(k=1,j=2)``.
 
 All parsers raise :class:`~initlab.errors.ConfigError` with a message that shows the accepted
 syntax, so the CLI turns a typo into one line and exit code 2.
@@ -112,8 +113,9 @@ def _seed_list(items, spec) -> list[int]:
     return seeds
 
 
-def parse_names(spec: str | list | tuple, what: str = "--inits") -> list[str]:
-    """Comma-separated names (``"default,nt+mimetic"``), order kept, duplicates dropped."""
+def parse_names(spec: str | list | tuple, what: str) -> list[str]:
+    """Comma-separated names (``"vision,lm"``), order kept, duplicates dropped. Init specs, whose
+    options may hold commas, go through :func:`parse_inits`."""
     items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
     names = []
     for item in items:
@@ -123,6 +125,16 @@ def parse_names(spec: str | list | tuple, what: str = "--inits") -> list[str]:
     if not names:
         raise ConfigError(f"empty {what} list")
     return names
+
+
+def parse_inits(spec: str | list | tuple) -> list[str]:
+    """Init specs from ``--inits`` or a config file's ``inits``: split at top-level commas by the
+    spec grammar's own splitter (:func:`initlab.schemes.split_specs`), so
+    ``"default,trunc_normal(std=0.01,truncate=3)"`` is two specs; order kept, duplicates dropped."""
+    from ..schemes import split_specs
+
+    items = spec if isinstance(spec, (list, tuple)) else split_specs(str(spec))
+    return parse_names(items, "--inits")
 
 
 def lr_label(lr: float) -> str:

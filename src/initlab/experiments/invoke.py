@@ -1,20 +1,24 @@
-"""``compare`` and ``sweep`` as the command line states them: flags in, checked configs, results out.
+"""``train``, ``compare`` and ``sweep`` as the command line states them: flags in, checked
+configs and their init plans, results out.
 
-The CLI (:mod:`initlab.cli.compare`, :mod:`initlab.cli.sweep`) and the results suite
-(:mod:`initlab.results`) both go through here, so a results step runs exactly what its displayed
-``initlab compare ...`` command runs, without the suite importing the CLI.
+The CLI (:mod:`initlab.cli.train`, :mod:`initlab.cli.compare`, :mod:`initlab.cli.sweep`) and the
+results suite (:mod:`initlab.results`) both go through here, so a results step runs exactly what
+its displayed ``initlab compare ...`` command runs, without the suite importing the CLI. Each body
+checks its config(s) once, keeps the :class:`~initlab.schemes.InitPlan` that check built and passes
+it down to the engine (config -> plan -> engine -> optimizer).
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
 from .checks import check_config
-from .commands import command_text, default_out, write_command
+from .commands import command_text, default_out, record_command, write_command
 from .configure import build_config
 from .flags import add_config_flags
-from .grid import parse_ints, parse_lrs, parse_names, parse_seeds
+from .grid import parse_inits, parse_ints, parse_lrs, parse_seeds
 
 
 def add_compare_flags(p: argparse.ArgumentParser) -> None:
@@ -44,14 +48,18 @@ def parse_command(command: str, argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def compare(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: None):
+def _progress(args: argparse.Namespace, progress):
+    """``progress`` when the caller gives one (the results suite labels its steps), else the flags'."""
+    return progress if progress is not None else not args.quiet
+
+
+def compare(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: None, progress=None):
     """Check every init (its whole plan) before any training, then :func:`run_compare`.
     Returns ``(base config, seeds, CompareResult)``."""
-    base, extra = build_config(args, extra_keys=("inits", "seeds"), check=False)
-    inits = parse_names(extra.get("inits", "default,mimetic"), "--inits")
+    base, extra = build_config(args, extra_keys=("inits", "seeds"))
+    inits = parse_inits(extra.get("inits", "default,mimetic"))
     seeds = parse_seeds(extra.get("seeds", 1), first=base.seed)
-    for i, init in enumerate(inits):
-        check_config(base.replace(init=init), check_data=i == 0)
+    plans = {init: check_config(base.replace(init=init), check_data=i == 0) for i, init in enumerate(inits)}
     out = base.out or default_out("compare")
     if base.resume:
         raise ConfigError("compare has no --resume; rerun the same command with the same --out to continue")
@@ -62,16 +70,17 @@ def compare(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg
     # one writer per --out: a second compare/sweep/train on it exits 2 naming this process
     with hold_directory(out, command=command_text(args), enabled=is_main_process()):
         write_command(out, args)
-        result = run_compare(base, inits, seeds, out, progress=not args.quiet, log=say,
+        result = run_compare(base, inits, seeds, out, plans=plans, progress=_progress(args, progress), log=say,
                              command=command_text(args))
     return base, seeds, result
 
 
 def sweep(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: None,
-          notice: Callable[[str], None] = print):
+          notice: Callable[[str], None] = print, progress=None):
     """Check the config at every width, then :func:`run_sweep`. Returns
     ``(base config, widths, lrs, analysis, info)``."""
     base, extra = build_config(args, extra_keys=("widths", "lrs", "metric"))
+    plan = check_config(base)
     if "widths" not in extra or "lrs" not in extra:
         raise ConfigError("sweep needs --widths (e.g. 64,128,256) and --lrs (e.g. 1e-4..1e-1:8)")
     widths = parse_ints(extra["widths"], "--widths")
@@ -85,18 +94,66 @@ def sweep(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: 
     from .runner import is_main_process
     from .sweep import run_sweep
     note = None
-    if base.base_width is None and not init_plan(base).parametrization.is_standard:
-        # lr factors are then (n / n_base)^e: the lr grid means "the lr at the smallest width"
+    if base.base_width is None and not plan.parametrization.is_standard:
+        # lr factors are then (n / n_base)^e: the lr grid means "the lr at the smallest width";
+        # the config changed, so its plan is built for the new base width
         base = base.replace(base_width=min(widths))
+        plan = init_plan(base)
         note = f"note: --base-width not given; using the smallest width {min(widths)}"
     # one writer per --out: a second sweep/compare/train on it exits 2 naming this process
     with hold_directory(out, command=command_text(args), enabled=is_main_process()):
         write_command(out, args)
         if note:
             notice(note)
-        analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"),
-                                   progress=not args.quiet, log=say, command=command_text(args))
+        analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"), plan=plan,
+                                   progress=_progress(args, progress), log=say, command=command_text(args))
     return base, widths, lrs, analysis, info
 
 
-__all__ = ["add_compare_flags", "add_sweep_flags", "parse_command", "compare", "sweep"]
+def train(args: argparse.Namespace):
+    """One run as ``initlab train`` states it (``args.resume``: True, a run directory or None;
+    ``args`` is not changed). Returns ``(record, config, out, main)``: the run's
+    :class:`~initlab.experiments.records.RunRecord`, its config, run directory, and whether this
+    process is rank 0 (the one that reports)."""
+    from ..train.lock import hold_directory
+    from .runner import is_main_process, run_cell
+
+    resume = getattr(args, "resume", None)
+    base = _resumed_config(resume, args.out) if resume else None
+    # --resume is read here, not as a config flag: build the config from a copy without it
+    config, _ = build_config(argparse.Namespace(**{**vars(args), "resume": None}), base=base)
+    out = config.out or default_out("train")
+    config = config.replace(out=out, resume=bool(resume))
+    plan = check_config(config)
+    command = command_text(args)
+    main = is_main_process()
+    # one writer per run directory: taken before anything is written (creates out; a file, a
+    # read-only place or another process holding it is a one-line error here)
+    with hold_directory(out, flag="--out", what="run directory", command=command, enabled=main):
+        record, _ = run_cell(config, {"init": config.init, "seed": config.seed}, plan=plan,
+                             progress=not args.quiet, reuse=False, command=command)
+        if main and not (Path(out) / "command.txt").exists():  # the engine records it; keep one either way
+            record_command(out, command)
+    return record, config, out, main
+
+
+def _resumed_config(resume, out) -> dict:
+    """The saved config of the run ``--resume [DIR]`` continues (its ``out`` set to that directory)."""
+    from .records import read_json
+
+    run_dir = resume if isinstance(resume, str) else out
+    if not run_dir:
+        raise ConfigError("--resume needs a run directory: --resume DIR (or --resume --out DIR)")
+    if out and isinstance(resume, str) and Path(out) != Path(resume):
+        raise ConfigError(f"--resume {resume} and --out {out} name different directories")
+    saved = Path(run_dir) / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"cannot resume: {saved} not found (is {run_dir} a run directory?)")
+    try:
+        base = read_json(saved)
+    except ValueError as exc:
+        raise ConfigError(f"cannot resume: {saved} is not valid JSON ({exc})") from None
+    return {**base, "out": str(run_dir)}
+
+
+__all__ = ["add_compare_flags", "add_sweep_flags", "parse_command", "compare", "sweep", "train"]

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..output import atomic_write_text, python_value, read_json, write_json
+from ..output import columns_of, python_value, read_csv, read_json, write_csv, write_json
 
 # Primary metric per task: (history key, higher is better, label, scale for display)
 PRIMARY = {
@@ -95,41 +95,7 @@ def _is_number(value) -> bool:
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-def columns_of(rows: list[dict], first: tuple[str, ...] = ()) -> list[str]:
-    cols = [c for c in first if any(c in r for r in rows)]
-    for row in rows:
-        for key in row:
-            if key not in cols:
-                cols.append(key)
-    return cols
-
-
-def write_csv(path: str | os.PathLike, rows: list[dict], first: tuple[str, ...] = ()) -> Path:
-    """Rows with possibly different keys -> one CSV with the union of columns (blank = missing)."""
-    import io
-
-    path = Path(path)
-    cols = columns_of(rows, first)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
-    return path
-
-
-def _csv_cell(value):
-    if isinstance(value, float):
-        return f"{value:.8g}"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(python_value(value))
-    return value
-
-
-def read_csv(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+# one CSV writer for every table initlab writes: initlab.output (columns_of, write_csv, read_csv)
 
 
 def write_run_files(record: RunRecord, run_dir: str | os.PathLike) -> None:

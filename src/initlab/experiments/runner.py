@@ -12,15 +12,15 @@ import re
 from pathlib import Path
 
 from ..errors import Interrupted
-from ..train.config import TrainConfig
+from ..train.config import RUNTIME, TrainConfig
 from ..train.distributed import env_rank
 from ..train.lock import hold_directory
 from .records import RunRecord, load_run_record, write_json, write_run_files
 
 FINISHED = ("completed", "diverged")  # a diverged run is a result (inf loss), not something to retry
 
-# config fields that do not change what a run computes
-_NON_IDENTITY = ("out", "resume", "device", "checkpoint_every", "compile")
+# config fields that do not change what a run computes: declared with the fields (effect=RUNTIME)
+_NON_IDENTITY = TrainConfig.fields_with(RUNTIME)
 
 
 def slug(text: str) -> str:
@@ -57,9 +57,13 @@ def save_config(config: TrainConfig, run_dir: Path) -> None:
     write_json(Path(run_dir) / "config.json", config.to_dict())
 
 
-def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse: bool = True,
+def run_cell(config: TrainConfig, labels: dict, *, plan=None, progress=True, reuse: bool = True,
              command: str | None = None) -> tuple[RunRecord, bool]:
     """Train ``config`` (its ``out`` is the run directory); return (record, reused?).
+
+    ``plan``: the config's :class:`~initlab.schemes.InitPlan` (from
+    :func:`~initlab.experiments.checks.check_config`), handed to the engine; ``progress``: a bool
+    or a :class:`~initlab.progress.Progress` (rank 0 only).
 
     With ``reuse``, a run directory whose ``result.json`` holds a finished run of the same config is
     read instead of trained again, and one that holds a checkpoint (an interrupted run) is resumed:
@@ -69,10 +73,11 @@ def run_cell(config: TrainConfig, labels: dict, *, progress: bool = True, reuse:
     main = is_main_process()
     # one writer per run directory (re-entrant: the engine takes the same lock again)
     with hold_directory(run_dir, flag="--out", what="run directory", command=command, enabled=main):
-        return _run_cell(config, labels, run_dir, main, progress=progress, reuse=reuse, command=command)
+        return _run_cell(config, labels, run_dir, main, plan=plan, progress=progress, reuse=reuse,
+                         command=command)
 
 
-def _run_cell(config: TrainConfig, labels: dict, run_dir: Path, main: bool, *, progress: bool,
+def _run_cell(config: TrainConfig, labels: dict, run_dir: Path, main: bool, *, plan, progress,
               reuse: bool, command: str | None) -> tuple[RunRecord, bool]:
     if reuse:
         record = finished_record(config, run_dir)
@@ -83,7 +88,9 @@ def _run_cell(config: TrainConfig, labels: dict, run_dir: Path, main: bool, *, p
     run_dir.mkdir(parents=True, exist_ok=True)
     if main and not (run_dir / "config.json").exists():
         save_config(config, run_dir)
-    kwargs = {"progress": progress and main}
+    kwargs = {"progress": progress if main else False}
+    if plan is not None:
+        kwargs["plan"] = plan
     if command is not None:
         kwargs["command"] = command
     result = engine_run()(config, **kwargs)

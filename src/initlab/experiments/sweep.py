@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
+from ..output import atomic_write_text, read_csv, read_json, write_csv, write_json
+from ..progress import labelled
 from ..train.config import TrainConfig
 from .grid import lr_label
 from .plots import plot_transfer
-from .records import RunRecord, read_csv, read_json, write_csv, write_json
+from .records import RunRecord
 from .runner import FINISHED, identity, run_cell, stop_if_interrupted
 from .summary import format_table
 
@@ -105,8 +107,10 @@ def _sweep_identity(base: TrainConfig) -> dict:
 
 
 def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str | Path, *, metric: str | None = None,
-              progress: bool = True, log: Callable[[str], None] = print,
+              plan=None, progress=True, log: Callable[[str], None] = print,
               command: str | None = None) -> tuple[SweepAnalysis, dict]:
+    """Every (width, lr) cell under ``base``. ``plan``: the base config's checked
+    :class:`~initlab.schemes.InitPlan`, shared by every cell (width and lr do not enter it)."""
     out = Path(out)
     metric = metric or DEFAULT_METRIC[base.task]
     widths = sorted(widths)
@@ -137,7 +141,8 @@ def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str |
             skipped += 1
             continue
         config = base.replace(width=width, lr=lr, out=str(cell_dir(out, width, lr)), resume=False)
-        record, reused = run_cell(config, {"width": width, "lr": lr}, progress=progress, command=command)
+        record, reused = run_cell(config, {"width": width, "lr": lr}, plan=plan, command=command,
+                                  progress=labelled(progress, f"[{k}/{len(cells)}] w{width} lr {lr:.3g}"))
         ran += 0 if reused else 1
         skipped += 1 if reused else 0
         stop_if_interrupted(record)
@@ -153,7 +158,7 @@ def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str |
     write_csv(csv_path, _sorted_rows(rows), first=CSV_COLUMNS)
     analysis = analyze(rows.values(), widths, lrs, metric)
     write_json(out / "analysis.json", analysis.to_dict())
-    (out / "report.txt").write_text(analysis.report() + "\n", encoding="utf-8")
+    atomic_write_text(out / "report.txt", analysis.report() + "\n")
     plot = plot_transfer(analysis.table, out / "transfer.png", metric=f"final {metric}",
                          title=f"lr transfer across width (param={base.param}, init={base.init})",
                          optimum=analysis.optimum)

@@ -22,9 +22,12 @@ Each step runs through :mod:`initlab.experiments.invoke`, the code behind ``init
 one torch thread per core each), so every number in the report was produced by a command a user
 can paste. A step whose outputs exist for the same arguments is skipped
 (``step.json`` records them); compare/sweep themselves also resume half-finished steps. Then
-:func:`write_report` (:mod:`.report`) turns the outputs into Markdown tables (mean ± sample std over seeds, the
+:func:`write_report` turns the outputs into Markdown tables (mean ± sample std over seeds, the
 exact command above each table) inside ``<!-- results:KEY -->`` blocks of the results page (the
-prose around the blocks is kept) and PNGs under the image directory.
+prose around the blocks is kept) and PNGs under the image directory. The page is built by job:
+:mod:`.statistics` (numbers from the records), :mod:`.tables` (rows and the Markdown of each
+block), :mod:`.figures` (the PNGs) and :mod:`.page` (the section -> block registry and the
+splicing); the position/content ratio is a measurement, :mod:`initlab.ratios`.
 
 Model selection never looks at the test split: the vision sweeps minimize the *training* loss
 (the engine's vision task has no validation split), the language sweeps the validation loss.
@@ -32,10 +35,11 @@ Model selection never looks at the test split: the vision sweeps minimize the *t
 from __future__ import annotations
 
 from .profiles import LM_INITS, PROFILES, SECTIONS, VISION_INITS, Step, plan, profile_settings
-from .report import (first_reach, lm_rows, mean_std, regime_block, regime_rows, transfer_summary, vision_rows,
-                     write_report)
+from .page import BLOCKS, write_report
+from .statistics import first_reach, mean_std, transfer_summary
+from .tables import lm_rows, regime_block, regime_rows, vision_rows
 from .run import prepare_sweep_data, run_suite
 
 __all__ = ["run_suite", "plan", "write_report", "prepare_sweep_data", "profile_settings", "Step",
            "SECTIONS", "PROFILES", "VISION_INITS", "LM_INITS", "mean_std", "first_reach", "vision_rows",
-           "lm_rows", "transfer_summary", "regime_rows", "regime_block"]
+           "lm_rows", "transfer_summary", "regime_rows", "regime_block", "BLOCKS"]

@@ -8,14 +8,16 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, InitlabError
-from ..output import read_json, write_json
+from ..output import atomic_write_bytes, read_json, write_json
+from ..progress import as_progress
 from .profiles import SECTIONS, Step, plan, profile_settings
-from .report import write_report
+from .page import write_report
 
 
 def prepare_sweep_data(out: Path, data_root: str | None, test_size: int | None) -> str | None:
@@ -50,8 +52,12 @@ def prepare_sweep_data(out: Path, data_root: str | None, test_size: int | None) 
 def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, data_root: str | None = None,
               text: str | None = None, doc: str | Path, img_dir: str | Path,
               log: Callable[[str], None] = print,
-              run: bool = True, jobs: int = 1) -> Path:
+              run: bool = True, jobs: int = 1, progress=False) -> Path:
     """Run (or resume) every step of ``profile`` in ``only``'s sections, then write the report.
+
+    ``progress`` (a :class:`~initlab.progress.Progress` or a bool): with ``jobs=1`` the live line of
+    each run, labelled with its step (``[2/5] vision-table [3/6] mimetic s1``: steps and runs done
+    of total); with ``jobs > 1`` one line counting the steps done.
 
     ``jobs > 1`` runs that many steps at once, each as its own ``python -m initlab`` process with
     ``cpu_count // jobs`` torch threads (unless ``OMP_NUM_THREADS`` is set): on a small CPU, one
@@ -93,11 +99,13 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
         if pending:
             t0 = time.time()
             run_one = _run_in_process if jobs == 1 else _run_in_subprocess(jobs)
+            live = as_progress(progress)
 
             def go(item):
                 i, step = item
                 log(f"[{i}/{len(todo)}] {step.key}: {step.display(out)}")
-                wall, rc = run_one(step, out)
+                inner = live.labelled(f"[{i}/{len(todo)}] {step.key}") if live and jobs == 1 else False
+                wall, rc = run_one(step, out, inner)
                 if rc in (128 + 2, 128 + 15):  # the step was stopped by SIGINT/SIGTERM: so is the suite
                     from ..errors import Interrupted
                     raise Interrupted(rc - 128)
@@ -112,9 +120,12 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
                 for item in pending:
                     go(item)
             else:
-                with ThreadPoolExecutor(max_workers=jobs) as pool:
-                    for f in [pool.submit(go, item) for item in pending]:
+                with _steps_line(live, len(pending)) as line, ThreadPoolExecutor(max_workers=jobs) as pool:
+                    futures = [pool.submit(go, item) for item in pending]
+                    for done, f in enumerate(as_completed(futures), 1):
                         f.result()
+                        if line is not None:
+                            line.update(done)
             _record_session(out, profile, time.time() - t0, jobs, [s.key for _, s in pending])
     return write_report(profile, steps, out, doc=doc, img_dir=img_dir)
 
@@ -123,13 +134,23 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
-def _run_in_process(step: Step, out: Path) -> tuple[float, int]:
+@contextmanager
+def _steps_line(progress, total: int):
+    """A live line of steps done (``jobs > 1``: the runs' own lines go to their output.txt)."""
+    if progress is None or not progress.is_live():
+        yield None
+        return
+    with progress.labelled("results steps").steps(total) as line:
+        yield line
+
+
+def _run_in_process(step: Step, out: Path, progress=False) -> tuple[float, int]:
     """The step through the experiments layer, as its displayed command would run it."""
     from ..experiments import invoke
     t0 = time.time()
     try:
         args = invoke.parse_command(step.command, step.argv(out)[1:])
-        getattr(invoke, step.command)(args)
+        getattr(invoke, step.command)(args, progress=progress)
         rc = 0
     except InitlabError as exc:
         print(f"initlab {step.command}: error: {exc}", file=sys.stderr)
@@ -141,13 +162,13 @@ def _run_in_subprocess(jobs: int):
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads}
 
-    def run(step: Step, out: Path) -> tuple[float, int]:
-        (out / step.key).mkdir(parents=True, exist_ok=True)
+    def run(step: Step, out: Path, progress=False) -> tuple[float, int]:
         t0 = time.time()
-        with open(out / step.key / "output.txt", "w") as sink:
-            rc = subprocess.call([sys.executable, "-m", "initlab", *step.argv(out)], env=env,
-                                 stdout=sink, stderr=subprocess.STDOUT)
-        return time.time() - t0, rc
+        # the step runs with --quiet: its output is a few lines, kept and written once it ends
+        done = subprocess.run([sys.executable, "-m", "initlab", *step.argv(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        atomic_write_bytes(out / step.key / "output.txt", done.stdout)
+        return time.time() - t0, done.returncode
     return run
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 from .delegates import MIMETIC, PARAMS, parametrization_scheme
 from .lm_zoo import LM_ZOO
 from .plan import InitPlan, PlanStep, build_seeded, init_
-from .registry import (COMPOSITION_RULES, aliases_of, check_spec, get_scheme, parametrization_of, parse,
-                       refusal, register_scheme, schemes, split_specs)
+from .registry import COMPOSITION_RULES, aliases_of, get_scheme, parse, register_scheme, schemes, split_specs
 from .spec import Context, Rule, Scheme, SchemeInfo, apply_rules
 from .structured import STRUCTURED, structured_
 from .zoo import ZOO
@@ -47,13 +46,17 @@ _ALIASES = {
     "mimetic_mlp": ("mlp_mimetic",),
 }
 
-for _s in ZOO[:11] + MIMETIC + PARAMS + (STRUCTURED,) + ZOO[11:]:
+# listing order of `initlab schemes`: the whole-network baselines of the zoo, the constructions of
+# the papers (mimetic, the parametrizations, structured), then the zoo's residual-branch schemes,
+# which start at deepnorm (named, not counted: a scheme added to either part keeps its place)
+_RESIDUAL_FROM = [s.name for s in ZOO].index("deepnorm")
+for _s in ZOO[:_RESIDUAL_FROM] + MIMETIC + PARAMS + (STRUCTURED,) + ZOO[_RESIDUAL_FROM:]:
     register_scheme(_s, aliases=_ALIASES.get(_s.name, ()))
 for _s in LM_ZOO:  # language-model inits (lm_zoo.py)
     register_scheme(_s, aliases=_ALIASES.get(_s.name, ()))
 
 __all__ = ["init_", "list_schemes", "InitPlan", "PlanStep", "build_seeded", "schemes", "get_scheme", "register_scheme",
-           "parametrization_of", "check_spec", "refusal", "parse", "split_specs", "Scheme", "SchemeInfo",
+           "parse", "split_specs", "Scheme", "SchemeInfo",
            "Rule", "Context", "apply_rules", "structured_", "parametrization_scheme",
            "COMPOSITION_RULES", "aliases_of", "MIMETIC", "PARAMS", "STRUCTURED", "ZOO", "LM_ZOO"]
 list_schemes = schemes  # the top-level verb's name: initlab.list_schemes()

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from ..mimetic import PRESETS, check_options, mimetic_
+from ..parametrization import NAMED
 from .spec import MATRIX_ROLES, Scheme
 
 ATTN = ("q", "k", "v", "o")
@@ -65,13 +66,6 @@ MIMETIC = (
     mimetic_scheme("mimetic-vo", "mimetic V·O product only (−β₂I), Q/K untouched", qk=False),
 )
 
-PARAMETRIZATIONS = {
-    "standard": "effective-theory standard parametrization: per-role C_G/fan_in variances, no width "
-                "factors in the learning rates",
-    "nt": "neural-tangent parametrization (s=0): per-role variances, per-group lr/wd width scalings",
-    "hybrid": "hybrid √(NT·MU) parametrization (s=½)",
-    "mu": "maximal-update parametrization (s=1, μP), see docs/parametrizations.md",
-}
 PARAM_CITE = "arXiv 2304.02034 (effective theory of Transformers at init); arXiv 2203.03466 (μP)"
 # what parametrize_ rewrites: every weight and bias, norms reset to 1/0; branch gains are kept
 PARAM_WRITES = _writes(("patch_embed", "token_embed", "pos_embed", "cls_token") + MATRIX_ROLES + ("norm",))
@@ -89,4 +83,5 @@ def parametrization_scheme(label: str, description: str | None = None) -> Scheme
                           "engine also builds its optimizer groups from it")
 
 
-PARAMS = tuple(parametrization_scheme(k, v) for k, v in PARAMETRIZATIONS.items())
+# one scheme per named member of the family (initlab.parametrization.NAMED: names, s, descriptions)
+PARAMS = tuple(parametrization_scheme(name, description) for name, (_, description) in NAMED.items())

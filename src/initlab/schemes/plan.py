@@ -32,7 +32,7 @@ from ..roles import roles
 from ..roles.core import require_materialized
 from ..values import parse_value
 from .registry import get_scheme, parse, refusal_of
-from .spec import Context, Scheme, apply_rules, target_std, value
+from .spec import Context, Scheme, apply_rules, std_problem, value
 
 #: the stream of :func:`initlab.data.batches.derive_seed` that init draws use (data use others)
 INIT_STREAM = 7
@@ -270,17 +270,6 @@ def _requires(rmap, scheme: Scheme) -> None:
         # "grid" is checked by the scheme's own check (it needs the model's patch grid)
 
 
-def _std_problem(rule, ctx: Context) -> str | None:
-    std = target_std(rule, ctx)
-    if not math.isfinite(std) or (std < 0 and rule.dist != "constant"):
-        return f"the std of role {ctx.role} would be {std:g} (it must be finite and >= 0)"
-    if rule.dist == "trunc_normal":
-        t = value(rule.truncate, ctx)
-        if t is None or not t > 0:
-            return f"the truncation of role {ctx.role} would be {t} (it must be > 0, in units of std)"
-    return None
-
-
 def _check_rule_values(scheme: Scheme, options: dict) -> None:
     """Evaluate every rule on a generic region (width 64, depth 12, first block): a negative or
     non-finite std from the options is refused when the plan is built, without a model."""
@@ -290,7 +279,7 @@ def _check_rule_values(scheme: Scheme, options: dict) -> None:
                 ctx = Context(role, kind, 64, 64, 64, 12, 0, options, name=role)
                 if value(rule.std, ctx) is None:
                     continue
-                why = _std_problem(rule, ctx)
+                why = std_problem(rule, ctx)
                 if why is not None:
                     raise InitError(f"{scheme.name}: {why}; check its options "
                                     f"({', '.join(f'{k}={v}' for k, v in options.items())})")
@@ -310,7 +299,7 @@ def _check_rule_stds(rmap, scheme: Scheme, options: dict) -> None:
             ctx = context(rmap, info, slot, options)
             if value(rule.std, ctx) is None:
                 continue
-            why = _std_problem(rule, ctx)
+            why = std_problem(rule, ctx)
             if why is not None:
                 raise InitError(f"{scheme.name} on {info.name}: {why}; check the scheme's options")
 

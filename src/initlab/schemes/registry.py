@@ -163,28 +163,3 @@ def refusal_of(chain: list[Scheme]) -> str | None:
                 return (f"{a.name} is dead in '{'+'.join(names)}': {b.name} overwrites everything it "
                         f"writes; drop {a.name}")
     return None
-
-
-def refusal(spec: str) -> str | None:
-    """Why ``spec`` is refused (a sentence), or None when it composes. Model checks not included."""
-    return refusal_of([s for s, _ in resolve(spec)])
-
-
-def check_spec(spec: str) -> None:
-    """Raise :class:`InitError` if ``spec`` names unknown schemes or a refused combination."""
-    why = refusal(spec)
-    if why is not None:
-        raise InitError(why)
-
-
-def parametrization_of(spec: str) -> str | None:
-    """The parametrization a spec implies ("nt" for "nt+mimetic"), or None; the engine builds its
-    optimizer groups with it."""
-    chain = [s for s, _ in resolve(spec)]
-    why = refusal_of(chain)
-    if why is not None:
-        raise InitError(why)
-    for s in chain:
-        if s.parametrization:
-            return s.parametrization
-    return None

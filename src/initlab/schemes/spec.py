@@ -120,13 +120,27 @@ def target_std(rule: Rule, ctx: Context) -> float:
     return float(s)
 
 
+def std_problem(rule: Rule, ctx: Context) -> str | None:
+    """Why ``rule`` cannot draw the region ``ctx`` (a clause naming the value), or None: the std
+    must be finite and >= 0 (a ``constant`` may be negative) and a ``trunc_normal`` truncation > 0.
+    The one statement of the rule: the plan checks it before writing, :func:`draw` again when drawing."""
+    std = target_std(rule, ctx)
+    if not math.isfinite(std) or (std < 0 and rule.dist != "constant"):
+        return f"the std of role {ctx.role} would be {std:g} (it must be finite and >= 0)"
+    if rule.dist == "trunc_normal":
+        t = value(rule.truncate, ctx)
+        if t is None or not t > 0:
+            return f"the truncation of role {ctx.role} would be {t} (it must be > 0, in units of std)"
+    return None
+
+
 def draw(rule: Rule, ctx: Context, shape: torch.Size,
          generator: torch.Generator | None) -> torch.Tensor:
     """Draw one region's values on the CPU in float32."""
+    why = std_problem(rule, ctx)
+    if why is not None:
+        raise InitError(f"{ctx.name}: {why}; check the scheme's options")
     std = target_std(rule, ctx)
-    if not math.isfinite(std) or (std < 0 and rule.dist != "constant"):
-        raise InitError(f"{ctx.name}: rule for role {ctx.role} gives std {std}; check the "
-                        f"scheme's options")
     if rule.dist == "zeros":
         return torch.zeros(shape)
     if rule.dist == "constant":
@@ -136,12 +150,9 @@ def draw(rule: Rule, ctx: Context, shape: torch.Size,
     if rule.dist in ("uniform", "xavier_uniform"):
         bound = math.sqrt(3.0) * std
         return (torch.rand(shape, generator=generator) * 2 - 1) * bound
-    t = value(rule.truncate, ctx)
-    if t is None or not t > 0:
-        raise InitError(f"trunc_normal rule for {ctx.role} needs truncate > 0 (in units of std), got {t}")
     if std == 0:
         return torch.zeros(shape)
-    return truncated_normal(shape, float(t), generator) * std
+    return truncated_normal(shape, float(value(rule.truncate, ctx)), generator) * std
 
 
 def truncated_normal(shape, t: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -31,16 +31,16 @@ import torch
 
 from ..errors import CheckpointError
 from ..output import NO_SPACE, write_replace
+from .config import ON_RESUME, RUNTIME, TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 LAST_GOOD = "checkpoint.last_good.pt"
 FORMAT_VERSION = 2  # 2: RNG states as tensors and plain values (weights_only loads)
 
 # config keys that may change between an interrupted run and its resumption: where things are
-# written or read from, how fast it runs, what is measured, and the run's length (extending a
-# run: the cosine schedule is then stretched to the new end from the resumed step on)
-RESUME_MAY_CHANGE = frozenset({"out", "resume", "device", "compile", "checkpoint_every", "data_root",
-                               "eval_every", "eval_batches", "steps", "epochs"})
+# written or read from, how fast it runs, what is measured, and the run's length; declared with
+# the fields themselves (initlab.train.config: effect=RUNTIME or ON_RESUME)
+RESUME_MAY_CHANGE = TrainConfig.fields_with(RUNTIME, ON_RESUME)
 
 
 def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:

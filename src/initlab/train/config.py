@@ -3,6 +3,10 @@
 Shared contract between the training engine (:mod:`initlab.train`) and the experiment commands
 (``initlab train``/``compare``/``sweep``). Everything a run needs to be reproduced is here, and
 ``to_dict()`` is what a run directory's ``config.json`` holds.
+
+Each field is declared once, with :func:`setting`: its default, its flag and help text (the
+experiment commands generate their flags from it, :mod:`initlab.experiments.flags`) and its
+effect on the result (what a finished run's identity and a resumable checkpoint compare).
 """
 from __future__ import annotations
 
@@ -11,52 +15,110 @@ from dataclasses import asdict, dataclass, field, fields
 from ..errors import ConfigError
 
 
+#: what a field is to a run's result (each field declares one; read by
+#: :func:`initlab.experiments.runner.identity` and :func:`initlab.train.checkpoint.config_differences`)
+RESULT = "result"  # changes what the run computes: part of its identity, fixed once it checkpointed
+ON_RESUME = "on_resume"  # part of the identity, but a resumed run may change it: where the data is
+#                          read from, what is measured, and the run's length (extending a run: the
+#                          cosine schedule is stretched to the new end from the resumed step on)
+RUNTIME = "runtime"  # where things are written, how fast it runs: never part of the identity
+
+GROUPS = ("configuration (flags override --config FILE)", "model", "initialization and parametrization",
+          "optimization", "evaluation and runtime")
+
+
+def setting(default=None, help: str = "", *, effect: str = RESULT, group: int = 0, default_factory=None,
+            flag: dict | None = None, cli: bool = True):
+    """One :class:`TrainConfig` field and everything the rest of initlab needs to know about it:
+    its ``effect`` on the result (:data:`RESULT`, :data:`ON_RESUME`, :data:`RUNTIME`), and its
+    command-line flag (``--name-with-dashes``, in ``GROUPS[group]``, with ``help``; ``flag``: extra
+    argparse settings, e.g. ``type``/``metavar``/``choices``, where ``type`` may name one of the
+    parsers of :mod:`initlab.experiments.flags`: ``"key_value"``, ``"betas"``, ``"optional_float"``;
+    ``cli=False``: no generated flag). Adding a train flag is one ``setting`` here plus the code that
+    uses the value."""
+    meta = dict(help=help, effect=effect, group=group, flag=dict(flag or {}), cli=cli)
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     # task and data
-    task: str = "vision"  # "vision" | "lm"
-    data: str = "fashion-mnist"  # vision: fashion-mnist|mnist|cifar10|cifar100; lm: shakespeare|PATH
-    data_root: str | None = None  # explicit dataset location (else INITLAB_DATA, then standard places)
-    train_size: int | None = None  # class-balanced subset of the training split (vision)
-    augment: bool = True  # vision: random crop with padding (+ flips where they make sense)
-    block_size: int = 128  # lm: context length
-    tokenizer: str = "char"  # lm: char (distinct characters of the text) | byte (UTF-8 bytes)
+    task: str = setting("vision", "image classification or character LM (default vision)",
+                        flag=dict(choices=("vision", "lm")))
+    data: str = setting("fashion-mnist", "vision: fashion-mnist|mnist|cifar10|cifar100 (default fashion-mnist); "
+                        "lm: shakespeare (default) or a text file", flag=dict(metavar="NAME|PATH"))
+    data_root: str | None = setting(None, "where the dataset files are (else INITLAB_DATA, standard places)",
+                                    effect=ON_RESUME, flag=dict(metavar="DIR"))
+    train_size: int | None = setting(None, "class-balanced training subset (vision; default all)",
+                                     flag=dict(type=int, metavar="N"))
+    augment: bool = setting(True, "no random crop/flip (vision)",
+                            flag=dict(name="--no-augment", action="store_const", const=False))
+    block_size: int = setting(128, "context length (lm; {default})", flag=dict(type=int, metavar="T"))
+    tokenizer: str = setting("char", "lm tokens ({default}): char (distinct characters of the text) | "
+                             "byte (UTF-8 bytes)", flag=dict(choices=("char", "byte")))
     # model
-    model: str = "vit-micro"  # preset name from initlab.models.PRESETS
-    width: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    patch_size: int | None = None
-    model_options: dict = field(default_factory=dict)  # pos, pool, fused_qkv, bias, ln_affine, ...
+    model: str = setting("vit-micro", "preset: vit-micro (default), vit-mini, vit-tiny, ...; gpt-micro, "
+                         "gpt-mini (lm default), gpt-char, ...", group=1, flag=dict(metavar="PRESET"))
+    width: int | None = setting(None, "override the preset's width", group=1, flag=dict(type=int, metavar="N"))
+    depth: int | None = setting(None, "override the preset's depth", group=1, flag=dict(type=int, metavar="L"))
+    heads: int | None = setting(None, "override the preset's heads (must divide width)", group=1,
+                                flag=dict(type=int, metavar="H"))
+    patch_size: int | None = setting(None, "vision patch size (default 7 on 28px, 4 on 32px)", group=1,
+                                     flag=dict(type=int, metavar="P"))
+    model_options: dict = setting(help="extra model argument, e.g. pos=sincos, pool=mean (repeatable)", group=1,
+                                  default_factory=dict, flag=dict(name="--model-option", action="append",
+                                                                  type="key_value", metavar="KEY=VALUE"))
     # initialization and parametrization
-    init: str = "default"  # scheme name from initlab.schemes (default, mimetic, trunc_normal, ...)
-    init_options: dict = field(default_factory=dict)
-    param: str = "standard"  # standard | nt | hybrid | mu | s=<float>
-    base_width: int | None = None
+    init: str = setting("default", "scheme from `initlab schemes`, or names joined by '+' applied left to "
+                        "right (e.g. nt+mimetic); default default", group=2, flag=dict(metavar="SCHEME"))
+    init_options: dict = setting(help="option passed to the scheme(s) (repeatable)", group=2,
+                                 default_factory=dict, flag=dict(name="--init-option", action="append",
+                                                                 type="key_value", metavar="KEY=VALUE"))
+    param: str = setting("standard", "standard | nt | hybrid | mu | s=<0..1> ({default})", group=2,
+                         flag=dict(metavar="P"))
+    base_width: int | None = setting(None, "width at which lr factors are 1", group=2,
+                                     flag=dict(type=int, metavar="N"))
     # optimization
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    epochs: float | None = None  # either epochs or steps
-    steps: int | None = None
-    batch_size: int = 128
-    warmup: float = 0.05  # fraction of total steps if < 1, else a number of steps
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    clip: float | None = 1.0  # gradient-norm clipping (None = off)
-    label_smoothing: float = 0.0
+    optimizer: str = setting("adamw", "{default}", group=3, flag=dict(choices=("adamw", "sgd")))
+    lr: float = setting(1e-3, "{default}", group=3, flag=dict(type=float))
+    weight_decay: float = setting(0.05, "{default}", group=3, flag=dict(type=float, metavar="WD"))
+    betas: tuple[float, float] = setting((0.9, 0.999), "{default}", group=3,
+                                         flag=dict(type="betas", metavar="B1,B2"))
+    eps: float = setting(1e-8, "AdamW's epsilon ({default})", group=3, flag=dict(type=float))
+    epochs: float | None = setting(None, "training length in epochs (default 1)", effect=ON_RESUME, group=3,
+                                   flag=dict(type=float, metavar="E"))
+    steps: int | None = setting(None, "train for N steps instead of epochs", effect=ON_RESUME, group=3,
+                                flag=dict(type=int, metavar="N"))
+    batch_size: int = setting(128, "{default}", group=3, flag=dict(type=int, metavar="B"))
+    warmup: float = setting(0.05, "fraction of steps if < 1, else steps ({default})", group=3,
+                            flag=dict(type=float))
+    min_lr_ratio: float = setting(0.0, "cosine floor / lr ({default})", group=3,
+                                  flag=dict(type=float, metavar="R"))
+    clip: float | None = setting(1.0, "gradient-norm clip ({default})", group=3,
+                                 flag=dict(type="optional_float", metavar="NORM|none"))
+    label_smoothing: float = setting(0.0, "{default}", group=3, flag=dict(type=float, metavar="EPS"))
     # evaluation, checkpoints, runtime
-    eval_every: int | None = None  # steps between evaluations (None: once per epoch / 10 times)
-    eval_batches: int | None = None  # cap evaluation cost (lm)
-    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end and on signals)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    amp: str = "none"  # none | bf16
-    compile: bool = False
-    fsdp: bool = False  # under torchrun: shard with FSDP2 (fully_shard) instead of DDP
-    out: str | None = None  # run directory
-    resume: bool = False
+    eval_every: int | None = setting(None, "steps between evaluations (default: every epoch for vision, 10 "
+                                     "per run otherwise)", effect=ON_RESUME, group=4,
+                                     flag=dict(type=int, metavar="STEPS"))
+    eval_batches: int | None = setting(None, "cap on evaluation batches (lm)", effect=ON_RESUME, group=4,
+                                       flag=dict(type=int, metavar="N"))
+    checkpoint_every: int = setting(0, "steps between checkpoints (default 0: at the end and on "
+                                    "Ctrl-C/SIGTERM)", effect=RUNTIME, group=4,
+                                    flag=dict(type=int, metavar="STEPS"))
+    seed: int = setting(0, "{default}", group=4, flag=dict(type=int))
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps (default auto)", effect=RUNTIME, group=4)
+    amp: str = setting("none", "{default}", group=4, flag=dict(choices=("none", "bf16")))
+    compile: bool = setting(False, "torch.compile the model", effect=RUNTIME, group=4,
+                            flag=dict(action="store_const", const=True))
+    fsdp: bool = setting(False, "under torchrun: shard the model with FSDP2 (fully_shard) instead of DDP",
+                         group=4, flag=dict(action="store_const", const=True))
+    out: str | None = setting(None, "output directory (default runs/<command>-<time>)", effect=RUNTIME,
+                              group=4, flag=dict(metavar="DIR"))
+    resume: bool = setting(False, "continue the run in out from its last checkpoint (initlab train "
+                           "--resume [DIR])", effect=RUNTIME, cli=False)
 
     def __post_init__(self):
         if self.task not in ("vision", "lm"):
@@ -92,6 +154,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @staticmethod
+    def fields_with(*effects: str) -> frozenset[str]:
+        """The names of the fields whose declared effect is one of ``effects``."""
+        return frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("effect", RESULT) in effects)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

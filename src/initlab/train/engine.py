@@ -29,10 +29,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, TrainingError
+from ..progress import as_progress
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
-from .init import initialize_
+from ..schemes.plan import InitPlan
+from .init import initialize_, plan_for
 from .lock import hold_directory
 from .rundir import RunDir, new_run_id
 from .schedule import WarmupCosine, warmup_steps
@@ -134,6 +136,23 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+@contextmanager
+def global_rng_kept():
+    """Run the body with the global RNGs (torch CPU and CUDA, ``random``, numpy) restored after it,
+    so a library call that seeds them (a training run does) leaves the caller's streams as they were."""
+    import numpy as np
+    py, npy = random.getstate(), np.random.get_state()
+    # the process's own GPU only: under torchrun each rank owns one, and reading the others'
+    # states would create a CUDA context on every GPU in every process
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
 def rng_state() -> dict:
     """Every RNG the run draws from, as tensors and plain Python values only, so a checkpoint
     loads with ``torch.load(..., weights_only=True)`` (see :mod:`initlab.train.checkpoint`)."""
@@ -208,12 +227,17 @@ def _default_command() -> str | None:
     return None
 
 
-def run(config: TrainConfig, *, progress: bool = True, command: str | list[str] | None = None) -> RunResult:
+def run(config: TrainConfig, *, plan: InitPlan | None = None, progress: bool = True,
+        command: str | list[str] | None = None) -> RunResult:
     """Train one model as ``config`` says; see docs/training.md.
 
     Args:
         config: the run (``config.out`` is the run directory; None keeps nothing on disk).
-        progress: tqdm bar with throughput and ETA on a terminal (rank 0 only).
+        plan: the run's :class:`~initlab.schemes.InitPlan`, built once from ``config`` when it was
+            checked (:func:`initlab.train.init.init_plan`); built here when omitted. Its one
+            parametrization draws the weights and sets the optimizer groups.
+        progress: True for a live line on a terminal and plain lines per evaluation otherwise,
+            False for neither, or a :class:`~initlab.progress.Progress` (rank 0 only).
         command: the command line to record in ``command.txt`` (str or argv list); by default
             the process's own argv when it was started as ``initlab``/``python -m initlab``.
 
@@ -224,6 +248,9 @@ def run(config: TrainConfig, *, progress: bool = True, command: str | list[str] 
     subclasses (``ConfigError``, ``CheckpointError``, ``DataError``, ``LockedError``; a full disk
     while checkpointing is a ``CheckpointError`` that keeps the previous checkpoint); a NaN/inf loss returns
     ``status="diverged"`` with ``result.error`` set (``result.raise_for_status()`` raises it).
+
+    The global random state (torch, CUDA, ``random``, numpy) is the same after the call as before:
+    the run seeds it for itself and restores it on the way out.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"run() takes a TrainConfig, got {type(config).__name__}")
@@ -239,16 +266,18 @@ def run(config: TrainConfig, *, progress: bool = True, command: str | list[str] 
     try:
         # one writer per run directory: a second process gets a LockedError naming this one
         with hold_directory(config.out, flag="out", what="run directory", command=command,
-                            enabled=bool(config.out) and dist_info.is_main):
-            return _Trainer(config, device, dist_info, progress, command).run()
+                            enabled=bool(config.out) and dist_info.is_main), global_rng_kept():
+            return _Trainer(config, device, dist_info, progress, command, plan).run()
     finally:
         distributed.teardown(dist_info)
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, device, dist_info, progress: bool, command: str | None):
+    def __init__(self, config: TrainConfig, device, dist_info, progress: bool, command: str | None,
+                 plan: InitPlan | None = None):
         self.config, self.device, self.dist, self.command = config, device, dist_info, command
-        self.progress = progress and dist_info.is_main
+        self.plan = plan_for(config, plan)  # a plan of another config: one line, before any work
+        self.progress = as_progress(progress) if dist_info.is_main else None
         self.run_dir = RunDir(config.out, main=dist_info.is_main) if config.out else None
 
     # -- setup ------------------------------------------------------------------------------
@@ -289,7 +318,7 @@ class _Trainer:
         seed_everything(cfg.seed)
         self.task: Task = build_task(cfg, self.device, self.dist)
         model = self.task.model
-        self.parametrization = initialize_(model, cfg)
+        self.parametrization = initialize_(model, cfg, self.plan)
         model.to(self.device)
         self.checksum = distributed.check_same_init(model, self.dist, self.device)
         self.total = total_steps(cfg, self.task.steps_per_epoch)
@@ -451,17 +480,15 @@ class _Trainer:
         return result
 
     @contextmanager
-    def _bar(self):
-        bar = None
-        if self.progress and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True,
-                       desc=f"{self.config.task} {self.config.model}", file=sys.stderr)
-        try:
-            yield bar
-        finally:
-            if bar is not None:
-                bar.close()
+    def _line(self):
+        """The run's progress line (:mod:`initlab.progress`), or None when quiet or not rank 0."""
+        if self.progress is None:
+            yield None
+            return
+        progress = self.progress if self.progress.label else self.progress.labelled(
+            f"{self.config.task} {self.config.model}")
+        with progress.steps(self.total, self.step) as line:
+            yield line
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -474,7 +501,7 @@ class _Trainer:
         ckpt_every = cfg.checkpoint_every or 0
         self.net.train()
         last_good_step = self.step if self.step > 0 else None
-        with _Signals() as signals, self._bar() as bar:
+        with _Signals() as signals, self._line() as bar:
             t0 = time.perf_counter()
             steps_since_sync = 0
             while self.step < self.total:
@@ -505,20 +532,19 @@ class _Trainer:
                 self.train_time += now - t0
                 if not math.isfinite(running):
                     return self._diverged(last_good_step, running)
+                if bar is not None:
+                    rate = task.items_per_step * steps_since_sync / max(now - t0, 1e-9)
+                    bar.update(self.step, f"loss {running:.4f} lr {self._lr():.2e} "
+                                          f"{rate:,.0f} {task.unit}/s")
                 if do_eval:
                     row = self._evaluate(running)
                     if bar is not None:
-                        bar.write(self._describe(row))
+                        bar.report(self._describe(row))
                 if do_ckpt or self.step == self.total:
                     if not self._finite_state():
                         return self._diverged(last_good_step, running)
                     self._save()
                     last_good_step = self.step
-                if bar is not None:
-                    rate = task.items_per_step * steps_since_sync / max(now - t0, 1e-9)
-                    bar.set_postfix_str(f"loss {running:.4f} lr {self._lr():.2e} "
-                                        f"{rate:,.0f} {task.unit}/s", refresh=False)
-                    bar.update(steps_since_sync)
                 steps_since_sync = 0
                 if stop and self.step < self.total:
                     if self._finite_state():
@@ -530,7 +556,7 @@ class _Trainer:
     def _describe(self, row: dict) -> str:
         metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items()
                            if k not in ("step", "epoch", "lr", "elapsed_s"))
-        return f"step {row['step']}/{self.total} epoch {row['epoch']:.2f} {metrics}"
+        return f"epoch {row['epoch']:.2f} {metrics}"
 
     def _diverged(self, last_good_step: int | None, train_loss: float) -> RunResult:
         # the step where it was detected becomes the last row (NaN metrics: nothing to evaluate),

@@ -2,7 +2,7 @@
 
 * ``config.json`` -- the :class:`TrainConfig` (``TrainConfig.from_dict`` reads it back);
 * ``command.txt`` -- the exact command line, when there was one (resumptions add theirs below);
-* ``metrics.csv`` -- one row per evaluation, appended as the run goes (rewritten from the
+* ``metrics.csv`` -- one row per evaluation, rewritten atomically after each one (from the
   checkpoint's history on resume, so rows past the checkpoint a killed run never reached vanish);
 * ``summary.json`` -- status, final and best metrics, throughput, written at the end (also when
   interrupted or diverged);
@@ -24,7 +24,7 @@ import os
 import uuid
 from pathlib import Path
 
-from ..output import atomic_write_text, remove_orphan_temp_files, write_json
+from ..output import atomic_write_text, remove_orphan_temp_files, write_csv, write_json
 from .config import TrainConfig
 
 RUN_FILE = "run.json"
@@ -39,6 +39,7 @@ class RunDir:
         self.path = Path(path)
         self.main = main
         self._fields: list[str] | None = None
+        self._rows: list[dict] = []
         if main:
             self.path.mkdir(parents=True, exist_ok=True)
             remove_orphan_temp_files(self.path)
@@ -73,30 +74,22 @@ class RunDir:
                 previous = (self.path / "command.txt").read_text()
             atomic_write_text(self.path / "command.txt", previous + command + "\n")
         # metrics.csv restarts from the history the run resumes from
-        self._fields = None
+        self._rows = [dict(r) for r in history]
+        self._fields = list(history[0]) if history else None
         if history:
-            buf = io.StringIO()
-            self._fields = list(history[0])
-            w = csv.DictWriter(buf, fieldnames=self._fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(history)
-            atomic_write_text(self.metrics_path, buf.getvalue())
+            write_csv(self.metrics_path, self._rows, fields=self._fields, exact=True)
         elif self.metrics_path.exists():
             self.metrics_path.unlink()
 
     def append_metrics(self, row: dict) -> None:
+        """One evaluation more: ``metrics.csv`` is rewritten whole and atomically (a reader or a
+        kill never sees half a row); the columns are those of the first row."""
         if not self.main:
             return
-        new = self._fields is None
-        if new:
+        if self._fields is None:
             self._fields = list(row)
-        with open(self.metrics_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self._fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
+        self._rows.append(dict(row))
+        write_csv(self.metrics_path, self._rows, fields=self._fields, exact=True)
 
     def write_summary(self, result) -> None:
         if not self.main:

@@ -78,6 +78,12 @@ def _amp(device: torch.device, amp: str):
 # ---------------------------------------------------------------------------------------------
 # vision
 
+def default_patch_size(side: int) -> int:
+    """The patch size of a vision run that names none: 7 on 28px images (a 4x4 grid), 4 on 32px
+    ones (8x8), else 1. The config check (:mod:`initlab.experiments.checks`) reads it from here."""
+    return 7 if side % 7 == 0 else 4 if side % 4 == 0 else 1
+
+
 def build_vision(config: TrainConfig, device: torch.device, dist: DistInfo) -> Task:
     from ..data import VisionBatches, balanced_subset, dataset_spec, load_vision
     spec = dataset_spec(config.data)
@@ -97,7 +103,7 @@ def build_vision(config: TrainConfig, device: torch.device, dist: DistInfo) -> T
     if config.patch_size is not None:
         shape["patch_size"] = config.patch_size
     elif "patch_size" not in config.model_options:
-        shape["patch_size"] = 7 if h % 7 == 0 else 4 if h % 4 == 0 else 1
+        shape["patch_size"] = default_patch_size(h)
     model = build_model(config, **shape)
     # every step has exactly batch_size examples (drop_last), whatever the number of processes
     train_batches = VisionBatches(train, batch_size=config.batch_size, device=device, shuffle=True,
