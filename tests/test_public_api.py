@@ -132,7 +132,6 @@ NOT_YET_ONE_WRITER = {
     "probe.py": "owned by helper probe, converted at merge",
     "coord_check.py": "owned by helper probe, converted at merge",
     "cli/probe.py": "owned by helper probe, converted at merge",
-    "weights.py": "owned by helper persist, converted at merge",
 }
 _WRITE_METHODS = {"write_text", "write_bytes", "savefig"}
 

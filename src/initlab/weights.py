@@ -97,7 +97,7 @@ def plot_products(rmap: RoleMap, path: str, *, layers: list[int] | None = None, 
                   max_dim: int = 64, title: str = "") -> str:
     """Heatmaps like the paper's Figure 1: per layer (row), W_q^h W_k^hᵀ for the first
     ``max_heads`` heads and W_v W_o, each cropped to the top-left ``max_dim`` x ``max_dim``."""
-    from .plotting import subplots
+    from .plotting import save, subplots
 
     atts = [a for a in rmap.attention if layers is None or a.index in layers]
     if not atts:
@@ -119,9 +119,7 @@ def plot_products(rmap: RoleMap, path: str, *, layers: list[int] | None = None, 
             ax.set_title(f"{label}\ndiag {diag:+.2f}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save(fig, path, dpi=110)
     return path
 
 
