@@ -164,20 +164,20 @@ class InitPlan:
         _require_module(model)
         require_materialized(model)
         frozen = self.include_frozen
+        extra = {"include_frozen": True} if frozen else {}  # the default (False) is every writer's own
         with full_tensors(role_map if role_map is not None else roles(model)) as full:
             rmap = self.check(model, full if frozen else full.trainable())
             if self.parametrize_first:
-                parametrize_(model, self.parametrization, generator=generator, role_map=rmap,
-                             include_frozen=frozen)
+                parametrize_(model, self.parametrization, generator=generator, role_map=rmap, **extra)
             for step in self.steps:
                 scheme, o = step.scheme, step.options
                 if scheme.parametrization:
                     parametrize_(model, self.parametrization, generator=generator, role_map=rmap,
-                                 include_frozen=frozen)
+                                 **extra)
                 if scheme.rules:
-                    apply_rules(rmap, scheme.rules, o, generator, include_frozen=frozen)
+                    apply_rules(rmap, scheme.rules, o, generator, **extra)
                 if scheme.apply is not None:  # mimetic_/structured_ take include_frozen
-                    scheme.apply(model, rmap, {**o, "include_frozen": True} if frozen else o, generator)
+                    scheme.apply(model, rmap, {**o, **extra}, generator)
                 if scheme.setup is not None:
                     scheme.setup(model, rmap, o)
         return model
