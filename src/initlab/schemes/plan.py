@@ -144,10 +144,10 @@ class InitPlan:
         require_materialized(model)
         if role_map is None:
             role_map = roles(model)
-        for step in self.steps:
-            _requires(role_map, step.scheme)
+        for step in self.steps:  # the scheme's own check first: it knows the most precise reason
             if step.scheme.check is not None:
                 step.scheme.check(model, role_map, step.options)
+            _requires(role_map, step.scheme)
             if step.scheme.rules:
                 _check_rule_stds(role_map, step.scheme, step.options)
         return role_map

@@ -376,6 +376,13 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
              offsets=offsets, focus=focus)
     _check(model, rmap, o)
     table, learned = position_table(model, rmap, include_frozen)
+    # (checked here, not in _check: an earlier scheme of the chain may draw the table)
+    rms = float(table.double().pow(2).mean().sqrt())
+    if not (math.isfinite(rms) and rms > 0):
+        raise InitError(f"structured init fits the attention maps to the position table, and "
+                        f"{rmap.facts.positions.table} is {'all zeros' if rms == 0 else 'not finite'} "
+                        f"(Hugging Face DeiT builds it so); draw it first, e.g. "
+                        f"init_(model, 'trunc_normal+structured')")
     if not include_frozen:
         rmap = rmap.trainable()
     rmap.require_attention("structured init")
