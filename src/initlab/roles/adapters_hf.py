@@ -265,7 +265,7 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
     return True
 
 
-def _is_attention_class(mod: nn.Module) -> bool:
+def is_attention_class(mod: nn.Module) -> bool:
     name = type(mod).__name__  # an attention module, not a layer or block that holds one
     return bool(re.search(r"Attention|Attn", name)) and not re.search(r"(Layer|Block|Model)$", name)
 
@@ -341,7 +341,7 @@ def structural_roles(model: nn.Module, model_type: str | None, adapter: str) -> 
             claimed.append(name)
             index += 1
             continue
-        if not _is_attention_class(mod):
+        if not is_attention_class(mod):
             continue
         if _attention_layer(b, model, name, mod, index, model_type):
             claimed.append(name)

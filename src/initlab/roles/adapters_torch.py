@@ -162,8 +162,8 @@ def _positions(model: nn.Module, rmap: RoleMap) -> PositionFacts:
 
 
 def _looks_like_transformer(model: nn.Module) -> bool:
-    from .adapters_hf import _is_attention_class
-    return any(_is_attention_class(m) for m in model.modules())
+    from .adapters_hf import is_attention_class
+    return any(is_attention_class(m) for m in model.modules())
 
 
 def structural_torch_roles(model: nn.Module) -> RoleMap:
