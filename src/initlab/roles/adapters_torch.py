@@ -176,7 +176,7 @@ def structural_torch_roles(model: nn.Module) -> RoleMap:
             f"initlab cannot infer the roles of {type(model).__name__} from its structure: {exc}. "
             f"Pass an explicit mapping, e.g. initlab.role_map(model, mapping={{'attention': "
             f"{{'layers.*.attn': dict(q='q_proj', k='k_proj', v='v_proj', o='o_proj', heads=8, "
-            f"kv_heads=2)}}, 'token_embed': ['tok_embeddings'], 'mlp_in': ['**.w1', '**.w3'], "
+            f"kv_heads=2)}}, 'token_embed': ['tok_embeddings'], 'mlp_gate': ['**.w1'], 'mlp_in': ['**.w3'], "
             f"'mlp_out': ['**.w2'], 'head': ['output'], 'strict': False}}) (docs/adapters.md)") from None
     tied = False
     names = {id(p): n for n, p in model.named_parameters()}

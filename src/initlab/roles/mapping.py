@@ -15,6 +15,7 @@ number of segments (``**.fc1`` matches ``fc1`` and ``blocks.3.mlp.fc1``), ``?`` 
         },
         "token_embed": ["tok_emb"], "pos_embed": ["pos_emb"], "patch_embed": ["stem"],
         "cls_token": ["cls"], "mlp_in": ["**.fc1"], "mlp_out": ["**.fc2"], "head": ["lm_head"],
+        "mlp_gate": ["**.w1"], "router": ["**.gate"],  # a gated MLP's gate, an MoE router
         "gain": ["**.ls*"], "norm": ["**.ln*"],   # norms are also found automatically
         "other": ["rotary.*"],                     # mapped but touched by no scheme
         "strict": True,                            # unmapped parameters are an error
@@ -51,8 +52,8 @@ from torch import nn
 from ..errors import RoleMapError
 from .core import BIAS, Projection, Role, RoleMap, RoleMapBuilder
 
-_ROLE_KEYS = ("patch_embed", "token_embed", "pos_embed", "cls_token", "mlp_in", "mlp_out", "norm",
-              "head", "gain", "other")
+_ROLE_KEYS = ("patch_embed", "token_embed", "pos_embed", "cls_token", "mlp_in", "mlp_gate", "mlp_out",
+              "router", "norm", "head", "gain", "other")
 _ATTN_KEYS = {"q", "k", "v", "o", "qkv", "heads", "kv_heads", "layout", "head_dim", "cross", "causal"}
 
 
