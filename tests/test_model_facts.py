@@ -250,6 +250,17 @@ def test_frozen_layer_is_left_to_its_values_by_every_writer():
     assert roles(model).frozen() == frozen
 
 
+def test_all_frozen_attention_is_refused_with_the_way_out():
+    model = llama()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(RoleMapError, match="include_frozen=True"):
+        initlab.mimetic_(model)
+    before = snapshot(model)
+    initlab.mimetic_(model, include_frozen=True, generator=torch.Generator().manual_seed(0))
+    assert "model.layers.0.self_attn.q_proj.weight" in changed(model, before)
+
+
 # ------------------------------------------------------------------------------------------------
 # cross vs self attention
 # ------------------------------------------------------------------------------------------------
@@ -268,6 +279,18 @@ def test_mimetic_leaves_cross_attention_bit_identical(make, cross_name):
     moved = changed(model, before)
     assert not moved & cross_tensors
     assert self_q <= moved
+
+
+def test_nn_transformer_decoder_cross_attention_is_left_alone():
+    model = nn.Transformer(D, H, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64,
+                           batch_first=True)
+    rmap = roles(model)
+    assert [a.module_name for a in rmap.attention if a.cross] == ["decoder.layers.0.multihead_attn"]
+    before = snapshot(model)
+    initlab.mimetic_(model, generator=torch.Generator().manual_seed(0))
+    moved = changed(model, before)
+    assert not {n for n in moved if ".multihead_attn." in n}
+    assert {"encoder.layers.0.self_attn.in_proj_weight", "decoder.layers.0.self_attn.in_proj_weight"} <= moved
 
 
 @pytest.mark.parametrize("make", [

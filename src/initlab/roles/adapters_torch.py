@@ -87,7 +87,10 @@ def torch_roles(model: nn.Module) -> RoleMap:
             norm_first.add(bool(getattr(mod, "norm_first", False)))
             mlp_layers += 1
         elif isinstance(mod, nn.MultiheadAttention):
-            add_mha(b, n_attn, name, mod)
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else None
+            # a decoder layer's multihead_attn reads the encoder's memory: cross-attention
+            cross = isinstance(parent, nn.TransformerDecoderLayer) and name.endswith("multihead_attn")
+            add_mha(b, n_attn, name, mod, cross=cross)
             n_attn += 1
             inside.append(name)
             first = i if first is None else first

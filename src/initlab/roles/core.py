@@ -432,6 +432,7 @@ class RoleMap:
     controls: ModelControls = field(default_factory=ModelControls)
     adapter: str = ""
     facts: ModelFacts = field(default_factory=ModelFacts)
+    frozen_layers: tuple[str, ...] = ()  # attention layers a trainable() view left out
 
     def __iter__(self) -> Iterator[ParamInfo]:
         return iter(self.params.values())
@@ -455,7 +456,9 @@ class RoleMap:
             return self
         params = {n: info for n, info in self.params.items() if not info.frozen}
         attention = [a for a in self.attention if not a.frozen]
-        return replace(self, params=params, attention=attention)
+        dropped = tuple(a.module_name for a in self.attention if a.frozen)
+        return replace(self, params=params, attention=attention,
+                       frozen_layers=self.frozen_layers + dropped)
 
     def frozen(self) -> list[str]:
         """Names of the frozen tensors (left alone by every writer unless ``include_frozen``)."""
@@ -469,6 +472,11 @@ class RoleMap:
 
     def require_attention(self, purpose: str) -> list:
         """The attention layers, or :class:`RoleMapError` saying ``purpose`` needs some."""
+        if not self.attention and self.frozen_layers:
+            raise RoleMapError(f"every attention layer of {self.model_class} holds a frozen weight "
+                               f"(requires_grad=False, e.g. {self.frozen_layers[0]}), and frozen "
+                               f"tensors are left as they are; unfreeze them or pass "
+                               f"include_frozen=True to let {purpose} write them")
         if not self.attention:
             raise RoleMapError(f"{self.model_class} has no attention layers in its role map; "
                                f"{purpose} needs them")
