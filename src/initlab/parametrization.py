@@ -521,7 +521,9 @@ def describe(model: nn.Module, p: "Parametrization | str", *, optimizer: str = "
     for info in rmap:
         for slot in info.slots:
             role = str(slot.role)
-            if role in ("gain", "other"):
+            if info.frozen:
+                init = "kept (frozen)"
+            elif role in ("gain", "other"):
                 init = "kept"
             elif role == "norm":
                 init = "0" if info.kind == BIAS else f"{info.unit_gain:g}"
