@@ -203,6 +203,46 @@ def test_vision_position_facts_match_the_sequence_the_model_builds(make, prefix,
         assert emb(torch.zeros(1, 3, 16, 16)).shape[1] == pos.prefix_tokens + 16
 
 
+def gpt2():
+    return build(tf.GPT2LMHeadModel, tf.GPT2Config(vocab_size=64, n_embd=D, n_layer=2, n_head=H, n_positions=16))
+
+
+def mistral():
+    return build(tf.MistralForCausalLM, tf.MistralConfig(
+        vocab_size=64, hidden_size=D, intermediate_size=64, num_hidden_layers=2, num_attention_heads=H,
+        num_key_value_heads=2))
+
+
+def qwen2_moe():
+    return build(tf.Qwen2MoeForCausalLM, tf.Qwen2MoeConfig(
+        vocab_size=64, hidden_size=D, intermediate_size=64, moe_intermediate_size=16,
+        shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2, num_hidden_layers=2,
+        num_attention_heads=H, num_key_value_heads=2))
+
+
+def normalized(mod, x):
+    if isinstance(mod, nn.LayerNorm):
+        return F.layer_norm(x, mod.normalized_shape, eps=mod.eps)
+    return rms_normalized(x, getattr(mod, "eps", getattr(mod, "variance_epsilon", 1e-6)))
+
+
+@pytest.mark.parametrize("make,pos_kind", [(gpt2, "learned"), (mistral, "rope"), (qwen2_moe, "rope"),
+                                           (llama, "rope"), (gemma2, "rope")])
+def test_causal_lm_facts_and_mu_keeps_every_norm_at_unit_gain(make, pos_kind):
+    model = make()
+    rmap = roles(model)
+    f = rmap.facts
+    assert (f.causal, f.norm_position, f.positions.kind, f.inputs.kind, f.inputs.vocab_size) == \
+        (True, "pre", pos_kind, "tokens", 64)
+    before = snapshot(model)
+    initlab.parametrize_(model, "mu", generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, D, generator=torch.Generator().manual_seed(1))
+    for info, mod in norm_modules(model, rmap):
+        torch.testing.assert_close(mod(x), normalized(mod, x), rtol=1e-5, atol=1e-5)
+    owned = {i.name for i in rmap if i.role not in ("norm", "other", "gain")}
+    assert owned - {i.name for i in rmap if i.kind == "bias"} <= changed(model, before)
+
+
 # ------------------------------------------------------------------------------------------------
 # frozen tensors
 # ------------------------------------------------------------------------------------------------
