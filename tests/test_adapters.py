@@ -99,15 +99,17 @@ def test_transformer_layers(layer_cls):
     n_att = 2 if layer_cls is nn.TransformerDecoderLayer else 1
     assert len(rm.attention) == n_att and rm.adapter == "torch.nn"
     before = snapshot(model)
+    # a decoder layer's multihead_attn reads the encoder memory: cross-attention, left alone
+    assert [a.cross for a in rm.attention] == [False, True][:n_att]
     initlab.mimetic_(model, generator=torch.Generator().manual_seed(2), role_map=rm)
     per_layer = []
-    for name in ["self_attn", "multihead_attn"][:n_att]:
+    for name in ["self_attn"]:
         mha = model[0].get_submodule(name)
         w = np64(mha.in_proj_weight)
         qk = [w[h * k:(h + 1) * k].T @ w[d + h * k:d + (h + 1) * k] for h in range(heads)]
         per_layer.append((qk, w[2 * d:].T @ np64(mha.out_proj.weight).T))
-    assert_identities(per_layer, targets(2, d, heads, n_att), k)
-    attn = {n for n, _ in model.named_parameters() if "attn" in n}
+    assert_identities(per_layer, targets(2, d, heads, 1), k)
+    attn = {n for n, _ in model.named_parameters() if "self_attn" in n}
     assert_others_unchanged(model, before, attn)
     assert rm["0.linear1.weight"].role == "mlp_in" and rm["0.linear2.weight"].role == "mlp_out"
 

@@ -119,7 +119,10 @@ def test_deterministic_under_generator():
 def test_keeps_dtype_and_requires_grad():
     m = vit().to(torch.bfloat16)
     m.blocks[0].attn.qkv.weight.requires_grad_(False)
+    frozen = m.blocks[0].attn.qkv.weight.detach().clone()
     initlab.mimetic_(m, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(m.blocks[0].attn.qkv.weight.detach(), frozen)  # frozen: left as it was
+    initlab.mimetic_(m, generator=torch.Generator().manual_seed(0), include_frozen=True)
     assert m.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     assert not m.blocks[0].attn.qkv.weight.requires_grad
     assert m.blocks[1].attn.qkv.weight.requires_grad

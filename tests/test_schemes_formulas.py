@@ -225,7 +225,7 @@ def test_options_change_the_formula(gen):
 def test_dtype_device_grad_and_determinism():
     m1 = ViT(width=64, depth=2, heads=2, patch_size=7).double()
     m1.blocks[0].mlp.fc1.weight.requires_grad_(False)
-    init_(m1, "gpt2", generator=torch.Generator().manual_seed(3))
+    init_(m1, "gpt2", generator=torch.Generator().manual_seed(3), include_frozen=True)
     assert all(p.dtype == torch.float64 for p in m1.parameters())
     assert not m1.blocks[0].mlp.fc1.weight.requires_grad
     m2 = ViT(width=64, depth=2, heads=2, patch_size=7).double()

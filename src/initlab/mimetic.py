@@ -283,9 +283,20 @@ def _resolve(preset, **given):
     return base
 
 
+def flag(name: str, value) -> bool:
+    """A yes/no option as a bool: True/False, or text in the value grammar (``"no"`` is False)."""
+    if isinstance(value, str):
+        from .values import parse_value
+        value = parse_value(value)
+    if not isinstance(value, bool):
+        raise InitError(f"{name} must be True or False (or yes/no), got {value!r}")
+    return value
+
+
 def check_options(*, preset=None, alpha_qk=None, beta_qk=None, alpha_vo=None, beta_vo=None,
                   vo_sign=None, noise_dist="uniform", svd="auto", vo_layout="exact", power_iters=None,
-                  pos_embed=None, **_ignored) -> dict:
+                  pos_embed=None, oversample=None, pos_grid=None, qk=True, vo=True, zero_bias=True,
+                  **_ignored) -> dict:
     """Validate :func:`mimetic_`'s options without a model; returns the resolved targets
     (alpha_qk, beta_qk, alpha_vo, beta_vo, vo_sign). Raises :class:`InitError` naming the option."""
     cfg = _resolve(preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo, beta_vo=beta_vo,
@@ -301,6 +312,16 @@ def check_options(*, preset=None, alpha_qk=None, beta_qk=None, alpha_vo=None, be
     if power_iters is not None and (isinstance(power_iters, bool) or not isinstance(power_iters, int)
                                     or power_iters < 0):
         raise InitError(f"power_iters must be a non-negative int, got {power_iters!r}")
+    if oversample is not None and (isinstance(oversample, bool) or not isinstance(oversample, int)
+                                   or oversample < 0):
+        raise InitError(f"oversample must be a non-negative int (extra columns of the randomized "
+                        f"SVD; default: the rank), got {oversample!r}")
+    if pos_grid is not None and not (
+            isinstance(pos_grid, (tuple, list)) and len(pos_grid) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in pos_grid)):
+        raise InitError(f"pos_grid must be (rows, cols), two positive ints, got {pos_grid!r}")
+    for name, value in (("qk", qk), ("vo", vo), ("zero_bias", zero_bias)):
+        flag(name, value)
     if noise_dist not in ("uniform", "normal"):
         raise InitError(f"noise must be 'uniform' or 'normal' (same variance 1/d), got {noise_dist!r}")
     if pos_embed is not None and pos_embed not in POS_KINDS:
@@ -329,7 +350,8 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
              pos_embed: str | None = None, pos_grid: tuple[int, int] | None = None,
              svd: str = "auto", oversample: int | None = None, power_iters: int | None = None,
              vo_layout: str = "exact", device: torch.device | str | None = None,
-             generator: torch.Generator | None = None, role_map=None) -> nn.Module:
+             generator: torch.Generator | None = None, role_map=None,
+             include_frozen: bool = False) -> nn.Module:
     """Mimetic initialization of every self-attention layer of ``model``, in place.
 
     Args:
@@ -363,6 +385,8 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
             from a generator seeded by one draw of ``generator`` (reproducible per device type).
         generator: a CPU ``torch.Generator`` for reproducible draws.
         role_map: a precomputed :func:`initlab.roles` map (built when omitted).
+        include_frozen: also write layers with a frozen q/k/v/o weight (``requires_grad=False``)
+            and frozen position tables; by default they are left as they are.
 
     Touches only the Q, K, V, O weights of self-attention layers (their biases when ``zero_bias``,
     and the position tables when ``pos_embed``); cross-attention layers (``att.cross``) are left
@@ -383,7 +407,11 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         preset = default_preset(rmap)
     cfg = check_options(preset=preset, alpha_qk=alpha_qk, beta_qk=beta_qk, alpha_vo=alpha_vo,
                         beta_vo=beta_vo, vo_sign=vo_sign, noise_dist=noise_dist, svd=svd,
-                        vo_layout=vo_layout, power_iters=power_iters, pos_embed=pos_embed)
+                        vo_layout=vo_layout, power_iters=power_iters, pos_embed=pos_embed,
+                        oversample=oversample, pos_grid=pos_grid, qk=qk, vo=vo, zero_bias=zero_bias)
+    qk, vo, zero_bias = flag("qk", qk), flag("vo", vo), flag("zero_bias", zero_bias)
+    if not flag("include_frozen", include_frozen):
+        rmap = rmap.trainable()
     sign = cfg.pop("vo_sign")
     layers = [a for a in rmap.require_attention("mimetic init") if not a.cross]
     if not layers:  # cross-attention is left as it is

@@ -351,9 +351,12 @@ def _write(view: torch.Tensor, value: torch.Tensor) -> None:
     view.copy_(value.to(device=view.device, dtype=view.dtype))
 
 
-def _parametrize_tensors(rmap: RoleMap, p: Parametrization, keep: set, generator) -> None:
+def _parametrize_tensors(rmap: RoleMap, p: Parametrization, keep: set, generator,
+                         include_frozen: bool = False) -> None:
     width = rmap.width
     for info in rmap:
+        if info.frozen and not include_frozen:
+            continue
         for slot in info.slots:
             role = str(slot.role)
             if role in keep or role in ("gain", "other"):
@@ -361,8 +364,8 @@ def _parametrize_tensors(rmap: RoleMap, p: Parametrization, keep: set, generator
             region = info.region(slot)
             if region.numel() == 0:  # a zero-size tensor (e.g. an empty bias table): nothing to draw
                 continue
-            if role == "norm":
-                region.fill_(0.0 if info.kind == BIAS else 1.0)
+            if role == "norm":  # gain 1: the stored value is 1 − offset (0 for Gemma's x·(1 + w))
+                region.fill_(0.0 if info.kind == BIAS else info.unit_gain)
             elif info.kind == BIAS:
                 region.zero_()
             else:
@@ -373,13 +376,15 @@ def _parametrize_tensors(rmap: RoleMap, p: Parametrization, keep: set, generator
 @torch.no_grad()
 def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: torch.Generator | None = None,
                  role_map: RoleMap | None = None, keep: Iterable[str] = (),
-                 mimetic: bool | dict | None = None) -> nn.Module:
+                 mimetic: bool | dict | None = None, include_frozen: bool = False) -> nn.Module:
     """Re-initialize ``model`` in place as parametrization ``p`` prescribes, role by role.
 
     * weights: variance from :meth:`Parametrization.variance` (fused qkv: per slot region),
       uniform or normal per role; the head: C_head/n^(1+s); tables: C_G;
-    * every bias 0 (hidden, patch and head biases), norms: weight 1, bias 0;
-    * branch gains and unmapped (``other``) tensors are left alone;
+    * every bias 0 (hidden, patch and head biases), norms: gain 1 (the stored value is the role
+      map's ``unit_gain``: 0 for Gemma's x·(1 + w)), bias 0;
+    * branch gains, unmapped (``other``) and frozen (``requires_grad=False``) tensors are left
+      alone (``include_frozen=True`` writes frozen ones too, e.g. a fixed position table);
     * the head multiplier: N_rescale for a tied head, 1 for an untied one;
     * the attention logit scale: ``p.attn_scale`` (1/sqrt(head_dim) by default).
 
@@ -389,22 +394,27 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
         keep: role names to leave untouched (e.g. ``("q", "k", "v", "o")`` after mimetic init).
         mimetic: run :func:`initlab.mimetic_` afterwards (``True`` or a dict of its options):
             mimetic wins on the Q, K, V, O weights; everything else stays as prescribed here.
+        include_frozen: also write frozen tensors (default: they keep their values).
     """
     p = _coerce(p)
+    _require_module(model, "parametrize_")
     require_materialized(model, "parametrize it")
     rmap = role_map if role_map is not None else roles(model)
     keep = {str(Role(r)) for r in keep}
     from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
     with full_tensors(rmap) as full:
-        _parametrize_tensors(full, p, keep, generator)
+        _parametrize_tensors(full, p, keep, generator, include_frozen)
     width = rmap.width
     tied = is_tied(rmap)
     mult = p.head_multiplier(width, tied=tied)
     if rmap.controls.set_head_multiplier is not None:
         rmap.controls.set_head_multiplier(mult)
     elif mult != 1.0:
-        raise InitError(f"{rmap.model_class} exposes no head multiplier, but {p} needs N_rescale = "
-                        f"{mult:.4g} on its tied head; add set_head_multiplier to its adapter's controls")
+        raise InitError(f"{rmap.model_class}'s output layer is tied to its token embedding and its role "
+                        f"map exposes no head multiplier, but {p} needs N_rescale = {mult:.4g} on the "
+                        f"logits of a tied head; untie the head (a separate nn.Linear, mapped as "
+                        f"'head'), use a parametrization without it ('standard'), or give the "
+                        f"adapter's controls a set_head_multiplier")
     for att in rmap.attention:
         scale = p.logit_scale(att.head_dim)
         if scale is None:
@@ -416,8 +426,15 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
                             f"(wanted {scale:.4g}); use attn_scale='sqrt' or None")
     if mimetic:
         from .mimetic import mimetic_
-        mimetic_(model, generator=generator, role_map=rmap, **(mimetic if isinstance(mimetic, dict) else {}))
+        opts = {"include_frozen": include_frozen, **(mimetic if isinstance(mimetic, dict) else {})}
+        mimetic_(model, generator=generator, role_map=rmap, **opts)
     return model
+
+
+def _require_module(model, verb: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise InitError(f"{verb}() works on a torch.nn.Module, got {type(model).__name__} "
+                        f"({model!r:.40}); pass the model itself, e.g. {verb}(model, ...)")
 
 
 # -- optimizer groups -------------------------------------------------------------------------------
@@ -460,8 +477,9 @@ def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, wei
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ConfigError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    _require_module(model, "param_groups")
     rmap = role_map if role_map is not None else roles(model)
-    nd = set(DEFAULT_NO_DECAY) | {"bias"} if no_decay is None else {str(r) for r in no_decay}
+    nd = set(DEFAULT_NO_DECAY) | {"bias"} if no_decay is None else _no_decay_names(no_decay)
     width = rmap.width
     groups: dict[tuple, dict] = {}
     for info in rmap:
@@ -480,7 +498,26 @@ def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, wei
                            "param_names": []}
         groups[key]["params"].append(info.param)
         groups[key]["param_names"].append(info.name)
+    if not groups:
+        raise ConfigError(f"every parameter of {rmap.model_class} is frozen (requires_grad=False), so "
+                          f"there is nothing to optimize; unfreeze the tensors to train "
+                          f"(p.requires_grad_(True)) before building the optimizer groups")
     return list(groups.values())
+
+
+def _no_decay_names(no_decay) -> set[str]:
+    """``no_decay`` as a set of role names (and ``"bias"``); a misspelled name is refused."""
+    if isinstance(no_decay, str):
+        no_decay = [no_decay]
+    valid = [r.value for r in Role] + ["bias"]
+    names = set()
+    for r in no_decay:
+        key = r.value if isinstance(r, Role) else str(r)
+        if key not in valid:
+            raise ConfigError(f"no_decay lists {r!r}, which is not a role name; use role names "
+                              f"({', '.join(valid)}), e.g. no_decay=['norm', 'bias']")
+        names.add(key)
+    return names
 
 
 def describe(model: nn.Module, p: "Parametrization | str", *, optimizer: str = "adamw",
@@ -493,10 +530,12 @@ def describe(model: nn.Module, p: "Parametrization | str", *, optimizer: str = "
     for info in rmap:
         for slot in info.slots:
             role = str(slot.role)
-            if role in ("gain", "other"):
+            if info.frozen:
+                init = "kept (frozen)"
+            elif role in ("gain", "other"):
                 init = "kept"
             elif role == "norm":
-                init = "0" if info.kind == BIAS else "1"
+                init = "0" if info.kind == BIAS else f"{info.unit_gain:g}"
             elif info.kind == BIAS:
                 init = "0"
             else:

@@ -20,13 +20,15 @@ role ``other``: no scheme touches them.
 """
 from __future__ import annotations
 
+import math
 import re
 
+import torch
 from torch import nn
 
 from ..errors import RoleMapError
 from .core import BIAS, InputFacts, ModelFacts, PositionFacts, Role, RoleMap, RoleMapBuilder
-from .mapping import first_int, module_layout, roles_from_mapping
+from .mapping import first_int, module_layout, roles_from_mapping, scale_getter
 from .registry import register_adapter
 
 _HEADS = "config.num_attention_heads"
@@ -90,9 +92,15 @@ _V = ("v_proj", "value", "v", "v_lin", "wv", "value_proj", "Wv", "self.value", "
 _QKV = ("qkv_proj", "qkv", "c_attn", "query_key_value", "Wqkv", "W_pack", "in_proj", "qkv_linear",
         "attention.qkv", "self.qkv", "self.in_proj")
 _O = ("o_proj", "out_proj", "dense", "o", "out_lin", "wo", "c_proj", "proj", "output.dense",
-      "attention.output.dense", "out", "attention.o_proj", "self_attn.o_proj", "Wo", "attention.dense")
-_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")
-_KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads", "n_head_kv")
+      "attention.output.dense", "out", "attention.o_proj", "self_attn.o_proj", "Wo", "attention.dense",
+      "output")  # LED / BigBird-Pegasus encoders: the attention's own `output` Linear
+# LED's encoder self-attention wraps a Longformer one: q/k/v one level down
+_Q += ("longformer_self_attn.query",)
+_K += ("longformer_self_attn.key",)
+_V += ("longformer_self_attn.value",)
+_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "n_local_heads")
+_KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads", "n_head_kv",
+             "n_local_kv_heads")
 _HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
 # module classes that mean "not softmax attention": refused with this reason
 _NOT_SOFTMAX = (
@@ -106,8 +114,10 @@ _NOT_SOFTMAX = (
 )
 # names of projections that make an attention latent (MLA): per-head q/k/v are products of factors
 _MLA = ("kv_a_proj_with_mqa", "q_a_proj", "kv_b_proj", "kv_a_proj")
-_CROSS = re.compile(r"(encoder_attn|crossattention|cross_attn|cross_attention|enc_dec_attn)",
-                    re.I)
+# cross-attention by module name: BART/Whisper encoder_attn, BERT crossattention, T5's
+# EncDecAttention, Pix2Struct's encoder_decoder_attention
+_CROSS = re.compile(r"(encoder_attn|crossattention|cross_attn|cross_attention|enc_dec_attn|"
+                    r"encdecattention|encoder_decoder_attention)", re.I)
 _MLP_IN = ("ffn", "up_proj", "fc1", "c_fc", "wi", "wi_1", "fc_in", "dense_h_to_4h", "intermediate.dense",
            "lin1", "w3", "linear1", "dense_in", "mlp.fc1", "in_proj", "fc_1", "w_in", "Wi")
 _MLP_GATE = ("gate_proj", "w1", "wi_0", "gate_up_proj", "ff_gate")
@@ -237,9 +247,16 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
                                f"{hd}-wide heads dividing {heads} query heads")
     op = lin(o)
     causal = getattr(mod, "is_causal", None)
+    if causal is None and "causal" in type(mod).__name__.lower():  # nanoGPT's CausalSelfAttention
+        causal = True
     cross = bool(getattr(mod, "is_cross_attention", False) or _CROSS.search(name.rsplit(".", 1)[-1]))
     b.add_attention(index, name, q=qp, k=kp, v=vp, o=op, n_heads=heads, n_kv_heads=kv,
-                    head_dim=hd, cross=cross, causal=None if causal is None else bool(causal) and not cross)
+                    head_dim=hd, cross=cross, causal=None if causal is None else bool(causal) and not cross,
+                    get_logit_scale=scale_getter(inner))
+    for full, role in ((q, Role.Q), (k, Role.K), (v, Role.V)):
+        # Longformer/LED global-attention projections: a second q/k/v for the global tokens
+        if full and _find(model, "", (full + "_global",)):
+            b.add_module(full + "_global", role, layer=index)
     for extra in ("q_bias", "v_bias", "k_bias"):  # DeBERTa: biases beside a bias-free fused weight
         p = getattr(mod, extra, None)
         if isinstance(p, nn.Parameter) and p.dim() == 1:
@@ -248,7 +265,7 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
     return True
 
 
-def _is_attention_class(mod: nn.Module) -> bool:
+def is_attention_class(mod: nn.Module) -> bool:
     name = type(mod).__name__  # an attention module, not a layer or block that holds one
     return bool(re.search(r"Attention|Attn", name)) and not re.search(r"(Layer|Block|Model)$", name)
 
@@ -296,6 +313,16 @@ def _experts(b: RoleMapBuilder, name: str, mod: nn.Module, d_model: int, layer) 
 
 
 def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
+    rmap = structural_roles(model, model_type, f"transformers.{model_type or 'generic'}")
+    head_controls(rmap.controls, model)
+    return rmap
+
+
+def structural_roles(model: nn.Module, model_type: str | None, adapter: str) -> RoleMap:
+    """Roles found from the module structure alone: attention modules (by class name) with q/k/v
+    (or fused qkv) and output projections found by name, MLPs, experts, norms, embeddings, heads.
+    Used for every transformers model without a listed family and for plain PyTorch models
+    (nanoGPT, a hand-written Llama) by the ``torch.structural`` adapter."""
     why = _refusal(model)
     if why:
         raise RoleMapError(f"{type(model).__name__} (model_type={model_type!r}) is not a softmax-"
@@ -314,7 +341,7 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
             claimed.append(name)
             index += 1
             continue
-        if not _is_attention_class(mod):
+        if not is_attention_class(mod):
             continue
         if _attention_layer(b, model, name, mod, index, model_type):
             claimed.append(name)
@@ -414,10 +441,8 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
     for n, p in model.named_parameters():  # bare parameters directly on the model
         if "." not in n and b.canonical_name(p) not in b.infos and n in ("cls_token", "pos_embed"):
             b.add(n, Role.CLS_TOKEN if n == "cls_token" else Role.POS_EMBED, fan_in=1, fan_out=p.shape[-1])
-    head_controls(b.controls, model)
     depth = sum(1 for a in b.attention if not a.cross)
-    return b.build(width=width, depth=depth, adapter=f"transformers.{model_type or 'generic'}",
-                   allow_unmapped=True)
+    return b.build(width=width, depth=depth, adapter=adapter, allow_unmapped=True)
 
 
 def _fans_of(mod: nn.Module) -> tuple[int, int]:
@@ -452,9 +477,120 @@ def _pair(v) -> tuple[int, int] | None:
     return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)[:2]
 
 
+def _number(v) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_meta and v.is_floating_point():
+        return float(v)
+    return None
+
+
+def embed_scale_of(model: nn.Module, rmap: RoleMap) -> float:
+    """The constant the token embedding's output is multiplied by (Gemma: √d, BART with
+    ``scale_embedding``: √d), read from the embedding module (``scalar_embed_scale`` /
+    ``embed_scale``: transformers' scaled-embedding classes) or the stack that holds it."""
+    infos = [i for i in rmap.by_role(Role.TOKEN_EMBED) if i.param.dim() == 2]
+    if not infos:
+        return 1.0
+    parts = infos[0].name.rpartition(".")[0].split(".")
+    for i in range(len(parts), -1, -1):
+        try:
+            mod = model.get_submodule(".".join(parts[:i]))
+        except AttributeError:
+            continue
+        for attr in ("scalar_embed_scale", "embed_scale"):
+            v = _number(getattr(mod, attr, None))
+            if v is not None:
+                return v
+    return 1.0
+
+
+# norm position by family where the module names do not tell (BART's names are MBart's too)
+_POST_LN = {"bert", "roberta", "xlm-roberta", "camembert", "albert", "electra", "distilbert",
+            "deberta", "deberta-v2", "mpnet", "ernie", "bart", "led", "marian", "blenderbot-small",
+            "big_bird", "roformer", "nezha", "data2vec-text", "xmod", "layoutlm", "convbert",
+            "squeezebert", "mobilebert", "funnel", "xlm", "flaubert", "splinter", "canine",
+            "rembert", "luke", "mra", "nystromformer", "yoso", "lilt", "esm"}
+_PRE_LN = {"mbart", "whisper", "t5", "mt5", "umt5", "longt5", "switch_transformers", "pegasus",
+           "pegasus_x", "bigbird_pegasus", "m2m100", "nllb-moe", "blenderbot", "plbart", "prophetnet",
+           "speech_to_text", "opt", "xglm", "biogpt", "gpt2", "vit", "deit", "dinov2",
+           "dinov2_with_registers", "clip", "siglip", "megatron-bert"}
+_PRE_NAMES = re.compile(r"(^|\.)(input_layernorm|layernorm_before|ln_1|pre_attention_layernorm|"
+                        r"pre_feedforward_layernorm|attention_norm|ln_attn|layer_norm1|norm1|attn_norm)$")
+_POST_NAMES = re.compile(r"(^|\.)(attention\.output\.LayerNorm|post_attention_layernorm_only)$")
+
+
+def norm_position_of(model: nn.Module, model_type: str | None) -> str | None:
+    """``"pre"``/``"post"`` from the family, else from the block's norm names, else None."""
+    if model_type in _POST_LN:
+        return "post"
+    if model_type in _PRE_LN:
+        return "pre"
+    names = [n for n, m in model.named_modules() if n and first_int(n) is not None]
+    if any(_PRE_NAMES.search(n) for n in names):
+        return "pre"
+    if any(_POST_NAMES.search(n) for n in names):
+        return "post"
+    return None
+
+
+def _position_buffer(model: nn.Module, width: int) -> str | None:
+    """A fixed (buffer) position table: float, 2-D or more, rows of the model width."""
+    for n, buf in model.named_buffers():
+        if re.search(r"pos|position", n, re.I) and buf.dim() >= 2 and buf.is_floating_point() \
+                and buf.shape[-1] == width:
+            return n
+    return None
+
+
+def position_facts(model: nn.Module, rmap: RoleMap, *, grid=None, rope: bool = False,
+                   relative: bool = False) -> PositionFacts:
+    """Kind, table(s), grid and prefix of the position encoding, from the role map: the first
+    ``pos_embed`` table (model order: the encoder's) is the main one; a frozen one is ``fixed``.
+    ``grid`` (from the config) is checked against the table and derived from it when it does not
+    fit (a table for another image size)."""
+    tables = [i for i in rmap.by_role(Role.POS_EMBED) if i.kind != BIAS and i.param.dim() >= 2]
+    prefix = sum(i.param.shape[-2] if i.param.dim() >= 2 else 1 for i in rmap.by_role(Role.CLS_TOKEN))
+    names = tuple(i.name for i in tables)
+    if tables:
+        main = tables[0]
+        kind, table, rows = ("fixed" if main.frozen else "learned"), main.name, \
+            main.param.numel() // main.param.shape[-1]
+    else:
+        table = _position_buffer(model, rmap.width)
+        rows = None
+        if table is not None:
+            buf = model.get_buffer(table)
+            kind, rows, names = "fixed", buf.numel() // buf.shape[-1], (table,)
+        elif rope:
+            kind = "rope"
+        elif relative:
+            kind = "relative"
+        else:
+            kind = "unknown"
+    table_prefix = 0
+    if grid is not None and rows is not None:
+        table_prefix = rows - grid[0] * grid[1]
+        if table_prefix < 0 or table_prefix > prefix:  # the table is laid out on another grid
+            grid = None
+            for extra in sorted({prefix, 1, 0}, reverse=True):
+                side = math.isqrt(max(rows - extra, 0))
+                if side > 0 and side * side == rows - extra:
+                    grid, table_prefix = (side, side), extra
+                    break
+    interpolated = grid is not None and any(
+        callable(getattr(m, "interpolate_pos_encoding", None)) for m in model.modules())
+    return PositionFacts(kind, table, grid, prefix, table_prefix if grid is not None else 0, names,
+                         interpolated)
+
+
 def hf_facts(model: nn.Module, rmap: RoleMap) -> ModelFacts:
-    """Inputs and positions of a transformers model, from its config and its role map."""
+    """Inputs, positions, embedding scale and norm position of a transformers model, from its
+    config, its modules and its role map."""
     cfg = getattr(model, "config", None)
+    model_type = getattr(cfg, "model_type", None)
     name = getattr(model, "main_input_name", None)
     kind = _INPUT_KINDS.get(name, "unknown")
     image = _pair(_cfg(cfg, "image_size")) if kind == "image" else None
@@ -464,23 +600,15 @@ def hf_facts(model: nn.Module, rmap: RoleMap) -> ModelFacts:
         image_size=image,
         in_chans=_cfg(cfg, "num_channels", "num_mel_bins") if kind in ("image", "features") else None,
         encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)))
-    tables = [i for i in rmap.by_role(Role.POS_EMBED) if i.kind != BIAS]
     patch = _pair(_cfg(cfg, "patch_size"))
     grid = (image[0] // patch[0], image[1] // patch[1]) if image and patch else None
-    prefix = sum(i.param.shape[-2] if i.param.dim() >= 2 else 1 for i in rmap.by_role(Role.CLS_TOKEN))
-    if tables:
-        table = tables[0]
-        pos_kind = "fixed" if table.frozen else "learned"
-        positions = PositionFacts(pos_kind, table.name, grid, prefix)
-    elif _cfg(cfg, "rope_theta", "rope_parameters", "rotary_dim") is not None or any(
-            "rotary" in type(m).__name__.lower() for m in model.modules()):
-        positions = PositionFacts("rope", None, grid, prefix)
-    elif _cfg(cfg, "relative_attention_num_buckets") is not None:
-        positions = PositionFacts("relative", None, grid, prefix)
-    else:
-        positions = PositionFacts("unknown", None, grid, prefix)
-    causal = rmap.facts.causal
-    return ModelFacts(inputs=inputs, positions=positions, causal=causal)
+    rope = _cfg(cfg, "rope_theta", "rope_parameters", "rotary_dim") is not None or any(
+        "rotary" in type(m).__name__.lower() for m in model.modules())
+    relative = _cfg(cfg, "relative_attention_num_buckets") is not None
+    positions = position_facts(model, rmap, grid=grid, rope=rope, relative=relative)
+    return ModelFacts(inputs=inputs, positions=positions, causal=rmap.facts.causal,
+                      embed_scale=embed_scale_of(model, rmap),
+                      norm_position=norm_position_of(model, model_type))
 
 
 def is_transformers_model(model: nn.Module) -> bool:

@@ -17,6 +17,7 @@ built, so it survives ``deepcopy``, ``state_dict`` round trips, ``torch.compile`
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Iterator
@@ -105,7 +106,11 @@ class ParamInfo:
     """Role information for one parameter tensor.
 
     ``gain_offset``: for a norm weight, the constant its module adds to it (Gemma's RMSNorm computes
-    x·(1 + w): offset 1), so "unit gain" writes ``1 - gain_offset`` (see :meth:`unit_gain`).
+    x·(1 + w): offset 1), so "unit gain" writes ``1 - gain_offset`` (see :meth:`unit_gain`). The
+    builder measures it on the norm module itself (:func:`gain_offset_of`), whatever its class.
+    ``frozen``: the tensor is not trained (``requires_grad=False``, e.g. Whisper's sinusoidal
+    encoder positions): no scheme, parametrization or mimetic init writes it unless the caller
+    passes ``include_frozen=True``.
     """
 
     name: str
@@ -273,6 +278,20 @@ class AttentionLayer:
     set_logit_scale: Callable[[float], None] | None = None
     cross: bool = False  # cross-attention: keys/values read another sequence (encoder states)
     causal: bool | None = None  # masked to earlier positions (None: the adapter cannot tell)
+    get_logit_scale: Callable[[], float] | None = None  # the multiplier on q·k (None: 1/√head_dim)
+
+    def logit_scale(self) -> float:
+        """The multiplier the layer applies to q·kᵀ (its own, else 1/√head_dim)."""
+        if self.get_logit_scale is not None:
+            value = self.get_logit_scale()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                return float(value)
+        return self.head_dim ** -0.5
+
+    @property
+    def frozen(self) -> bool:
+        """True when any of the layer's q, k, v, o weights is frozen (mimetic init skips it)."""
+        return any(not p.weight.requires_grad for p in (self.q, self.k, self.v, self.o))
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -346,15 +365,24 @@ class PositionFacts:
 
     ``kind``: ``"learned"`` (a trained table), ``"fixed"`` (a buffer or a frozen parameter: never
     re-drawn), ``"rope"`` (rotary, no table), ``"relative"`` (a learned bias on the logits, T5-style),
-    ``"none"`` or ``"unknown"``. ``table``: the parameter or buffer name of the table, if any.
-    ``grid``: (rows, cols) of the image patch grid, for vision models. ``prefix_tokens``: tokens
-    before the grid (class, distillation, register tokens).
+    ``"none"`` or ``"unknown"``. ``table``: the parameter or buffer name of the table of the
+    model's main input (the encoder's, for an encoder-decoder), if any; ``tables``: every position
+    table (Whisper: the encoder's fixed one and the decoder's learned one).
+    ``grid``: (rows, cols) of the image patch grid the table is laid out on, for vision models.
+    ``prefix_tokens``: tokens before the grid in the sequence (class, distillation, register
+    tokens); ``table_prefix``: rows of the table before the grid's rows (DINOv2 with registers:
+    3 prefix tokens, 1 table row, since its register tokens carry no position).
+    ``interpolated``: the model resizes the table to the input's grid (DINOv2 always; a ViT with
+    ``interpolate_pos_encoding``): ``grid`` is the table's own grid.
     """
 
     kind: str = "unknown"
     table: str | None = None
     grid: tuple[int, int] | None = None
     prefix_tokens: int = 0
+    table_prefix: int = 0
+    tables: tuple[str, ...] = ()
+    interpolated: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,8 +390,11 @@ class ModelFacts:
     """Model-level facts every consumer reads from the role map, never from the model itself.
 
     ``causal``: decoder-only masked attention (None: the adapter cannot tell).
-    ``embed_scale``: the constant the model multiplies its token embeddings by (Gemma: √d).
-    ``norm_position``: ``"pre"``, ``"post"`` or None (unknown).
+    ``embed_scale``: the constant the model multiplies its token embeddings by (Gemma: √d; BART
+    with ``scale_embedding``: √d), so a scheme or probe can reason about the embedding the blocks
+    actually see (the table's std times this).
+    ``norm_position``: ``"pre"`` (x + F(LN(x)): the residual stream is never normalized; Gemma2's
+    extra post-branch norms included), ``"post"`` (x ← LN(x + F(x)), BERT, BART) or None (unknown).
     """
 
     inputs: InputFacts = field(default_factory=InputFacts)
@@ -401,6 +432,7 @@ class RoleMap:
     controls: ModelControls = field(default_factory=ModelControls)
     adapter: str = ""
     facts: ModelFacts = field(default_factory=ModelFacts)
+    frozen_layers: tuple[str, ...] = ()  # attention layers a trainable() view left out
 
     def __iter__(self) -> Iterator[ParamInfo]:
         return iter(self.params.values())
@@ -417,6 +449,21 @@ class RoleMap:
     def role_of(self, name: str) -> str:
         return self[name].role
 
+    def trainable(self) -> "RoleMap":
+        """This map without its frozen tensors (``requires_grad=False``) and without the attention
+        layers that hold one: what schemes write unless asked to ``include_frozen``."""
+        if not any(info.frozen for info in self.params.values()):
+            return self
+        params = {n: info for n, info in self.params.items() if not info.frozen}
+        attention = [a for a in self.attention if not a.frozen]
+        dropped = tuple(a.module_name for a in self.attention if a.frozen)
+        return replace(self, params=params, attention=attention,
+                       frozen_layers=self.frozen_layers + dropped)
+
+    def frozen(self) -> list[str]:
+        """Names of the frozen tensors (left alone by every writer unless ``include_frozen``)."""
+        return [n for n, info in self.params.items() if info.frozen]
+
     def slots(self, role: Role | str, kind: str | None = WEIGHT) -> list[tuple[ParamInfo, Slot]]:
         """Every (tensor, slot) pair playing ``role``; ``kind`` = "weight", "bias" or None (both)."""
         role = Role(role)
@@ -425,6 +472,11 @@ class RoleMap:
 
     def require_attention(self, purpose: str) -> list:
         """The attention layers, or :class:`RoleMapError` saying ``purpose`` needs some."""
+        if not self.attention and self.frozen_layers:
+            raise RoleMapError(f"every attention layer of {self.model_class} holds a frozen weight "
+                               f"(requires_grad=False, e.g. {self.frozen_layers[0]}), and frozen "
+                               f"tensors are left as they are; unfreeze them or pass "
+                               f"include_frozen=True to let {purpose} write them")
         if not self.attention:
             raise RoleMapError(f"{self.model_class} has no attention layers in its role map; "
                                f"{purpose} needs them")
@@ -524,7 +576,8 @@ class RoleMapBuilder:
                       v: Projection, o: Projection, n_heads: int, n_kv_heads: int | None = None,
                       set_logit_scale: Callable[[float], None] | None = None,
                       head_dim: int | None = None, cross: bool = False,
-                      causal: bool | None = None) -> AttentionLayer:
+                      causal: bool | None = None,
+                      get_logit_scale: Callable[[], float] | None = None) -> AttentionLayer:
         """Register an attention layer and the roles of the tensors its projections live in."""
         n_kv = n_kv_heads or n_heads
         d_model = q.d_in
@@ -538,7 +591,7 @@ class RoleMapBuilder:
             raise RoleMapError(f"{module_name}: projection shapes do not match {n_heads} heads of "
                                f"{head_dim} with {n_kv} key/value heads")
         att = AttentionLayer(layer, module_name, d_model, n_heads, n_kv, head_dim, q, k, v, o,
-                             set_logit_scale, cross, causal)
+                             set_logit_scale, cross, causal, get_logit_scale)
         for role, proj in att.projections().items():
             self.add(proj.name, role, layer=layer, fan_in=proj.d_in, fan_out=proj.d_out, index=proj.index)
             if proj.bias is not None:
@@ -569,6 +622,7 @@ class RoleMapBuilder:
             self.infos[n] = ParamInfo(n, p, BIAS if n.endswith("bias") else WEIGHT,
                                       (Slot(Role.OTHER, (), 0, p.numel()),), None)
         ordered = {n: self.infos[n] for n in self.named}  # model order
+        self._gain_offsets(ordered)
         facts = self.facts
         if facts.causal is None and self.attention:  # from the self-attention layers when they agree
             flags = {a.causal for a in self.attention if not a.cross}
@@ -576,6 +630,92 @@ class RoleMapBuilder:
                 facts = replace(facts, causal=flags.pop())
         return RoleMap(type(self.model).__name__, width, depth, ordered, self.attention,
                        self.controls, adapter, facts)
+
+
+    def _gain_offsets(self, infos: dict[str, ParamInfo]) -> None:
+        """Measure the gain convention of every norm weight's module (see :func:`gain_offset_of`)."""
+        cache: dict = {}
+        for info in infos.values():
+            if info.kind != WEIGHT or Role.NORM not in info.roles:
+                continue
+            owner, _, pname = info.name.rpartition(".")
+            if pname != "weight":
+                continue
+            try:
+                mod = self.model.get_submodule(owner)
+            except AttributeError:
+                continue
+            info.gain_offset = gain_offset_of(mod, cache)
+
+
+_OFFSET_FREE = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _cache_key(mod: nn.Module):
+    simple = tuple(sorted((k, v) for k, v in vars(mod).items()
+                          if not k.startswith("_") and isinstance(v, (bool, int, float, str))))
+    return type(mod), simple
+
+
+def gain_offset_of(mod: nn.Module, cache: dict | None = None) -> float:
+    """The constant a norm module adds to its weight: 0 for y = w·n(x), 1 for Gemma's y = (1 + w)·n(x).
+
+    Measured on the module's own ``forward``: a shallow copy with stand-in parameters (no
+    parameter of the model is read or written) runs once with weight 0 and once with weight 1 on a
+    fixed input; the output is (offset + w)·n(x), so offset = ⟨y₀, y₁ − y₀⟩ / ‖y₁ − y₀‖². PyTorch's
+    own norms are 0 without a probe. Modules that cannot be probed (meta buffers, odd forwards)
+    fall back on the class name (``Gemma*RMSNorm``: 1, else 0).
+    """
+    rms = getattr(nn, "RMSNorm", None)
+    if type(mod) in _OFFSET_FREE or (rms is not None and type(mod) is rms):  # subclasses may differ
+        return 0.0
+    key = _cache_key(mod)
+    if cache is not None and key in cache:
+        return cache[key]
+    value = _probe_gain_offset(mod)
+    if value is None:
+        name = type(mod).__name__.lower()
+        value = 1.0 if "gemma" in name and "rmsnorm" in name else 0.0
+    if cache is not None:
+        cache[key] = value
+    return value
+
+
+@torch.no_grad()
+def _probe_gain_offset(mod: nn.Module) -> float | None:
+    w = mod._parameters.get("weight")
+    if w is None or w.dim() != 1 or w.numel() == 0:
+        return None
+    d = w.shape[0]
+    probe = copy.copy(mod)  # shallow; its parameter/buffer/hook dicts are replaced below
+    probe._parameters = {n: None if p is None else torch.zeros(p.shape, dtype=torch.float32)
+                         for n, p in mod._parameters.items()}
+    buffers = {}
+    for n, b in mod._buffers.items():
+        if b is not None and (b.is_meta or type(b) is not torch.Tensor):
+            return None
+        buffers[n] = None if b is None else b.detach().to("cpu", copy=True)
+    probe._buffers = buffers
+    probe._forward_hooks, probe._forward_pre_hooks = {}, {}
+    x = torch.randn(2, 3, d, generator=torch.Generator().manual_seed(0)) * 2.0 + 0.5
+    try:
+        y0 = type(mod).forward(probe, x)
+        probe._parameters["weight"] = torch.ones(d)
+        y1 = type(mod).forward(probe, x)
+    except Exception:  # a forward that needs more than one tensor: fall back on the class name
+        return None
+    if not (isinstance(y0, torch.Tensor) and isinstance(y1, torch.Tensor) and y0.shape == x.shape
+            and y1.shape == x.shape):
+        return None
+    y0, y1 = y0.double(), y1.double()
+    diff = y1 - y0
+    den = float((diff * diff).sum())
+    if not den > 0:
+        return None
+    off = float((y0 * diff).sum()) / den
+    if float((y0 - off * diff).norm()) > 1e-3 * max(float(y0.norm()), float(diff.norm())):
+        return None  # not of the form (offset + w)·n(x)
+    return float(round(off)) if abs(off - round(off)) < 1e-4 else off
 
 
 def join_name(prefix: str, name: str) -> str:

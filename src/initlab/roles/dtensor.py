@@ -50,7 +50,8 @@ def full_tensors(rmap: RoleMap, *, write_back: bool = True) -> Iterator[RoleMap]
     for info in rmap:
         p = info.param
         if id(p) not in swaps and is_dtensor(p):
-            swaps[id(p)] = (p, p.detach().full_tensor())
+            # the copy says whether the parameter trains, so frozen tensors stay frozen to writers
+            swaps[id(p)] = (p, p.detach().full_tensor().requires_grad_(p.requires_grad))
     if not swaps:
         yield rmap
         return

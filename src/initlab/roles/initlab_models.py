@@ -19,7 +19,8 @@ def _attention(b: RoleMapBuilder, i: int, name: str, attn: Attention) -> None:
         attn.scale = float(value)
 
     b.add_attention(i, name, q=q, k=k, v=v, o=b.linear(f"{name}.proj"), n_heads=attn.n_heads,
-                    set_logit_scale=set_scale, causal=bool(getattr(attn, "causal", False)))
+                    set_logit_scale=set_scale, causal=bool(getattr(attn, "causal", False)),
+                    get_logit_scale=lambda attn=attn: attn.scale)
 
 
 def _blocks(b: RoleMapBuilder, model) -> None:
@@ -43,6 +44,8 @@ def _controls(b: RoleMapBuilder, model) -> None:
     def set_skip(value: float) -> None:
         for block in model.blocks:
             block.skip_scale = float(value)
+        if isinstance(model.config, dict) and "skip_scale" in model.config:
+            model.config["skip_scale"] = float(value)  # the recorded config stays truthful for rebuilds
 
     b.controls.set_head_multiplier = set_head
     b.controls.set_skip_scale = set_skip
@@ -50,8 +53,11 @@ def _controls(b: RoleMapBuilder, model) -> None:
 
 def _positions(model, **kw) -> PositionFacts:
     """A ``"sincos"`` table is a buffer (fixed); ``"learned"``/``"sincos-learned"`` are parameters."""
-    kind = "fixed" if model.config["pos"] == "sincos" else "learned"
-    return PositionFacts(kind=kind, table="pos_embed", **kw)
+    pos = model.config["pos"]
+    if pos in (None, "none") or not hasattr(model, "pos_embed") or model.pos_embed is None:
+        return PositionFacts(kind="none", **kw)
+    kind = "fixed" if pos == "sincos" else "learned"
+    return PositionFacts(kind=kind, table="pos_embed", tables=("pos_embed",), **kw)
 
 
 def _layer_of(module_name: str):
@@ -75,7 +81,8 @@ def vit_roles(model: ViT) -> RoleMap:
         inputs=InputFacts("image", None, image_size=(cfg["image_size"], cfg["image_size"]),
                           in_chans=cfg["in_chans"]),
         positions=_positions(model, grid=(model.grid, model.grid),
-                             prefix_tokens=0 if model.cls_token is None else 1),
+                             prefix_tokens=0 if model.cls_token is None else 1,
+                             table_prefix=0 if model.cls_token is None else 1),
         causal=False, norm_position=cfg["norm_position"])
     return b.build(width=model.width, depth=model.depth, adapter="initlab.ViT")
 

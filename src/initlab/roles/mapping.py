@@ -15,6 +15,7 @@ number of segments (``**.fc1`` matches ``fc1`` and ``blocks.3.mlp.fc1``), ``?`` 
         },
         "token_embed": ["tok_emb"], "pos_embed": ["pos_emb"], "patch_embed": ["stem"],
         "cls_token": ["cls"], "mlp_in": ["**.fc1"], "mlp_out": ["**.fc2"], "head": ["lm_head"],
+        "mlp_gate": ["**.w1"], "router": ["**.gate"],  # a gated MLP's gate, an MoE router
         "gain": ["**.ls*"], "norm": ["**.ln*"],   # norms are also found automatically
         "other": ["rotary.*"],                     # mapped but touched by no scheme
         "strict": True,                            # unmapped parameters are an error
@@ -28,6 +29,14 @@ In an attention spec:
 * ``layout``: ``"auto"`` (default: Hugging Face ``Conv1D`` is ``"in_out"``, everything else
   ``"out_in"`` like ``nn.Linear``), ``"out_in"`` or ``"in_out"``.
 * ``head_dim``: optional; default = q width / heads.
+* ``cross``: True for a cross-attention layer (keys/values read another sequence: mimetic init
+  leaves it alone); ``causal``: True/False when the layer is masked to earlier positions.
+
+``q``/``k``/``v``/``qkv``/``o`` name a submodule with a ``weight`` (an ``nn.Linear``, a Hugging Face
+``Conv1D``) or a 2-D parameter of the attention module itself, laid out (out, in) like a Linear's
+weight; its bias is the parameter of the same name with ``weight`` replaced by ``bias``, if there
+is one. So ``nn.MultiheadAttention``'s packed weights are
+``dict(qkv="in_proj_weight", o="out_proj", heads="num_heads")`` (bias: ``in_proj_bias``).
 
 A pattern that matches nothing is an error (it is almost always a typo). Layer numbers of other
 tensors are the first integer in their module path (``blocks.3.mlp.fc1`` -> 3).
@@ -43,9 +52,20 @@ from torch import nn
 from ..errors import RoleMapError
 from .core import BIAS, Projection, Role, RoleMap, RoleMapBuilder
 
-_ROLE_KEYS = ("patch_embed", "token_embed", "pos_embed", "cls_token", "mlp_in", "mlp_out", "norm",
-              "head", "gain", "other")
-_ATTN_KEYS = {"q", "k", "v", "o", "qkv", "heads", "kv_heads", "layout", "head_dim"}
+_ROLE_KEYS = ("patch_embed", "token_embed", "pos_embed", "cls_token", "mlp_in", "mlp_gate", "mlp_out",
+              "router", "norm", "head", "gain", "other")
+_ATTN_KEYS = {"q", "k", "v", "o", "qkv", "heads", "kv_heads", "layout", "head_dim", "cross", "causal"}
+
+
+def scale_getter(modules):
+    """A getter of the attention-logit multiplier (``scaling``/``scale`` float attribute) of the
+    first module that has one, or None (the layer then uses 1/√head_dim)."""
+    for mod in modules:
+        for attr in ("scaling", "scale"):
+            v = getattr(mod, attr, None)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return lambda mod=mod, attr=attr: getattr(mod, attr)
+    return None
 
 
 def first_int(name: str) -> int | None:
@@ -140,10 +160,9 @@ def add_attention_spec(b: RoleMapBuilder, index: int, name: str, spec: dict, mod
         try:
             mod = model.get_submodule(full)
         except AttributeError:
-            raise RoleMapError(f"attention spec for {name}: no submodule {rel!r} "
-                               f"(looked for {full})") from None
-        if not isinstance(getattr(mod, "weight", None), nn.Parameter):
-            raise RoleMapError(f"{full} has no weight parameter; name the Linear/Conv1D module")
+            mod = None
+        if mod is None or not isinstance(getattr(mod, "weight", None), nn.Parameter):
+            return _param_projection(model, name, rel, layout_opt, **kw)
         layout = module_layout(mod) if layout_opt == "auto" else layout_opt
         return b.linear(full, layout=layout, **kw)
 
@@ -170,10 +189,44 @@ def add_attention_spec(b: RoleMapBuilder, index: int, name: str, spec: dict, mod
         raise RoleMapError(f"attention spec for {name}: missing o= (the output projection)")
     o = lin(spec["o"])
     head_dim = spec.get("head_dim")
-    causal = getattr(module, "is_causal", None)  # Hugging Face attention modules say so
+    causal = spec.get("causal", getattr(module, "is_causal", None))  # HF attention modules say so
+    cross = spec.get("cross", False)
+    for key, val in (("cross", cross), ("causal", causal)):
+        if val is not None and not isinstance(val, bool):
+            raise RoleMapError(f"attention spec for {name}: {key} must be True or False, got {val!r}")
+    inner = [module] + [model.get_submodule(pr.name.rsplit(".", 1)[0]) for pr in (q,) if "." in pr.name]
     b.add_attention(index, name, q=q, k=k, v=v, o=o, n_heads=heads, n_kv_heads=kv_heads,
-                    head_dim=head_dim if "qkv" not in spec else None,
-                    causal=causal if isinstance(causal, bool) else None)
+                    head_dim=head_dim if "qkv" not in spec else None, cross=bool(cross),
+                    causal=causal if isinstance(causal, bool) else None,
+                    get_logit_scale=scale_getter(inner))
+
+
+def _param_projection(model: nn.Module, name: str, rel: str, layout_opt: str, *, offset: int = 0,
+                      d_out: int | None = None) -> Projection:
+    """A projection over a bare 2-D parameter (``in_proj_weight``); bias: ``*bias`` beside it."""
+    full = _sub(name, rel)
+    try:
+        p = model.get_parameter(full)
+    except AttributeError:
+        raise RoleMapError(f"attention spec for {name}: {rel!r} is neither a submodule with a weight "
+                           f"nor a parameter (looked for {full}); name a Linear/Conv1D module or a "
+                           f"2-D parameter such as 'in_proj_weight'") from None
+    if p.dim() != 2:
+        raise RoleMapError(f"{full} has shape {tuple(p.shape)}; a projection needs a 2-D weight")
+    layout = "out_in" if layout_opt == "auto" else layout_opt
+    d_in, total = (p.shape[1], p.shape[0]) if layout == "out_in" else (p.shape[0], p.shape[1])
+    owner, _, pname = full.rpartition(".")
+    bias, bname = None, None
+    if "weight" in pname:
+        cand = _sub(owner, pname.replace("weight", "bias"))
+        try:
+            bp = model.get_parameter(cand)
+        except AttributeError:
+            bp = None
+        if bp is not None and bp.dim() == 1 and bp.shape[0] == total:
+            bias, bname = bp, cand
+    return Projection(full, p, layout, d_in, total - offset if d_out is None else d_out, offset,
+                      bias, bname)
 
 
 def roles_from_mapping(model: nn.Module, mapping: dict, *, adapter: str = "mapping",

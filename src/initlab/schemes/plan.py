@@ -58,18 +58,23 @@ class InitPlan:
         parametrization: the one :class:`Parametrization` for weights and optimizer groups.
         parametrize_first: True when the parametrization was asked for beside the spec
             (``param="nt"`` with ``spec="mimetic"``): its draws come before the chain.
+        include_frozen: also write frozen tensors (``requires_grad=False``: a fixed position
+            table, a frozen layer). Default False: they keep their values and every scheme works
+            on :meth:`RoleMap.trainable <initlab.roles.RoleMap.trainable>`.
     """
 
     spec: str
     steps: tuple[PlanStep, ...]
     parametrization: Parametrization
     parametrize_first: bool = False
+    include_frozen: bool = False
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def build(cls, spec: str = "default", *, param: "str | Parametrization" = "standard",
               base_width: int | None = None, param_options: dict | None = None,
-              options: dict | None = None, always_parametrize: bool = False) -> "InitPlan":
+              options: dict | None = None, always_parametrize: bool = False,
+              include_frozen: bool = False) -> "InitPlan":
         """Parse and validate ``spec`` once; raise :class:`InitError`/:class:`ConfigError` on
         anything wrong, before any model is touched.
 
@@ -83,7 +88,10 @@ class InitPlan:
                 ``"scheme.key"`` to one scheme (ignored when that scheme is not in the chain).
             always_parametrize: draw every weight as the parametrization prescribes before the
                 chain even when it is ``standard`` (the probes compare against its constants).
+            include_frozen: write frozen tensors too (see the class attributes).
         """
+        if not isinstance(include_frozen, bool):
+            raise InitError(f"include_frozen must be True or False, got {include_frozen!r}")
         chain = [(get_scheme(name), inline) for name, inline in parse(spec)]
         why = refusal_of([s for s, _ in chain])
         if why is not None:
@@ -108,13 +116,15 @@ class InitPlan:
                                 f"param is {str(param)!r}; drop one of them or make them agree")
             fields.update({k: v for k, v in o.items() if v is not None})
             p = Parametrization(s=implied_s, **fields)
-            return cls(spec, tuple(PlanStep(s, o) for (s, _), o in zip(chain, per)), p, False)
+            return cls(spec, tuple(PlanStep(s, o) for (s, _), o in zip(chain, per)), p, False,
+                       include_frozen)
         if asked is not None:
             p = Parametrization.parse(asked, **fields)
         else:
             p = Parametrization(s=asked_s, **fields)
         steps = tuple(PlanStep(s, o) for (s, _), o in zip(chain, per))
-        return cls(spec, steps, p, parametrize_first=always_parametrize or not p.is_standard)
+        return cls(spec, steps, p, parametrize_first=always_parametrize or not p.is_standard,
+                   include_frozen=include_frozen)
 
     # -- the seeding rule ----------------------------------------------------------------------
     @staticmethod
@@ -130,13 +140,14 @@ class InitPlan:
 
     def check(self, model: nn.Module, role_map=None):
         """Every model-dependent check of the plan, writing nothing; returns the role map."""
+        _require_module(model)
         require_materialized(model)
         if role_map is None:
             role_map = roles(model)
-        for step in self.steps:
-            _requires(role_map, step.scheme)
+        for step in self.steps:  # the scheme's own check first: it knows the most precise reason
             if step.scheme.check is not None:
                 step.scheme.check(model, role_map, step.options)
+            _requires(role_map, step.scheme)
             if step.scheme.rules:
                 _check_rule_stds(role_map, step.scheme, step.options)
         return role_map
@@ -150,19 +161,23 @@ class InitPlan:
             raise InitError("generator must be a CPU torch.Generator (draws are made on the CPU and "
                             "copied to the parameters' device)")
         from ..roles.dtensor import full_tensors  # FSDP2: read/write full tensors, then reshard
+        _require_module(model)
         require_materialized(model)
+        frozen = self.include_frozen
+        extra = {"include_frozen": True} if frozen else {}  # the default (False) is every writer's own
         with full_tensors(role_map if role_map is not None else roles(model)) as full:
-            rmap = self.check(model, full)
+            rmap = self.check(model, full if frozen else full.trainable())
             if self.parametrize_first:
-                parametrize_(model, self.parametrization, generator=generator, role_map=rmap)
+                parametrize_(model, self.parametrization, generator=generator, role_map=rmap, **extra)
             for step in self.steps:
                 scheme, o = step.scheme, step.options
                 if scheme.parametrization:
-                    parametrize_(model, self.parametrization, generator=generator, role_map=rmap)
+                    parametrize_(model, self.parametrization, generator=generator, role_map=rmap,
+                                 **extra)
                 if scheme.rules:
-                    apply_rules(rmap, scheme.rules, o, generator)
-                if scheme.apply is not None:
-                    scheme.apply(model, rmap, o, generator)
+                    apply_rules(rmap, scheme.rules, o, generator, **extra)
+                if scheme.apply is not None:  # mimetic_/structured_ take include_frozen
+                    scheme.apply(model, rmap, {**o, **extra}, generator)
                 if scheme.setup is not None:
                     scheme.setup(model, rmap, o)
         return model
@@ -181,9 +196,16 @@ def build_seeded(build, seed: int):
         return build()
 
 
+def _require_module(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise InitError(f"init_() initializes a torch.nn.Module in place, got {type(model).__name__} "
+                        f"({model!r:.40}); pass the model first and the spec second, e.g. "
+                        f"init_(model, 'mimetic')")
+
+
 @torch.no_grad()
 def init_(model: nn.Module, spec: str = "default", *, generator: torch.Generator | None = None,
-          role_map=None, **options) -> nn.Module:
+          role_map=None, include_frozen: bool = False, **options) -> nn.Module:
     """Initialize ``model`` in place with a named scheme or a ``+``-joined chain of them.
 
     Args:
@@ -191,6 +213,9 @@ def init_(model: nn.Module, spec: str = "default", *, generator: torch.Generator
         spec: e.g. ``"gpt2"``, ``"trunc_normal(0.01)+mimetic"``, ``"nt+mimetic"``.
         generator: a CPU ``torch.Generator``; every draw of the chain uses it, in order.
         role_map: a precomputed role map (built when omitted).
+        include_frozen: also write frozen tensors (``requires_grad=False``). By default every
+            scheme leaves them as they are: a fixed position table (Whisper's sinusoidal encoder
+            positions) is never randomized, a frozen layer keeps its weights.
         **options: scheme options. A plain key goes to every scheme of the chain that has it
             (unknown keys are an error); ``"scheme.key"`` targets one scheme and is ignored when
             that scheme is not in the chain.
@@ -198,7 +223,9 @@ def init_(model: nn.Module, spec: str = "default", *, generator: torch.Generator
     Returns ``model``. Bad specs, bad options, refused combinations and models that cannot
     cooperate raise :class:`~initlab.errors.InitError` before anything is written.
     """
-    return InitPlan.build(spec, options=options).apply_(model, generator=generator, role_map=role_map)
+    _require_module(model)
+    return InitPlan.build(spec, options=options, include_frozen=include_frozen).apply_(
+        model, generator=generator, role_map=role_map)
 
 
 # -- option routing --------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class Context:
     layer: int | None  # block index l (0-based), None outside the blocks
     options: dict  # the scheme's options after defaults
     name: str = ""  # parameter name (for error messages only)
+    gain_offset: float = 0.0  # a norm weight's offset (Gemma: 1): a "constant" rule writes gain − offset
 
     @property
     def opt(self) -> dict:
@@ -69,7 +70,8 @@ class Rule:
         roles: role names it applies to (e.g. ``("o", "mlp_out")``).
         dist: ``normal``, ``trunc_normal``, ``uniform`` (std-parametrized: bound = √3·std),
             ``xavier_uniform``/``xavier_normal`` (std = gain·√(2/(fan_in+fan_out)), ``std`` is the
-            gain), ``zeros`` or ``constant`` (``std`` is the value).
+            gain), ``zeros`` or ``constant`` (``std`` is the value; on a norm weight it is the gain
+            the norm applies, so 1 writes the role map's ``unit_gain``: 0 into Gemma's x·(1 + w)).
         std: a number or a function of :class:`Context` (for xavier: the gain; constant: the value).
         truncate: for ``trunc_normal``, cut at ±truncate·std (a number of σ, or a function).
         kind: ``"weight"``, ``"bias"`` or ``"both"``.
@@ -143,8 +145,8 @@ def draw(rule: Rule, ctx: Context, shape: torch.Size,
     std = target_std(rule, ctx)
     if rule.dist == "zeros":
         return torch.zeros(shape)
-    if rule.dist == "constant":
-        return torch.full(shape, std)
+    if rule.dist == "constant":  # a norm weight stores gain − offset (Gemma's x·(1 + w))
+        return torch.full(shape, std - ctx.gain_offset)
     if rule.dist in ("normal", "xavier_normal"):
         return torch.randn(shape, generator=generator) * std
     if rule.dist in ("uniform", "xavier_uniform"):
@@ -176,19 +178,23 @@ def truncated_normal(shape, t: float, generator: torch.Generator | None) -> torc
 
 
 def context(rmap: RoleMap, info: ParamInfo, slot: Slot, options: dict) -> Context:
+    offset = info.gain_offset if slot.role == Role.NORM and info.kind == WEIGHT else 0.0
     return Context(slot.role.value, info.kind, slot.fan_in, slot.fan_out, rmap.width, rmap.depth,
-                   info.layer, options, info.name)
+                   info.layer, options, info.name, offset)
 
 
 @torch.no_grad()
 def apply_rules(rmap: RoleMap, rules: tuple[Rule, ...], options: dict,
-                generator: torch.Generator | None = None) -> list[str]:
+                generator: torch.Generator | None = None, *, include_frozen: bool = False) -> list[str]:
     """Apply ``rules`` to every matching (tensor, slot) of ``rmap``; later rules win on overlap.
 
-    Returns the names of the tensors written. Regions no rule matches are left untouched.
+    Returns the names of the tensors written. Regions no rule matches are left untouched, and so
+    are frozen tensors (``requires_grad=False``) unless ``include_frozen``.
     """
     written = []
     for info in rmap:
+        if info.frozen and not include_frozen:
+            continue
         for slot in info.slots:
             rule = None
             for r in rules:  # the last matching rule wins, so schemes can state exceptions last

@@ -29,8 +29,11 @@ Zheng, Li & Lucey, "Convolutional Initialization for Data-Efficient Vision Trans
 * **Pooling.** The authors state the method needs mean pooling (no class token). We allow a class
   token (its rows are not structured) so the scheme runs on any initlab ViT, and say so here.
 
-Needs the patch grid, which only the model knows: it is read from ``model.grid`` (initlab's ViT;
-an int or an (h, w) pair). Other models are refused with a message.
+Needs the patch grid, the position table and the rows before the grid: all read from the role
+map's facts (``rmap.facts.positions``: ``grid``, ``table``, ``table_prefix``), so it runs on
+initlab's ViT and on Hugging Face ViT, DeiT (class and distillation tokens) and DINOv2 alike.
+A fixed table (a buffer or a frozen parameter) is never rescaled. Models without a patch grid
+(language models) are refused with a message.
 """
 from __future__ import annotations
 
@@ -47,30 +50,39 @@ CITE = ("Zheng, Li & Lucey, arXiv 2401.12511 and 2404.01139 (NeurIPS 2025: 2505.
         "code osiriszjq/impulse_init, osiriszjq/structured_initialization")
 
 
-def grid_of(model) -> tuple[int, int]:
-    """(rows, cols) of the patch grid, from ``model.grid``; InitError for models without one."""
-    g = getattr(unwrap(model), "grid", None)
-    if isinstance(g, int) and g > 0:
-        return g, g
+def grid_of(rmap) -> tuple[int, int]:
+    """(rows, cols) of the patch grid, from the role map's facts; InitError for models without one."""
+    g = rmap.facts.positions.grid
     if isinstance(g, (tuple, list)) and len(g) == 2 and all(isinstance(x, int) and x > 0 for x in g):
         return int(g[0]), int(g[1])
     raise InitError(
         f"structured init builds convolution-like attention over the patch grid of a vision "
-        f"Transformer, but {type(unwrap(model)).__name__} exposes no patch grid (attribute .grid); "
-        f"it supports initlab's ViT (create_model('vit-...')), not language models")
+        f"Transformer, but the role map of {rmap.model_class} has no patch grid "
+        f"(facts.positions.grid is None): it supports vision Transformers with a position table "
+        f"(initlab's ViT, Hugging Face ViT/DeiT/DINOv2), not language models")
 
 
-def position_table(model, rmap) -> tuple[torch.Tensor, bool]:
-    """(table (n_pos, d), learned?) — the role map's pos_embed parameter, else a fixed buffer."""
-    infos = rmap.by_role("pos_embed")
-    if len(infos) == 1:
-        t = infos[0].param.detach()
-        return t.reshape(-1, t.shape[-1]), True
-    buf = getattr(unwrap(model), "pos_embed", None)
-    if isinstance(buf, torch.Tensor) and buf.dim() >= 2:
-        return buf.detach().reshape(-1, buf.shape[-1]), False
-    raise InitError("structured init acts through the position embeddings, and this model has none "
-                    "(build the ViT with pos='learned' or pos='sincos')")
+def position_table(model, rmap, include_frozen: bool = False) -> tuple[torch.Tensor, bool]:
+    """(table (n_pos, d), writable?) — the table the facts name: a parameter of the role map
+    (writable when trained, or frozen with ``include_frozen``) or a fixed buffer (never written)."""
+    pos = rmap.facts.positions
+    if pos.table is None:
+        raise InitError(f"structured init acts through the position embeddings, and {rmap.model_class} "
+                        f"has no position table (facts.positions.kind={pos.kind!r}); build the ViT "
+                        f"with pos='learned' or pos='sincos'")
+    if pos.table in rmap.params:
+        info = rmap.params[pos.table]
+        t = info.param.detach()
+        return t.reshape(-1, t.shape[-1]), pos.kind == "learned" and (include_frozen or not info.frozen)
+    try:
+        t = unwrap(model).get_buffer(pos.table).detach()
+    except AttributeError:
+        try:  # a frozen table left out of a trainable() view of the role map
+            t = unwrap(model).get_parameter(pos.table).detach()
+        except AttributeError:
+            raise InitError(f"structured init: the position table {pos.table!r} named by the role "
+                            f"map is not in {rmap.model_class}") from None
+    return t.reshape(-1, t.shape[-1]), False
 
 
 def kernel_offsets(kernel_size: int) -> list[tuple[int, int]]:
@@ -282,19 +294,18 @@ def logit_gap(focus: float, n_keys: int) -> float:
 
 
 def logit_scale(model, att) -> float:
-    """The attention-logit multiplier of one layer (``.scale`` of the module, else 1/√head_dim)."""
-    mod = unwrap(model).get_submodule(att.module_name) if att.module_name else None
-    s = getattr(mod, "scale", None)
-    return float(s) if isinstance(s, (int, float)) else 1.0 / math.sqrt(att.head_dim)
+    """The attention-logit multiplier of one layer (from the role map; else 1/√head_dim)."""
+    return att.logit_scale()
 
 
 def _check(model, rmap, o) -> None:
     _validate(o)
-    grid_of(model)
+    gh, gw = grid_of(rmap)
     table, _ = position_table(model, rmap)
-    gh, gw = grid_of(model)
-    if table.shape[0] < gh * gw:
-        raise InitError(f"the position table has {table.shape[0]} rows for a {gh}x{gw} patch grid")
+    prefix = rmap.facts.positions.table_prefix
+    if table.shape[0] != prefix + gh * gw:
+        raise InitError(f"the position table has {table.shape[0]} rows, not the {prefix} prefix rows "
+                        f"plus a {gh}x{gw} patch grid the role map reports")
     for att in rmap.attention:
         if att.n_kv_heads != att.n_heads:
             raise InitError(f"{att.module_name}: grouped key/value heads are not supported by "
@@ -330,7 +341,8 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
                 target: str = "impulse",
                 pos_scale: float | str | None = "auto", content: float | str = "auto", vo: str = "mimetic",
                 alpha_vo: float = 0.4, beta_vo: float = 0.4, rcond: float = 1e-6,
-                generator: torch.Generator | None = None, role_map=None):
+                generator: torch.Generator | None = None, role_map=None,
+                include_frozen: bool = False):
     """Structured (impulse/convolutional) attention init of a ViT, in place. See module doc.
 
     Args:
@@ -353,6 +365,8 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
             then drives the logits (q/k weights of norm ~10³: training collapses).
         vo: ``"mimetic"`` (Wv Wo = α₂Z − β₂I, as the authors' code) or ``"keep"``.
         generator: CPU generator for the offsets and the V/O draws.
+        include_frozen: also write frozen layers and a frozen (fixed) table; by default a layer
+            with a frozen q/k weight is skipped and a fixed table is used as it is.
     Returns ``model``; writes q, k (weights, biases zeroed), the learned position table and, with
     ``vo="mimetic"``, v and o.
     """
@@ -361,9 +375,18 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
     o = dict(kernel_size=kernel_size, vo=vo, target=target, content=content, pos_scale=pos_scale,
              offsets=offsets, focus=focus)
     _check(model, rmap, o)
+    table, learned = position_table(model, rmap, include_frozen)
+    # (checked here, not in _check: an earlier scheme of the chain may draw the table)
+    rms = float(table.double().pow(2).mean().sqrt())
+    if not (math.isfinite(rms) and rms > 0):
+        raise InitError(f"structured init fits the attention maps to the position table, and "
+                        f"{rmap.facts.positions.table} is {'all zeros' if rms == 0 else 'not finite'} "
+                        f"(Hugging Face DeiT builds it so); draw it first, e.g. "
+                        f"init_(model, 'trunc_normal+structured')")
+    if not include_frozen:
+        rmap = rmap.trainable()
     rmap.require_attention("structured init")
-    grid = grid_of(model)
-    table, learned = position_table(model, rmap)
+    grid = grid_of(rmap)
     if learned and pos_scale == "auto":
         pos_scale = AUTO_POS_SCALE if float(table.double().pow(2).mean().sqrt()) < 0.1 else None
     if learned and pos_scale is not None:
@@ -371,7 +394,7 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
             raise InitError(f"pos_scale must be a positive number, 'auto' or None, got {pos_scale!r}")
         table.mul_(pos_scale)
     n_pos = table.shape[0]
-    n_prefix = n_pos - grid[0] * grid[1]
+    n_prefix = rmap.facts.positions.table_prefix
     phi = content_share(rmap, table) if content == "auto" else float(content)
     # the attention input LN(x + P) at init: √(1−φ)·LN(P) from the positions plus content of
     # variance φ per entry, which the fit treats as noise (ridge n·φ) and the calibration samples
@@ -402,7 +425,7 @@ def structured_(model, *, kernel_size: int = 3, offsets: str = "random", focus: 
     if vo == "mimetic":
         from ..mimetic import mimetic_
         mimetic_(model, qk=False, vo=True, alpha_vo=alpha_vo, beta_vo=beta_vo, generator=generator,
-                 role_map=rmap)
+                 role_map=rmap, include_frozen=include_frozen)
     return model
 
 
@@ -419,6 +442,7 @@ STRUCTURED = Scheme(
                  alpha_vo=0.4, beta_vo=0.4, rcond=1e-6),
     writes=tuple((r, k) for r in ("q", "k", "v", "o") for k in ("weight", "bias")) + (("pos_embed", "weight"),),
     fixes=("q", "k", "v", "o", "pos_embed"), requires=("attention", "grid"),
-    models="ViTs with a known patch grid (initlab ViT; mean pooling recommended)",
+    models="ViTs with a patch grid and a position table in the role map's facts (initlab ViT, HF "
+           "ViT/DeiT/DINOv2; mean pooling recommended)",
     formula="per head logits s·LN(P)WqWkᵀLN(P)ᵀ = τ·[key = query + Δ_h], Δ_h random in k×k, "
             "e^τ/(e^τ+n−1) = focus; learned P × 18; Wv Wo = 0.4Z − 0.4I")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ..errors import InitError
-from ..roles import BIAS, unwrap
+from ..roles import BIAS
 from .spec import IN_PROJ, MATRIX_ROLES, OUT_PROJ, TABLES, Context, Rule, Scheme
 
 
@@ -184,26 +184,27 @@ def _deepnorm_beta(c: Context) -> float:
 
 
 def _deepnorm_check(model, rmap, o) -> None:
+    position = rmap.facts.norm_position
+    if position == "pre" and not o["allow_pre_ln"]:
+        raise InitError(
+            f"deepnorm's x ← LN(α·x + G(x)) is a post-LN layout, but {rmap.model_class} is pre-LN "
+            f"(its role map's facts.norm_position is 'pre'); build it post-LN (initlab ViT/GPT: "
+            f"norm_position='post'), pass allow_pre_ln=True to scale a pre-LN skip anyway, or use "
+            f"'deepnorm_init' for the weight part only")
     if rmap.controls.set_skip_scale is None:
         raise InitError(
             f"deepnorm needs to set the residual skip multiplier α = (2L)^¼, but {rmap.model_class} "
             f"exposes no skip-scale control in its role map (initlab's ViT/GPT do: "
             f"skip_scale + norm_position='post'); use 'deepnorm_init' for the weight part only")
-    cfg = getattr(unwrap(model), "config", None)
-    position = cfg.get("norm_position") if isinstance(cfg, dict) else None
-    if position is not None and position != "post" and not o["allow_pre_ln"]:
+    if position is None and not o["allow_pre_ln"]:
         raise InitError(
-            f"deepnorm's x ← LN(α·x + G(x)) is a post-LN layout, but this model is "
-            f"norm_position={position!r}; build it with norm_position='post' (or pass "
-            f"allow_pre_ln=True to scale a pre-LN skip anyway)")
+            f"deepnorm's x ← LN(α·x + G(x)) is a post-LN layout, and the role map of "
+            f"{rmap.model_class} cannot tell where its norms sit (facts.norm_position is None); pass "
+            f"allow_pre_ln=True if you know it is post-LN, or use 'deepnorm_init'")
 
 
 def _deepnorm_setup(model, rmap, o) -> None:
-    alpha = _deepnorm_alpha(o, rmap.depth)
-    rmap.controls.set_skip_scale(alpha)
-    cfg = getattr(unwrap(model), "config", None)
-    if isinstance(cfg, dict) and "skip_scale" in cfg:
-        cfg["skip_scale"] = alpha  # keep the model's recorded config truthful for rebuilds
+    rmap.controls.set_skip_scale(_deepnorm_alpha(o, rmap.depth))
 
 
 _DEEPNORM_RULES = (
