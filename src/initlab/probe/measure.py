@@ -299,8 +299,8 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
         raise ConfigError(f"probe() measures a torch.nn.Module, got {type(model).__name__}; "
                           f"call probe(model, batch)")
     if not isinstance(batch, (torch.Tensor, dict)):
-        raise ConfigError(f"probe(): batch must be a torch.Tensor (or a dict of forward keywords), "
-                          f"got {type(batch).__name__}")
+        raise ConfigError(f"probe(): batch must be a torch.Tensor, got {type(batch).__name__}; pass "
+                          f"the model's input tensor (or a dict of forward keywords)")
     if targets is not None and not isinstance(targets, torch.Tensor):
         raise ConfigError(f"probe(): targets must be a torch.Tensor, got {type(targets).__name__}")
     samples = _positive_int("samples", samples, 1)

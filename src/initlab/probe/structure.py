@@ -198,8 +198,8 @@ def check_batch(rm, batch: torch.Tensor, targets: torch.Tensor | None) -> None:
                               f"got a {batch.dtype} batch of shape {shape}")
         t = shape[1] if f.batch_first else shape[0]
         if f.max_positions is not None and t > f.max_positions:
-            raise ConfigError(f"probe(): sequence length {t} exceeds the model's {f.max_positions} "
-                              f"positions; pass at most {f.max_positions} tokens")
+            raise ConfigError(f"probe(): sequence length {t} exceeds the model's block_size "
+                              f"{f.max_positions} (its most positions); pass at most {f.max_positions} tokens")
         v = f.vocab_size
         if v is not None and batch.numel() and (int(batch.min()) < 0 or int(batch.max()) >= v):
             raise ConfigError(f"probe(): token ids must be in 0..{v - 1} (the model's vocabulary), "
