@@ -782,7 +782,7 @@ def traced(model, batch=None, *, role_map=None, decoder_tokens: int | None = Non
     modes = [(m, m.training) for m in inner.modules()]
     rec = Recorder(inner, st, batch_first=rm.facts.inputs.batch_first)
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), rec:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), rec:  # grad on: no fused fast path
             inner.eval()
             out = model(*args, **kw)
     finally:
@@ -934,7 +934,7 @@ def _head_fit(rm, st, tr, layout, logits: torch.Tensor, kind: str):
         p = x @ w.t()
         m = float((y * p).sum() / (p * p).sum().clamp_min(1e-300))
         if float((y - m * p).norm() / (y.norm() + 1e-30)) < 1e-4:
-            return dict(pool=pool, multiplier=m, head_var=float(w.pow(2).mean()),
+            return dict(pool=pool, multiplier=m, head_var=float(w.pow(2).mean()), weight=w,
                         head_bias_var=0.0 if bias is None else float(bias.pow(2).mean()), n_out=w.shape[0])
     return "the output is not one linear map of the final stream (a head with its own layers)"
 
@@ -953,6 +953,7 @@ class ModelPrediction:
     gradients: dict | None
     output_logit_var: float | None
     unavailable: dict
+    blocks_per_stack: list = field(default_factory=list)
 
     def __getitem__(self, key):
         first = {"prediction": self.stacks[0] if self.stacks else None, "gradients": self.gradients,
@@ -965,9 +966,10 @@ class ModelPrediction:
         """The probe report's ``predicted``: blocks aligned with the measured ones (None where not
         predicted)."""
         blocks, stems = [], []
-        for net, pred in zip(self.networks, self.stacks):
+        counts = self.blocks_per_stack or [n.depth if n else 0 for n in self.networks]
+        for n, pred in zip(counts, self.stacks):
             stems.append(None if pred is None else pred.g_stem)
-            blocks += pred.per_block() if pred is not None else [None] * (net.depth if net else 0)
+            blocks += pred.per_block() if pred is not None else [None] * n
         last = self.stacks[-1] if self.stacks else None
         g = self.gradients
         consts = next((n.constants.to_dict() for n in self.networks if n is not None), None)
@@ -1127,7 +1129,8 @@ def predict_for(model, batch=None, *, constants: Constants | None = None, sample
     if why:
         reason = "; ".join(why)
         return ModelPrediction([None] * len(st.stacks), [None] * len(st.stacks), None, None,
-                               {"blocks": reason, "output_logit_var": reason, "gradients": reason})
+                               {"blocks": reason, "output_logit_var": reason, "gradients": reason},
+                               [len(s.blocks) for s in st.stacks])
     nets, extra = _networks(model, rm, st, tr, layout, logits, kind, constants)
     unavailable = {k: v for k, v in extra.items() if not k.startswith("_")}
     head = extra["_head"]
@@ -1161,6 +1164,9 @@ def predict_for(model, batch=None, *, constants: Constants | None = None, sample
                           "stem norm")
             elif head["pool"] == "hidden" or "output_logit_var" in unavailable:
                 reason = "gradients need a linear head (the objective is one output logit)"
+            elif output is not None and "weight" in head and not bool(head["weight"][output[2]].any()):
+                reason = (f"row {output[2]} of the head is all zeros (a padding token): its gradient "
+                          f"is exactly 0; pass another output_index")
             if reason:
                 unavailable["gradients"] = reason
             else:
@@ -1170,4 +1176,4 @@ def predict_for(model, batch=None, *, constants: Constants | None = None, sample
                 if table is not None and rm.facts.positions.kind == "learned" and table.dim() >= 2 \
                         and table.shape[-2] > t:
                     grads["pos_embed"] *= math.sqrt(t / table.shape[-2])  # rows past the sequence: no gradient
-    return ModelPrediction(nets, preds, grads, out_var, unavailable)
+    return ModelPrediction(nets, preds, grads, out_var, unavailable, [len(s.blocks) for s in st.stacks])

@@ -246,11 +246,23 @@ def probe_one(s: ProbeSettings, width: int | None, depth: int | None, param: str
     model = build_model(s.spec, width, depth, seed=seed)
     p = init_model(model, param, s.init, seed)
     x, y, source = make_batch(s.spec, model, s.batch, s.data, seed + 100)
-    rep = probe(model, x, y if s.targets else None, predict=predict,
+    rep = probe(model, x, y if s.targets else None, predict=predict, output_index=live_output(model),
                 constants=constants_for(s.spec, model, p, s.init) if predict else None,
                 samples=s.samples, seed=seed)
     rep.meta.update(model=s.spec.label, param=param, init=s.init, data=source, seed=seed)
     return rep
+
+
+def live_output(model) -> int:
+    """0, or the first row of the token table that is not a padding row (all zeros): with a tied
+    head, logit 0 of a model whose pad id is 0 is identically 0 and has no gradient."""
+    tables = sorted((i for i in roles(model).by_role("token_embed") if i.param.dim() == 2),
+                    key=lambda i: -i.param.shape[0])
+    if not tables:
+        return 0
+    w = tables[0].param.detach()
+    live = (w != 0).any(1).nonzero()
+    return int(live[0]) if len(live) else 0
 
 
 @dataclass
@@ -314,6 +326,7 @@ def agreement_row(rep: ProbeReport) -> dict:
              and c["quantity"] != "grad_rms.head_bias"]  # head bias: exactly N·B/√n_out
     qk = [c["rel_error"] for c in grads if c["quantity"] in ("grad_rms.q", "grad_rms.k")]
     gr = [abs(c["rel_error"]) for c in grads if c["quantity"] not in ("grad_rms.q", "grad_rms.k")]
+    gm = [abs(c["rel_error"]) for c in cmp if c["quantity"] == "G_mid" and c["rel_error"] is not None]
     stem = next((c["rel_error"] for c in cmp if c["quantity"] == "G" and c["block"] == -1), None)
     pb = [p for p in (rep.predicted or {}).get("blocks") or [] if p]
     out = next((c["rel_error"] for c in cmp if c["quantity"] == "output_logit_var"), None)
@@ -322,7 +335,7 @@ def agreement_row(rep: ProbeReport) -> dict:
                 depth=rep.depth, seed=rep.meta.get("seed"), G_final=rep.blocks[-1]["G"],
                 G_final_pred=pb[-1]["G"] if pb and len(pb) == len(rep.blocks) else None,
                 G_stem_rel=stem, G_signed_mean_rel=mean(gs), G_max_rel=max(map(abs, gs)) if gs else None,
-                G_mean_rel=mean([abs(e) for e in gs]), output_rel=out,
+                G_mean_rel=mean([abs(e) for e in gs]), G_mid_max_rel=max(gm) if gm else None, output_rel=out,
                 grad_median_rel=sorted(gr)[len(gr) // 2] if gr else None, grad_max_rel=max(gr) if gr else None,
                 grad_groups=len(gr), qk_signed_mean_rel=mean(qk),
                 qk_max_rel=max(abs(e) for e in qk) if qk else None,
@@ -335,16 +348,17 @@ def _pct(v, signed=False) -> str:
 
 def agreement_markdown(rows: list[dict]) -> str:
     head = ["model", "param", "width", "depth", "seed", "G last block (measured / theory)", "G stem",
-            "max \\|err\\| G over blocks", "mean \\|err\\| G", "output var", "grad RMS median \\|err\\|",
-            "grad RMS max \\|err\\| (groups)", "q,k grad: mean err / max \\|err\\|"]
+            "max \\|err\\| G over blocks", "mean \\|err\\| G", "max \\|err\\| G_mid", "output var", "grad RMS median \\|err\\|",
+            "grad RMS max \\|err\\| (groups)", "q,k grad: mean err / max \\|err\\|", "not predicted"]
     body = []
     for r in rows:
         pred = "n/a" if r["G_final_pred"] is None else f"{r['G_final_pred']:.4g}"
         body.append([r["model"], str(r["param"]), str(r["width"]), str(r["depth"]), str(r["seed"]),
                      f"{r['G_final']:.4g} / {pred}", _pct(r["G_stem_rel"], True), _pct(r["G_max_rel"]),
-                     _pct(r["G_mean_rel"]), _pct(r["output_rel"], True), _pct(r["grad_median_rel"]),
+                     _pct(r["G_mean_rel"]), _pct(r["G_mid_max_rel"]), _pct(r["output_rel"], True), _pct(r["grad_median_rel"]),
                      f"{_pct(r['grad_max_rel'])} ({r['grad_groups']})",
-                     f"{_pct(r['qk_signed_mean_rel'], True)} / {_pct(r['qk_max_rel'])}"])
+                     f"{_pct(r['qk_signed_mean_rel'], True)} / {_pct(r['qk_max_rel'])}",
+                     r["unavailable"] or "-"])
     return markdown_table(head, body)
 
 
