@@ -208,13 +208,12 @@ def check_batch(rm, batch: torch.Tensor, targets: torch.Tensor | None) -> None:
             raise ConfigError(f"probe(): targets must be next tokens of shape {shape}, got "
                               f"{tuple(targets.shape)}")
     elif f.kind == "image":
-        want = (f.in_chans, *(f.image_size or ()))
+        known = f.image_size is not None and f.in_chans is not None
+        want = f"(B, {f.in_chans}, {', '.join(map(str, f.image_size))})" if known else "(B, C, H, W)"
         if batch.ndim != 4 or not batch.is_floating_point() or (
-                f.image_size is not None and f.in_chans is not None and shape[1:] != want):
-            side = "x".join(map(str, want)) if f.image_size else "C, H, W"
-            raise ConfigError(f"probe(): {rm.model_class} takes float images of shape (B, "
-                              f"{', '.join(map(str, want)) if f.image_size else 'C, H, W'}), got a "
-                              f"{batch.dtype} batch of shape {shape}; pass images of that shape ({side})")
+                known and shape[1:] != (f.in_chans, *f.image_size)):
+            raise ConfigError(f"probe(): {rm.model_class} takes float images of shape {want}, got a "
+                              f"{batch.dtype} batch of shape {shape}; pass images of that shape")
         if targets is not None and tuple(targets.shape) != shape[:1]:
             raise ConfigError(f"probe(): targets must be class labels of shape ({shape[0]},), got "
                               f"{tuple(targets.shape)}")
