@@ -129,6 +129,7 @@ class Network:
     gated: bool = False  # MLP = W_out (φ(W_gate s) ∘ W_in s)
     stem_norm: bool = False  # a norm right after the embeddings (BERT, BART)
     final_norm: bool = True  # a norm after the last block (pre-LN models)
+    group_size: int = 1  # query heads per key/value head (GQA): a shared K/V collects their gradients
 
     def __post_init__(self):
         if self.width <= 0 or self.heads <= 0 or self.depth < 0 or self.width % self.heads:
@@ -679,10 +680,21 @@ def predict_gradients(pred: Prediction, *, patch_gram: torch.Tensor | None = Non
         k_in, k_mid = pred.kernels_in[layer], pred.kernels_mid[layer]
         row = {}
         f = ln_kernel(k_mid, eps)
-        phi, dphi = activation_kernels(f, c.mlp_in, net.activation)
-        row["mlp_out"] = math.sqrt(max(float((d * phi).sum()) / n, 0.0))
-        row["mlp_in"] = math.sqrt(max(c.mlp_out * float((f * dphi * d).sum()) / (net.mlp_ratio * n), 0.0))
-        d = d + _through_ln(c.mlp_in * c.mlp_out * dphi * d, k_mid, eps)
+        m_n = net.mlp_ratio * n
+        if net.gated:  # h = φ(g)∘u: the up projection sees φ(g), the gate φ'(g)·u
+            pa, dpa = activation_kernels(f, c.mlp_gate, net.activation)
+            up = c.mlp_in * f
+            row["mlp_out"] = math.sqrt(max(float((d * up * pa).sum()) / n, 0.0))
+            up2 = c.mlp_out * float((f * pa * d).sum()) / m_n
+            gate2 = c.mlp_out * float((f * up * dpa * d).sum()) / m_n
+            row["mlp_up"], row["mlp_gate"] = math.sqrt(max(up2, 0.0)), math.sqrt(max(gate2, 0.0))
+            row["mlp_in"] = math.sqrt(max((up2 + gate2) / 2, 0.0))  # both under role mlp_in (LLaMA's map)
+            d = d + _through_ln(c.mlp_out * (c.mlp_gate * up * dpa + c.mlp_in * pa) * d, k_mid, eps)
+        else:
+            phi, dphi = activation_kernels(f, c.mlp_in, net.activation)
+            row["mlp_out"] = math.sqrt(max(float((d * phi).sum()) / n, 0.0))
+            row["mlp_in"] = math.sqrt(max(c.mlp_out * float((f * dphi * d).sum()) / m_n, 0.0))
+            d = d + _through_ln(c.mlp_in * c.mlp_out * dphi * d, k_mid, eps)
         f = ln_kernel(k_in, eps)
         gen = torch.Generator().manual_seed(pred.seed + 10_000 + layer)
         wdw, wfw, tr, kpath = _attention_backward(f, d, pred.mask, net, pred.samples, gen)
@@ -691,7 +703,10 @@ def predict_gradients(pred: Prediction, *, patch_gram: torch.Tensor | None = Non
         row["o"] = math.sqrt(max(c.v * float((d * wfw).sum()) / n, 0.0))
         base = net.logit_gain * vu * float((d * f * tr).sum()) / n
         row["q"] = math.sqrt(max(c.k * base, 0.0))
-        row["k"] = math.sqrt(max(c.q * base, 0.0))
+        # GQA: a key/value head serves group_size query heads with independent Q and O, so its
+        # gradient is the sum of group_size uncorrelated per-head terms (the D recursion is unchanged)
+        row["k"] = math.sqrt(max(c.q * base * net.group_size, 0.0))
+        row["v"] *= math.sqrt(net.group_size)
         ds = vu * wdw + qk * vu * (d * tr + kpath)
         d = d + _through_ln(ds, k_in, eps)
         blocks.append(row)
@@ -1037,7 +1052,7 @@ def _networks(model, rm, st, tr, layout, logits, kind, constants):
             head_multiplier=head.get("multiplier", 1.0) if last else 1.0, n_out=head.get("n_out", 10),
             norm_position=layout.norm_position or "pre", activation=layout.activation or "gelu",
             gated=layout.gate is not None, stem_norm=si in layout.stem_norm,
-            final_norm=si in layout.final_norm))
+            final_norm=si in layout.final_norm, group_size=att.group_size))
     return nets, dict(unavailable, _head=head)
 
 
@@ -1105,7 +1120,7 @@ def predict_for(model, batch=None, *, constants: Constants | None = None, sample
     stem kernel from the batch (token ids, patches, embeddings), then :func:`propagate` with the
     architecture read by :func:`traced` (pre/post norm, the MLP nonlinearity, gated or not) and the
     constants read from the weights unless given. Gradients (:func:`predict_gradients`) for one
-    pre-LN stack with a plain MLP and a linear head. Whatever is not predicted is listed in
+    pre-LN stack (plain or gated MLP) with a linear head. Whatever is not predicted is listed in
     ``unavailable`` with the reason. RoPE and T5's relative position bias are left out of the
     logits (leading order: a rotation keeps the logit variance; the bias table's variance at init
     is 1/d_model); sin-cos tables are treated as i.i.d. entries with their mean square.
@@ -1159,9 +1174,8 @@ def predict_for(model, batch=None, *, constants: Constants | None = None, sample
             reason = None
             if len(nets) != 1 or last is None:
                 reason = "gradients are derived for one stack (decoder-only, encoder or vision)"
-            elif lnet.norm_position != "pre" or lnet.gated or lnet.stem_norm:
-                reason = ("gradients are derived for pre-LN blocks with a plain (ungated) MLP and no "
-                          "stem norm")
+            elif lnet.norm_position != "pre" or lnet.stem_norm:
+                reason = "gradients are derived for pre-LN blocks with no stem norm"
             elif head["pool"] == "hidden" or "output_logit_var" in unavailable:
                 reason = "gradients need a linear head (the objective is one output logit)"
             elif output is not None and "weight" in head and not bool(head["weight"][output[2]].any()):

@@ -99,10 +99,12 @@ class ProbeReport:
             rows.append(_cmp("output_logit_var", None, self.output_logit_var,
                              self.predicted["output_logit_var"]))
         pg = self.predicted.get("grads") or {}
+        gate_role = any(g["role"] == "mlp_gate" for g in self.grads)  # the gate mapped on its own
         for i, prow in enumerate(pg.get("blocks", [])):
-            for role in GRAD_ROLES:
-                if role in prow:
-                    rows.append(_cmp(f"grad_rms.{role}", i, self.grad_rms(role, i), prow[role]))
+            for role in GRAD_ROLES + (("mlp_gate",) if gate_role else ()):
+                key = "mlp_up" if role == "mlp_in" and gate_role and "mlp_up" in prow else role
+                if key in prow:
+                    rows.append(_cmp(f"grad_rms.{role}", i, self.grad_rms(role, i), prow[key]))
         for key, role, kind in (("patch_embed", "patch_embed", "weight"), ("pos_embed", "pos_embed", "weight"),
                                 ("head", "head", "weight"), ("head_bias", "head", "bias")):
             if key in pg and self.grad_rms(role, None, kind) is not None:
