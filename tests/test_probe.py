@@ -157,9 +157,25 @@ def test_gradient_rms_matches_theory(param):
 
 
 def test_network_of_refuses_what_the_theory_does_not_cover():
-    m = ViT(width=64, depth=2, heads=2, norm_position="post")
-    with pytest.raises(ConfigError):
+    m = ViT(width=64, depth=2, heads=2, norm_position="post")  # biases drawn by torch's defaults
+    with pytest.raises(ConfigError, match="nonzero biases"):
         th.network_of(m)
+    m = ViT(width=64, depth=2, heads=2, bias=False, ln_affine=False, skip_scale=0.5)
+    with pytest.raises(ConfigError, match="not a plain residual sum"):
+        th.network_of(m)
+    post = th.network_of(ViT(width=64, depth=2, heads=2, norm_position="post", bias=False, ln_affine=False))
+    assert post.norm_position == "post" and post.activation == "gelu" and not post.gated
+
+
+def test_post_ln_prediction_matches():
+    """Post-LN (z = LN(z + MHSA z), LN(z + MLP z)): the stream is renormalized every block, so G is
+    ~1 and the informative quantity is G_mid, the sum entering the block's last norm."""
+    m = ViT(width=256, depth=3, heads=4, bias=False, ln_affine=False, pool="mean", norm_position="post")
+    parametrize_(m, "nt", generator=torch.Generator().manual_seed(2))
+    r = probe(m, _images(4), predict=True, samples=32)
+    gm = [abs(c["rel_error"]) for c in r.comparison() if c["quantity"] == "G_mid"]
+    assert len(gm) == 3 and max(gm) < 0.1, gm
+    assert r.predicted["unavailable"]["gradients"] == "gradients are derived for pre-LN blocks with no stem norm"
 
 
 def test_gpt_prediction_causal_and_tied():

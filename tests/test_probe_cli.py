@@ -46,3 +46,23 @@ def test_agreement_table(tmp_path, capsys):
     assert abs(rows[1]["grad_median_rel"] - rows[3]["grad_median_rel"]) < 1e-6
     md = (tmp_path / "theory_agreement.md").read_text().splitlines()
     assert len(md) == 2 + 4 and (tmp_path / "theory_agreement.png").exists()
+
+
+def test_cli_modules_only_parse_call_and_print():
+    """issue 21: the measurement lives in initlab.probe.runs; cli/probe.py and cli/coordcheck.py
+    import no torch, build no model and write no file themselves."""
+    import ast
+    import pathlib
+
+    import initlab.cli
+    root = pathlib.Path(initlab.cli.__file__).parent
+    for name in ("probe.py", "coordcheck.py"):
+        src = (root / name).read_text()
+        tree = ast.parse(src)
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                     and not n.level}
+        assert not imported & {"torch", "transformers", "matplotlib", "csv", "json"}, (name, imported)
+        assert "savefig" not in src and "open(" not in src and "write_text" not in src
+        runs = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "probe.runs"]
+        assert runs, f"{name} calls initlab.probe.runs"

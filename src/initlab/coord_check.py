@@ -1,6 +1,8 @@
 """Coordinate check (as μP's ``mup.coord_check``), for our parametrizations.
 
-Train a few steps at several widths with the parametrization's initialization and per-group
+Any model the role map accepts (inputs passed under the role map's input keyword, decoder ids
+drawn for an encoder-decoder, the logits read from a Hugging Face output). Train a few steps at
+several widths with the parametrization's initialization and per-group
 learning rates (:func:`initlab.parametrization.param_groups`) and record, per role and step, the
 RMS of each role's module output on a fixed batch (activation size) and the RMS of its change since
 step 0 (update size). Under a parametrization that is right for width these curves are flat across
@@ -63,13 +65,11 @@ class CoordCheck:
         return cls(rows)
 
     def write_csv(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["param", "width", "step", "role", "act", "delta"])
-            w.writeheader()
-            w.writerows(self.records)
-        return path
+        from .output import atomic_write_text
+        from .probe.measure import csv_text
+
+        return atomic_write_text(path, csv_text(["param", "width", "step", "role", "act", "delta"],
+                                                self.records))
 
     def table(self) -> str:
         lines = ["width exponent of the activation RMS (act) and its change since step 0 (delta) "
@@ -80,10 +80,8 @@ class CoordCheck:
         return "\n".join(lines)
 
     def plot(self, path, *, key: str = "delta") -> Path:
-        from .plotting import colormap, subplots
+        from .plotting import colormap, save, subplots
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         params, rls = self.params(), self.roles()
         steps = sorted({r["step"] for r in self.records})
         fig, axes = subplots(len(params), len(rls), figsize=(2.6 * len(rls), 2.4 * len(params)),
@@ -107,9 +105,7 @@ class CoordCheck:
         axes[0][0].legend(fontsize=7)
         what = "RMS change of the output since step 0" if key == "delta" else "RMS of the output"
         fig.suptitle(f"coordinate check: {what}, per role (flat = width-independent)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        return path
+        return save(fig, path, dpi=100)
 
 
 def _module_of(param_name: str) -> str:
@@ -128,6 +124,7 @@ def coord_check(make_model: Callable[[int], nn.Module], widths, batch: torch.Ten
         base_width: n_base of the lr factors (default: the smallest width).
     """
     from .parametrization import param_groups
+    from .probe.structure import forward_inputs, output_tensor
     from .schemes.plan import InitPlan, build_seeded
 
     widths = sorted(int(w) for w in widths)
@@ -156,8 +153,8 @@ def coord_check(make_model: Callable[[int], nn.Module], widths, batch: torch.Ten
                 hooks = [m.register_forward_hook(lambda mod, i, o, role=role: acts.setdefault(role, []).append(o.detach()))
                          for role, mods in modules.items() for m in mods]
                 try:
-                    logits = model(batch)
-                    logits = logits[0] if isinstance(logits, tuple) else logits
+                    args, kw = forward_inputs(rm, batch, seed=seed)
+                    logits, _ = output_tensor(model(*args, **kw))
                 finally:
                     for h in hooks:
                         h.remove()

@@ -73,6 +73,8 @@ class Constants:
     o: float = 1.0 / 3.0
     mlp_in: float = 2.0 / 5.0
     mlp_out: float = 8.0 / 5.0
+    mlp_gate: float = 0.0  # gated MLP (SwiGLU/GeGLU): the gate's C; mlp_in is then the up projection's
+    token_type: float = 0.0  # per-entry variance of a table every token reads one row of (BERT's type 0)
 
     @classmethod
     def paper_vit(cls) -> "Constants":
@@ -122,6 +124,12 @@ class Network:
     head_bias_var: float = 0.0
     head_multiplier: float = 1.0
     n_out: int = 10
+    norm_position: str = "pre"  # "pre" (GPT-2, LLaMA, ViT, T5) or "post" (BERT, BART)
+    activation: str = "gelu"  # a key of ACTIVATIONS
+    gated: bool = False  # MLP = W_out (φ(W_gate s) ∘ W_in s)
+    stem_norm: bool = False  # a norm right after the embeddings (BERT, BART)
+    final_norm: bool = True  # a norm after the last block (pre-LN models)
+    group_size: int = 1  # query heads per key/value head (GQA): a shared K/V collects their gradients
 
     def __post_init__(self):
         if self.width <= 0 or self.heads <= 0 or self.depth < 0 or self.width % self.heads:
@@ -129,6 +137,10 @@ class Network:
                               f"width={self.width}, heads={self.heads}, depth={self.depth}")
         if self.pool not in ("mean", "cls", "token"):
             raise ConfigError(f"pool must be 'mean', 'cls' or 'token', got {self.pool!r}")
+        if self.norm_position not in ("pre", "post"):
+            raise ConfigError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
     @property
     def head_dim(self) -> int:
@@ -158,6 +170,70 @@ def gelu(x):
 def gelu_prime(x):
     x = torch.as_tensor(x, dtype=DTYPE)
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _t(x):
+    return torch.as_tensor(x, dtype=DTYPE)
+
+
+ACTIVATIONS = {  # the MLP nonlinearities the theory knows (float64 in, float64 out)
+    "gelu": gelu,
+    "gelu_tanh": lambda x: 0.5 * _t(x) * (1 + torch.tanh(math.sqrt(2 / math.pi) * (_t(x) + 0.044715 * _t(x) ** 3))),
+    "relu": lambda x: _t(x).clamp_min(0),
+    "silu": lambda x: _t(x) * torch.sigmoid(_t(x)),
+    "quick_gelu": lambda x: _t(x) * torch.sigmoid(1.702 * _t(x)),
+    "relu2": lambda x: _t(x).clamp_min(0) ** 2,
+    "tanh": lambda x: torch.tanh(_t(x)),
+}
+
+
+def _derivative(name: str, x: torch.Tensor) -> torch.Tensor:
+    if name == "gelu":
+        return gelu_prime(x)
+    x = _t(x).detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = ACTIVATIONS[name](x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+    return g
+
+
+def activation_kernels(f: torch.Tensor, c_w: float, activation: str = "gelu", *, order: int = 32
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E[φ(w_t)φ(w_t')], E[φ'(w_t)φ'(w_t')]) for (w_t, w_t') ~ N(0, C_W·F) and φ = ``activation``.
+
+    GELU: :func:`gelu_kernels` (one closed-form integral); ReLU: the arc-cosine kernel (closed
+    form); any other φ: two-dimensional Gauss-Hermite quadrature of ``order``² nodes.
+    """
+    if activation == "gelu":
+        return gelu_kernels(f, c_w)
+    var = c_w * f.diagonal().clamp_min(0)
+    a = var.sqrt()
+    ab = (a[:, None] * a[None, :]).clamp_min(1e-300)
+    rho = (c_w * f / ab).clamp(-1.0, 1.0)
+    if activation == "relu":
+        theta = torch.arccos(rho)
+        phi = ab / (2 * math.pi) * (torch.sqrt(1 - rho * rho) + (math.pi - theta) * rho)
+        return phi, (math.pi - theta) / (2 * math.pi)
+    x, w = (torch.as_tensor(v, dtype=DTYPE) for v in _hermite(order))
+    fn = ACTIVATIONS[activation]
+    u = a[:, None, None, None] * x[None, None, :, None]  # (N, 1, Q, 1)
+    v = a[None, :, None, None] * (rho[:, :, None, None] * x[None, None, :, None]
+                                  + torch.sqrt(1 - rho * rho)[:, :, None, None] * x[None, None, None, :])
+    ww = w[:, None] * w[None, :]
+    phi = (ww * fn(u) * fn(v)).sum((-1, -2))
+    dphi = (ww * _derivative(activation, u) * _derivative(activation, v)).sum((-1, -2))
+    return (phi + phi.t()) / 2, (dphi + dphi.t()) / 2
+
+
+def mlp_kernel(f: torch.Tensor, net: "Network") -> torch.Tensor:
+    """The MLP's increment of the kernel: C_X·E[φφ'] (plain) or C_X·(C_up·F)∘E[φ(g)φ(g')] with
+    g ~ N(0, C_gate·F) (gated: gate and up weights independent)."""
+    c = net.constants
+    if net.gated:
+        phi, _ = activation_kernels(f, c.mlp_gate, net.activation)
+        return c.mlp_out * c.mlp_in * f * phi
+    phi, _ = activation_kernels(f, c.mlp_in, net.activation)
+    return c.mlp_out * phi
 
 
 def gelu_second_moment(variance: float, *, order: int = 64) -> float:
@@ -417,11 +493,36 @@ def _mean_cosine(k: torch.Tensor, batch: int, tokens: int) -> float:
     return float(c[:, off].mean())
 
 
-def propagate(k_stem: torch.Tensor, net: Network, *, batch: int, tokens: int, samples: int = 256,
-              seed: int = 0, keep_kernels: bool = True) -> Prediction:
-    """Run the leading-order kernel recursion through ``net.depth`` pre-LN blocks.
+def cross_attention_increment(f_q: torch.Tensor, f_mem: torch.Tensor, batch: int, net: Network, *,
+                              samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Cross-attention's kernel increment C_U·C_V·E[Ω F_mem Ωᵀ]: queries from the decoder stream
+    (overlap ``f_q``, N×N), keys and values from the encoder output (overlap ``f_mem``, M×M), logits
+    ~ N(0, γC_QC_K·F_q⊗F_mem), each query attending to the tokens of its own input."""
+    c = net.constants
+    var = net.logit_gain * c.q * c.k
+    n, m = f_q.shape[0], f_mem.shape[0]
+    mask = torch.arange(batch).repeat_interleave(n // batch)[:, None] == \
+        torch.arange(batch).repeat_interleave(m // batch)[None, :]
+    rq, rm_ = _sqrt_psd(f_q), _sqrt_psd(f_mem)
+    acc = torch.zeros(n, n, dtype=DTYPE)
+    done = 0
+    while done < samples:
+        s = min(64, samples - done)
+        z = torch.randn(s, rq.shape[1], rm_.shape[1], generator=generator, dtype=DTYPE)
+        om = torch.softmax((math.sqrt(max(var, 0.0)) * (rq @ z @ rm_.t())).masked_fill(~mask, float("-inf")), -1)
+        acc += (om @ f_mem @ om.transpose(1, 2)).sum(0)
+        done += s
+    return c.o * c.v * acc / samples
 
-    ``k_stem`` is the N×N stem kernel (N = batch·tokens, tokens including a cls token). The MHSA
+
+def propagate(k_stem: torch.Tensor, net: Network, *, batch: int, tokens: int, samples: int = 256,
+              seed: int = 0, keep_kernels: bool = True, memory: torch.Tensor | None = None) -> Prediction:
+    """Run the leading-order kernel recursion through ``net.depth`` blocks.
+
+    ``k_stem`` is the N×N stem kernel (N = batch·tokens, tokens including a cls token), before a
+    stem norm if ``net.stem_norm``. Pre-LN blocks: z += MHSA(LN z); z += MLP(LN z). Post-LN:
+    z = LN(z + MHSA z); z = LN(z + MLP z). ``memory`` (M×M, the encoder stack's output overlap)
+    adds a cross-attention branch after the self-attention (encoder-decoder decoders). The MHSA
     expectation uses ``samples`` Gaussian logit draws per block from a generator seeded with
     ``seed + block``; its standard error is accumulated into ``g_stderr``.
     """
@@ -429,17 +530,19 @@ def propagate(k_stem: torch.Tensor, net: Network, *, batch: int, tokens: int, sa
         raise ConfigError(f"stem kernel of shape {tuple(k_stem.shape)} does not match batch={batch} "
                           f"x tokens={tokens}")
     c, eps = net.constants, net.ln_eps
+    pre = net.norm_position == "pre"
     mask = attention_mask(batch, tokens, net.causal)
     vis = _within(mask.to(DTYPE), batch, tokens)
     k = k_stem.to(DTYPE).clone()
+    if net.stem_norm:
+        k = ln_kernel(k, eps)
     out = Prediction(net, batch, tokens, _g(k), [], [], [], [], [], 0.0, [], [], [], [], 0.0, [], [],
                      mask=mask, seed=seed, samples=samples)
     err2 = 0.0
     for layer in range(net.depth):
         if keep_kernels:
             out.kernels_in.append(k.clone())
-        f = ln_kernel(k, eps)
-        out.ln1.append(float(f.diagonal().mean()))
+        f = ln_kernel(k, eps) if pre else k
         fw = _within(f, batch, tokens)
         fd = fw.diagonal(dim1=1, dim2=2)
         lv = net.logit_gain * c.q * c.k * fd[:, :, None] * fd[:, None, :]
@@ -452,19 +555,34 @@ def propagate(k_stem: torch.Tensor, net: Network, *, batch: int, tokens: int, sa
         out.entropy.append(att.entropy)
         out.distance.append(att.distance)
         err2 += att.g_increment_stderr ** 2
-        out.g_mid.append(_g(k))
+        if pre:
+            out.ln1.append(float(f.diagonal().mean()))
+        else:
+            k = ln_kernel(k, eps)
+            out.ln1.append(float(k.diagonal().mean()))
+        if memory is not None:
+            gen = torch.Generator().manual_seed(seed + 5_000 + layer)
+            k = k + cross_attention_increment(ln_kernel(k, eps) if pre else k, memory, batch, net,
+                                              samples=samples, generator=gen)
+            if not pre:
+                k = ln_kernel(k, eps)
         if keep_kernels:
             out.kernels_mid.append(k.clone())
-        f = ln_kernel(k, eps)
-        out.ln2.append(float(f.diagonal().mean()))
-        phi, _ = gelu_kernels(f, c.mlp_in)
+        f = ln_kernel(k, eps) if pre else k
         g1 = _g(k)
-        k = k + c.mlp_out * phi
+        k = k + mlp_kernel(f, net)
         out.mlp_increment.append(_g(k) - g1)
+        if pre:
+            out.g_mid.append(g1)
+            out.ln2.append(float(f.diagonal().mean()))
+        else:
+            out.g_mid.append(_g(k))
+            k = ln_kernel(k, eps)
+            out.ln2.append(float(k.diagonal().mean()))
         out.g.append(_g(k))
         out.g_stderr.append(math.sqrt(err2))
         out.cosine.append(_mean_cosine(k, batch, tokens))
-    f = ln_kernel(k, eps)
+    f = ln_kernel(k, eps) if net.final_norm else k
     out.ln_final = float(f.diagonal().mean())
     out.kernel_out = k
     out.output_logit_var = output_logit_variance(
@@ -562,10 +680,21 @@ def predict_gradients(pred: Prediction, *, patch_gram: torch.Tensor | None = Non
         k_in, k_mid = pred.kernels_in[layer], pred.kernels_mid[layer]
         row = {}
         f = ln_kernel(k_mid, eps)
-        phi, dphi = gelu_kernels(f, c.mlp_in)
-        row["mlp_out"] = math.sqrt(max(float((d * phi).sum()) / n, 0.0))
-        row["mlp_in"] = math.sqrt(max(c.mlp_out * float((f * dphi * d).sum()) / (net.mlp_ratio * n), 0.0))
-        d = d + _through_ln(c.mlp_in * c.mlp_out * dphi * d, k_mid, eps)
+        m_n = net.mlp_ratio * n
+        if net.gated:  # h = φ(g)∘u: the up projection sees φ(g), the gate φ'(g)·u
+            pa, dpa = activation_kernels(f, c.mlp_gate, net.activation)
+            up = c.mlp_in * f
+            row["mlp_out"] = math.sqrt(max(float((d * up * pa).sum()) / n, 0.0))
+            up2 = c.mlp_out * float((f * pa * d).sum()) / m_n
+            gate2 = c.mlp_out * float((f * up * dpa * d).sum()) / m_n
+            row["mlp_up"], row["mlp_gate"] = math.sqrt(max(up2, 0.0)), math.sqrt(max(gate2, 0.0))
+            row["mlp_in"] = math.sqrt(max((up2 + gate2) / 2, 0.0))  # both under role mlp_in (LLaMA's map)
+            d = d + _through_ln(c.mlp_out * (c.mlp_gate * up * dpa + c.mlp_in * pa) * d, k_mid, eps)
+        else:
+            phi, dphi = activation_kernels(f, c.mlp_in, net.activation)
+            row["mlp_out"] = math.sqrt(max(float((d * phi).sum()) / n, 0.0))
+            row["mlp_in"] = math.sqrt(max(c.mlp_out * float((f * dphi * d).sum()) / m_n, 0.0))
+            d = d + _through_ln(c.mlp_in * c.mlp_out * dphi * d, k_mid, eps)
         f = ln_kernel(k_in, eps)
         gen = torch.Generator().manual_seed(pred.seed + 10_000 + layer)
         wdw, wfw, tr, kpath = _attention_backward(f, d, pred.mask, net, pred.samples, gen)
@@ -574,7 +703,10 @@ def predict_gradients(pred: Prediction, *, patch_gram: torch.Tensor | None = Non
         row["o"] = math.sqrt(max(c.v * float((d * wfw).sum()) / n, 0.0))
         base = net.logit_gain * vu * float((d * f * tr).sum()) / n
         row["q"] = math.sqrt(max(c.k * base, 0.0))
-        row["k"] = math.sqrt(max(c.q * base, 0.0))
+        # GQA: a key/value head serves group_size query heads with independent Q and O, so its
+        # gradient is the sum of group_size uncorrelated per-head terms (the D recursion is unchanged)
+        row["k"] = math.sqrt(max(c.q * base * net.group_size, 0.0))
+        row["v"] *= math.sqrt(net.group_size)
         ds = vu * wdw + qk * vu * (d * tr + kpath)
         d = d + _through_ln(ds, k_in, eps)
         blocks.append(row)
@@ -644,111 +776,418 @@ def ntk_diagonal(grad_rms: dict[str, float], sizes: dict[str, int], width: int, 
 
 
 # ------------------------------------------------------------------------------------------------
-# from a model: read the network description (and, if asked, the constants) off the role map
+# from a model: the architecture from one traced forward, the constants from the weights
 # ------------------------------------------------------------------------------------------------
-def network_of(model, *, constants: Constants | None = None, role_map=None) -> Network:
-    """The :class:`Network` of an initlab ViT/GPT (pre-LN), constants read from its weights unless
-    given. Reading C_G = Var(W)·fan_in from the weights is reading the initialization, not the
-    signal: no activation is looked at."""
+def traced(model, batch=None, *, role_map=None, decoder_tokens: int | None = None, seed: int = 0):
+    """One no-grad forward in eval mode with the probe's hooks (modes, RNG and hooks restored):
+    ``(structure, trace, layout, output, output_kind)``. ``batch`` defaults to a random one built
+    from the role map's input facts. This reads the architecture (which norm runs where, the MLP
+    nonlinearity, the head), never a statistic the theory predicts."""
+    from .probe.structure import (Recorder, forward_inputs, layout_of, make_inputs, output_tensor,
+                                  structure_of)
     from .roles import roles
+    from .roles.registry import unwrap
 
     rm = role_map or roles(model)
-    cfg = getattr(model, "config", {})
-    if cfg.get("norm_position", "pre") != "pre" or cfg.get("branch_gain") or cfg.get("skip_scale", 1.0) != 1.0:
-        raise ConfigError("the effective theory covers pre-LN blocks with skip scale 1 and no branch "
-                          "gains; build the model with norm_position='pre', branch_gain=None")
-    att = rm.require_attention("the effective-theory constants")[0]
-    mod = model.get_submodule(att.module_name)
-    scale = float(getattr(mod, "scale", 1.0 / math.sqrt(att.head_dim)))
-    consts = constants or constants_of(model, role_map=rm)
-    is_gpt = "vocab_size" in cfg
-    head_mult = float(rm.controls.get_head_multiplier()) if rm.controls.get_head_multiplier else 1.0
-    heads = rm.by_role("head", "weight")
-    head_bias = rm.by_role("head", "bias")
-    if is_gpt and not heads:  # tied: the head is the token table
-        head_var = consts.embed
-        n_out = cfg["vocab_size"]
-    else:
-        w = heads[0].param.detach().double()
-        head_var = float(w.pow(2).mean())
-        n_out = w.shape[0]
-    hb = float(head_bias[0].param.detach().double().pow(2).mean()) if head_bias else 0.0
-    first = model.get_submodule(att.module_name.rsplit(".", 1)[0])
-    eps = float(getattr(getattr(first, "norm1", None), "eps", cfg.get("ln_eps", 1e-6)))
-    pool = "token" if is_gpt else cfg.get("pool", "mean")
-    ratio = rm.by_role("mlp_in")[0].fan_out // rm.width if rm.by_role("mlp_in") else 4
-    return Network(width=rm.width, heads=att.n_heads, depth=len(rm.attention), constants=consts,
-                   mlp_ratio=ratio, ln_eps=eps, logit_gain=scale * scale * att.head_dim,
-                   causal=bool(getattr(mod, "causal", False)), pool=pool, head_var=head_var,
-                   head_bias_var=hb, head_multiplier=head_mult, n_out=n_out)
+    inner = unwrap(model)
+    if batch is None:
+        batch = make_inputs(rm, inner, batch=2, tokens=8, generator=torch.Generator().manual_seed(seed))
+    st = structure_of(inner, rm)
+    args, kw = forward_inputs(rm, batch, decoder_tokens=decoder_tokens, seed=seed)
+    modes = [(m, m.training) for m in inner.modules()]
+    rec = Recorder(inner, st, batch_first=rm.facts.inputs.batch_first)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), rec:  # grad on: no fused fast path
+            inner.eval()
+            out = model(*args, **kw)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    logits, kind = output_tensor(out)
+    return st, rec.trace, layout_of(st, rec.trace), logits.detach().double(), kind
 
 
-def constants_of(model, *, role_map=None) -> Constants:
-    """C_G = mean(W²)·fan_in per role, read from the model's current weights (see network_of)."""
+def _ms(t: torch.Tensor) -> float:
+    return float(t.detach().double().pow(2).mean())
+
+
+def _cg(rm, modules=None, role=None) -> float | None:
+    """C = mean(W²)·fan_in over the weights of ``role`` (or of the listed modules)."""
+    tot, cnt = 0.0, 0
+    for info in rm:
+        if info.kind != "weight":
+            continue
+        mod = info.name.rsplit(".", 1)[0]
+        for slot in info.slots:
+            if (modules is not None and mod in modules) or (role is not None and str(slot.role) == role):
+                reg = info.region(slot).double()
+                tot += float(reg.pow(2).sum()) * max(slot.fan_in, 1)
+                cnt += reg.numel()
+    return tot / cnt if cnt else None
+
+
+def _pos_table(model, rm, root: str | None):
+    """The position table read by the stack under ``root``: a pos_embed tensor of the role map,
+    or the fixed buffer the facts name (kind "fixed"); None for RoPE, relative bias or none."""
+    pos = rm.facts.positions
+    if pos.kind in ("rope", "relative", "none"):
+        return None
+    names = [i.name for i in rm.by_role("pos_embed")]
+    if pos.table and pos.table not in names:
+        names.append(pos.table)
+    under = [n for n in names if root and n.startswith(root + ".")]
+    pick = under or ([n for n in names if pos.table == n] if not root else []) or names[:1]
+    if not pick:
+        return None
+    name = pick[0]
+    try:
+        return model.get_parameter(name).detach()
+    except AttributeError:
+        try:
+            return model.get_buffer(name).detach()
+        except AttributeError:
+            return None
+
+
+def constants_of(model, *, role_map=None, structure=None, gate: int | None = None,
+                 stack: int | None = None) -> Constants:
+    """C_G = mean(W²)·fan_in per role, read from the model's current weights (see network_of).
+
+    The token table is the largest token_embed table (the one the ids index); a smaller one (BERT's
+    token types, every token reading row 0) gives ``token_type``. With a gated MLP (``gate`` =
+    which of a block's two mlp_in projections goes through φ, see
+    :func:`initlab.probe.structure.identify_activation`) the gate's C is ``mlp_gate`` and the other
+    projection's ``mlp_in``. ``stack`` picks the position table of one stack of ``structure``.
+    """
     from .roles import roles
+    from .roles.registry import unwrap
 
     rm = role_map or roles(model)
-
-    def cg(role: str, per_entry: bool = False) -> float | None:
-        tot, cnt = 0.0, 0
-        for info, slot in rm.slots(role, "weight"):
-            reg = info.region(slot).double()
-            tot += float(reg.pow(2).sum()) * (1 if per_entry else slot.fan_in)
-            cnt += reg.numel()
-        return tot / cnt if cnt else None
-
+    inner = unwrap(model)
     base = Constants()
     vals = {}
-    for name, role, per in (("patch", "patch_embed", False), ("pos", "pos_embed", True),
-                            ("cls", "cls_token", True), ("embed", "token_embed", True),
-                            ("q", "q", False), ("k", "k", False), ("v", "v", False), ("o", "o", False),
-                            ("mlp_in", "mlp_in", False), ("mlp_out", "mlp_out", False)):
-        v = cg(role, per)
+    for name, role in (("patch", "patch_embed"), ("q", "q"), ("k", "k"), ("v", "v"), ("o", "o"),
+                       ("mlp_in", "mlp_in"), ("mlp_out", "mlp_out")):
+        v = _cg(rm, role=role)
         vals[name] = getattr(base, name) if v is None else v
+    if structure is not None and gate is not None:
+        gates = {b.mlp_in[gate] for b in structure.blocks if len(b.mlp_in) == 2}
+        ups = {b.mlp_in[1 - gate] for b in structure.blocks if len(b.mlp_in) == 2}
+        vals["mlp_gate"], vals["mlp_in"] = _cg(rm, modules=gates) or 0.0, _cg(rm, modules=ups) or 0.0
+    tables = sorted((i for i in rm.by_role("token_embed") if i.param.dim() == 2),
+                    key=lambda i: -i.param.shape[0])
+    if tables:
+        vals["embed"] = _ms(tables[0].param)
+        vals["token_type"] = sum(_ms(t.param) for t in tables[1:])
+    cls = rm.by_role("cls_token")
+    vals["cls"] = _ms(cls[0].param) if cls else base.cls
+    root = None
+    if structure is not None and stack is not None and len(structure.stacks) > 1:
+        root = structure.stacks[stack].name.rsplit(".", 1)[0]
+    table = _pos_table(inner, rm, root)
+    vals["pos"] = 0.0 if table is None else _ms(table)
     pb = rm.by_role("patch_embed", "bias")
     vals["patch_bias"] = float(pb[0].param.detach().double().pow(2).mean()) if pb else 0.0
-    if not rm.by_role("pos_embed"):  # fixed sin-cos table: entries of mean square 1/2
-        vals["pos"] = 0.5 if getattr(model, "config", {}).get("pos") == "sincos" else 0.0
     return replace(base, **vals)
 
 
-def predict_for(model, batch: torch.Tensor, *, constants: Constants | None = None,
-                samples: int = 256, seed: int = 0, gradients: bool = True, role_map=None) -> dict:
-    """Leading-order prediction for ``model`` on ``batch`` (images or token ids).
+def _coverage(rm, layout) -> list[str]:
+    """Why the leading-order recursion does not describe this model at init (empty: it does)."""
+    why = list(layout.why)
+    for info in rm:
+        roles_ = set(info.roles)
+        if "gain" in roles_:
+            why.append(f"{info.name} is a residual-branch gain (outside the recursion)")
+            break
+    bad_norm = [i.name for i in rm.by_role("norm", None)
+                if i.param.numel() and float((i.param.detach().double() + (i.gain_offset if i.kind == "weight" else 0)
+                                              - (1.0 if i.kind == "weight" else 0.0)).abs().max()) > 1e-6]
+    if bad_norm:
+        why.append(f"norm gains/biases are not 1/0 ({bad_norm[0]}, ...): the recursion assumes unit gain")
+    bias = [i.name for r in ("q", "k", "v", "o", "mlp_in", "mlp_gate", "mlp_out")
+            for i in rm.by_role(r, "bias") if float(i.param.detach().abs().max()) > 0]
+    if bias:
+        why.append(f"nonzero biases ({bias[0]}, ...): the recursion assumes zero-initialized biases")
+    return why
 
-    Returns ``{"prediction": Prediction, "gradients": dict | None, "network": Network}``.
-    Sin-cos position tables are treated as a table of i.i.d. entries with the same mean square
-    (approximate: their rows are not orthogonal).
+
+def _final_stream(st, tr, layout, s: int):
+    name = layout.final_norm.get(s)
+    if name is not None:
+        for _, n, _tin, tout, _after in tr.outer:
+            if n == name:
+                return tout
+    return tr.blocks[st.stacks[s].blocks[-1]].z_out
+
+
+def _head_fit(rm, st, tr, layout, logits: torch.Tensor, kind: str):
+    """The readout the output is, read from the forward: {"pool", "multiplier", "head_var",
+    "head_bias_var", "n_out"}, or a string saying why the output is not one linear map of the
+    final stream (then no output prediction)."""
+    s = _final_stream(st, tr, layout, len(st.stacks) - 1)
+    if s is None:
+        return "the final stream was not recorded"
+    s = s.detach().double()
+    if kind == "hidden":
+        if s.shape == logits.shape and float((s - logits).norm() / (logits.norm() + 1e-30)) < 1e-6:
+            return dict(pool="hidden")
+        return "the output is the last hidden state but not the final stream the theory follows"
+    heads = [i for i in rm.by_role("head", "weight") if i.param.dim() == 2 and i.param.shape[1] == rm.width
+             and i.param.shape[0] == logits.shape[-1]]
+    tied = [i for i in rm.by_role("token_embed") if i.param.dim() == 2 and i.param.shape[0] == logits.shape[-1]]
+    cands = heads[:1] or tied[:1]
+    if not cands:
+        return "no head or token table with as many rows as the output has entries"
+    w = cands[0].param.detach().double()
+    bias = next((i.param.detach().double() for i in rm.by_role("head", "bias")
+                 if heads and i.name.rsplit(".", 1)[0] == heads[0].name.rsplit(".", 1)[0]), None)
+    y = logits - (bias if bias is not None else 0.0)
+    pools = {"token": s} if logits.dim() == s.dim() else {"cls": s[:, 0], "mean": s.mean(1)}
+    for pool, x in pools.items():
+        if x.shape[:-1] != y.shape[:-1]:
+            continue
+        p = x @ w.t()
+        m = float((y * p).sum() / (p * p).sum().clamp_min(1e-300))
+        if float((y - m * p).norm() / (y.norm() + 1e-30)) < 1e-4:
+            return dict(pool=pool, multiplier=m, head_var=float(w.pow(2).mean()), weight=w,
+                        head_bias_var=0.0 if bias is None else float(bias.pow(2).mean()), n_out=w.shape[0])
+    return "the output is not one linear map of the final stream (a head with its own layers)"
+
+
+@dataclass
+class ModelPrediction:
+    """The leading-order prediction for one model and batch, stack by stack.
+
+    ``stacks[i]`` is a :class:`Prediction` or None; ``unavailable`` maps each quantity the theory
+    does not give on this model to the reason. ``res["prediction"]``, ``res["gradients"]`` and
+    ``res["network"]`` read the first stack (the only one of a decoder-only or encoder model).
     """
+
+    networks: list
+    stacks: list
+    gradients: dict | None
+    output_logit_var: float | None
+    unavailable: dict
+    blocks_per_stack: list = field(default_factory=list)
+
+    def __getitem__(self, key):
+        first = {"prediction": self.stacks[0] if self.stacks else None, "gradients": self.gradients,
+                 "network": self.networks[0] if self.networks else None}
+        if key not in first:
+            raise KeyError(key)
+        return first[key]
+
+    def to_report(self, *, samples: int, seed: int) -> dict:
+        """The probe report's ``predicted``: blocks aligned with the measured ones (None where not
+        predicted)."""
+        blocks, stems = [], []
+        counts = self.blocks_per_stack or [n.depth if n else 0 for n in self.networks]
+        for n, pred in zip(counts, self.stacks):
+            stems.append(None if pred is None else pred.g_stem)
+            blocks += pred.per_block() if pred is not None else [None] * n
+        last = self.stacks[-1] if self.stacks else None
+        g = self.gradients
+        consts = next((n.constants.to_dict() for n in self.networks if n is not None), None)
+        return dict(g_stem=stems[0] if stems else None, stems=stems, blocks=blocks,
+                    output_logit_var=self.output_logit_var,
+                    ln_final_s2=None if last is None or not last.network.final_norm else last.ln_final,
+                    samples=samples, seed=seed, constants=consts, unavailable=self.unavailable,
+                    grads=None if g is None else {k: v for k, v in g.items() if k != "backward_kernel_stem"})
+
+
+def network_of(model, *, constants: Constants | None = None, role_map=None, batch=None,
+               stack: int = 0) -> Network:
+    """The :class:`Network` of one stack of ``model``: width, heads, logit scale, norm placement,
+    MLP nonlinearity and head read from the role map and one traced forward (:func:`traced`),
+    constants from the weights unless given. Reading C_G = Var(W)·fan_in from the weights is
+    reading the initialization, not the signal. A model the recursion does not describe
+    (branch gains, sandwich norms, parallel blocks, unknown nonlinearity) is a ConfigError."""
     from .roles import roles
 
     rm = role_map or roles(model)
-    net = network_of(model, constants=constants, role_map=rm)
-    cfg = getattr(model, "config", {})
-    gram, n_patch = None, None
-    if "vocab_size" in cfg:
-        b, t = batch.shape
-        k0 = stem_kernel_tokens(batch, net.constants)
-        tokens = t
+    st, tr, layout, logits, kind = traced(model, batch, role_map=rm)
+    why = _coverage(rm, layout)
+    if why:
+        raise ConfigError("the leading-order theory does not cover this model: " + "; ".join(why))
+    nets, _ = _networks(model, rm, st, tr, layout, logits, kind, constants)
+    if nets[stack] is None:
+        raise ConfigError(f"no network for stack {stack}")
+    return nets[stack]
+
+
+def _networks(model, rm, st, tr, layout, logits, kind, constants):
+    from .probe.structure import causal_of, logit_scale
+    from .roles.registry import unwrap
+
+    inner = unwrap(model)
+    unavailable = {}
+    head = _head_fit(rm, st, tr, layout, logits, kind)
+    if isinstance(head, str):
+        unavailable["output_logit_var"] = head
+        head = dict(pool="token")
+    head = dict(dict(multiplier=1.0, head_var=None, head_bias_var=0.0, n_out=10), **head)
+    nets = []
+    for si, stack in enumerate(st.stacks):
+        b0 = st.blocks[stack.blocks[0]]
+        att = b0.attention
+        scale = logit_scale(att, inner.get_submodule(att.module_name))
+        consts = constants or constants_of(model, role_map=rm, structure=st, gate=layout.gate, stack=si)
+        eps = 1e-6
+        for name in [layout.final_norm.get(si), *[e[1] for e in tr.blocks[b0.index].events if e[0] == "N"]]:
+            mod = inner.get_submodule(name) if name else None
+            v = getattr(mod, "eps", getattr(mod, "variance_epsilon", None)) if mod is not None else None
+            if isinstance(v, (int, float)):
+                eps = float(v)
+                break
+        mlp_in = [i for i in rm.by_role("mlp_in") if i.name.rsplit(".", 1)[0] in b0.mlp_in]
+        ratio = (mlp_in[0].fan_out / rm.width) if mlp_in else 4
+        last = si == len(st.stacks) - 1
+        hv = head["head_var"] if last else None
+        pool = head["pool"] if last and head["pool"] != "hidden" else "token"
+        nets.append(Network(
+            width=rm.width, heads=att.n_heads if rm.width % att.n_heads == 0 else 1,
+            depth=len(stack.blocks), constants=consts, mlp_ratio=ratio, ln_eps=eps,
+            logit_gain=scale * scale * att.head_dim, causal=causal_of(att, rm), pool=pool,
+            head_var=hv, head_bias_var=head["head_bias_var"] if last else 0.0,
+            head_multiplier=head.get("multiplier", 1.0) if last else 1.0, n_out=head.get("n_out", 10),
+            norm_position=layout.norm_position or "pre", activation=layout.activation or "gelu",
+            gated=layout.gate is not None, stem_norm=si in layout.stem_norm,
+            final_norm=si in layout.final_norm, group_size=att.group_size))
+    return nets, dict(unavailable, _head=head)
+
+
+def _stem(model, rm, st, si: int, net: Network, batch, kwargs):
+    """(N×N stem kernel, batch, tokens, patch Gram, n_patch) of stack ``si``, or a reason string."""
+    from .roles.registry import unwrap
+
+    f = rm.facts.inputs
+    c = net.constants
+    stack = st.stacks[si]
+    if stack.decoder:
+        ids = kwargs.get("decoder_input_ids")
+        if ids is None:
+            return "the decoder's token ids are not known"
+        kind, x = "tokens", ids
     else:
-        p = cfg.get("patch_size")
-        if p is None:
-            raise ConfigError("predict_for needs an initlab ViT/GPT (with model.config)")
-        x = patches(batch, p)
-        b, t, n_patch = x.shape
-        cls = cfg.get("pool") == "cls"
-        k0 = stem_kernel_vision(x, net.constants, cls=cls)
+        kind, x = f.kind, batch if isinstance(batch, torch.Tensor) else kwargs.get(f.name or "")
+    if x is None:
+        return "the stack's input is not known"
+    scale2 = float(rm.facts.embed_scale) ** 2
+    if kind == "tokens":
+        if not f.batch_first and not stack.decoder:
+            x = x.t()
+        b, t = x.shape
+        k0 = scale2 * (stem_kernel_tokens(x, replace(c, pos=0.0)) + c.token_type) + \
+            c.pos * stem_kernel_tokens(torch.zeros_like(x), Constants(embed=0.0, pos=1.0))
+        return k0, b, t, None, None
+    if kind == "embeddings":
+        if not f.batch_first:
+            x = x.transpose(0, 1)
+        b, t, d = x.shape
+        flat = x.reshape(b * t, d).to(DTYPE)
+        pos = torch.arange(t).repeat(b)
+        return flat @ flat.t() / d + c.pos * (pos[:, None] == pos[None, :]).to(DTYPE), b, t, None, None
+    if kind == "image":
+        convs = [i for i in rm.by_role("patch_embed") if i.param.dim() == 4]
+        if len(convs) != 1:
+            return "the patch embedding is not one Conv2d"
+        mod = unwrap(model).get_submodule(convs[0].name.rsplit(".", 1)[0])
+        p = convs[0].param.shape[-1]
+        if tuple(getattr(mod, "stride", (p, p))) != (p, p) or convs[0].param.shape[-2] != p:
+            return "the patch embedding's stride is not its kernel size"
+        xp = patches(x, p)
+        b, t, n_patch = xp.shape
+        cls = rm.facts.positions.prefix_tokens > 0
+        k0 = stem_kernel_vision(xp, c, cls=cls)
         tokens = t + (1 if cls else 0)
-        flat = x.reshape(b * t, n_patch)
+        flat = xp.reshape(b * t, n_patch)
         gram = flat @ flat.t()
         if cls:
             g2 = torch.zeros(b, tokens, b, tokens, dtype=DTYPE)
             g2[:, 1:, :, 1:] = gram.reshape(b, t, b, t)
             gram = g2.reshape(b * tokens, b * tokens)
+        return k0, b, tokens, gram, n_patch
+    return f"a {kind} stem (e.g. a convolutional audio front end) is outside the leading-order stem"
+
+
+def predict_for(model, batch=None, *, constants: Constants | None = None, samples: int = 256,
+                seed: int = 0, gradients: bool = True, role_map=None, trace=None, output=None,
+                decoder_tokens: int | None = None) -> ModelPrediction:
+    """Leading-order prediction for ``model`` on ``batch``, for any model the role map accepts.
+
+    Per stack (one for decoder-only, encoder and vision models; encoder then decoder for an
+    encoder-decoder, the decoder's cross-attention reading the encoder's predicted output): the
+    stem kernel from the batch (token ids, patches, embeddings), then :func:`propagate` with the
+    architecture read by :func:`traced` (pre/post norm, the MLP nonlinearity, gated or not) and the
+    constants read from the weights unless given. Gradients (:func:`predict_gradients`) for one
+    pre-LN stack (plain or gated MLP) with a linear head. Whatever is not predicted is listed in
+    ``unavailable`` with the reason. RoPE and T5's relative position bias are left out of the
+    logits (leading order: a rotation keeps the logit variance; the bias table's variance at init
+    is 1/d_model); sin-cos tables are treated as i.i.d. entries with their mean square.
+    """
+    from .probe.structure import forward_inputs
+    from .roles import roles
+
+    rm = role_map or roles(model)
+    if trace is None:
+        st, tr, layout, logits, kind = traced(model, batch, role_map=rm, decoder_tokens=decoder_tokens,
+                                              seed=seed)
+    else:
+        st, tr, layout = trace
+        logits, kind = output[0], output[1]
+    if batch is None:
+        from .probe.structure import make_inputs
+        from .roles.registry import unwrap
+        batch = make_inputs(rm, unwrap(model), batch=2, tokens=8, generator=torch.Generator().manual_seed(seed))
+    _, kwargs = forward_inputs(rm, batch, decoder_tokens=decoder_tokens, seed=seed)
+    why = _coverage(rm, layout)
+    if why:
+        reason = "; ".join(why)
+        return ModelPrediction([None] * len(st.stacks), [None] * len(st.stacks), None, None,
+                               {"blocks": reason, "output_logit_var": reason, "gradients": reason},
+                               [len(s.blocks) for s in st.stacks])
+    nets, extra = _networks(model, rm, st, tr, layout, logits, kind, constants)
+    unavailable = {k: v for k, v in extra.items() if not k.startswith("_")}
+    head = extra["_head"]
+    preds, memory, grads = [], None, None
     with single_threaded():  # small N×N matrices: extra threads only add contention
-        pred = propagate(k0, net, batch=b, tokens=tokens, samples=samples, seed=seed)
-        grads = predict_gradients(pred, patch_gram=gram, n_patch=n_patch) if gradients else None
-    pos = getattr(model, "pos_embed", None)
-    if grads is not None and isinstance(pos, torch.nn.Parameter) and pos.shape[-2] > tokens:
-        grads["pos_embed"] *= math.sqrt(tokens / pos.shape[-2])  # rows past the sequence get no gradient
-    return {"prediction": pred, "gradients": grads, "network": net}
+        for si, net in enumerate(nets):
+            stem = _stem(model, rm, st, si, net, batch, kwargs)
+            if isinstance(stem, str) or (st.stacks[si].decoder and memory is None):
+                unavailable[f"stack {si} ({st.stacks[si].name})"] = stem if isinstance(stem, str) else \
+                    "its cross-attention reads an encoder stack that is not predicted"
+                preds.append(None)
+                memory = None
+                continue
+            k0, b, t, gram, n_patch = stem
+            pred = propagate(k0, net, batch=b, tokens=t, samples=samples, seed=seed + 1000 * si,
+                             memory=memory if st.stacks[si].decoder else None)
+            preds.append(pred)
+            memory = ln_kernel(pred.kernel_out, net.ln_eps) if net.final_norm else pred.kernel_out
+        last, lnet = preds[-1], nets[-1]
+        out_var = None
+        if last is not None and "output_logit_var" not in unavailable:
+            out_var = last.ln_final if head["pool"] == "hidden" else last.output_logit_var
+        elif last is None:
+            unavailable.setdefault("output_logit_var", "the last stack is not predicted")
+        if gradients:
+            reason = None
+            if len(nets) != 1 or last is None:
+                reason = "gradients are derived for one stack (decoder-only, encoder or vision)"
+            elif lnet.norm_position != "pre" or lnet.stem_norm:
+                reason = "gradients are derived for pre-LN blocks with no stem norm"
+            elif head["pool"] == "hidden" or "output_logit_var" in unavailable:
+                reason = "gradients need a linear head (the objective is one output logit)"
+            elif output is not None and "weight" in head and not bool(head["weight"][output[2]].any()):
+                reason = (f"row {output[2]} of the head is all zeros (a padding token): its gradient "
+                          f"is exactly 0; pass another output_index")
+            if reason:
+                unavailable["gradients"] = reason
+            else:
+                k0, b, t, gram, n_patch = _stem(model, rm, st, 0, lnet, batch, kwargs)
+                grads = predict_gradients(last, patch_gram=gram, n_patch=n_patch)
+                table = _pos_table(model, rm, None)
+                if table is not None and rm.facts.positions.kind == "learned" and table.dim() >= 2 \
+                        and table.shape[-2] > t:
+                    grads["pos_embed"] *= math.sqrt(t / table.shape[-2])  # rows past the sequence: no gradient
+    return ModelPrediction(nets, preds, grads, out_var, unavailable, [len(s.blocks) for s in st.stacks])

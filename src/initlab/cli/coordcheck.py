@@ -1,25 +1,23 @@
 """``initlab coordcheck``: per-role activation and update sizes across widths after a few steps.
 
     initlab coordcheck --widths 64,128,256,512 --params standard,nt,mu --lr 2e-3 --out runs/cc
+    initlab coordcheck --hf gpt2 --widths 64,128 --depth 2 --params standard,mu
 
 Flat curves mean the parametrization transfers across width (μP's coordinate check); the
-standard parametrization at one learning rate grows with width. Model: the paper's ViT
-(pre-LN, bias-free, frozen LN affine, mean pooling), head_dim 32, on one fixed batch.
+standard parametrization at one learning rate grows with width. Model: the paper's ViT (pre-LN,
+bias-free, frozen LN affine, mean pooling) or any ``--hf`` type / ``--config`` file, head_dim 32,
+on one fixed batch. The work lives in :func:`initlab.probe.runs.run_coordcheck`.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
 from ..experiments.grid import parse_ints
-from .probe import build_model, make_batch
+from .probe import add_model_flags, model_spec
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("coordcheck", help="coordinate check: activation/update sizes across widths",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("vit", "gpt"), default="vit")
+    add_model_flags(p)
     p.add_argument("--widths", default="64,128,256")
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--params", default="standard,nt,mu")
@@ -27,7 +25,6 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="base lr (the factors are 1 at the smallest width)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--data", choices=("auto", "synthetic"), default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -35,20 +32,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..coord_check import coord_check
+    from ..probe.runs import run_coordcheck
 
-    widths = parse_ints(args.widths, "--widths")
-    x, y, source = make_batch(args.model, args.batch, args.tokens, args.data, args.seed)
-    params = [p.strip() for p in args.params.split(",") if p.strip()]
-    cc = coord_check(lambda w: build_model(args.model, w, args.depth, max(1, w // 32), tokens=args.tokens),
-                     widths, x, y, params=params, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
-                     seed=args.seed)
-    print(cc.table())
-    print(f"(data: {source}; {args.optimizer} lr {args.lr}, {args.steps} steps, base width {min(widths)})")
+    res = run_coordcheck(model_spec(args), parse_ints(args.widths, "--widths"), args.depth,
+                         [p.strip() for p in args.params.split(",") if p.strip()],
+                         optimizer=args.optimizer, lr=args.lr, steps=args.steps, batch=args.batch,
+                         data=args.data, seed=args.seed, out=args.out)
+    print(res.check.table())
+    print(f"(data: {res.data}; {args.optimizer} lr {args.lr}, {args.steps} steps, base width "
+          f"{min(parse_ints(args.widths, '--widths'))})")
     if args.out:
-        out = Path(args.out)
-        cc.write_csv(out / "coordcheck.csv")
-        cc.plot(out / "coordcheck.png", key="delta")
-        cc.plot(out / "coordcheck_act.png", key="act")
-        print(f"wrote {out}/coordcheck.{{csv,png}}, coordcheck_act.png")
+        print(f"wrote {args.out}/coordcheck.{{csv,png}}, coordcheck_act.png")
     return 0
