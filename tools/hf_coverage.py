@@ -102,18 +102,54 @@ def shrink(cfg) -> None:
             # every stage at least one window wide (its resolution halves per stage)
             _set(cfg, "window_size", 2)
             _set(cfg, "image_size", cfg.patch_size * 2 ** len(depths))
-    for key, old in list(cfg.__dict__.items()):  # per-layer lists: the first LAYERS entries
-        if isinstance(old, list) and len(old) > LAYERS and (
-                key in ("layer_types", "layers_block_type") or key.endswith(("_per_layer", "layer_types"))):
-            new = old[:LAYERS]
-            if "heads" in key and all(isinstance(v, int) for v in new):
-                new = [N_HEADS] * LAYERS
-            _set(cfg, key, new)
+    _keep_layer_kinds(cfg)
     if getattr(cfg, "vocab_size", None) and cfg.vocab_size > 4096 and "pad_token_id" in cfg.__dict__:
         pass  # vocabularies keep their size: special token ids index into them
     for name, sub in list(cfg.__dict__.items()):
         if _is_config(sub):
             shrink(sub)
+
+
+_LAYER_LISTS = ("layer_types", "layers_block_type", "block_types", "mlp_layer_types")
+
+
+def _keep_layer_kinds(cfg) -> None:
+    """Per-layer lists (hybrids: which layers are attention, Mamba, linear attention): LAYERS
+    layers, or one of each kind when there are more kinds, so a hybrid keeps its attention layers.
+    Period/offset and index-list settings are rewritten to match."""
+    lists = {k: v for k, v in cfg.__dict__.items() if isinstance(v, list) and v and (
+        k in _LAYER_LISTS or k.endswith(("_per_layer", "layer_types")))}
+    kinds = lists.get("layer_types") or lists.get("layers_block_type") or lists.get("block_types")
+    if kinds and all(isinstance(v, str) for v in kinds):
+        pick = list(range(min(LAYERS, len(kinds))))
+        for kind in dict.fromkeys(kinds):  # two layers of each kind the first LAYERS miss
+            if kind not in [kinds[i] for i in pick]:  # (two: Zamba ties its shared blocks)
+                pick += [i for i, k in enumerate(kinds) if k == kind][:2]
+        pick.sort()
+        n = len(pick)
+        for key, old in lists.items():
+            if len(old) >= len(kinds) or len(old) > n:
+                new = [old[i] for i in pick] if len(old) >= len(kinds) else old[:n]
+                if "heads" in key and all(isinstance(v, int) for v in new):
+                    new = [N_HEADS] * n
+                _set(cfg, key, new)
+        if n != LAYERS and isinstance(cfg.__dict__.get("num_hidden_layers"), int):
+            _set(cfg, "num_hidden_layers", n)
+        if isinstance(cfg.__dict__.get("hybrid_layer_ids"), list):  # zamba2
+            _set(cfg, "hybrid_layer_ids", [i for i, k in enumerate(cfg.layers_block_type) if k == "hybrid"])
+    else:
+        for key, old in lists.items():
+            if len(old) > LAYERS:
+                new = old[:LAYERS]
+                if "heads" in key and all(isinstance(v, int) for v in new):
+                    new = [N_HEADS] * LAYERS
+                _set(cfg, key, new)
+    # Jamba-style periods: attention in layer 1 of 2; Bamba-style index lists
+    if isinstance(cfg.__dict__.get("attn_layer_period"), int):
+        _set(cfg, "attn_layer_period", LAYERS)
+        _set(cfg, "attn_layer_offset", LAYERS - 1)
+    if "attn_layer_indices" in cfg.__dict__ and cfg.__dict__.get("mamba_n_heads"):
+        _set(cfg, "attn_layer_indices", [LAYERS - 1])
 
 
 class _Timeout(Exception):

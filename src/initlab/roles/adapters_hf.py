@@ -28,6 +28,7 @@ from ..errors import RoleMapError
 from .core import BIAS, InputFacts, ModelFacts, PositionFacts, Role, RoleMap, RoleMapBuilder
 from .mapping import first_int, module_layout, roles_from_mapping
 from .registry import register_adapter
+from . import adapters_hybrid as hybrid
 
 _HEADS = "config.num_attention_heads"
 
@@ -94,18 +95,17 @@ _O = ("o_proj", "out_proj", "dense", "o", "out_lin", "wo", "c_proj", "proj", "ou
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")
 _KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads", "n_head_kv")
 _HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
-# module classes that mean "not softmax attention": refused with this reason
+# module classes that mean "not softmax attention" and that initlab does not map: refused with this
+# reason. State-space / linear-attention mixers are mapped (adapters_hybrid) when the model also has
+# softmax attention layers (a hybrid); a model with none is refused there.
 _NOT_SOFTMAX = (
-    (re.compile(r"Mamba|SSM|Mixer$|ShortConv|Rwkv|RWKV|S4|Hyena"), "state-space / recurrent layers"),
-    (re.compile(r"GatedDeltaNet|DeltaNet|DeltaAttention|Linear\w*Attention|Lightning|Retention|"
-                r"KimiDelta|LinearAttn|GLA\b|AdditiveAttention"),
-     "linear (delta-rule / kernelized / additive) attention"),
+    (re.compile(r"AdditiveAttention"), "additive attention (no q/k dot product)"),
     (re.compile(r"MoA$|MixtureOfAttention"), "mixture-of-attention-heads experts"),
     (re.compile(r"Diff\w*Attention"), "differential attention (two softmax maps subtracted, "
                                       "heads paired)"),
 )
-# names of projections that make an attention latent (MLA): per-head q/k/v are products of factors
-_MLA = ("kv_a_proj_with_mqa", "q_a_proj", "kv_b_proj", "kv_a_proj")
+# names of projections that make an attention latent (MLA): mapped by adapters_hybrid.add_mla
+_MLA = hybrid.MLA_NAMES
 _CROSS = re.compile(r"(encoder_attn|crossattention|cross_attn|cross_attention|enc_dec_attn)",
                     re.I)
 _MLP_IN = ("ffn", "up_proj", "fc1", "c_fc", "wi", "wi_1", "fc_in", "dense_h_to_4h", "intermediate.dense",
@@ -180,10 +180,6 @@ def _refusal(model: nn.Module) -> str | None:
         for rx, why in _NOT_SOFTMAX:
             if rx.search(cname):
                 found.setdefault(why, f"{name} ({cname})")
-        if any(isinstance(getattr(mod, n, None), nn.Module) for n in _MLA):
-            found.setdefault("multi-head latent attention (MLA: q/k/v are low-rank latents with a "
-                             "decoupled RoPE key, no per-head q/k/v projection to write)",
-                             f"{name} ({cname})")
     if not found:
         return None
     return "; ".join(f"{why}, e.g. {where}" for why, where in found.items())
@@ -227,7 +223,7 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
                       if groups > 1 else lin(fused, offset=off, d_out=size) for off, size in parts)
     else:
         qp, kp, vp = lin(q), lin(k), lin(v)
-        if hd is None or qp.d_out != heads * hd:
+        if hd is None or qp.d_out not in (heads * hd, 2 * heads * hd):  # 2x: a gated query
             hd = qp.d_out // heads
         if qp.d_out == 2 * heads * hd:  # gated query: per head [q_h | gate_h]
             qp = lin(q, offset=0, d_out=heads * hd, groups=heads, stride=2 * hd)
@@ -303,10 +299,17 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
                            f"rather than map part of it wrongly.")
     b = RoleMapBuilder(model)
     mods = dict(model.named_modules())
+    mixers = hybrid.mixers(model)  # hybrids: state-space / linear-attention layers beside attention
     claimed: list[str] = []
     index = 0
     for name, mod in mods.items():
-        if not name or any(name.startswith(c + ".") for c in claimed):
+        if not name or any(name.startswith(c + ".") for c in claimed) or any(
+                name == m or name.startswith(m + ".") for m in mixers):
+            continue
+        if hybrid.is_mla(mod):
+            hybrid.add_mla(b, name=name, model=model, mod=mod, index=index)
+            claimed.append(name)
+            index += 1
             continue
         if isinstance(mod, nn.MultiheadAttention):  # e.g. SigLIP's attention-pooling head
             from .adapters_torch import add_mha
@@ -319,10 +322,19 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
         if _attention_layer(b, model, name, mod, index, model_type):
             claimed.append(name)
             index += 1
+    if not b.attention and mixers:
+        kinds = sorted(set(mixers.values()))
+        raise RoleMapError(f"{type(model).__name__} (model_type={model_type!r}) is not a softmax-"
+                           f"attention Transformer initlab can map: it has only {' and '.join(kinds)} "
+                           f"(e.g. {next(iter(mixers))}) and no softmax attention layer, which the role "
+                           f"map, mimetic init and the theory are about")
     if not b.attention:
         raise RoleMapError("found no attention module with q/k/v (or fused qkv) and output "
                            "projections")
     width = b.attention[0].d_model
+    for name in mixers:  # hybrid: the mixers' matrices get MLP-like roles (adapters_hybrid)
+        hybrid.add_mixer(b, model, name)
+        claimed.append(name)
     for c in claimed:  # an attention output gate (gated attention): a hidden matrix like the MLP gate
         for name, mod in model.get_submodule(c).named_modules(prefix=c):
             w = getattr(mod, "weight", None)
@@ -416,6 +428,10 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
             b.add(n, Role.CLS_TOKEN if n == "cls_token" else Role.POS_EMBED, fan_in=1, fan_out=p.shape[-1])
     head_controls(b.controls, model)
     depth = sum(1 for a in b.attention if not a.cross)
+    if mixers:  # a hybrid's depth counts its blocks, attention or not
+        hybrid.add_block_linears(b, model, mixers)
+        depth = len({first_int(n) for n in mixers} | {first_int(a.module_name) for a in b.attention
+                                                       if not a.cross}) or depth
     return b.build(width=width, depth=depth, adapter=f"transformers.{model_type or 'generic'}",
                    allow_unmapped=True)
 
