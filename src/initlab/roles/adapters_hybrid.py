@@ -52,6 +52,8 @@ MLA_NAMES = ("kv_a_proj_with_mqa", "kv_b_proj")
 def mixer_kind(mod: nn.Module) -> str | None:
     """Why ``mod`` is a non-softmax token mixer (state-space, linear attention), or None."""
     name = type(mod).__name__
+    if is_mla(mod):  # KimiLinearAttention: softmax MLA despite the model's name
+        return None
     if name.endswith("RecurrentBlock"):  # RecurrentGemma's RG-LRU block (holds no attention)
         return _MIXER[0][1]
     if _HOLDER.search(name):
