@@ -121,7 +121,7 @@ def shrink(cfg) -> None:
             expand = cfg.__dict__.get("mamba_expand", 2) if "mamba" in heads_key else 1
             _set(cfg, heads_key, N_HEADS)
             _set(cfg, dim_key, expand * D // N_HEADS)
-    for key in ("n_groups", "mamba_n_groups", "n_group", "topk_group"):  # groups of heads / experts
+    for key in ("n_groups", "mamba_n_groups", "n_group", "topk_group", "num_expert_group"):  # groups of heads / experts
         if isinstance(cfg.__dict__.get(key), int) and cfg.__dict__[key] > 1:
             _set(cfg, key, 1)
     if isinstance(cfg.__dict__.get("mamba_d_ssm"), int):
