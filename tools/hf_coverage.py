@@ -65,6 +65,7 @@ _SCALARS = {
     "head_dim": D // N_HEADS, "kv_channels": D // N_HEADS, "attention_head_dim": D // N_HEADS,
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
     "image_size": 32, "patch_size": 4, "max_position_embeddings": 128, "n_positions": 128,
+    "max_source_positions": 64, "max_target_positions": 128,
     "embedding_size": D, "max_window_layers": LAYERS, "emb_dim": D, "input_embedding_size": D,
     "output_embedding_size": D, "rotary_dim": 8, "window_size": 4,
 }
@@ -501,10 +502,12 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
         else:  # Speech2Text-like: (B, frames, features)
             feat = getattr(cfg, "input_feat_per_channel", 80) * getattr(cfg, "input_channels", 1)
             x = torch.randn(2, 32, feat, generator=g)
-        return {name: x}, torch.randint(3, hi, (2, 5), generator=g)
+        labels = torch.randint(3, hi, (2, 5), generator=g)
+        return {name: x, "decoder_input_ids": labels}, labels
     ids = torch.randint(3, hi, (2, 8), generator=g)
-    if head == "seq2seq":
-        return {name: ids}, torch.randint(3, hi, (2, 5), generator=g)
+    if head == "seq2seq":  # decoder inputs given: tiny configs may lack decoder_start_token_id
+        labels = torch.randint(3, hi, (2, 5), generator=g)
+        return {name: ids, "decoder_input_ids": labels}, labels
     return {name: ids}, ids
 
 
@@ -586,7 +589,7 @@ def probe_check(fresh, head: str) -> list[str]:
     import initlab
     model = fresh()
     kw, _ = make_batch(model, head)
-    report = initlab.probe_model(model, next(iter(kw.values())))
+    report = initlab.probe_model(model, kw[getattr(model, "main_input_name", "input_ids")])
     return [] if report is not None else ["probe_model returned nothing"]
 
 
@@ -632,7 +635,7 @@ def persist_check(fresh, head: str) -> tuple[list[str], str | None]:
     model.eval()
     initlab.parametrize_(model, "mu", generator=torch.Generator().manual_seed(4))
     kw, labels = make_batch(model, head)
-    extra = {"labels": labels} if head in ("seq2seq", "speech-seq2seq") else {}
+    extra = {}
     with torch.no_grad():
         want = _logits(model(**kw, **extra)).float()
     with tempfile.TemporaryDirectory() as tmp:

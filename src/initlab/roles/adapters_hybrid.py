@@ -217,7 +217,11 @@ def add_mla(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Module, inde
         raise RoleMapError(f"{name}: latent attention without a head count or a no-RoPE key part "
                            f"(qk_nope_head_dim={nope}); mimetic init has nothing to write")
     lin = lambda n, **kw: b.linear(f"{name}.{n}", **kw)
-    q_name = "q_b_proj" if isinstance(getattr(mod, "q_b_proj", None), nn.Module) else "q_proj"
+    q_name = next((n for n in ("q_b_proj", "q_proj") if isinstance(getattr(mod, n, None), nn.Linear)), None)
+    if q_name is None:
+        raise RoleMapError(f"{name} ({type(mod).__name__}): latent attention whose queries are not a "
+                           f"down/up product (no q_b_proj or q_proj; e.g. a query fused with a gate "
+                           f"over [residual, latent]), so no per-head query map to solve for")
     q_up = lin(q_name, offset=0, d_out=heads * nope, groups=heads, stride=nope + rope)
     q_rope = lin(q_name, offset=nope, d_out=heads * rope, groups=heads, stride=nope + rope) if rope else None
     q_down = lin("q_a_proj") if q_name == "q_b_proj" else None
@@ -245,6 +249,10 @@ def add_mla(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Module, inde
         if proj.bias is not None:
             b.add(proj.bias_name, role, kind="bias", layer=index, fan_in=1, fan_out=proj.d_out,
                   index=proj.bias_index)
+    for sub, m in mod.named_modules(prefix=name):  # DeepSeek-V3.2's sparse-attention indexer
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.Linear) and b.canonical_name(w) not in b.infos:
+            b.add_module(sub, Role.MLP_IN, layer=first_int(sub))
     b.attention.append(att)
     return att
 
