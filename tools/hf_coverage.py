@@ -826,6 +826,8 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", default=",".join(HEADS), help="comma-separated: " + ",".join(HEADS))
     ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated: " + ",".join(STEPS))
     ap.add_argument("--timeout", type=int, default=180)
+    ap.add_argument("--vocab", type=int, default=512,
+                    help="vocabulary size where the config's special token ids allow (0: the config's)")
     ap.add_argument("--merge", help="JSON of a full run: re-check only --types and keep the rest")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -840,7 +842,7 @@ def main(argv=None) -> int:
         for t in types_of(head):
             if wanted and t not in wanted:
                 continue
-            r = check(head, t, args.timeout, steps=steps)
+            r = check(head, t, args.timeout, vocab=args.vocab or None, steps=steps)
             results.append(r)
             status = ("passes" if r.works else "not buildable" if not r.buildable else r.first_failure)
             print(f"{head:14s} {t:28s} {r.seconds:6.1f}s  {status[:150]}", flush=True)
