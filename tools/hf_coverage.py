@@ -737,6 +737,26 @@ def _cell(s: str) -> str:
     return s if len(s) <= 140 else s[:137] + "..."
 
 
+# known causes of failing steps, matched on "step: message" (first match wins), for the report
+CAUSES = (
+    (r"^probe: ", "probe_model does not run on this model (issue 18 item 3)"),
+    (r"norm .* computes 2x", "a scheme wrote 1 into an x(1+w) norm gain: gain 2 (issue 18 item 1)"),
+    (r"wrote frozen", "a scheme wrote a frozen tensor (issue 18 item 1)"),
+    (r"^persist: wrong: logits differ", "the mu head multiplier is lost on reload (issue 18 item 2)"),
+    (r"^mimetic: wrong: .*(EncDec|off by)", "mimetic identities off (cross-attention drawn as self?)"),
+    (r"^roles: refused: .*no softmax attention", "refused: no softmax attention layer"),
+    (r"^roles: refused", "refused by the role map (reason in the row)"),
+    (r"^mimetic: refused", "mimetic refused (reason in the row)"),
+    (r"hidden matrices with role other", "a hidden matrix left as role other"),
+    (r"^(train|persist|inits): bug: .*(modeling_|configuration_)", "the tiny model's own forward fails"),
+)
+
+
+def cause_of(r: Result) -> str:
+    msg = r.first_failure
+    return next((label for rx, label in CAUSES if re.search(rx, msg)), "other: " + msg.split(":", 2)[0])
+
+
 def stats(rs: list[Result]) -> dict:
     b = [r for r in rs if r.buildable]
     pool = [r for r in b if r.has_attention]  # the denominator: buildable types with attention
@@ -795,6 +815,15 @@ def render(results: list[Result], command: str, wall: str = "") -> str:
                      f" | {st['coverage']} | {st['refused']} | {st['failing']} |")
     lines += ["", "Step columns count the types with attention whose step is ok (a step after a "
               "failed role map is not run). *failing*: neither passing nor refused.", "",
+              "## Why types do not pass (first failing step, by cause)", "",
+              "| cause | types |", "|---|---|"]
+    causes: dict = {}
+    for r in results:
+        if r.buildable and r.has_attention and not r.works:
+            causes.setdefault(cause_of(r), []).append(r.model_type)
+    for label, types in sorted(causes.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"| {_cell(label)} | {len(types)}: {_cell(', '.join(sorted(set(types))))} |")
+    lines += ["",
               "## Types that do not pass every step", "",
               "| head | type | first failing step |", "|---|---|---|"]
     for r in results:
@@ -844,7 +873,8 @@ def main(argv=None) -> int:
                 continue
             r = check(head, t, args.timeout, vocab=args.vocab or None, steps=steps)
             results.append(r)
-            status = ("passes" if r.works else "not buildable" if not r.buildable else r.first_failure)
+            status = ("passes" if r.works else "not buildable" if not r.buildable else
+                      "; ".join(f"{st}: {getattr(r, st)[:60]}" for st in STEPS if getattr(r, st) != "ok"))
             print(f"{head:14s} {t:28s} {r.seconds:6.1f}s  {status[:150]}", flush=True)
     wall = time.perf_counter() - t0
     if args.merge:

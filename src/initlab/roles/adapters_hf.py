@@ -328,6 +328,11 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
                            f"attention Transformer initlab can map: it has only {' and '.join(kinds)} "
                            f"(e.g. {next(iter(mixers))}) and no softmax attention layer, which the role "
                            f"map, mimetic init and the theory are about")
+    if not b.attention and hybrid.unknown_latent(model):
+        raise RoleMapError(f"latent attention of a layout initlab does not know, e.g. "
+                           f"{hybrid.unknown_latent(model)}: a low-rank query (q_a_proj/q_b_proj) without "
+                           f"MLA's per-head key/value up-projection (kv_b_proj), so there is no per-head "
+                           f"key to solve mimetic init for; pass an explicit mapping")
     if not b.attention:
         raise RoleMapError("found no attention module with q/k/v (or fused qkv) and output "
                            "projections")

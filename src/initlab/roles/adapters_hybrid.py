@@ -126,6 +126,14 @@ def is_mla(mod: nn.Module) -> bool:
         isinstance(getattr(mod, n, None), int) for n in ("qk_nope_head_dim", "kv_lora_rank", "v_head_dim"))
 
 
+def unknown_latent(model: nn.Module) -> str | None:
+    """A module with a latent query (``q_a_proj``/``q_b_proj``) but not MLA's key/value layout."""
+    for name, mod in model.named_modules():
+        if isinstance(getattr(mod, "q_b_proj", None), nn.Module) and not is_mla(mod):
+            return f"{name} ({type(mod).__name__})"
+    return None
+
+
 def _gain(norm: nn.Module | None) -> torch.Tensor | None:
     w = getattr(norm, "weight", None) if norm is not None else None
     return w if isinstance(w, nn.Parameter) else None
