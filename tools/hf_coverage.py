@@ -132,6 +132,14 @@ def shrink(cfg) -> None:
     if isinstance(cfg.__dict__.get("attention_hidden_size"), int):  # Zamba: attention reads [h, h0]
         _set(cfg, "attention_hidden_size", 2 * D)
         _set(cfg, "attention_head_dim", 2 * D // N_HEADS)
+    names = cfg.__dict__.get("stage_names")  # backbone-capable configs: stages follow the layers
+    layers = cfg.__dict__.get("num_hidden_layers")
+    if isinstance(names, list) and isinstance(layers, int) and len(names) == len(cfg.__dict__.get(
+            "_stage_count", names)) and all(n.startswith("stage") for n in names[1:]) and len(names) > layers + 1:
+        _set(cfg, "stage_names", ["stem"] + [f"stage{i}" for i in range(1, layers + 1)])
+        if "_out_features" in cfg.__dict__:
+            cfg.__dict__["_out_features"] = [f"stage{layers}"]
+            cfg.__dict__["_out_indices"] = [layers]
     if "topk_method" in cfg.__dict__ and cfg.__dict__.get("num_experts_per_tok") is None:  # DeepSeek-V2
         _set(cfg, "n_routed_experts", 4)
         _set(cfg, "num_experts_per_tok", 2)
@@ -484,31 +492,43 @@ def hidden_other(rmap) -> list[str]:
 
 
 def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
-    """(forward keyword arguments, labels) for a tiny batch of 2: what a user would feed."""
+    """(forward keyword arguments, labels) for a tiny batch of 2: what a user would feed.
+
+    The input follows the model's ``main_input_name`` (token ids, pixels, log-mel frames or raw
+    audio); labels follow the head (class ids for image classification, tokens otherwise). An
+    encoder-decoder also gets decoder input ids (tiny configs may lack decoder_start_token_id)."""
     g = torch.Generator().manual_seed(0)
     cfg = model.config
     name = getattr(model, "main_input_name", "input_ids")
-    if head == "image":
+    emb = None
+    try:
+        emb = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        pass
+    vocab = getattr(emb, "num_embeddings", None) or getattr(cfg, "vocab_size", None) or 64
+    hi = max(min(vocab, 64), 4)
+    if name == "pixel_values":
         size = getattr(cfg, "image_size", 32)
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
         x = torch.randn(2, getattr(cfg, "num_channels", 3), h, w, generator=g)
-        return {name: x}, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
-    vocab = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None \
-        else getattr(cfg, "vocab_size", 64)
-    hi = max(min(vocab, 64), 4)
-    if head == "speech-seq2seq":
+    elif name == "input_features":
         if getattr(cfg, "num_mel_bins", None):  # Whisper-like: (B, mels, 2 x source positions)
             x = torch.randn(2, cfg.num_mel_bins, 2 * getattr(cfg, "max_source_positions", 16), generator=g)
         else:  # Speech2Text-like: (B, frames, features)
             feat = getattr(cfg, "input_feat_per_channel", 80) * getattr(cfg, "input_channels", 1)
             x = torch.randn(2, 32, feat, generator=g)
+    elif name == "input_values":  # raw audio
+        x = torch.randn(2, 4000, generator=g)
+    else:
+        x = torch.randint(3, hi, (2, 8), generator=g)
+    kw = {name: x}
+    if head == "image":
+        return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
+    if getattr(cfg, "is_encoder_decoder", False):
         labels = torch.randint(3, hi, (2, 5), generator=g)
-        return {name: x, "decoder_input_ids": labels}, labels
-    ids = torch.randint(3, hi, (2, 8), generator=g)
-    if head == "seq2seq":  # decoder inputs given: tiny configs may lack decoder_start_token_id
-        labels = torch.randint(3, hi, (2, 5), generator=g)
-        return {name: ids, "decoder_input_ids": labels}, labels
-    return {name: ids}, ids
+        kw["decoder_input_ids"] = labels
+        return kw, labels
+    return kw, x if not x.is_floating_point() else torch.randint(3, hi, (2, 5), generator=g)
 
 
 def _logits(out) -> torch.Tensor:
@@ -595,7 +615,7 @@ def probe_check(fresh, head: str) -> list[str]:
 
 def train_check(fresh, head: str) -> list[str]:
     """parametrize mu, ``param_groups`` + AdamW, 2 steps: finite losses, every trained tensor
-    that received a gradient moves, every trainable tensor is in a group."""
+    that received a non-zero gradient moves, every trainable tensor is in a group."""
     import initlab
     model = fresh()
     model.train()
@@ -616,7 +636,8 @@ def train_check(fresh, head: str) -> list[str]:
         if not torch.isfinite(loss):
             return problems + [f"loss {float(loss)} not finite"]
         loss.backward()
-        got_grad |= {n for n, p in model.named_parameters() if p.grad is not None}
+        got_grad |= {n for n, p in model.named_parameters()
+                     if p.grad is not None and bool(p.grad.detach().abs().sum() > 0)}
         opt.step()
     lr0 = {id(p) for g in groups if g.get("lr", 0) > 0 for p in g["params"]}
     still = [n for n in trainable if n in got_grad and id(model.get_parameter(n)) in lr0
