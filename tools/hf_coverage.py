@@ -710,6 +710,9 @@ def check(head: str, model_type: str, timeout: int = 120, vocab: int | None = No
                                      f"{' ...' if len(others) > 3 else ''}")
                     if not probs and head != "speech-seq2seq":
                         fc = forward_check(work, rmap, "image" if head == "image" else "lm")
+                        if fc is None and any(getattr(a, "latent", False) for a in rmap.attention):
+                            res.notes.append("latent (MLA) layers: composite q/k/v, checked by the mimetic step")
+                            fc = []
                         if fc is None:
                             res.notes.append("q/k/v not checked against the forward (no attention interface)")
                             fc = []
