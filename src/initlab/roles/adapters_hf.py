@@ -325,9 +325,10 @@ def _hf_generic(model: nn.Module, model_type: str | None) -> RoleMap:
     if not b.attention and mixers:
         kinds = sorted(set(mixers.values()))
         raise RoleMapError(f"{type(model).__name__} (model_type={model_type!r}) is not a softmax-"
-                           f"attention Transformer initlab can map: it has only {' and '.join(kinds)} "
-                           f"(e.g. {next(iter(mixers))}) and no softmax attention layer, which the role "
-                           f"map, mimetic init and the theory are about")
+                           f"attention Transformer initlab can map: it has no softmax attention layer "
+                           f"with q/k/v and output projections initlab recognises, only "
+                           f"{' and '.join(kinds)} (e.g. {next(iter(mixers))}); the role map, mimetic "
+                           f"init and the theory are about softmax attention")
     if not b.attention and hybrid.unknown_latent(model):
         raise RoleMapError(f"latent attention of a layout initlab does not know, e.g. "
                            f"{hybrid.unknown_latent(model)}: a low-rank query (q_a_proj/q_b_proj) without "

@@ -67,8 +67,15 @@ def mixer_kind(mod: nn.Module) -> str | None:
 def mixers(model: nn.Module) -> dict[str, str]:
     """Outermost non-softmax token mixers of ``model``: {module name: kind}."""
     out: dict[str, str] = {}
+    inside: list[str] = []  # softmax attention modules: a short convolution in them is theirs
     for name, mod in model.named_modules():
         if not name or any(name.startswith(m + ".") for m in out):
+            continue
+        if any(name.startswith(a + ".") for a in inside):
+            continue
+        if re.search(r"Attention|Attn", type(mod).__name__) and not _HOLDER.search(type(mod).__name__) \
+                and not mixer_kind(mod):
+            inside.append(name)
             continue
         why = mixer_kind(mod)
         if why and any(True for _ in mod.parameters()):
