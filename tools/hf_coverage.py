@@ -227,7 +227,9 @@ class Result:
 
     @property
     def not_softmax(self) -> bool:
-        return "not a softmax-attention Transformer" in self.roles
+        """Its attention-named modules are all state-space, linear or additive attention: outside
+        the journey's denominator (``has_attention`` is False), refused with that reason."""
+        return not self.has_attention and any("state-space / linear / additive" in n for n in self.notes)
 
     @property
     def buildable(self) -> bool:
@@ -242,6 +244,7 @@ class Result:
         return next((f"{s}: {getattr(self, s)}" for s in STEPS if getattr(self, s) != "ok"), "")
 
 
+_NOT_SOFTMAX_CLASS = re.compile(r"AdditiveAttention|SwiftFormerEfficientAdditive")
 _HIDDEN = re.compile(r"(mlp|expert|router|gate|ffn|feed_forward|fc\d|dense|proj|wi|wo|c_fc|linear)",
                      re.I)
 
@@ -690,8 +693,13 @@ def check(head: str, model_type: str, timeout: int = 120, vocab: int | None = No
         except Exception as exc:  # noqa: BLE001 - many configs cannot be built tiny
             res.build = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             return res
-        res.has_attention = bool(attention_modules(model)) or any(
+        from initlab.roles.adapters_hybrid import mixer_kind  # linear/SSM "attention" is a mixer
+        mods = dict(model.named_modules())
+        res.has_attention = any(not mixer_kind(mods[n]) and not _NOT_SOFTMAX_CLASS.search(type(mods[n]).__name__)
+                                for n in attention_modules(model)) or any(
             isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+        res.notes += [] if res.has_attention or not attention_modules(model) else [
+            "attention-named modules are all state-space / linear / additive attention"]
         fresh = lambda: copy.deepcopy(model)  # noqa: E731 - every step starts from the built model
         for stage in STEPS:
             if stage not in steps:
@@ -783,10 +791,11 @@ def cause_of(r: Result) -> str:
 
 def stats(rs: list[Result]) -> dict:
     b = [r for r in rs if r.buildable]
-    pool = [r for r in b if r.has_attention]  # the denominator: buildable types with attention
+    ns = [r for r in b if r.not_softmax]
+    pool = [r for r in b if r.has_attention]  # the denominator: types with softmax attention
     works = [r for r in pool if r.works]
     refused = [r for r in pool if not r.works and r.first_failure.split(": ", 1)[1].startswith("refused")]
-    out = dict(types=len(rs), buildable=len(b), attention=len(pool), works=len(works),
+    out = dict(types=len(rs), buildable=len(b), attention=len(pool), not_softmax=len(ns), works=len(works),
                refused=len(refused), failing=len(pool) - len(works) - len(refused),
                coverage=f"{len(works)}/{len(pool)} = {100 * len(works) / max(len(pool), 1):.0f}%")
     for step in STEPS:
@@ -829,16 +838,19 @@ def render(results: list[Result], command: str, wall: str = "") -> str:
              "", "Command (one thread" + (f"; {wall}" if wall else "") + "):", "", "```", command, "```", ""]
     import transformers
     lines += [f"transformers {transformers.__version__}, torch {torch.__version__}.", ""]
-    lines += ["| head | types | buildable | with attention | " + " | ".join(STEPS) +
-              " | **all steps** | refused | failing |",
-              "|---" * (7 + len(STEPS)) + "|"]
+    lines += ["| head | types | buildable | no softmax attention (refused) | with softmax attention | "
+              + " | ".join(STEPS) + " | **all steps** | refused | failing |",
+              "|---" * (8 + len(STEPS)) + "|"]
     for head in heads + ["all"]:
         st = stats([r for r in results if head == "all" or r.head == head])
-        lines.append(f"| {head} | {st['types']} | {st['buildable']} | {st['attention']} | "
+        lines.append(f"| {head} | {st['types']} | {st['buildable']} | {st['not_softmax']} | {st['attention']} | "
                      + " | ".join(str(st[s]) for s in STEPS) +
                      f" | {st['coverage']} | {st['refused']} | {st['failing']} |")
-    lines += ["", "Step columns count the types with attention whose step is ok (a step after a "
-              "failed role map is not run). *failing*: neither passing nor refused.", "",
+    lines += ["", "Step columns count the types with softmax attention whose step is ok (a step "
+              "after a failed role map is not run); *all steps* is the share passing every step. "
+              "*no softmax attention*: types whose attention-named modules are all state-space, "
+              "linear or additive attention (Mamba, RWKV, MobileViT-v2, SwiftFormer), refused with "
+              "that reason and left out of the share. *failing*: neither passing nor refused.", "",
               "## Why types do not pass (first failing step, by cause)", "",
               "| cause | types |", "|---|---|"]
     causes: dict = {}
@@ -846,13 +858,15 @@ def render(results: list[Result], command: str, wall: str = "") -> str:
         if r.buildable and r.has_attention and not r.works:
             causes.setdefault(cause_of(r), []).append(r.model_type)
     for label, types in sorted(causes.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"| {_cell(label)} | {len(types)}: {_cell(', '.join(sorted(set(types))))} |")
+        names = ", ".join(sorted(set(types)))
+        lines.append(f"| {_cell(label)} | {len(types)}: {names if len(types) < 40 else _cell(names)} |")
     lines += ["",
               "## Types that do not pass every step", "",
               "| head | type | first failing step |", "|---|---|---|"]
     for r in results:
         if r.buildable and r.has_attention and not r.works:
             lines.append(f"| {r.head} | {r.model_type} | {_cell(r.first_failure)} |")
+    lines += ["", "A step that fails after an earlier one is in the per-type table below."]
     lines += ["", "## Every type", "",
               "| head | type | class | " + " | ".join(STEPS) + " | adapter | s | notes |",
               "|---" * (6 + len(STEPS)) + "|"]
@@ -882,11 +896,21 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=512,
                     help="vocabulary size where the config's special token ids allow (0: the config's)")
     ap.add_argument("--merge", help="JSON of a full run: re-check only --types and keep the rest")
+    ap.add_argument("--render", help="JSON of a run: write --out from it, checking nothing")
+    ap.add_argument("--wall", help="with --render: the run's wall time, as text")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if args.render:
+        with open(args.render) as f:
+            results = [Result(**{k: v for k, v in r.items() if k in Result.__dataclass_fields__})
+                       for r in json.load(f)]
+        cmd = "OMP_NUM_THREADS=1 PYTHONPATH=src python tools/hf_coverage.py --json run.json --out docs/coverage.md"
+        with open(args.out, "w") as f:
+            f.write(render(results, cmd, args.wall or ""))
+        return 0
     wanted = set(args.types.split(",")) if args.types else None
     steps = tuple(s for s in args.steps.split(",") if s)
     results = []
