@@ -1,14 +1,14 @@
 """Hugging Face coverage, like timm's test_models: a representative subset of the installed
 transformers' auto mappings, built tiny from configs (never from_pretrained), through the same
-checks as the full sweep (tools/hf_coverage.py, table in docs/coverage.md):
+journey as the full sweep (tools/hf_coverage.py, report in docs/coverage.md):
 
-* the role map covers every attention module; the q/k/v the role map names are the ones the model
-  hands to its attention kernel (values exactly, queries/keys at position 0 up to one scale);
-* mimetic_ gives the product identities against re-drawn targets and touches nothing else;
-* parametrize_/param_groups for mu run and leave no hidden matrix as role ``other``.
+roles -> mimetic -> inits (trunc_normal, mu, small_init) -> probe_model -> param_groups + 2 AdamW
+steps -> parametrize mu + save_pretrained/from_pretrained, every step checked for its semantics
+(identities, untouched tensors, norm gains, frozen tensors, moving weights, same logits).
 
-Types initlab cannot map correctly are refused with initlab's own error and the reason.
+Types initlab cannot handle are refused with initlab's own error and the reason.
 """
+import functools
 import sys
 from pathlib import Path
 
@@ -24,10 +24,59 @@ from initlab.errors import RoleMapError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# one or two of each layout family; each builds and checks in about a second
+# the issue's sample: every step of the journey, each type in a few seconds
+JOURNEY = [
+    ("causal-lm", "gpt2"),  # Conv1D fused [q|k|v], tied head
+    ("causal-lm", "llama"),  # GQA, RoPE, gate/up/down
+    ("causal-lm", "gemma2"),  # x(1+w) norms, embedding scale, softcap
+    ("causal-lm", "deepseek_v3"),  # multi-head latent attention, MoE
+    ("causal-lm", "jamba"),  # hybrid: Mamba mixers beside softmax attention
+    ("causal-lm", "qwen3_next"),  # hybrid: gated delta-net beside gated softmax attention
+    ("seq2seq", "t5"),  # relative positions, EncDecAttention (cross)
+    ("seq2seq", "bart"),  # encoder-decoder with cross-attention, tied head
+    ("speech-seq2seq", "whisper"),  # frozen sinusoidal encoder positions
+    ("image", "vit"),
+    ("image", "deit"),  # two heads, distillation token
+]
+# steps that fail on this branch because the fix lives on another branch of issue 18 (owner in the
+# reason). strict: once the fix is merged the test XPASSes and fails, so the entry must go.
+PENDING = {
+    **{(t, "probe"): "probe_model on HF models (issue 18 item 3, helper 'probe')" for _, t in JOURNEY},
+    ("gemma2", "inits"): "Gemma x(1+w) norm gain (issue 18 item 1, helper 'facts')",
+    ("qwen3_next", "inits"): "zero-centred x(1+w) norm gain (issue 18 item 1, helper 'facts')",
+    ("whisper", "inits"): "frozen position table written (issue 18 item 1, helper 'facts')",
+    ("t5", "mimetic"): "T5 EncDecAttention mapped as self-attention (issue 18 item 1, helper 'facts')",
+    ("gpt2", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
+    ("gemma2", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
+    ("bart", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
+    ("t5", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
+    ("whisper", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def journey(head: str, model_type: str) -> hf_coverage.Result:
+    return hf_coverage.check(head, model_type, timeout=120, vocab=512)
+
+
+def _journey_cases():
+    for head, t in JOURNEY:
+        for step in hf_coverage.STEPS:
+            marks = [pytest.mark.xfail(strict=True, reason=PENDING[(t, step)])] if (t, step) in PENDING else []
+            yield pytest.param(head, t, step, marks=marks, id=f"{t}:{step}")
+
+
+@pytest.mark.parametrize("head,model_type,step", list(_journey_cases()))
+def test_journey_step(head, model_type, step):
+    res = journey(head, model_type)
+    if not res.buildable:
+        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {res.build}")
+    assert res.has_attention
+    assert getattr(res, step) == "ok", getattr(res, step)
+
+
+# one or two of each layout family: the role map and mimetic identities (and mu training)
 WORKS = [
-    ("causal-lm", "gpt2"),  # Conv1D fused [q|k|v], tied head (N_rescale through the role map)
-    ("causal-lm", "llama"),  # separate q/k/v/o, grouped-query attention, gate/up/down
     ("causal-lm", "mixtral"),  # MoE: 3-D experts [gate|up], router
     ("causal-lm", "gpt_oss"),  # MoE with interleaved gate/up and transposed experts, sinks
     ("causal-lm", "gpt_neox"),  # per-head interleaved [q_h|k_h|v_h]
@@ -35,20 +84,19 @@ WORKS = [
     ("causal-lm", "gpt_bigcode"),  # multi-query fused c_attn
     ("causal-lm", "phi3"),  # fused qkv_proj and gate_up_proj
     ("causal-lm", "opt"),  # out_proj naming, tied head
-    ("causal-lm", "bart"),  # decoder with cross-attention (left alone by mimetic)
+    ("causal-lm", "minimax"),  # hybrid: lightning (linear) attention beside softmax attention
+    ("causal-lm", "falcon_h1"),  # hybrid: Mamba2 mixer in parallel with attention in every block
     ("masked-lm", "xlm-roberta"),  # tied alias lm_head.decoder
     ("masked-lm", "distilbert"),  # q_lin/k_lin/v_lin/out_lin
     ("masked-lm", "deberta"),  # per-head interleaved in_proj with separate q_bias/v_bias
     ("masked-lm", "modernbert"),  # Wqkv, Wi = [input|gate]
-    ("image", "vit"),
     ("image", "swin"),  # per-stage widths, window attention
     ("image", "siglip"),  # nn.MultiheadAttention pooling head (cross-attention)
 ]
 REFUSED = [
-    ("causal-lm", "mamba", "state-space"),
-    ("causal-lm", "jamba", "state-space"),  # hybrid: a partial map would be wrong
-    ("causal-lm", "deepseek_v2", "multi-head latent attention"),
-    ("causal-lm", "kimi_linear", "linear"),
+    ("causal-lm", "mamba", "no softmax attention layer"),  # state-space only
+    ("causal-lm", "rwkv", "no softmax attention layer"),
+    ("causal-lm", "diffllama", "differential attention"),
 ]
 
 
@@ -59,12 +107,12 @@ def quiet_transformers():
 
 @pytest.mark.parametrize("head,model_type", WORKS, ids=[f"{h}:{t}" for h, t in WORKS])
 def test_type_works(head, model_type):
-    res = hf_coverage.check(head, model_type, timeout=120, vocab=512)
+    res = hf_coverage.check(head, model_type, timeout=120, vocab=512, steps=("roles", "mimetic", "train"))
     if not res.buildable:
         pytest.skip(f"{model_type} does not build at tiny size in this transformers: {res.build}")
     assert res.roles == "ok", res.roles
     assert res.mimetic == "ok", res.mimetic
-    assert res.mu == "ok", res.mu
+    assert res.train == "ok", res.train
     assert not any("not checked" in n for n in res.notes if "interface" not in n), res.notes
 
 

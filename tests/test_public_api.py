@@ -78,7 +78,7 @@ def test_non_zero_rank_writes_nothing(monkeypatch, tmp_path):
 LAYERS = [
     {"errors", "values", "output", "plotting", "threads", "progress"},
     {"roles", "models", "data"},
-    {"mimetic", "parametrization"},
+    {"mimetic", "mimetic_latent", "parametrization"},
     {"schemes"},
     {"theory", "probe", "coord_check", "weights", "ratios"},
     {"train"},

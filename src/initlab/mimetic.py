@@ -418,8 +418,10 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         raise InitError(f"{rmap.model_class} has no self-attention layers in its role map (only "
                         f"cross-attention); nothing to initialize mimetically")
     for att in layers:
-        _check_layer(att)
-    if vo_layout == "compat" and any(a.n_kv_heads * a.head_dim != a.d_model for a in layers):
+        if not getattr(att, "latent", False):  # MLA layers: mimetic_latent (docs/mimetic.md)
+            _check_layer(att)
+    if vo_layout == "compat" and any(getattr(a, "latent", False) or a.n_kv_heads * a.head_dim != a.d_model
+                                     for a in layers):
         raise InitError("vo_layout='compat' reproduces code for square V/O weights only (no GQA)")
 
     # position tables are computed (and checked) before anything is written
@@ -447,6 +449,12 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
             a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
                                 dtype=dtype, device=dev)
             opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=gen)
+            if getattr(att, "latent", False):  # multi-head latent attention: solve the up-projections
+                from .mimetic_latent import latent_mimetic_
+                latent_mimetic_(att, a, b, qk=qk, vo=vo)
+                if zero_bias:
+                    _zero_biases(rmap, att, qk=qk, vo=vo)
+                continue
             if qk:
                 wq, wk = grouped_qk_factors(a, att.head_dim, att.n_kv_heads, **opts)
                 del a

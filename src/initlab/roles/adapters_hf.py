@@ -30,6 +30,7 @@ from ..errors import RoleMapError
 from .core import BIAS, InputFacts, ModelFacts, PositionFacts, Role, RoleMap, RoleMapBuilder
 from .mapping import first_int, module_layout, roles_from_mapping, scale_getter
 from .registry import register_adapter
+from . import adapters_hybrid as hybrid
 
 _HEADS = "config.num_attention_heads"
 
@@ -102,18 +103,17 @@ _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads",
 _KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads", "n_head_kv",
              "n_local_kv_heads")
 _HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
-# module classes that mean "not softmax attention": refused with this reason
+# module classes that mean "not softmax attention" and that initlab does not map: refused with this
+# reason. State-space / linear-attention mixers are mapped (adapters_hybrid) when the model also has
+# softmax attention layers (a hybrid); a model with none is refused there.
 _NOT_SOFTMAX = (
-    (re.compile(r"Mamba|SSM|Mixer$|ShortConv|Rwkv|RWKV|S4|Hyena"), "state-space / recurrent layers"),
-    (re.compile(r"GatedDeltaNet|DeltaNet|DeltaAttention|Linear\w*Attention|Lightning|Retention|"
-                r"KimiDelta|LinearAttn|GLA\b|AdditiveAttention"),
-     "linear (delta-rule / kernelized / additive) attention"),
+    (re.compile(r"AdditiveAttention"), "additive attention (no q/k dot product)"),
     (re.compile(r"MoA$|MixtureOfAttention"), "mixture-of-attention-heads experts"),
     (re.compile(r"Diff\w*Attention"), "differential attention (two softmax maps subtracted, "
                                       "heads paired)"),
 )
-# names of projections that make an attention latent (MLA): per-head q/k/v are products of factors
-_MLA = ("kv_a_proj_with_mqa", "q_a_proj", "kv_b_proj", "kv_a_proj")
+# names of projections that make an attention latent (MLA): mapped by adapters_hybrid.add_mla
+_MLA = hybrid.MLA_NAMES
 # cross-attention by module name: BART/Whisper encoder_attn, BERT crossattention, T5's
 # EncDecAttention, Pix2Struct's encoder_decoder_attention
 _CROSS = re.compile(r"(encoder_attn|crossattention|cross_attn|cross_attention|enc_dec_attn|"
@@ -190,10 +190,6 @@ def _refusal(model: nn.Module) -> str | None:
         for rx, why in _NOT_SOFTMAX:
             if rx.search(cname):
                 found.setdefault(why, f"{name} ({cname})")
-        if any(isinstance(getattr(mod, n, None), nn.Module) for n in _MLA):
-            found.setdefault("multi-head latent attention (MLA: q/k/v are low-rank latents with a "
-                             "decoupled RoPE key, no per-head q/k/v projection to write)",
-                             f"{name} ({cname})")
     if not found:
         return None
     return "; ".join(f"{why}, e.g. {where}" for why, where in found.items())
@@ -237,7 +233,7 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
                       if groups > 1 else lin(fused, offset=off, d_out=size) for off, size in parts)
     else:
         qp, kp, vp = lin(q), lin(k), lin(v)
-        if hd is None or qp.d_out != heads * hd:
+        if hd is None or qp.d_out not in (heads * hd, 2 * heads * hd):  # 2x: a gated query
             hd = qp.d_out // heads
         if qp.d_out == 2 * heads * hd:  # gated query: per head [q_h | gate_h]
             qp = lin(q, offset=0, d_out=heads * hd, groups=heads, stride=2 * hd)
@@ -330,10 +326,17 @@ def structural_roles(model: nn.Module, model_type: str | None, adapter: str) -> 
                            f"rather than map part of it wrongly.")
     b = RoleMapBuilder(model)
     mods = dict(model.named_modules())
+    mixers = hybrid.mixers(model)  # hybrids: state-space / linear-attention layers beside attention
     claimed: list[str] = []
     index = 0
     for name, mod in mods.items():
-        if not name or any(name.startswith(c + ".") for c in claimed):
+        if not name or any(name.startswith(c + ".") for c in claimed) or any(
+                name == m or name.startswith(m + ".") for m in mixers):
+            continue
+        if hybrid.is_mla(mod):
+            hybrid.add_mla(b, name=name, model=model, mod=mod, index=index)
+            claimed.append(name)
+            index += 1
             continue
         if isinstance(mod, nn.MultiheadAttention):  # e.g. SigLIP's attention-pooling head
             from .adapters_torch import add_mha
@@ -346,10 +349,25 @@ def structural_roles(model: nn.Module, model_type: str | None, adapter: str) -> 
         if _attention_layer(b, model, name, mod, index, model_type):
             claimed.append(name)
             index += 1
+    if not b.attention and mixers:
+        kinds = sorted(set(mixers.values()))
+        raise RoleMapError(f"{type(model).__name__} (model_type={model_type!r}) is not a softmax-"
+                           f"attention Transformer initlab can map: it has no softmax attention layer "
+                           f"with q/k/v and output projections initlab recognises, only "
+                           f"{' and '.join(kinds)} (e.g. {next(iter(mixers))}); the role map, mimetic "
+                           f"init and the theory are about softmax attention")
+    if not b.attention and hybrid.unknown_latent(model):
+        raise RoleMapError(f"latent attention of a layout initlab does not know, e.g. "
+                           f"{hybrid.unknown_latent(model)}: a low-rank query (q_a_proj/q_b_proj) without "
+                           f"MLA's per-head key/value up-projection (kv_b_proj), so there is no per-head "
+                           f"key to solve mimetic init for; pass an explicit mapping")
     if not b.attention:
         raise RoleMapError("found no attention module with q/k/v (or fused qkv) and output "
                            "projections")
     width = b.attention[0].d_model
+    for name in mixers:  # hybrid: the mixers' matrices get MLP-like roles (adapters_hybrid)
+        hybrid.add_mixer(b, model, name)
+        claimed.append(name)
     for c in claimed:  # an attention output gate (gated attention): a hidden matrix like the MLP gate
         for name, mod in model.get_submodule(c).named_modules(prefix=c):
             w = getattr(mod, "weight", None)
@@ -442,6 +460,10 @@ def structural_roles(model: nn.Module, model_type: str | None, adapter: str) -> 
         if "." not in n and b.canonical_name(p) not in b.infos and n in ("cls_token", "pos_embed"):
             b.add(n, Role.CLS_TOKEN if n == "cls_token" else Role.POS_EMBED, fan_in=1, fan_out=p.shape[-1])
     depth = sum(1 for a in b.attention if not a.cross)
+    if mixers:  # a hybrid's depth counts its blocks, attention or not
+        hybrid.add_block_linears(b, model, mixers)
+        depth = len({first_int(n) for n in mixers} | {first_int(a.module_name) for a in b.attention
+                                                       if not a.cross}) or depth
     return b.build(width=width, depth=depth, adapter=adapter, allow_unmapped=True)
 
 
