@@ -153,6 +153,8 @@ def _run_python_page(page: str, tmp_root: Path) -> dict:
     if page in _PAGE_RESULTS:
         return _PAGE_RESULTS[page]
     import matplotlib.pyplot as plt
+
+    from initlab.threads import single_threaded  # tiny models: one thread is fastest on a busy 2-core box
     results: dict = {}
     ns: dict = {"__name__": "__docs__"}
     work = tmp_root / re.sub(r"\W", "_", page)
@@ -170,7 +172,7 @@ def _run_python_page(page: str, tmp_root: Path) -> dict:
             if code.lstrip().startswith(NOT_RUNNABLE):
                 transform, context, _ = OTHER_WAY[key]
             try:
-                with context(), contextlib.redirect_stdout(io.StringIO()):
+                with single_threaded(), context(), contextlib.redirect_stdout(io.StringIO()):
                     exec(compile(transform(code), f"{page}, python block {i} (line {line})", "exec"), ns)
                 results[i] = None
             except Exception as exc:  # noqa: BLE001 - reported by the block's own test
@@ -241,19 +243,20 @@ def _commands(page: str):
 # Size overrides: flag -> new value (None: drop the flag and its value; True: add a bare flag);
 # "..." stands for the bare "..." of a doc command. "{fake}" is a synthetic Fashion-MNIST directory
 # (240 training and 100 test images; tests/test_train_support.write_fake_fashion).
-_V = {"--data-root": "{fake}", "--train-size": "100", "--epochs": None, "--steps": "2", "--seeds": "1",
+_V = {"--data-root": "{fake}", "--train-size": "100", "--epochs": None, "--steps": "2",
       "--width": "16", "--depth": "1", "--heads": "2", "--batch-size": "16", "--eval-every": "2",
       "--checkpoint-every": None, "--device": "cpu", "--quiet": True}
-_LM = {"--steps": "2", "--seeds": "1", "--width": "16", "--depth": "1", "--heads": "2", "--batch-size": "4",
+_LM = {"--steps": "2", "--width": "16", "--depth": "1", "--heads": "2", "--batch-size": "4",
        "--block-size": "16", "--eval-every": "2", "--eval-batches": "1", "--device": "cpu", "--quiet": True}
+_CMP, _CMP_LM = {**_V, "--seeds": "1"}, {**_LM, "--seeds": "1"}  # compare only: one seed
 _SWEEP = {**_V, "--width": None, "--widths": "16,32", "--lrs": "1e-3,1e-2"}
 _PROBE = {"--width": "32", "--depth": "2", "--batch": "4", "--samples": "16"}
 TINY = {
     ("README.md", "initlab --help"): {},
     ("README.md", "initlab compare --data fashion-mnist --train-size 5000 --inits default,mimetic,structured,nt "
-                  "--epochs 10 --seeds 3 --out runs/cmp"): _V,
+                  "--epochs 10 --seeds 3 --out runs/cmp"): _CMP,
     ("README.md", "initlab compare --task lm --data shakespeare --inits default,mimetic-language --steps 2000"):
-        {**_LM, "--out": "runs/cmp-lm"},
+        {**_CMP_LM, "--out": "runs/cmp-lm"},
     ("README.md", "initlab train --model vit-mini --init nt+mimetic --param nt --epochs 20 --out runs/m1"): _V,
     ("README.md", "initlab train --resume runs/m1"): {},
     ("README.md", "initlab sweep --widths 64,128,256,512 --lrs 1e-4..1e-1:8 --param mu --out runs/sweep"): _SWEEP,
@@ -263,11 +266,11 @@ TINY = {
     ("README.md", "initlab schemes"): {},
     ("README.md", "initlab compare --data fashion-mnist --train-size 1000 --model vit-micro --model-option "
                   "pos=sincos --model-option pool=mean --inits default,mimetic --seeds 3 --epochs 30 "
-                  "--eval-every 70 --out runs/demo-<timestamp>"): {**_V, "--out": "runs/demo"},
+                  "--eval-every 70 --out runs/demo-<timestamp>"): {**_CMP, "--out": "runs/demo"},
     ("docs/cli.md", "initlab compare --data fashion-mnist --train-size 5000 --inits default,mimetic --model "
-                    "vit-micro --epochs 10 --seeds 3 --out runs/cmp"): _V,
+                    "vit-micro --epochs 10 --seeds 3 --out runs/cmp"): _CMP,
     ("docs/cli.md", "initlab compare --task lm --data shakespeare --model gpt-mini --inits "
-                    "default,mimetic-language --steps 2000 --seeds 2 --out runs/cmp-lm"): _LM,
+                    "default,mimetic-language --steps 2000 --seeds 2 --out runs/cmp-lm"): _CMP_LM,
     ("docs/cli.md", "initlab train --data fashion-mnist --model vit-mini --init nt+mimetic --param nt --epochs 20 "
                     "--checkpoint-every 500 --out runs/m1"): _V,
     ("docs/cli.md", "initlab train --resume runs/m1"): {},
@@ -278,7 +281,7 @@ TINY = {
     ("docs/cli.md", "initlab results --profile cpu --report-only"): {"--list": True},
     ("docs/cli.md", "initlab compare --data fashion-mnist --train-size 1000 --model vit-micro --model-option "
                     "pos=sincos --model-option pool=mean --inits default,mimetic --seeds 3 --epochs 30 "
-                    "--eval-every 70 --out runs/demo-<date-time>"): {**_V, "--out": "runs/demo"},
+                    "--eval-every 70 --out runs/demo-<date-time>"): {**_CMP, "--out": "runs/demo"},
     ("docs/results.md", "initlab results --profile cpu --list"): {},
     ("docs/results.md", "initlab results --profile cpu --only lm"): {"--list": True},
     ("docs/results.md", "initlab results --profile cpu --report-only"): {"--list": True},
@@ -295,17 +298,17 @@ TINY = {
                         "--block-size 128 --batch-size 16 --steps 150 --eval-every 50 --eval-batches 8 --lr 0.001 "
                         "--base-width 128 --model-option pos=learned --inits "
                         "'default,mimetic-language,mimetic-language(vo=false)' --seeds 3"):
-        {**_LM, "--out": "runs/lm-pos"},
+        {**_CMP_LM, "--out": "runs/lm-pos"},
     ("docs/results.md", "initlab results --profile regime --list"): {},
     ("docs/schemes.md", "initlab schemes"): {},
     ("docs/schemes.md", "initlab schemes --check nt+mimetic"): {},
     ("docs/schemes.md", "initlab schemes --show trunc_normal+mimetic --model vit-micro"): {},
     ("docs/schemes.md", "initlab schemes --show deepnorm --model vit-micro --model-option norm_position=post"): {},
     ("docs/schemes.md", "initlab compare --data fashion-mnist --inits default,trunc_normal,gpt2,mimetic,"
-                        "structured,nt ..."): {**_V, "...": None, "--out": "runs/cmp"},
+                        "structured,nt ..."): {**_CMP, "...": None, "--out": "runs/cmp"},
     ("docs/schemes.md", "initlab compare --data fashion-mnist --train-size 2000 --model vit-micro --epochs 1 "
                         "--batch-size 128 --inits default,trunc_normal,gpt2,mimetic,structured,nt --seeds 1 "
-                        "--out /tmp/e_runs/cmp1"): {**_V, "--out": "runs/cmp1"},
+                        "--out /tmp/e_runs/cmp1"): {**_CMP, "--out": "runs/cmp1"},
     ("docs/theory.md", "initlab coordcheck --widths 64,128,256,512 --depth 2 --lr 2e-3 --steps 4 --out runs/cc"):
         {"--widths": "16,32", "--depth": "1", "--steps": "2", "--batch": "4"},
     ("docs/theory.md", "nice -n 10 initlab probe --agreement --widths 512,1024 --depths 1,6,12,24 --params "
