@@ -35,6 +35,7 @@ NOT_RUNNABLE = "# not runnable:"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 # --- blocks and commands that wait for library fixes on other branches (the lead empties this) ----
+# keys: (page, index of the ```python block on its page, from 0) or (page, command as collected below)
 AWAITING = {
     ("README.md", "initlab weights runs/m1/checkpoint.pt --png qk_vo.png"):
         "reason: `initlab weights` cannot read a checkpoint `initlab train` wrote (weights_only=True "
