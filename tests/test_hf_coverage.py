@@ -40,18 +40,7 @@ JOURNEY = [
 ]
 # steps that fail on this branch because the fix lives on another branch of issue 18 (owner in the
 # reason). strict: once the fix is merged the test XPASSes and fails, so the entry must go.
-PENDING = {
-    **{(t, "probe"): "probe_model on HF models (issue 18 item 3, helper 'probe')" for _, t in JOURNEY},
-    ("gemma2", "inits"): "Gemma x(1+w) norm gain (issue 18 item 1, helper 'facts')",
-    ("qwen3_next", "inits"): "zero-centred x(1+w) norm gain (issue 18 item 1, helper 'facts')",
-    ("whisper", "inits"): "frozen position table written (issue 18 item 1, helper 'facts')",
-    ("t5", "mimetic"): "T5 EncDecAttention mapped as self-attention (issue 18 item 1, helper 'facts')",
-    ("gpt2", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
-    ("gemma2", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
-    ("bart", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
-    ("t5", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
-    ("whisper", "persist"): "tied-head multiplier lost on reload (issue 18 item 2, helper 'persist')",
-}
+PENDING: dict = {}  # (model_type, step) -> reason, for a step waiting on a fix elsewhere
 
 
 @functools.lru_cache(maxsize=None)

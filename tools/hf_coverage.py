@@ -651,8 +651,9 @@ def train_check(fresh, head: str) -> list[str]:
 
 
 def persist_check(fresh, head: str) -> tuple[list[str], str | None]:
-    """parametrize mu, ``save_pretrained`` -> ``from_pretrained`` (a temporary directory): the
-    reloaded model computes the same logits. (problems, note)"""
+    """parametrize mu, ``save_pretrained`` -> ``from_pretrained`` (a temporary directory) ->
+    ``initlab.restore_`` (the documented reload step): the reloaded model computes the same logits.
+    (problems, note)"""
     import tempfile
     import initlab
     model = fresh()
@@ -667,6 +668,7 @@ def persist_check(fresh, head: str) -> tuple[list[str], str | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             again = type(model).from_pretrained(tmp).eval()
+    initlab.restore_(again)
     with torch.no_grad():
         got = _logits(again(**kw, **extra)).float()
     if got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5):
