@@ -36,11 +36,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 # --- blocks and commands that wait for library fixes on other branches (the lead empties this) ----
 # keys: (page, index of the ```python block on its page, from 0) or (page, command as collected below)
-AWAITING = {
-    ("README.md", "initlab weights runs/m1/checkpoint.pt --png qk_vo.png"):
-        "reason: `initlab weights` cannot read a checkpoint `initlab train` wrote (weights_only=True "
-        "meets the numpy RNG state), fixed by helper persist",
-}
+AWAITING: dict = {}
 
 
 def _fences(page: str):
@@ -115,29 +111,45 @@ def _torchrun_one_process():
                 os.environ[k] = v
 
 
-# (page, python-block index) -> (how the code is changed, context it runs in, why this is the block)
+# Blocks are named by (page, a line of the block), not by their index: a block added above one on
+# the same page must not silently move an entry onto another block.
+# (page, the block's first line) -> (how the code is changed, context it runs in, why this is the block)
 OTHER_WAY = {
-    ("docs/adapters.md", 1): (lambda code: _TEMPLATE_MODEL + code, contextlib.nullcontext,
-                              "`model` = a module with exactly the template's names"),
-    ("docs/theory.md", 0): (_substitute(("width=512, depth=12", "width=64, depth=2"),
-                                        ("width=512, n_patch", "width=64, n_patch")), contextlib.nullcontext,
-                            "width 64 and depth 2 instead of 512 and 12"),
-    ("docs/training.md", 2): (lambda code: code, _torchrun_one_process,
+    ("docs/adapters.md", "# not runnable: a template; `model` stands for your own module with these names"):
+        (lambda code: _TEMPLATE_MODEL + code, contextlib.nullcontext,
+         "`model` = a module with exactly the template's names"),
+    ("docs/training.md", "# not runnable: a script for `torchrun --nproc_per_node 2 script.py` (gloo on CPU works)"):
+        (lambda code: code, _torchrun_one_process,
                               "as written, in one process with torchrun's environment (world size 1); "
                               "2 processes: tests/test_fsdp.py::test_fsdp2_sharded_init_equals_unsharded"),
 }
 
-# (page, python-block index) -> (importable module it needs, why)
+# (page, a line of the block) -> (importable module it needs, why)
 NEEDS = {
-    ("docs/training.md", 3): ("accelerate", "transformers' Trainer needs accelerate (the hf extra installs it)"),
+    ("docs/training.md", "trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, sched))"):
+        ("accelerate", "transformers' Trainer needs accelerate (the hf extra installs it)"),
 }
-NEEDS_FASHION = {("docs/data.md", 0), ("docs/training.md", 0)}
+# (page, a line of the block) of the blocks that read the real Fashion-MNIST files
+NEEDS_FASHION = {("docs/data.md", 'train = load_vision("fashion-mnist", split="train")'),
+                 ("docs/training.md", 'result = run(TrainConfig(task="vision", data="fashion-mnist", train_size=1000, model="vit-micro",')}
 
 
-def _missing(key) -> str | None:
-    if key in NEEDS_FASHION and not FASHION.is_dir():
+def _first_line(code: str) -> str:
+    return code.lstrip().splitlines()[0].strip()
+
+
+def _entry(table: dict, page: str, code: str):
+    """The entry of ``table`` whose (page, text) names this block (the text occurs in it)."""
+    hits = [key for key in table if key[0] == page and key[1] in code]
+    assert len(hits) <= 1, f"{hits} name the same block"
+    return hits[0] if hits else None
+
+
+def _missing(page: str, code: str) -> str | None:
+    if _entry({k: None for k in NEEDS_FASHION}, page, code) and not FASHION.is_dir():
         return "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
-    if key in NEEDS:
+    key = _entry(NEEDS, page, code)
+    if key:
         import importlib.util
         module, why = NEEDS[key]
         if importlib.util.find_spec(module) is None:
@@ -165,14 +177,13 @@ def _run_python_page(page: str, tmp_root: Path) -> dict:
     os.chdir(work)
     try:
         for i, code, line in _python_blocks(page):
-            key = (page, i)
-            why = _missing(key)
+            why = _missing(page, code)
             if why:
                 results[i] = why
                 continue
             transform, context = (lambda c: c), contextlib.nullcontext
             if code.lstrip().startswith(NOT_RUNNABLE):
-                transform, context, _ = OTHER_WAY[key]
+                transform, context, _ = OTHER_WAY[(page, _first_line(code))]
             try:
                 with single_threaded(), context(), contextlib.redirect_stdout(io.StringIO()):
                     exec(compile(transform(code), f"{page}, python block {i} (line {line})", "exec"), ns)
@@ -204,13 +215,17 @@ def test_python_block_runs(page, index, tmp_path_factory):
 
 
 def test_blocks_marked_not_runnable_are_run_another_way():
-    marked = {(page, i) for page in PAGES for i, code, _ in _python_blocks(page)
+    marked = {(page, _first_line(code)) for page in PAGES for i, code, _ in _python_blocks(page)
               if code.lstrip().startswith(NOT_RUNNABLE)}
     assert marked == set(OTHER_WAY), "a '# not runnable:' block needs an OTHER_WAY entry, and only such blocks"
+    for table in (NEEDS, {k: None for k in NEEDS_FASHION}):  # every entry still names a block
+        for page, line in table:
+            assert any(_entry({(page, line): None}, page, code) for _, code, _ in _python_blocks(page)), \
+                f"{page}: no python block has the line {line!r}"
     for page in PAGES:
         for i, code, line in _python_blocks(page):
             first = code.lstrip().splitlines()[0]
-            if (page, i) in OTHER_WAY:
+            if (page, _first_line(code)) in OTHER_WAY:
                 assert len(first) > len(NOT_RUNNABLE) + 5, f"{page}:{line}: say why it cannot run as written"
             assert NOT_RUNNABLE not in code.lstrip()[1:], f"{page}:{line}: the marker goes on the first line"
 
@@ -282,6 +297,7 @@ TINY = {
     ("docs/cli.md", "initlab results --profile cpu --list"): {},
     ("docs/cli.md", "initlab results --profile cpu --only lm,transfer-vision-mu-s0"): {"--list": True},
     ("docs/cli.md", "initlab results --profile cpu --report-only"): {"--list": True},
+    ("docs/cli.md", "initlab results --profile cpu --quiet"): {"--list": True},
     ("docs/cli.md", "initlab compare --data fashion-mnist --train-size 1000 --model vit-micro --model-option "
                     "pos=sincos --model-option pool=mean --inits default,mimetic --seeds 3 --epochs 30 "
                     "--eval-every 70 --out runs/demo-<date-time>"): {**_CMP, "--out": "runs/demo"},
