@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
     s = SHAPES[args.shape]
     att = rmap.attention[0]
-    parts = breakdown(att, args) if args.breakdown else None
+    parts = breakdown(model, rmap, args) if args.breakdown else None
     print(f"shape={args.shape} (n={s['width']}, L={s['depth']}, H={s['heads']}, "
           f"kv={s['kv_heads']}, head_dim={att.head_dim}) params={n_params / 1e6:.1f}M "
           f"device={args.device} threads={torch.get_num_threads()} svd={args.svd} "
@@ -140,27 +140,27 @@ def main(argv=None) -> int:
     print(f"ratio mimetic_/default:                    {t_mimetic / t_default:.2f}x")
     print(mem)
     if parts:
-        per = ", ".join(f"{k} {v:.3f} s" for k, v in parts.items())
-        print(f"one layer, by phase (x{len(rmap.attention)} layers): {per}")
+        print(f"phases of a second mimetic_ run ({parts['total']:.3f} s, all {len(rmap.attention)} "
+              f"layers), in units of the default init; the floor is 'draw' (drawing the targets):")
+        for k in ("draw", "qk", "vo", "write", "other"):
+            if k in parts:
+                print(f"  {k:6s} {parts[k]:7.3f} s  {parts[k] / t_default:5.2f}x default"
+                      + (f"  {parts[k] / parts['draw']:5.2f}x draw" if parts.get("draw") else ""))
     return 0
 
 
-def breakdown(att, args) -> dict:
-    """Time the phases of one layer: drawing targets, QK factors, VO factors."""
+def breakdown(model, rmap, args) -> dict:
+    """A second mimetic_ run with the phase timers on: seconds per phase, summed over layers."""
     from initlab import mimetic as mm
-    dev = torch.device(args.device)
-    method = args.svd if args.svd != "auto" else (
-        "exact" if att.d_model < mm.AUTO_RANDOMIZED_WIDTH else "randomized")
-    dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
-    out = {}
-    box = {}
-    out["noise"] = timed(lambda: box.update(t=mm.draw_targets(
-        att, **{k: v for k, v in mm.VISION.items()}, dtype=dtype, device=dev)), args.device)
-    a, b = box["t"]
-    out["qk"] = timed(lambda: mm.grouped_qk_factors(a, att.head_dim, att.n_kv_heads, method=method),
-                      args.device)
-    out["vo"] = timed(lambda: mm.grouped_vo_factors(b, att.head_dim, att.n_heads, att.n_kv_heads,
-                                                    method=method), args.device)
+    mm._phase_times = {}
+    try:
+        t = timed(lambda: initlab.mimetic_(model, svd=args.svd, role_map=rmap,
+                                           generator=torch.Generator().manual_seed(0)), args.device)
+        out = dict(mm._phase_times)
+    finally:
+        mm._phase_times = None
+    out["other"] = t - sum(out.values())
+    out["total"] = t
     return out
 
 
