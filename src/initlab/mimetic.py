@@ -623,13 +623,12 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     # position tables are computed (and checked) before anything is written
     positions = _sincos_plan(rmap, pos_embed, pos_grid) if pos_embed is not None else []
 
-    from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
-    with full_tensors(rmap) as rmap:
-        layers = [a for a in rmap.attention if not a.cross]
-        positions = _sincos_plan(rmap, pos_embed, pos_grid) if pos_embed is not None else []
-        device_gens: dict[str, torch.Generator] = {}
-        sketch_gens: dict[str, torch.Generator] = {}
-        for att in layers:
+    # FSDP2 (DTensor parameters): each layer's tensors are gathered to full copies, written and
+    # resharded before the next layer's are gathered, so a rank holds one layer's full tensors
+    device_gens: dict[str, torch.Generator] = {}
+    sketch_gens: dict[str, torch.Generator] = {}
+    for att in layers:
+        with _gathered(rmap, att) as (sub, att):
             dev = _layer_device(att, device)
             method = svd
             if method == "auto":
@@ -649,10 +648,36 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
                         dtype=dtype, device=dev, method=method, oversample=oversample,
                         power_iters=power_iters, qk=qk, vo=vo, vo_layout=vo_layout)
             if zero_bias:
-                _zero_biases(rmap, att, qk=qk, vo=vo)
-        for param, table in positions:
-            _write(param.detach(), table)
+                _zero_biases(sub, att, qk=qk, vo=vo)
+    if positions:
+        tables = {id(info.param) for info in rmap.by_role(Role.POS_EMBED)}
+        with _gathered(rmap, None, tables) as (sub, _):
+            for param, table in _sincos_plan(sub, pos_embed, pos_grid):
+                _write(param.detach(), table)
     return model
+
+
+@contextlib.contextmanager
+def _gathered(rmap, att: AttentionLayer | None, ids: set | None = None):
+    """(role map, layer) restricted to one attention layer's tensors (its projections and the
+    bias slots listed for it) or to the tensors in ``ids``, with DTensor parameters (FSDP2)
+    replaced by full copies that are written back, shard by shard, on exit. Without DTensors
+    nothing is copied."""
+    from dataclasses import replace
+
+    from .roles.dtensor import full_tensors, has_dtensors
+    if not has_dtensors(rmap):
+        yield rmap, att
+        return
+    if ids is None:
+        ids = {id(t) for pr in att.projections().values() for t in (pr.weight, pr.bias)
+               if t is not None}
+        ids |= {id(info.param) for info in rmap if info.layer == att.index
+                and any(s.role in (Role.Q, Role.K, Role.V, Role.O) for s in info.slots)}
+    sub = replace(rmap, params={n: i for n, i in rmap.params.items() if id(i.param) in ids},
+                  attention=[att] if att is not None else [])
+    with full_tensors(sub) as full:
+        yield full, (full.attention[0] if att is not None else None)
 
 
 def _zero_biases(rmap, att: AttentionLayer, *, qk: bool, vo: bool) -> None:
