@@ -19,13 +19,14 @@ default ``fp32`` on a CPU and ``bf16,fp32`` (both, one after the other) on CUDA.
 
 Reports wall times (best of ``--repeat`` for the default init, one warm run of mimetic_), their
 ratio, the process CPU time of each (robust on a loaded machine with ``--threads 1``), and peak
-memory (CUDA: ``max_memory_allocated`` above what was allocated before; CPU: the process's
-resident memory, sampled every 2 ms, above its level before the call). ``--breakdown`` times a
+memory (CUDA: ``max_memory_allocated`` above what was allocated before; CPU: the bytes glibc's
+malloc has handed out, sampled every 2 ms, above the level before the call). ``--breakdown`` times a
 second run by phase (drawing the targets = the floor, QK and VO factorizations, writes).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 import threading
 import time
@@ -94,14 +95,40 @@ def timed(fn, device: str) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                "keepcost")]
+
+
+def _malloc_in_use():
+    """glibc's bytes in use (heap + mmapped blocks), or None where mallinfo2 is missing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+
+    def in_use() -> float:
+        m = fn()
+        return (m.uordblks + m.hblkhd) / 2 ** 20
+    return in_use
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2 ** 20
 
 
+_IN_USE = _malloc_in_use()
+CPU_MEMORY = "allocated memory (glibc mallinfo2)" if _IN_USE else "resident memory"
+
+
 class PeakMemory:
     """Peak memory during a block above the level at its start, in MiB: CUDA's allocator
-    statistics on a GPU, else the resident set size sampled every 2 ms (Linux)."""
+    statistics on a GPU; on a CPU the bytes glibc's malloc has handed out (live tensors, not
+    pages the allocator keeps), else the resident set size, sampled every 2 ms (Linux)."""
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
@@ -113,12 +140,13 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
             return self
-        self.base = self.top = _rss_mib()
+        self.read = _IN_USE or _rss_mib
+        self.base = self.top = self.read()
         self.stop = threading.Event()
 
         def poll():
             while not self.stop.wait(0.002):
-                self.top = max(self.top, _rss_mib())
+                self.top = max(self.top, self.read())
         self.thread = threading.Thread(target=poll, daemon=True)
         self.thread.start()
         return self
@@ -130,7 +158,7 @@ class PeakMemory:
         else:
             self.stop.set()
             self.thread.join()
-            self.peak = max(self.top, _rss_mib()) - self.base
+            self.peak = max(self.top, self.read()) - self.base
         return False
 
 
@@ -162,7 +190,7 @@ def run_one(args, dtype_name: str) -> dict:
           f"(CPU {t_mimetic[1]:.3f} s)")
     print(f"ratio mimetic_/default:                    {t_mimetic[0] / t_default[0]:.2f}x "
           f"(CPU time: {t_mimetic[1] / max(t_default[1], 1e-9):.2f}x)")
-    kind = "CUDA memory allocated" if args.device.startswith("cuda") else "resident memory"
+    kind = "CUDA memory allocated" if args.device.startswith("cuda") else CPU_MEMORY
     print(f"peak {kind} during mimetic_: +{mem.peak:.0f} MiB (one layer's Q,K,V,O weights: "
           f"{layer_bytes(rmap) / 2 ** 20:.0f} MiB)")
     parts = breakdown(model, rmap, args) if args.breakdown else None

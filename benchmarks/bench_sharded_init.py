@@ -4,8 +4,8 @@
 
 Each rank (gloo, CPU) builds the stack on the meta device, shards every layer and the root with
 ``fully_shard``, materializes its shards (``to_empty``) and runs, in order: ``init_(m, "default")``,
-``init_(m, "mimetic")`` and ``mimetic_(m)``, each under a resident-memory sampler (every 2 ms,
-above the level before the call, after glibc's malloc_trim). Rank 0 then does the same on the unsharded model for
+``init_(m, "mimetic")`` and ``mimetic_(m)``, each under a sampler of the bytes glibc's malloc has handed out
+(every 2 ms, above the level before the call). Rank 0 then does the same on the unsharded model for
 comparison. Printed per rank, next to one layer's full Q, K, V, O weights and the whole model.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mimetic import SHAPES, AttentionStack, PeakMemory, layer_bytes  # noqa: E402
+from bench_mimetic import CPU_MEMORY, SHAPES, AttentionStack, PeakMemory, layer_bytes  # noqa: E402
 
 import initlab  # noqa: E402
 from initlab.roles import roles_from_mapping  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         print(f"shape={args.shape} (n={s['width']}, L={s['depth']}, H={s['heads']}, "
               f"kv={s['kv_heads']}) fp32, world={world} (gloo, CPU), torch={torch.__version__}")
         print(f"one layer's full Q,K,V,O weights: {one:.0f} MiB; whole model: {total:.0f} MiB")
-        print("peak resident memory above the level before the call (MiB):")
+        print(f"peak {CPU_MEMORY} above the level before the call (MiB):")
         for r in out:
             for rk, label, name, peak in r:
                 print(f"  rank {rk}  {label:14s} {name:22s} +{peak:.0f}")
