@@ -351,20 +351,21 @@ def test_square_factors_are_the_svd_factors_from_one_eigh():
     assert torch.allclose(wv.double().mT @ wv.double(), torch.diag(s), atol=1e-4)
 
 
-def test_chunked_drawing_gives_the_same_weights(monkeypatch):
+@pytest.mark.parametrize("d,dist", [(24, "uniform"), (30, "uniform"), (24, "normal"), (30, "normal")])
+def test_chunked_drawing_gives_the_same_weights(monkeypatch, d, dist):
     """Targets drawn chunk by chunk (a few KV groups at a time) equal one draw of the layer."""
     import initlab.mimetic as mm
 
     def build():
         net = nn.Module()
-        net.attn = _Attn(24, 6, 3, 4, False, False)
+        net.attn = _Attn(d, 6, 3, 4, False, False)
         rm = roles_from_mapping(net, {"attention": {"attn": dict(q="q", k="k", v="v", o="o",
                                                                  heads=6, kv_heads=3, head_dim=4)}})
         return net, rm
     (n1, r1), (n2, r2) = build(), build()
-    initlab.mimetic_(n1, generator=gen(16), role_map=r1)
+    initlab.mimetic_(n1, generator=gen(16), role_map=r1, noise_dist=dist)
     monkeypatch.setitem(mm.CHUNK_BYTES, "cpu", 1)  # one KV group per chunk
-    initlab.mimetic_(n2, generator=gen(16), role_map=r2)
+    initlab.mimetic_(n2, generator=gen(16), role_map=r2, noise_dist=dist)
     for p, q in zip(n1.parameters(), n2.parameters()):
         assert torch.equal(p, q)
 

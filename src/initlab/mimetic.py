@@ -523,6 +523,8 @@ def _init_layer(att: AttentionLayer, cfg: dict, sign: int, *, dist: str, gen, sk
     group_bytes = r * d * d * torch.empty((), dtype=dtype).element_size()
     budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES_OTHER)
     step = max(1, budget // group_bytes)
+    if dist == "normal" and (d * d) % 16:
+        step = n_groups  # CPU randn fills blocks of 16: only then are chunked draws the same numbers
     if qk:
         wq_all = torch.empty(d, n_heads * k, dtype=dtype, device=device)
         wk_all = torch.empty(d, n_groups * k, dtype=dtype, device=device)
