@@ -96,8 +96,9 @@ def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversampl
       the device multiplies it fast, else ``m``'s dtype). They only choose the subspace; measured
       energy identical to float32 products to 3 decimals (d=768, k=64: 0.9963 vs 0.9965);
     * the projection is exact: Y is orthonormalized, one product Z = m·Y in ``m``'s dtype, and
-      small (width × width) Cholesky/eigh problems in float64, so U S Vh = m P with P the
-      orthogonal projector onto the chosen subspace (V orthonormal to ~1e-7 in float32).
+      small (width × width) problems (Cholesky in float64, eigh in float32; all float64 when Y
+      is ill-conditioned), so U S Vh = m P with P the orthogonal projector onto the chosen
+      subspace (V orthonormal to ~1e-6 in float32).
 
     Targets of mimetic init have flat spectra (σ₁/σ_k ≈ 1.5). Energy captured relative to the exact
     truncation (float32 uniform targets 0.7Z + 0.7I, defaults; the earlier monomial subspace
@@ -179,8 +180,10 @@ def _chebyshev_filter(mi: torch.Tensor, y: torch.Tensor, rank: int, degree: int)
     """T_degree(2·mᵀm/a − 1)·y: a Chebyshev filter that keeps [0, a] of mᵀm's spectrum within ±1
     and amplifies what lies above (Zhou & Saad's filtered subspace iteration).
 
-    ``a`` is the rank-th Ritz value of mᵀm on span(y) (never above the rank-th eigenvalue), so
-    the wanted part is amplified at least as much as anything below it. ``degree`` products with
+    ``a`` is a Ritz value of mᵀm on span(y): the rank-th, or the (3/4·rank)-th when rank is under
+    1/8 of the size; a Ritz value is never above the eigenvalue of the same index, so everything
+    above that eigenvalue is amplified more than anything below the cut (the directions near
+    σ_rank, interchangeable for the energy, may not be). ``degree`` products with
     mᵀm; on flat spectra degree 3 captures what 6 monomial passes (mᵀm)⁶ do. Products in
     ``mi``'s dtype (bf16 on the fast path), the three-term recurrence in ``y``'s dtype.
     """
