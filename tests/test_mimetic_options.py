@@ -295,3 +295,114 @@ def test_property_identities_over_widths_heads_and_layouts(d, heads, group, hd, 
         if n.endswith("bias"):
             assert torch.count_nonzero(p) == 0
         assert p.shape == before[n].shape
+
+
+# ----------------------------------------------------------------------------- fast path internals
+def _energy_ratio(a64, u, s, vh, k):
+    """Energy of the rank-k product captured, over the exact truncation's (per matrix)."""
+    approx = (u.double() * s.double().unsqueeze(-2)) @ vh.double()
+    captured = a64.pow(2).sum((-1, -2)) - (a64 - approx).pow(2).sum((-1, -2))
+    return captured / torch.linalg.svdvals(a64)[..., :k].pow(2).sum(-1)
+
+
+@pytest.mark.parametrize("iter_dtype", [torch.float32, torch.bfloat16])
+def test_randomized_topk_accuracy_with_bf16_or_float32_products(iter_dtype):
+    d, k = 512, 64
+    a = 0.7 * noise((2, d, d), d, generator=gen(11), dtype=torch.float32) + 0.7 * torch.eye(d)
+    u, s, vh = top_singular(a, k, method="randomized", generator=gen(12), iter_dtype=iter_dtype)
+    assert _energy_ratio(a.double(), u, s, vh, k).min().item() >= 0.99
+    # U S Vh is the exact projection of the target onto span(V): V orthonormal, U S = A V
+    eye = torch.eye(k, dtype=torch.float64)
+    assert torch.allclose(vh.double() @ vh.double().mT, eye.expand(2, k, k), atol=1e-5)
+    assert torch.allclose((u * s.unsqueeze(-2)).double(), a.double() @ vh.double().mT, atol=1e-4)
+
+
+def test_randomized_grouped_qk_captures_the_joint_truncation():
+    """GQA: 4 query heads share a key head; stacked targets are flatter (one more pass)."""
+    d, k, heads, groups = 256, 16, 8, 2
+    a = 0.7 * noise((heads, d, d), d, generator=gen(13), dtype=torch.float32) + 0.7 * torch.eye(d)
+    wq, wk = grouped_qk_factors(a, k, groups, method="randomized", generator=gen(14))
+    r = heads // groups
+    for g in range(groups):
+        stacked = a[g * r:(g + 1) * r].reshape(-1, d).double()
+        prod = torch.cat([wq[h].double() @ wk[g].double().T for h in range(g * r, (g + 1) * r)])
+        captured = stacked.pow(2).sum() - (stacked - prod).pow(2).sum()
+        assert captured / torch.linalg.svdvals(stacked)[:k].pow(2).sum() >= 0.99
+
+
+def test_randomized_topk_of_degenerate_targets_is_finite():
+    for a in (torch.zeros(2, 64, 64), torch.eye(64).expand(2, 64, 64).contiguous()):
+        u, s, vh = top_singular(a, 8, method="randomized", generator=gen(0))
+        assert all(torch.isfinite(t).all() for t in (u, s, vh))
+        approx = (u * s.unsqueeze(-2)) @ vh
+        assert (a - approx).pow(2).sum((-1, -2)).max() <= a.pow(2).sum((-1, -2)).max()
+
+
+def test_square_factors_are_the_svd_factors_from_one_eigh():
+    from initlab.mimetic import square_factors
+    d = 96
+    b = 0.4 * noise((d, d), d, generator=gen(15), dtype=torch.float32) - 0.4 * torch.eye(d)
+    wv, wo = square_factors(b)
+    assert torch.allclose(wv @ wo, b, atol=1e-5)
+    s = torch.linalg.svdvals(b.double())
+    # balanced like U√S, √S Vᵀ: each factor has singular values √s, columns/rows in order
+    assert torch.allclose(torch.linalg.svdvals(wv.double()), s.sqrt(), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(wo.double().norm(dim=1), s.sqrt(), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(wv.double().mT @ wv.double(), torch.diag(s), atol=1e-4)
+
+
+@pytest.mark.parametrize("d,dist", [(24, "uniform"), (30, "uniform"), (24, "normal"), (30, "normal")])
+def test_chunked_drawing_gives_the_same_weights(monkeypatch, d, dist):
+    """Targets drawn chunk by chunk (a few KV groups at a time) equal one draw of the layer."""
+    import initlab.mimetic as mm
+
+    def build():
+        net = nn.Module()
+        net.attn = _Attn(d, 6, 3, 4, False, False)
+        rm = roles_from_mapping(net, {"attention": {"attn": dict(q="q", k="k", v="v", o="o",
+                                                                 heads=6, kv_heads=3, head_dim=4)}})
+        return net, rm
+    (n1, r1), (n2, r2) = build(), build()
+    initlab.mimetic_(n1, generator=gen(16), role_map=r1, noise_dist=dist)
+    monkeypatch.setitem(mm.CHUNK_BYTES, "cpu", 1)  # one KV group per chunk
+    initlab.mimetic_(n2, generator=gen(16), role_map=r2, noise_dist=dist)
+    for p, q in zip(n1.parameters(), n2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_randomized_path_targets_follow_the_documented_stream():
+    """The randomized start matrices come from their own stream: layer 2's targets are drawn
+    right after layer 1's, as draw_targets documents (checked through the exact VO product)."""
+    from initlab.mimetic import draw_targets
+    d = 64
+    m = vit(d, 2, 2)
+    rm = roles(m)
+    initlab.mimetic_(m, svd="randomized", generator=gen(17), role_map=rm)
+    g = gen(17)
+    for att in rm.attention:
+        _, b = draw_targets(att, **VISION, generator=g, dtype=torch.float32)
+        assert torch.allclose(att.vo_product(), b.double(), atol=1e-5)
+
+
+def test_benchmark_script_runs_the_gqa_path_on_cpu(capsys):
+    """benchmarks/bench_mimetic.py: the code path of --shape llama7b --device cuda, at a tiny
+    GQA shape on the CPU, with both weight dtypes and the phase breakdown."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mimetic.py"
+    spec = importlib.util.spec_from_file_location("bench_mimetic", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--shape", "llama-tiny", "--dtype", "bf16,fp32", "--repeat", "1",
+                           "--svd", "randomized", "--breakdown", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "weights=bf16" in out and "weights=fp32" in out
+    assert out.count("ratio mimetic_/default") == 2 and out.count("peak ") == 2
+    assert all(f"  {k} " in out for k in ("draw", "qk", "vo"))
+    import initlab.mimetic as mm
+    assert mm._phase_times is None  # the timers are off again
+    assert bench.main(["--shape", "llama-tiny", "--dtype", "fp16"]) == 2
