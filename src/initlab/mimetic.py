@@ -542,8 +542,9 @@ def _init_layer(att: AttentionLayer, cfg: dict, sign: int, *, dist: str, gen, sk
     them and write Q, K, V, O."""
     d, k, n_heads, n_groups = att.d_model, att.head_dim, att.n_heads, att.n_kv_heads
     r = n_heads // n_groups
-    opts = dict(method=method, oversample=oversample, power_iters=power_iters,
-                generator=sketch if method == "randomized" else gen)
+    # the user's generator draws the targets and nothing else (the documented stream, whatever the
+    # method); sketches and the rotation of a wide GQA value map come from the library's own stream
+    opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=sketch)
     group_bytes = r * d * d * torch.empty((), dtype=dtype).element_size()
     budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES_OTHER)
     step = max(1, budget // group_bytes)
