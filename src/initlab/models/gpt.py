@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import POS_KINDS, Block, HeadMultiplierState, check_heads, make_norm, sincos_1d
+from .layers import POS_KINDS, Block, HeadMultiplierState, LMReadout, check_heads, make_norm, sincos_1d
 
 TABLE_STD = 0.02  # token and position tables start N(0, 0.02^2), as GPT-2/nanoGPT
 
 
-class GPT(HeadMultiplierState, nn.Module):
+class GPT(LMReadout, HeadMultiplierState, nn.Module):
     """Causal language model.
 
     Args:
@@ -80,10 +79,4 @@ class GPT(HeadMultiplierState, nn.Module):
         z = self.tok_embed(idx) + self.pos_embed[:, :t]
         for block in self.blocks:
             z = block(z)
-        s = self.norm(z)
-        w = self.tok_embed.weight if self.head is None else self.head.weight
-        logits = F.linear(s, w) * self.head_multiplier
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+        return self.readout(self.norm(z), targets)

@@ -173,6 +173,19 @@ class HeadMultiplierState:
             missing_keys.remove(key)
 
 
+class LMReadout:
+    """Mixin for initlab's language models: logits = head_multiplier · s Wᵀ through the token
+    embedding (tied) or the ``head`` Linear, and the mean cross-entropy when targets are given."""
+
+    def readout(self, s: torch.Tensor, targets: torch.Tensor | None = None):
+        w = self.tok_embed.weight if self.head is None else self.head.weight
+        logits = F.linear(s, w) * self.head_multiplier
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+
 # position tables: learned N(0, 0.02^2), fixed sin-cos buffer, or learned starting as sin-cos
 POS_KINDS = ("learned", "sincos", "sincos-learned")
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import HeadMultiplierState, attn_scale_value, check_heads, sincos_1d
+from .layers import HeadMultiplierState, LMReadout, attn_scale_value, check_heads, sincos_1d
 
 INIT_STD = 0.02  # Hugging Face's initializer_range for Llama
 #: position schemes: rotary (Llama), a learned absolute table N(0, 0.02²), a fixed 1-D sin-cos table
@@ -111,7 +111,7 @@ class LlamaBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class Llama(HeadMultiplierState, nn.Module):
+class Llama(LMReadout, HeadMultiplierState, nn.Module):
     """Llama-style causal language model (char/byte level in initlab's presets).
 
     Args:
@@ -210,10 +210,4 @@ class Llama(HeadMultiplierState, nn.Module):
             z = z + self.pos_embed[:, :t]
         for block in self.blocks:
             z = block(z, cos, sin)
-        s = self.norm(z)
-        w = self.tok_embed.weight if self.head is None else self.head.weight
-        logits = F.linear(s, w) * self.head_multiplier
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+        return self.readout(self.norm(z), targets)
