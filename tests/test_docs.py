@@ -280,6 +280,8 @@ TINY = {
     ("README.md", "initlab sweep --widths 64,128,256,512 --lrs 1e-4..1e-1:8 --param mu --out runs/sweep"): _SWEEP,
     ("README.md", "initlab probe --model vit --width 256 --depth 12 --param nt --init default --out runs/probe"):
         _PROBE,
+    ("README.md", "initlab probe --hf llama --width 512 --depth 4 --param mu --out runs/probe-llama"):
+        {**_PROBE, "--width": "64"},
     ("README.md", "initlab weights runs/m1/checkpoint.pt --png qk_vo.png"): {},
     ("README.md", "initlab schemes"): {},
     ("README.md", "initlab compare --data fashion-mnist --train-size 1000 --model vit-micro --model-option "
