@@ -60,7 +60,7 @@ class TrainConfig:
                              "byte (UTF-8 bytes)", flag=dict(choices=("char", "byte")))
     # model
     model: str = setting("vit-micro", "preset: vit-micro (default), vit-mini, vit-tiny, ...; gpt-micro, "
-                         "gpt-mini (lm default), gpt-char, ...", group=1, flag=dict(metavar="PRESET"))
+                         "gpt-mini (lm default), gpt-char, ...; llama-micro, llama-mini, llama-char", group=1, flag=dict(metavar="PRESET"))
     width: int | None = setting(None, "override the preset's width", group=1, flag=dict(type=int, metavar="N"))
     depth: int | None = setting(None, "override the preset's depth", group=1, flag=dict(type=int, metavar="L"))
     heads: int | None = setting(None, "override the preset's heads (must divide width)", group=1,
