@@ -23,7 +23,7 @@ LayerScale, no sandwich norms): the architecture facts the leading-order theory 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -79,6 +79,15 @@ class Structure:
         return best
 
 
+def _layer_of(model: nn.Module, parts: list[str]) -> str | None:
+    """The outermost ancestor of the module ``parts`` that is an element of a ModuleList (a layer
+    of a stack, ``model.layers.3``), or None."""
+    for k in range(1, len(parts)):
+        if isinstance(model.get_submodule(".".join(parts[:k])), nn.ModuleList):
+            return ".".join(parts[:k + 1])
+    return None
+
+
 def structure_of(model: nn.Module, rm) -> Structure:
     """Blocks and stacks of ``model`` (the unwrapped module the role map was built on)."""
     atts = rm.require_attention("probing")
@@ -89,8 +98,18 @@ def structure_of(model: nn.Module, rm) -> Structure:
     for a in atts:
         parts = a.module_name.split(".")
         block = ".".join(parts[:-1])
+        layer = _layer_of(model, parts)
+        if layer == a.module_name:
+            raise ConfigError(
+                f"{rm.model_class} keeps its attention layers in a list of their own "
+                f"({module_of(a.module_name)}), outside any block module, so no module's output is the "
+                f"residual stream after a block (XLM/FlauBERT layout); the probe cannot measure it")
+        if layer is not None:
+            block = layer  # an attention-only layer of a hybrid (Nemotron-H): the layer is the block
         for k in range(len(parts) - 1, 0, -1):
             anc = ".".join(parts[:k])
+            if layer is not None and not _under(anc, layer) and anc != layer:
+                break  # never above the stack's layer: it would swallow the whole stack
             if isinstance(model.get_submodule(anc), (nn.ModuleList, nn.ModuleDict)):
                 continue  # a container is never called: T5's block.3.layer holds the sublayers
             if any(_under(m, anc) for m in mlp_mods):
@@ -429,6 +448,48 @@ class Recorder:
             h.remove()
         self.hooks.clear()
         return False
+
+
+def reached(st: Structure, tr: Trace) -> tuple[Structure, Trace, list[dict]]:
+    """The stacks the forward ran, and the ones it did not reach (a multimodal model's vision or
+    audio tower on a text-only batch): ``(structure, trace, not_reached)`` with the reached blocks
+    renumbered and each unreached stack as ``{"name", "blocks", "why"}``. A stack the forward
+    entered but left partly unrun (a block without its self-attention) is a ConfigError: its
+    numbers would not be the stack's."""
+    def ran(i):
+        r = tr.blocks[i]
+        return r.z_out is not None and any(e[0] == "A" for e in r.events)
+    keep, gone = [], []
+    for s in st.stacks:
+        done = [ran(i) for i in s.blocks]
+        if all(done):
+            keep.append(s)
+        elif not any(ran(i) or tr.blocks[i].z_in is not None for i in s.blocks):
+            gone.append(dict(name=s.name, blocks=len(s.blocks),
+                             why="not reached by this input (the forward did not run it); not measured"))
+        else:
+            bad = next(st.blocks[i].name for i, d in zip(s.blocks, done) if not d)
+            raise ConfigError(f"the probe's hooks did not fire for block {bad} of stack {s.name!r} "
+                              f"(its forward or its self-attention did not run); is the model's "
+                              f"forward going through the modules the role map names?")
+    if not keep:
+        raise ConfigError(f"the forward reached none of the model's stacks "
+                          f"({', '.join(repr(s.name) for s in st.stacks)}); pass the input they read")
+    if not gone:
+        return st, tr, []
+    old = [i for s in keep for i in s.blocks]
+    new_of = {o: n for n, o in enumerate(old)}
+    stack_of = {id(s): k for k, s in enumerate(keep)}
+    blocks = [replace(st.blocks[o], index=new_of[o], stack=stack_of[id(st.stacks[st.blocks[o].stack])])
+              for o in old]
+    stacks = [replace(s, blocks=[new_of[i] for i in s.blocks]) for s in keep]
+    old_stack = {stack_of[id(s)]: st.stacks.index(s) for s in keep}
+    st2 = Structure(blocks, stacks, st.norms, st.encoder_decoder)
+    tr2 = Trace([tr.blocks[o] for o in old],
+                [(*e[:4], new_of.get(e[4]) if e[4] is not None else None) for e in tr.outer
+                 if e[4] is None or e[4] in new_of],
+                {k: tr.stems[o] for k, o in old_stack.items() if o in tr.stems}, tr.output, tr.output_kind)
+    return st2, tr2, gone
 
 
 @dataclass
