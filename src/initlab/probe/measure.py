@@ -175,6 +175,9 @@ class ProbeReport:
                      f"{both(self.output_logit_var, po, '.4f')}; final norm s2 {self.ln_final_s2:.4f}")
         for s in self.meta.get("not_reached", []):
             lines.append(f"stack {s['name']} ({s['blocks']} blocks): {s['why']}")
+        for name, layers in self.meta.get("layers_without_attention", {}).items():
+            lines.append(f"stack {name}: {len(layers)} layers without attention run between the blocks "
+                         f"above (not measured as blocks): {', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}")
         for what, why in ((self.predicted or {}).get("unavailable") or {}).items():
             lines.append(f"no prediction for {what}: {why}")
         return "\n".join(lines)
@@ -402,6 +405,9 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
                          float(loss.detach()) if targets is not None else None, stacks=stacks)
     if not_reached:
         report.meta["not_reached"] = not_reached
+    others = {s.name: s.others for s in st.stacks if s.others}
+    if others:  # a hybrid: its blocks are the attention layers; the rest run between them, unmeasured
+        report.meta["layers_without_attention"] = others
     report.meta["layout"] = dict(norm_position=layout.norm_position, activation=layout.activation,
                                  gated=layout.gate is not None, output=out_kind)
     if predict:

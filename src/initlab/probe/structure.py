@@ -57,6 +57,7 @@ class StackInfo:
     name: str
     blocks: list[int]
     decoder: bool = False  # reads another stack through cross-attention
+    others: list[str] = field(default_factory=list)  # layers of the stack without attention (a hybrid's SSM/MLP layers)
 
     @property
     def kind(self) -> str:
@@ -136,6 +137,12 @@ def structure_of(model: nn.Module, rm) -> Structure:
         outs = list(dict.fromkeys(m for m, r in mlp if r == "mlp_out" and _under(m, name)))
         blocks.append(BlockInfo(i, name, first, cross, s, mins, outs,
                                 [module_of(a.o.name) for a in [first, *cross]]))
+    names = {b.name for b in blocks}
+    for stack in stacks:
+        mod = model.get_submodule(stack.name)
+        if isinstance(mod, (nn.ModuleList, nn.ModuleDict)):
+            stack.others = [f"{stack.name}.{k}" for k, _ in mod.named_children()
+                            if f"{stack.name}.{k}" not in names]
     norm_params = {module_of(info.name) for info in rm if "norm" in info.roles}
     norms = [n for n, m in model.named_modules() if n in norm_params or is_norm(m)]
     return Structure(blocks, stacks, norms, bool(rm.facts.inputs.encoder_decoder))
@@ -151,10 +158,13 @@ def decoder_vocab(rm) -> int | None:
     return max(rows) if rows else rm.facts.inputs.vocab_size
 
 
+AUDIO_SAMPLES_PER_TOKEN = 320  # a raw-audio batch: the total stride of a wav2vec2-style conv stem
+
+
 def make_inputs(rm, model: nn.Module, *, batch: int = 4, tokens: int = 16,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """A random batch the model takes, from ``rm.facts.inputs`` (token ids uniform below the
-    vocabulary, N(0, 1) images/frames/embeddings)."""
+    vocabulary, N(0, 1) images/frames/embeddings, ``tokens`` x 320 samples of N(0, 1) audio)."""
     g = generator or torch.Generator().manual_seed(0)
     f = rm.facts.inputs
     if batch < 1 or tokens < 1:
@@ -177,6 +187,8 @@ def make_inputs(rm, model: nn.Module, *, batch: int = 4, tokens: int = 16,
         if frames is None or f.in_chans is None:
             raise ConfigError(f"{rm.model_class}: the role map does not know the feature shape; pass features")
         return torch.randn(batch, f.in_chans, frames, generator=g)
+    if f.kind == "audio":
+        return torch.randn(batch, tokens * AUDIO_SAMPLES_PER_TOKEN, generator=g)
     if f.kind == "embeddings":
         x = torch.randn(batch, tokens, rm.width, generator=g)
         return x if f.batch_first else x.transpose(0, 1).contiguous()
@@ -236,6 +248,10 @@ def check_batch(rm, batch: torch.Tensor, targets: torch.Tensor | None) -> None:
         if targets is not None and tuple(targets.shape) != shape[:1]:
             raise ConfigError(f"probe(): targets must be class labels of shape ({shape[0]},), got "
                               f"{tuple(targets.shape)}")
+    elif f.kind == "audio":
+        if batch.ndim != 2 or not batch.is_floating_point():
+            raise ConfigError(f"probe(): {rm.model_class} takes a float raw waveform of shape (B, samples), "
+                              f"got a {batch.dtype} batch of shape {shape}")
     elif f.kind in ("features", "embeddings"):
         if batch.ndim != 3 or not batch.is_floating_point():
             raise ConfigError(f"probe(): {rm.model_class} takes float {f.kind} of rank 3, got a "
@@ -567,6 +583,11 @@ def layout_of(st: Structure, tr: Trace) -> Layout:
             why.append(f"block {b.index} is not a plain residual sum of its attention and MLP "
                        f"outputs (relative mismatch {err:.1e}): branch gains, LayerScale, skip "
                        f"scaling or sandwich norms are outside the leading-order recursion")
+    for s in st.stacks:
+        if s.others:
+            why.append(f"stack {s.name} also runs {len(s.others)} layers without attention "
+                       f"({', '.join(s.others[:3])}{', ...' if len(s.others) > 3 else ''}: state-space, "
+                       f"linear-attention or MLP-only layers), which the leading-order recursion does not cover")
     if len(positions) > 1:
         why.append("blocks mix pre-LN and post-LN")
     if len(acts) > 1:
