@@ -201,3 +201,91 @@ def test_cli_bad_model_flags_are_one_line(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+
+
+# ------------------------------------------------------------------------------------------------
+# multimodal towers a text batch does not reach; hybrids whose blocks are only some layers
+# ------------------------------------------------------------------------------------------------
+def _llava():
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=16, patch_size=8, projection_dim=32)
+    text = dict(model_type="llama", hidden_size=W, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, intermediate_size=2 * W, vocab_size=100)
+    cfg = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=99,
+                                   vision_feature_layer=-1)
+    return build_seeded(lambda: transformers.LlavaForConditionalGeneration(cfg), 0).eval()
+
+
+def test_multimodal_tower_not_reached_by_text_is_reported_not_measured():
+    m = _llava()
+    ids = torch.randint(0, 90, (2, 8), generator=torch.Generator().manual_seed(0))
+    rep = probe(m, ids)
+    gone = rep.meta["not_reached"]
+    assert [(s["name"], s["blocks"]) for s in gone] == [("model.vision_tower.encoder.layers", 2)]
+    assert "not reached by this input" in gone[0]["why"]
+    assert "model.vision_tower.encoder.layers (2 blocks): not reached" in rep.table()
+    assert [(s["name"], s["blocks"]) for s in rep.stacks] == [("model.language_model.layers", 3)]
+    assert rep.depth == 3 and rep.tokens == 8
+    # the measured numbers are the language model's residual stream, block by block
+    with torch.no_grad():
+        hs = m(input_ids=ids, output_hidden_states=True).hidden_states
+    assert rep.g_stem == pytest.approx(float(hs[0].double().pow(2).mean()), rel=1e-6)
+    for i in range(2):  # the last hidden state has the final norm applied
+        assert rep.blocks[i]["G"] == pytest.approx(float(hs[i + 1].double().pow(2).mean()), rel=1e-6)
+    # no gradient row belongs to the unreached tower, and the tower's parameters were not touched
+    assert not any(g["name"].startswith("model.vision_tower") for g in rep.grads)
+    assert all(p.grad is None for p in m.parameters())
+
+
+def _nemotron_h():
+    cfg = transformers.AutoConfig.for_model(
+        "nemotron_h", hidden_size=W, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        intermediate_size=2 * W, vocab_size=100, ssm_state_size=16, mamba_num_heads=4, mamba_head_dim=32,
+        n_groups=1, layers_block_type=["mamba", "attention", "mlp", "attention"])
+    return build_seeded(lambda: transformers.AutoModelForCausalLM.from_config(cfg), 0).eval()
+
+
+def test_hybrid_blocks_are_its_attention_layers_and_the_rest_is_named():
+    m = _nemotron_h()
+    kinds = [type(layer.mixer).__name__ for layer in m.model.layers]
+    att = [i for i, k in enumerate(kinds) if "Attention" in k]
+    assert len(att) == 2 and len(kinds) == 4
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    rep = probe(m, ids, predict=True, samples=4)
+    assert rep.depth == 2
+    others = [f"model.layers.{i}" for i in range(4) if i not in att]
+    assert rep.meta["layers_without_attention"] == {"model.layers": others}
+    assert "2 layers without attention run between the blocks" in rep.table()
+    # block i's G is the residual stream after attention layer att[i] (HF's hidden_states[j + 1])
+    with torch.no_grad():
+        hs = m(input_ids=ids, output_hidden_states=True).hidden_states
+    assert rep.g_stem == pytest.approx(float(hs[att[0]].double().pow(2).mean()), rel=1e-6)
+    for i, j in enumerate(att):
+        if j + 1 < len(kinds):  # the last hidden state has the final norm applied
+            assert rep.blocks[i]["G"] == pytest.approx(float(hs[j + 1].double().pow(2).mean()), rel=1e-6)
+    # the theory is not applied across the unmeasured SSM / MLP layers: nothing predicted, reason given
+    assert all(p is None for p in rep.predicted["blocks"]) and rep.predicted["output_logit_var"] is None
+    assert any("layers without attention" in why for why in rep.predicted["unavailable"].values())
+
+
+def test_separate_attention_lists_are_refused_with_the_reason():
+    cfg = transformers.AutoConfig.for_model("xlm", emb_dim=W, n_layers=2, n_heads=2, vocab_size=100)
+    m = build_seeded(lambda: transformers.AutoModel.from_config(cfg), 0).eval()
+    with pytest.raises(ConfigError, match="attention layers in a list of their own"):
+        probe(m, torch.randint(0, 100, (2, 8)))
+
+
+def test_raw_audio_input_is_a_waveform_batch():
+    cfg = transformers.AutoConfig.for_model(
+        "moonshine", hidden_size=W, intermediate_size=2 * W, encoder_num_hidden_layers=1,
+        decoder_num_hidden_layers=1, encoder_num_attention_heads=2, decoder_num_attention_heads=2,
+        vocab_size=100)
+    m = build_seeded(lambda: transformers.AutoModelForSpeechSeq2Seq.from_config(cfg), 0).eval()
+    rm = initlab.role_map(m)
+    assert rm.facts.inputs.kind == "audio" and rm.facts.inputs.name == "input_values"
+    x = make_inputs(rm, m, batch=2, tokens=8)
+    assert x.shape == (2, 8 * 320) and x.is_floating_point()
+    rep = probe(m, x)
+    assert [s["kind"] for s in rep.stacks] == ["encoder", "decoder"] and rep.batch == 2
+    with pytest.raises(ConfigError, match="raw waveform"):
+        probe(m, x[:, None, :])

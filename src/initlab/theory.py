@@ -784,7 +784,7 @@ def traced(model, batch=None, *, role_map=None, decoder_tokens: int | None = Non
     from the role map's input facts. This reads the architecture (which norm runs where, the MLP
     nonlinearity, the head), never a statistic the theory predicts."""
     from .probe.structure import (Recorder, forward_inputs, layout_of, make_inputs, output_tensor,
-                                  structure_of)
+                                  reached, structure_of)
     from .roles import roles
     from .roles.registry import unwrap
 
@@ -804,7 +804,8 @@ def traced(model, batch=None, *, role_map=None, decoder_tokens: int | None = Non
         for m, mode in modes:
             m.training = mode
     logits, kind = output_tensor(out)
-    return st, rec.trace, layout_of(st, rec.trace), logits.detach().double(), kind
+    st, tr, _ = reached(st, rec.trace)  # a tower the input does not reach is not predicted either
+    return st, tr, layout_of(st, tr), logits.detach().double(), kind
 
 
 def _ms(t: torch.Tensor) -> float:

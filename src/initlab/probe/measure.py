@@ -39,7 +39,7 @@ from ..output import atomic_write_text, write_json
 from ..roles import roles
 from ..roles.registry import unwrap
 from .structure import (Recorder, batch_size_and_tokens, causal_of, check_batch, forward_inputs,
-                        layout_of, logit_scale, output_tensor, structure_of)
+                        layout_of, logit_scale, output_tensor, reached, structure_of)
 
 BLOCK_FIELDS = ("G", "G_mid", "ln1_s2", "ln2_s2", "cosine", "attn_logit_mean", "attn_logit_var",
                 "attn_entropy", "attn_distance")
@@ -173,6 +173,11 @@ class ProbeReport:
         po = (self.predicted or {}).get("output_logit_var")
         lines.append(f"output: mean {self.output_logit_mean:.4f}, mean square "
                      f"{both(self.output_logit_var, po, '.4f')}; final norm s2 {self.ln_final_s2:.4f}")
+        for s in self.meta.get("not_reached", []):
+            lines.append(f"stack {s['name']} ({s['blocks']} blocks): {s['why']}")
+        for name, layers in self.meta.get("layers_without_attention", {}).items():
+            lines.append(f"stack {name}: {len(layers)} layers without attention run between the blocks "
+                         f"above (not measured as blocks): {', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}")
         for what, why in ((self.predicted or {}).get("unavailable") or {}).items():
             lines.append(f"no prediction for {what}: {why}")
         return "\n".join(lines)
@@ -353,9 +358,10 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
                     objective = f"sum of {what} {output_index} over the batch"
                 if loss.requires_grad:
                     loss.backward()
+            st, tr, not_reached = reached(st, rec.trace)
             grads = _grad_rows(rm, st)
             att_stats = []
-            for b, r in zip(st.blocks, rec.trace.blocks):
+            for b, r in zip(st.blocks, tr.blocks):
                 a_in = next((e[2] for e in r.events if e[0] == "A"), None)
                 if a_in is None:
                     att_stats.append(None)
@@ -369,7 +375,6 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
             p.grad = g
         for m, mode in modes:
             m.training = mode
-    tr = rec.trace
     if any(r.z_out is None for r in tr.blocks) or any(a is None for a in att_stats):
         raise ConfigError("the probe's hooks did not fire for every block; is the model's forward "
                           "going through the modules the role map names?")
@@ -398,6 +403,11 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
                          stacks[0]["g_stem"], rows, _ms(fin_out) if fin_out is not None else float("nan"),
                          float(lg.pow(2).mean()), float(lg.mean()), grads, objective,
                          float(loss.detach()) if targets is not None else None, stacks=stacks)
+    if not_reached:
+        report.meta["not_reached"] = not_reached
+    others = {s.name: s.others for s in st.stacks if s.others}
+    if others:  # a hybrid: its blocks are the attention layers; the rest run between them, unmeasured
+        report.meta["layers_without_attention"] = others
     report.meta["layout"] = dict(norm_position=layout.norm_position, activation=layout.activation,
                                  gated=layout.gate is not None, output=out_kind)
     if predict:

@@ -206,7 +206,7 @@ def make_batch(spec: ModelSpec, model, batch: int, data: str, seed: int):
     y = torch.randint(0, out.shape[-1], tuple(out.shape[:-1]), generator=g)
     kind = rm.facts.inputs.kind
     what = {"tokens": "uniform random token ids", "image": "random N(0,1) images",
-            "features": "random N(0,1) feature frames", "embeddings": "random N(0,1) embeddings"}
+            "features": "random N(0,1) feature frames", "embeddings": "random N(0,1) embeddings", "audio": "random N(0,1) raw audio"}
     return x, y, what.get(kind, "random inputs")
 
 

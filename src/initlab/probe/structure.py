@@ -23,7 +23,7 @@ LayerScale, no sandwich norms): the architecture facts the leading-order theory 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -57,6 +57,7 @@ class StackInfo:
     name: str
     blocks: list[int]
     decoder: bool = False  # reads another stack through cross-attention
+    others: list[str] = field(default_factory=list)  # layers of the stack without attention (a hybrid's SSM/MLP layers)
 
     @property
     def kind(self) -> str:
@@ -79,6 +80,15 @@ class Structure:
         return best
 
 
+def _layer_of(model: nn.Module, parts: list[str]) -> str | None:
+    """The outermost ancestor of the module ``parts`` that is an element of a ModuleList (a layer
+    of a stack, ``model.layers.3``), or None."""
+    for k in range(1, len(parts)):
+        if isinstance(model.get_submodule(".".join(parts[:k])), nn.ModuleList):
+            return ".".join(parts[:k + 1])
+    return None
+
+
 def structure_of(model: nn.Module, rm) -> Structure:
     """Blocks and stacks of ``model`` (the unwrapped module the role map was built on)."""
     atts = rm.require_attention("probing")
@@ -89,8 +99,18 @@ def structure_of(model: nn.Module, rm) -> Structure:
     for a in atts:
         parts = a.module_name.split(".")
         block = ".".join(parts[:-1])
+        layer = _layer_of(model, parts)
+        if layer == a.module_name:
+            raise ConfigError(
+                f"{rm.model_class} keeps its attention layers in a list of their own "
+                f"({module_of(a.module_name)}), outside any block module, so no module's output is the "
+                f"residual stream after a block (XLM/FlauBERT layout); the probe cannot measure it")
+        if layer is not None:
+            block = layer  # an attention-only layer of a hybrid (Nemotron-H): the layer is the block
         for k in range(len(parts) - 1, 0, -1):
             anc = ".".join(parts[:k])
+            if layer is not None and not _under(anc, layer) and anc != layer:
+                break  # never above the stack's layer: it would swallow the whole stack
             if isinstance(model.get_submodule(anc), (nn.ModuleList, nn.ModuleDict)):
                 continue  # a container is never called: T5's block.3.layer holds the sublayers
             if any(_under(m, anc) for m in mlp_mods):
@@ -117,6 +137,12 @@ def structure_of(model: nn.Module, rm) -> Structure:
         outs = list(dict.fromkeys(m for m, r in mlp if r == "mlp_out" and _under(m, name)))
         blocks.append(BlockInfo(i, name, first, cross, s, mins, outs,
                                 [module_of(a.o.name) for a in [first, *cross]]))
+    names = {b.name for b in blocks}
+    for stack in stacks:
+        mod = model.get_submodule(stack.name)
+        if isinstance(mod, (nn.ModuleList, nn.ModuleDict)):
+            stack.others = [f"{stack.name}.{k}" for k, _ in mod.named_children()
+                            if f"{stack.name}.{k}" not in names]
     norm_params = {module_of(info.name) for info in rm if "norm" in info.roles}
     norms = [n for n, m in model.named_modules() if n in norm_params or is_norm(m)]
     return Structure(blocks, stacks, norms, bool(rm.facts.inputs.encoder_decoder))
@@ -132,10 +158,13 @@ def decoder_vocab(rm) -> int | None:
     return max(rows) if rows else rm.facts.inputs.vocab_size
 
 
+AUDIO_SAMPLES_PER_TOKEN = 320  # a raw-audio batch: the total stride of a wav2vec2-style conv stem
+
+
 def make_inputs(rm, model: nn.Module, *, batch: int = 4, tokens: int = 16,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """A random batch the model takes, from ``rm.facts.inputs`` (token ids uniform below the
-    vocabulary, N(0, 1) images/frames/embeddings)."""
+    vocabulary, N(0, 1) images/frames/embeddings, ``tokens`` x 320 samples of N(0, 1) audio)."""
     g = generator or torch.Generator().manual_seed(0)
     f = rm.facts.inputs
     if batch < 1 or tokens < 1:
@@ -158,6 +187,8 @@ def make_inputs(rm, model: nn.Module, *, batch: int = 4, tokens: int = 16,
         if frames is None or f.in_chans is None:
             raise ConfigError(f"{rm.model_class}: the role map does not know the feature shape; pass features")
         return torch.randn(batch, f.in_chans, frames, generator=g)
+    if f.kind == "audio":
+        return torch.randn(batch, tokens * AUDIO_SAMPLES_PER_TOKEN, generator=g)
     if f.kind == "embeddings":
         x = torch.randn(batch, tokens, rm.width, generator=g)
         return x if f.batch_first else x.transpose(0, 1).contiguous()
@@ -217,6 +248,10 @@ def check_batch(rm, batch: torch.Tensor, targets: torch.Tensor | None) -> None:
         if targets is not None and tuple(targets.shape) != shape[:1]:
             raise ConfigError(f"probe(): targets must be class labels of shape ({shape[0]},), got "
                               f"{tuple(targets.shape)}")
+    elif f.kind == "audio":
+        if batch.ndim != 2 or not batch.is_floating_point():
+            raise ConfigError(f"probe(): {rm.model_class} takes a float raw waveform of shape (B, samples), "
+                              f"got a {batch.dtype} batch of shape {shape}")
     elif f.kind in ("features", "embeddings"):
         if batch.ndim != 3 or not batch.is_floating_point():
             raise ConfigError(f"probe(): {rm.model_class} takes float {f.kind} of rank 3, got a "
@@ -431,6 +466,48 @@ class Recorder:
         return False
 
 
+def reached(st: Structure, tr: Trace) -> tuple[Structure, Trace, list[dict]]:
+    """The stacks the forward ran, and the ones it did not reach (a multimodal model's vision or
+    audio tower on a text-only batch): ``(structure, trace, not_reached)`` with the reached blocks
+    renumbered and each unreached stack as ``{"name", "blocks", "why"}``. A stack the forward
+    entered but left partly unrun (a block without its self-attention) is a ConfigError: its
+    numbers would not be the stack's."""
+    def ran(i):
+        r = tr.blocks[i]
+        return r.z_out is not None and any(e[0] == "A" for e in r.events)
+    keep, gone = [], []
+    for s in st.stacks:
+        done = [ran(i) for i in s.blocks]
+        if all(done):
+            keep.append(s)
+        elif not any(ran(i) or tr.blocks[i].z_in is not None for i in s.blocks):
+            gone.append(dict(name=s.name, blocks=len(s.blocks),
+                             why="not reached by this input (the forward did not run it); not measured"))
+        else:
+            bad = next(st.blocks[i].name for i, d in zip(s.blocks, done) if not d)
+            raise ConfigError(f"the probe's hooks did not fire for block {bad} of stack {s.name!r} "
+                              f"(its forward or its self-attention did not run); is the model's "
+                              f"forward going through the modules the role map names?")
+    if not keep:
+        raise ConfigError(f"the forward reached none of the model's stacks "
+                          f"({', '.join(repr(s.name) for s in st.stacks)}); pass the input they read")
+    if not gone:
+        return st, tr, []
+    old = [i for s in keep for i in s.blocks]
+    new_of = {o: n for n, o in enumerate(old)}
+    stack_of = {id(s): k for k, s in enumerate(keep)}
+    blocks = [replace(st.blocks[o], index=new_of[o], stack=stack_of[id(st.stacks[st.blocks[o].stack])])
+              for o in old]
+    stacks = [replace(s, blocks=[new_of[i] for i in s.blocks]) for s in keep]
+    old_stack = {stack_of[id(s)]: st.stacks.index(s) for s in keep}
+    st2 = Structure(blocks, stacks, st.norms, st.encoder_decoder)
+    tr2 = Trace([tr.blocks[o] for o in old],
+                [(*e[:4], new_of.get(e[4]) if e[4] is not None else None) for e in tr.outer
+                 if e[4] is None or e[4] in new_of],
+                {k: tr.stems[o] for k, o in old_stack.items() if o in tr.stems}, tr.output, tr.output_kind)
+    return st2, tr2, gone
+
+
 @dataclass
 class Layout:
     """Architecture facts read off a :class:`Trace` (see :func:`layout_of`)."""
@@ -506,6 +583,11 @@ def layout_of(st: Structure, tr: Trace) -> Layout:
             why.append(f"block {b.index} is not a plain residual sum of its attention and MLP "
                        f"outputs (relative mismatch {err:.1e}): branch gains, LayerScale, skip "
                        f"scaling or sandwich norms are outside the leading-order recursion")
+    for s in st.stacks:
+        if s.others:
+            why.append(f"stack {s.name} also runs {len(s.others)} layers without attention "
+                       f"({', '.join(s.others[:3])}{', ...' if len(s.others) > 3 else ''}: state-space, "
+                       f"linear-attention or MLP-only layers), which the leading-order recursion does not cover")
     if len(positions) > 1:
         why.append("blocks mix pre-LN and post-LN")
     if len(acts) > 1:

@@ -480,7 +480,7 @@ from .persist import head_controls, scale_logits as _scale_logits, tied_output  
 
 
 _INPUT_KINDS = {"input_ids": "tokens", "pixel_values": "image", "input_features": "features",
-                "input_values": "features"}
+                "input_values": "audio"}  # raw waveform (B, samples), not frames
 
 
 def _cfg(config, *names, sub=("text_config", "vision_config", "encoder", "audio_config")):

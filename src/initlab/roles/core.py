@@ -342,7 +342,8 @@ class InputFacts:
     ``kind``: ``"tokens"`` (integer ids < ``vocab_size``, at most ``max_positions`` long),
     ``"image"`` (float (B, ``in_chans``, *``image_size``)), ``"features"`` (float frames, e.g.
     Whisper's log-mel (B, ``in_chans``, ``max_positions``)), ``"embeddings"`` (float vectors of
-    the model width, e.g. ``nn.TransformerEncoder``; (T, B, d) when not ``batch_first``) or
+    the model width, e.g. ``nn.TransformerEncoder``; (T, B, d) when not ``batch_first``),
+    ``"audio"`` (a float raw waveform (B, samples): Moonshine's, SpeechT5's ``input_values``) or
     ``"unknown"``.
     ``encoder_decoder``: the forward also needs decoder inputs (T5, BART, Whisper).
     ``name``: the forward's keyword for the input (``input_ids``, ``pixel_values``, …; None:
