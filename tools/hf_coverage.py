@@ -245,8 +245,9 @@ class Result:
 
 
 _NOT_SOFTMAX_CLASS = re.compile(r"AdditiveAttention|SwiftFormerEfficientAdditive")
-_HIDDEN = re.compile(r"(mlp|expert|router|gate|ffn|feed_forward|fc\d|dense|proj|wi|wo|c_fc|linear)",
-                     re.I)
+# wi/wo (T5) only as a whole word part: "depthwise" is no hidden matrix name
+_HIDDEN = re.compile(r"(mlp|expert|router|gate|ffn|feed_forward|fc\d|dense|proj|(?<![a-z])w[io](?![a-z])|"
+                     r"c_fc|linear)", re.I)
 
 
 def build(head: str, model_type: str, *, vocab: int | None = None):
