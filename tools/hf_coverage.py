@@ -181,6 +181,21 @@ def _keep_layer_kinds(cfg) -> None:
                 _set(cfg, key, new)
         if n != LAYERS and isinstance(cfg.__dict__.get("num_hidden_layers"), int):
             _set(cfg, "num_hidden_layers", n)
+        # index lists and per-layer lists the config validates on reload (from_pretrained):
+        # Kolibri's index_layers / kv_source_layers name layers by index; Bailing's swiglu_limits
+        # (expert_swiglu_limit_list) hold one value per layer
+        idx = cfg.__dict__.get("index_layers")
+        if isinstance(idx, list) and all(isinstance(i, int) for i in idx):
+            _set(cfg, "index_layers", [pick.index(i) for i in idx if i in pick])
+        src = cfg.__dict__.get("kv_source_layers")
+        if isinstance(src, list) and len(src) == len(kinds):  # every layer its own K/V, as built
+            _set(cfg, "kv_source_layers", list(range(n)))
+        import dataclasses
+        fields = [f.name for f in dataclasses.fields(cfg)] if dataclasses.is_dataclass(cfg) else []
+        for key in dict.fromkeys([*cfg.__dict__, *fields]):
+            old = getattr(cfg, key, None)
+            if "limit" in key and isinstance(old, list) and len(old) == len(kinds):
+                _set(cfg, key, [old[i] for i in pick])
         if isinstance(cfg.__dict__.get("hybrid_layer_ids"), list):  # zamba2
             _set(cfg, "hybrid_layer_ids", [i for i, k in enumerate(cfg.layers_block_type) if k == "hybrid"])
     else:
@@ -190,6 +205,20 @@ def _keep_layer_kinds(cfg) -> None:
                 if "heads" in key and all(isinstance(v, int) for v in new):
                     new = [N_HEADS] * LAYERS
                 _set(cfg, key, new)
+    if isinstance(cfg.__dict__.get("index_num_heads"), int):  # Kolibri: at most heads / kv heads
+        _set(cfg, "index_num_heads", 1)
+    layers = cfg.__dict__.get("num_hidden_layers")
+    if isinstance(layers, int) and layers >= 3 and all(isinstance(cfg.__dict__.get(k), int) for k in (
+            "n_input_layers", "n_recurrent_layers", "n_output_layers")):  # Dory: the three add up
+        _set(cfg, "n_input_layers", 1)
+        _set(cfg, "n_recurrent_layers", layers - 2)
+        _set(cfg, "n_output_layers", 1)
+    types = cfg.__dict__.get("attention_types")  # GPT-Neo: [[pattern, repeats]] expands to the layers
+    if isinstance(types, list) and len(types) == 1 and isinstance(cfg.__dict__.get("num_layers"), int) \
+            and isinstance(cfg.__dict__.get("attention_layers"), list):
+        pattern, n = list(types[0][0]), cfg.num_layers
+        _set(cfg, "attention_types", [[pattern, max(1, n // len(pattern))]])
+        _set(cfg, "attention_layers", (pattern * n)[:n])
     # Jamba-style periods: attention in layer 1 of 2; Bamba-style index lists
     if isinstance(cfg.__dict__.get("attn_layer_period"), int):
         _set(cfg, "attn_layer_period", LAYERS)
