@@ -547,8 +547,12 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     elif name == "input_features":
         if getattr(cfg, "num_mel_bins", None):  # Whisper-like: (B, mels, 2 x source positions)
             x = torch.randn(2, cfg.num_mel_bins, 2 * getattr(cfg, "max_source_positions", 16), generator=g)
-        else:  # Speech2Text-like: (B, frames, features)
-            feat = getattr(cfg, "input_feat_per_channel", 80) * getattr(cfg, "input_channels", 1)
+        else:  # Speech2Text-like: (B, frames, features); Seamless-M4T and Canary/Cohere-ASR
+            # (conformer encoders) name their feature width elsewhere
+            enc = getattr(cfg, "encoder_config", None)
+            feat = getattr(cfg, "feature_projection_input_dim", None) or \
+                getattr(enc, "num_mel_bins", None) or \
+                getattr(cfg, "input_feat_per_channel", 80) * getattr(cfg, "input_channels", 1)
             x = torch.randn(2, 32, feat, generator=g)
     elif name == "input_values":  # raw audio
         x = torch.randn(2, 4000, generator=g)
