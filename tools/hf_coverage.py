@@ -193,8 +193,13 @@ def _keep_layer_kinds(cfg) -> None:
         import dataclasses
         fields = [f.name for f in dataclasses.fields(cfg)] if dataclasses.is_dataclass(cfg) else []
         for key in dict.fromkeys([*cfg.__dict__, *fields]):
-            old = getattr(cfg, key, None)
-            if "limit" in key and isinstance(old, list) and len(old) == len(kinds):
+            if "limit" not in key:
+                continue
+            try:  # per-layer attributes of heterogeneous configs refuse a global read
+                old = getattr(cfg, key)
+            except Exception:  # noqa: BLE001
+                continue
+            if isinstance(old, list) and len(old) == len(kinds):
                 _set(cfg, key, [old[i] for i in pick])
         if isinstance(cfg.__dict__.get("hybrid_layer_ids"), list):  # zamba2
             _set(cfg, "hybrid_layer_ids", [i for i, k in enumerate(cfg.layers_block_type) if k == "hybrid"])
