@@ -292,12 +292,18 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
     cfg = CONFIG_MAPPING[model_type]()
     shrink(cfg)
     if vocab is not None:  # tests: a small vocabulary when the config's special tokens allow it
+        fits = {}
         for c in [cfg] + [v for v in cfg.__dict__.values() if _is_config(v)]:
             ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
                                                   "decoder_start_token_id", "sep_token_id")]
             flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x])
                     if isinstance(i, int)]
-            if isinstance(c.__dict__.get("vocab_size"), int) and all(i < vocab for i in flat):
+            if isinstance(c.__dict__.get("vocab_size"), int):
+                fits[id(c)] = (c, all(i < vocab for i in flat))
+        # all or none: a model whose head reads one config's vocabulary and whose loss reads
+        # another's (VibeVoice, Dia) breaks when only one of them shrinks
+        if all(ok for _, ok in fits.values()):
+            for c, _ in fits.values():
                 _set(c, "vocab_size", vocab)
     auto = AUTO[head]
     import transformers
