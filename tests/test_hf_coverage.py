@@ -148,3 +148,101 @@ def test_default_mimetic_preset_follows_causality():
     enc, _ = hf_coverage.build("image", "vit")
     assert default_preset(initlab.role_map(lm)) == "language"
     assert default_preset(initlab.role_map(enc)) == "vision"
+
+
+# hidden matrices the generic MLP pass does not name: each gets the role of the matrix of its side,
+# and nothing hidden is left `other` (a scheme or mu group would miss it)
+HIDDEN_ROLES = [
+    ("causal-lm", "doge", {"model.layers.0.self_attn.dt_proj.weight": "mlp_gate"}),  # per-head gate
+    ("speech-seq2seq", "canary", {  # conformer: relative-position key projection, pointwise convs
+        "model.encoder.layers.0.self_attn.relative_k_proj.weight": "mlp_in",
+        "model.encoder.layers.0.conv.pointwise_conv1.weight": "mlp_in",
+        "model.encoder.layers.0.conv.pointwise_conv2.weight": "mlp_out",
+        "model.encoder.layers.0.conv.depthwise_conv.weight": "other"}),  # like a Mamba conv1d
+    ("masked-lm", "mobilebert", {"mobilebert.encoder.layer.0.bottleneck.input.dense.weight": "mlp_in",
+                                 "mobilebert.encoder.layer.0.bottleneck.attention.dense.weight": "mlp_in"}),
+    ("image", "hiera", {"hiera.encoder.stages.1.layers.0.proj.weight": "mlp_in",
+                        "hiera.encoder.stages.1.layers.0.proj.bias": "mlp_in"}),
+    ("speech-seq2seq", "seamless_m4t", {  # conformer speech encoder
+        "speech_encoder.encoder.layers.0.self_attn.linear_q.weight": "q",
+        "speech_encoder.encoder.layers.0.self_attn.linear_out.weight": "o",
+        "speech_encoder.encoder.layers.0.self_attn.linear_pos.weight": "mlp_in",
+        "speech_encoder.encoder.layers.0.ffn1.intermediate_dense.weight": "mlp_in",
+        "speech_encoder.encoder.layers.0.ffn1.output_dense.weight": "mlp_out"}),
+]
+
+
+@pytest.mark.parametrize("head,model_type,roles", HIDDEN_ROLES, ids=[t for _, t, _ in HIDDEN_ROLES])
+def test_hidden_matrices_get_the_role_of_their_side(head, model_type, roles):
+    try:
+        model, _ = hf_coverage.build(head, model_type, vocab=512)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
+    rm = initlab.role_map(model)
+    assert {name: rm.role_of(name) for name in roles} == roles
+    assert hf_coverage.hidden_other(rm) == []
+    assert not hf_coverage.uncovered_attention(model, rm)
+
+
+@pytest.mark.parametrize("model_type", ["seamless_m4t", "seamless_m4t_v2"])
+def test_seamless_conformer_per_head_views_are_the_modules_own_queries_keys_values(model_type):
+    """x @ q_head(h) (+ bias) is head h of the query the conformer attention computes in a real
+    forward pass of the speech encoder, likewise k and v; the head count and width are the module's."""
+    try:
+        model, _ = hf_coverage.build("speech-seq2seq", model_type, vocab=512)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
+    rm = initlab.role_map(model)
+    name = "speech_encoder.encoder.layers.0.self_attn"
+    att = next(a for a in rm.attention if a.module_name == name)
+    mod = model.get_submodule(name)
+    assert (att.n_heads, att.head_dim, att.cross) == (mod.num_heads, mod.head_size, False)
+    seen = {}
+
+    def keep(p):
+        def hook(m, args, out):
+            seen.setdefault(p, (args[0].detach(), out.detach()))  # returns None: output unchanged
+        return hook
+    hooks = [getattr(mod, f"linear_{p}").register_forward_hook(keep(p)) for p in "qkv"]
+    feats = torch.randn(2, 32, model.config.feature_projection_input_dim,
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.speech_encoder(input_features=feats)
+    for h in hooks:
+        h.remove()
+    for p, proj, head in (("q", att.q, att.q_head), ("k", att.k, att.k_head), ("v", att.v, att.v_head)):
+        x, out = seen[p]
+        own = out.reshape(*out.shape[:-1], mod.num_heads, mod.head_size)  # the module's own split
+        for h in range(att.n_heads):
+            bias = proj.bias_view()
+            want = x @ head(h) + (0 if bias is None else bias[h * att.head_dim:(h + 1) * att.head_dim])
+            torch.testing.assert_close(own[..., h, :], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head,model_type,why", [
+    ("speech-seq2seq", "granite_speech", "Shaw relative-position term"),
+    ("causal-lm", "inkling_text", "causal short convolution"),
+], ids=["granite_speech", "inkling_text"])
+def test_attention_initlab_cannot_express_is_refused_whole(head, model_type, why):
+    try:
+        model, _ = hf_coverage.build(head, model_type, vocab=512)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(RoleMapError, match=why):
+        initlab.role_map(model)
+    with pytest.raises(RoleMapError, match=why):
+        initlab.init_(model, "mimetic", generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing written
+
+
+@pytest.mark.parametrize("model_type", ["dory", "gpt_neo", "kolibri1_1", "bailing_hybrid"])
+def test_tiny_configs_survive_save_and_reload(model_type, tmp_path):
+    """The sweep's shrunk configs keep the per-layer lists and index settings consistent, so
+    from_pretrained (which validates the config) reads back what save_pretrained wrote."""
+    model, _ = hf_coverage.build("causal-lm", model_type, vocab=512)
+    model.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path)
+    assert again.config.num_hidden_layers == model.config.num_hidden_layers
+    for (n, p), (n2, p2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert n == n2 and torch.equal(p, p2)

@@ -181,6 +181,26 @@ def _keep_layer_kinds(cfg) -> None:
                 _set(cfg, key, new)
         if n != LAYERS and isinstance(cfg.__dict__.get("num_hidden_layers"), int):
             _set(cfg, "num_hidden_layers", n)
+        # index lists and per-layer lists the config validates on reload (from_pretrained):
+        # Kolibri's index_layers / kv_source_layers name layers by index; Bailing's swiglu_limits
+        # (expert_swiglu_limit_list) hold one value per layer
+        idx = cfg.__dict__.get("index_layers")
+        if isinstance(idx, list) and all(isinstance(i, int) for i in idx):
+            _set(cfg, "index_layers", [pick.index(i) for i in idx if i in pick])
+        src = cfg.__dict__.get("kv_source_layers")
+        if isinstance(src, list) and len(src) == len(kinds):  # every layer its own K/V, as built
+            _set(cfg, "kv_source_layers", list(range(n)))
+        import dataclasses
+        fields = [f.name for f in dataclasses.fields(cfg)] if dataclasses.is_dataclass(cfg) else []
+        for key in dict.fromkeys([*cfg.__dict__, *fields]):
+            if "limit" not in key:
+                continue
+            try:  # per-layer attributes of heterogeneous configs refuse a global read
+                old = getattr(cfg, key)
+            except Exception:  # noqa: BLE001
+                continue
+            if isinstance(old, list) and len(old) == len(kinds):
+                _set(cfg, key, [old[i] for i in pick])
         if isinstance(cfg.__dict__.get("hybrid_layer_ids"), list):  # zamba2
             _set(cfg, "hybrid_layer_ids", [i for i, k in enumerate(cfg.layers_block_type) if k == "hybrid"])
     else:
@@ -190,6 +210,20 @@ def _keep_layer_kinds(cfg) -> None:
                 if "heads" in key and all(isinstance(v, int) for v in new):
                     new = [N_HEADS] * LAYERS
                 _set(cfg, key, new)
+    if isinstance(cfg.__dict__.get("index_num_heads"), int):  # Kolibri: at most heads / kv heads
+        _set(cfg, "index_num_heads", 1)
+    layers = cfg.__dict__.get("num_hidden_layers")
+    if isinstance(layers, int) and layers >= 3 and all(isinstance(cfg.__dict__.get(k), int) for k in (
+            "n_input_layers", "n_recurrent_layers", "n_output_layers")):  # Dory: the three add up
+        _set(cfg, "n_input_layers", 1)
+        _set(cfg, "n_recurrent_layers", layers - 2)
+        _set(cfg, "n_output_layers", 1)
+    types = cfg.__dict__.get("attention_types")  # GPT-Neo: [[pattern, repeats]] expands to the layers
+    if isinstance(types, list) and len(types) == 1 and isinstance(cfg.__dict__.get("num_layers"), int) \
+            and isinstance(cfg.__dict__.get("attention_layers"), list):
+        pattern, n = list(types[0][0]), cfg.num_layers
+        _set(cfg, "attention_types", [[pattern, max(1, n // len(pattern))]])
+        _set(cfg, "attention_layers", (pattern * n)[:n])
     # Jamba-style periods: attention in layer 1 of 2; Bamba-style index lists
     if isinstance(cfg.__dict__.get("attn_layer_period"), int):
         _set(cfg, "attn_layer_period", LAYERS)
@@ -245,8 +279,9 @@ class Result:
 
 
 _NOT_SOFTMAX_CLASS = re.compile(r"AdditiveAttention|SwiftFormerEfficientAdditive")
-_HIDDEN = re.compile(r"(mlp|expert|router|gate|ffn|feed_forward|fc\d|dense|proj|wi|wo|c_fc|linear)",
-                     re.I)
+# wi/wo (T5) only as a whole word part: "depthwise" is no hidden matrix name
+_HIDDEN = re.compile(r"(mlp|expert|router|gate|ffn|feed_forward|fc\d|dense|proj|(?<![a-z])w[io](?![a-z])|"
+                     r"c_fc|linear)", re.I)
 
 
 def build(head: str, model_type: str, *, vocab: int | None = None):
@@ -257,12 +292,18 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
     cfg = CONFIG_MAPPING[model_type]()
     shrink(cfg)
     if vocab is not None:  # tests: a small vocabulary when the config's special tokens allow it
+        fits = {}
         for c in [cfg] + [v for v in cfg.__dict__.values() if _is_config(v)]:
             ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
                                                   "decoder_start_token_id", "sep_token_id")]
             flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x])
                     if isinstance(i, int)]
-            if isinstance(c.__dict__.get("vocab_size"), int) and all(i < vocab for i in flat):
+            if isinstance(c.__dict__.get("vocab_size"), int):
+                fits[id(c)] = (c, all(i < vocab for i in flat))
+        # all or none: a model whose head reads one config's vocabulary and whose loss reads
+        # another's (VibeVoice, Dia) breaks when only one of them shrinks
+        if all(ok for _, ok in fits.values()):
+            for c, _ in fits.values():
                 _set(c, "vocab_size", vocab)
     auto = AUTO[head]
     import transformers
@@ -517,8 +558,12 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     elif name == "input_features":
         if getattr(cfg, "num_mel_bins", None):  # Whisper-like: (B, mels, 2 x source positions)
             x = torch.randn(2, cfg.num_mel_bins, 2 * getattr(cfg, "max_source_positions", 16), generator=g)
-        else:  # Speech2Text-like: (B, frames, features)
-            feat = getattr(cfg, "input_feat_per_channel", 80) * getattr(cfg, "input_channels", 1)
+        else:  # Speech2Text-like: (B, frames, features); Seamless-M4T and Canary/Cohere-ASR
+            # (conformer encoders) name their feature width elsewhere
+            enc = getattr(cfg, "encoder_config", None)
+            feat = getattr(cfg, "feature_projection_input_dim", None) or \
+                getattr(enc, "num_mel_bins", None) or \
+                getattr(cfg, "input_feat_per_channel", 80) * getattr(cfg, "input_channels", 1)
             x = torch.randn(2, 32, feat, generator=g)
     elif name == "input_values":  # raw audio
         x = torch.randn(2, 4000, generator=g)

@@ -99,6 +99,12 @@ _O = ("o_proj", "out_proj", "dense", "o", "out_lin", "wo", "c_proj", "proj", "ou
 _Q += ("longformer_self_attn.query",)
 _K += ("longformer_self_attn.key",)
 _V += ("longformer_self_attn.value",)
+# Seamless-M4T's conformer speech encoder: linear_q/k/v/out (its relative-position projection
+# linear_pos and pos_bias_u/v add a position term beside q.k; see _EXTRA_HIDDEN)
+_Q += ("linear_q",)
+_K += ("linear_k",)
+_V += ("linear_v",)
+_O += ("linear_out",)
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "n_local_heads")
 _KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads", "n_head_kv",
              "n_local_kv_heads")
@@ -111,6 +117,32 @@ _NOT_SOFTMAX = (
     (re.compile(r"MoA$|MixtureOfAttention"), "mixture-of-attention-heads experts"),
     (re.compile(r"Diff\w*Attention"), "differential attention (two softmax maps subtracted, "
                                       "heads paired)"),
+    (re.compile(r"^GraniteSpeech\w*ConformerAttention$"),
+     "conformer attention whose logits add a Shaw relative-position term q.E[i-j] (a distance table "
+     "of head width inside the attention, blocked into context windows) to q.k, with keys and values "
+     "from one fused to_kv projection; initlab's per-head q/k/v views cannot express that term"),
+)
+# hidden matrices the generic MLP pass does not name: (name pattern, role, why). Each is an
+# input-side matrix (x -> a hidden quantity) or an output-side one, so it is scaled like the MLP
+# matrix of the same side; nothing here is attention's own q/k/v/o.
+_EXTRA_HIDDEN = (
+    # Doge: dt_proj maps the values to one gate per head (the dynamic mask), a per-head gate
+    (re.compile(r"\.self_attn\.dt_proj$"), Role.MLP_GATE),
+    # conformer relative-position key projections (Canary / Cohere-ASR relative_k_proj, Seamless
+    # linear_pos): project a position encoding into key space, an input-side matrix
+    (re.compile(r"\.(relative_k_proj|linear_pos)$"), Role.MLP_IN),
+    # Inkling: rel_logits_proj.proj mixes per-head relative states into a bias per distance
+    (re.compile(r"\.rel_logits_proj$"), Role.MLP_IN),
+    # conformer convolution module: pointwise (kernel 1) convolutions are the module's in (GLU,
+    # 2x wide) and out matrices; the depthwise convolution stays `other`, like a Mamba conv1d
+    (re.compile(r"\.pointwise_conv1$"), Role.MLP_IN),
+    (re.compile(r"\.pointwise_conv2$"), Role.MLP_OUT),
+    # MobileBERT: bottleneck.input/attention project the block input to the inner width
+    (re.compile(r"\.bottleneck\.(input|attention)\.dense$"), Role.MLP_IN),
+    # Hiera: the first block of a stage projects the residual stream to the wider stage width
+    (re.compile(r"\.stages\.\d+\.layers\.\d+\.proj$"), Role.MLP_IN),
+    # VibeVoice's diffusion head: adaLN modulation (shift, scale, gate from the condition)
+    (re.compile(r"diffusion_head\.layers\.\d+\.linear$"), Role.MLP_GATE),
 )
 # names of projections that make an attention latent (MLA): mapped by adapters_hybrid.add_mla
 _MLA = hybrid.MLA_NAMES
@@ -119,10 +151,11 @@ _MLA = hybrid.MLA_NAMES
 _CROSS = re.compile(r"(encoder_attn|crossattention|cross_attn|cross_attention|enc_dec_attn|"
                     r"encdecattention|encoder_decoder_attention)", re.I)
 _MLP_IN = ("ffn", "up_proj", "fc1", "c_fc", "wi", "wi_1", "fc_in", "dense_h_to_4h", "intermediate.dense",
-           "lin1", "w3", "linear1", "dense_in", "mlp.fc1", "in_proj", "fc_1", "w_in", "Wi")
+           "lin1", "w3", "linear1", "dense_in", "mlp.fc1", "in_proj", "fc_1", "w_in", "Wi",
+           "intermediate_dense")  # Seamless-M4T conformer feed-forwards
 _MLP_GATE = ("gate_proj", "w1", "wi_0", "gate_up_proj", "ff_gate")
 _MLP_OUT = ("ffn_output", "down_proj", "fc2", "c_proj", "wo", "fc_out", "dense_4h_to_h", "output.dense", "lin2",
-            "w2", "linear2", "dense_out", "Wo", "fc_2", "w_out", "out_proj")
+            "w2", "linear2", "dense_out", "Wo", "fc_2", "w_out", "out_proj", "output_dense")
 _MLP_PARENTS = re.compile(r"(^|\.)(mlp|ffn|feed_forward|feedforward|ff|intermediate|output|"
                           r"shared_expert|shared_experts|shared_mlp|experts\.\d+|mlp\.\d+|"
                           r"block_sparse_moe|moe|fc|mlp_block|ffn_layer|dense_mlp)(\.|$)", re.I)
@@ -187,6 +220,12 @@ def _refusal(model: nn.Module) -> str | None:
     found = {}
     for name, mod in model.named_modules():
         cname = type(mod).__name__
+        convs = [c for c in ("q_sconv", "k_sconv", "v_sconv") if isinstance(getattr(mod, c, None), nn.Module)]
+        if convs and is_attention_class(mod):  # Inkling: a causal short convolution after k/v
+            found.setdefault(f"keys/values that pass through a causal short convolution ({', '.join(convs)}) "
+                             f"after their projection, so the attention's own k and v are not x W_k and "
+                             f"x W_v and mimetic init of W_k/W_v would not set the products it targets",
+                             f"{name} ({cname})")
         for rx, why in _NOT_SOFTMAX:
             if rx.search(cname):
                 found.setdefault(why, f"{name} ({cname})")
@@ -416,6 +455,17 @@ def structural_roles(model: nn.Module, model_type: str | None, adapter: str) -> 
         elif _MLP_PARENTS.search(parent):  # unknown name inside an MLP: in if it widens, else out
             fin, fout = _fans_of(mod)
             b.add_module(name, Role.MLP_IN if fout >= fin else Role.MLP_OUT, layer=layer)
+    for name, mod in mods.items():  # hidden matrices by name (_EXTRA_HIDDEN), claimed or not
+        for rx, role in _EXTRA_HIDDEN:
+            if not rx.search(name):
+                continue
+            w = getattr(mod, "weight", None)
+            if isinstance(w, nn.Parameter) and w.dim() >= 2 and b.canonical_name(w) not in b.infos:
+                b.add_module(name, role, layer=first_int(name))
+            for pn, p in mod.named_parameters(recurse=False):  # a bare (in, out) matrix: x @ W
+                if pn != "weight" and p.dim() == 2 and b.canonical_name(p) not in b.infos:
+                    b.add(f"{name}.{pn}", role, layer=first_int(name), fan_in=p.shape[0],
+                          fan_out=p.shape[1])
     b.add_norms(layer_of=first_int)
     # embeddings, tokens and patch stems first, so a head tied to an embedding stays token_embed
     free = [(n, m) for n, m in mods.items() if n and not any(n == c or n.startswith(c + ".") for c in claimed)
