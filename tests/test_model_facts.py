@@ -690,3 +690,16 @@ def test_unknown_hand_written_attention_points_to_an_explicit_mapping():
 
     with pytest.raises(RoleMapError, match="explicit mapping"):
         roles(Net())
+
+
+def test_mimetic_sincos_positions_use_the_grid_the_facts_give():
+    """DINOv2 with registers: 3 prefix tokens but 1 table row before the 4x4 grid. Counting prefix
+    tokens (the old guess) found no square grid; the facts' grid writes the table the model reads."""
+    from initlab.models.layers import sincos_2d
+    model = build(tf.Dinov2WithRegistersModel, tf.Dinov2WithRegistersConfig(
+        image_size=16, patch_size=4, hidden_size=D, num_hidden_layers=1, num_attention_heads=H,
+        mlp_ratio=2, num_register_tokens=2))
+    initlab.mimetic_(model, pos_embed="sincos", generator=torch.Generator().manual_seed(0))
+    table = model.get_parameter(roles(model).facts.positions.table).detach()[0]
+    assert torch.equal(table[0], torch.zeros(D))  # the class token's row
+    assert torch.allclose(table[1:], sincos_2d(4, 4, D), atol=1e-6)

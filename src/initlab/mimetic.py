@@ -805,12 +805,17 @@ def _sincos_plan(rmap, kind: str, grid) -> list[tuple[torch.Tensor, torch.Tensor
                         f"use a fixed table or rotary positions); drop pos_embed=")
     if kind == "sincos":
         kind = "sincos-2d" if rmap.by_role(Role.PATCH_EMBED) else "sincos-1d"
+    facts = rmap.facts.positions
     n_cls = sum(info.param.numel() // info.param.shape[-1] for info in rmap.by_role(Role.CLS_TOKEN))
     plan = []
     for info in tables:
         p = info.param
         rows = p.numel() // p.shape[-1]
-        extra = None if grid is not None else (n_cls if kind == "sincos-2d" and n_cls else None)
-        table = sincos_table(rows, p.shape[-1], kind, grid=grid, extra_rows=extra)
+        g = grid
+        if g is None and kind == "sincos-2d" and facts.grid and info.name == facts.table:
+            g = facts.grid  # the adapter knows the grid (and so the rows before it: DINOv2's registers
+            #                 are prefix tokens without table rows, so counting tokens would be wrong)
+        extra = None if g is not None else (n_cls if kind == "sincos-2d" and n_cls else None)
+        table = sincos_table(rows, p.shape[-1], kind, grid=g, extra_rows=extra)
         plan.append((p, table.reshape(p.shape)))
     return plan
