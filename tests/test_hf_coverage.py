@@ -105,12 +105,17 @@ def test_type_works(head, model_type):
     assert not any("not checked" in n for n in res.notes if "interface" not in n), res.notes
 
 
+def build_or_skip(head: str, model_type: str):
+    """The sweep's tiny model of ``model_type``, or a skip when this transformers cannot build it."""
+    try:
+        return hf_coverage.build(head, model_type, vocab=512)[0]
+    except Exception as exc:  # noqa: BLE001 - many configs cannot be built tiny
+        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
+
+
 @pytest.mark.parametrize("head,model_type,why", REFUSED, ids=[t for _, t, _ in REFUSED])
 def test_type_refused_with_reason(head, model_type, why):
-    try:
-        model, _ = hf_coverage.build(head, model_type, vocab=512)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
+    model = build_or_skip(head, model_type)
     with pytest.raises(RoleMapError, match=why):
         initlab.role_map(model)
 
@@ -174,10 +179,7 @@ HIDDEN_ROLES = [
 
 @pytest.mark.parametrize("head,model_type,roles", HIDDEN_ROLES, ids=[t for _, t, _ in HIDDEN_ROLES])
 def test_hidden_matrices_get_the_role_of_their_side(head, model_type, roles):
-    try:
-        model, _ = hf_coverage.build(head, model_type, vocab=512)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
+    model = build_or_skip(head, model_type)
     rm = initlab.role_map(model)
     assert {name: rm.role_of(name) for name in roles} == roles
     assert hf_coverage.hidden_other(rm) == []
@@ -188,10 +190,7 @@ def test_hidden_matrices_get_the_role_of_their_side(head, model_type, roles):
 def test_seamless_conformer_per_head_views_are_the_modules_own_queries_keys_values(model_type):
     """x @ q_head(h) (+ bias) is head h of the query the conformer attention computes in a real
     forward pass of the speech encoder, likewise k and v; the head count and width are the module's."""
-    try:
-        model, _ = hf_coverage.build("speech-seq2seq", model_type, vocab=512)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
+    model = build_or_skip("speech-seq2seq", model_type)
     rm = initlab.role_map(model)
     name = "speech_encoder.encoder.layers.0.self_attn"
     att = next(a for a in rm.attention if a.module_name == name)
@@ -224,10 +223,7 @@ def test_seamless_conformer_per_head_views_are_the_modules_own_queries_keys_valu
     ("causal-lm", "inkling_text", "causal short convolution"),
 ], ids=["granite_speech", "inkling_text"])
 def test_attention_initlab_cannot_express_is_refused_whole(head, model_type, why):
-    try:
-        model, _ = hf_coverage.build(head, model_type, vocab=512)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
+    model = build_or_skip(head, model_type)
     before = {n: p.clone() for n, p in model.named_parameters()}
     with pytest.raises(RoleMapError, match=why):
         initlab.role_map(model)
