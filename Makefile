@@ -21,13 +21,15 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@$(MAKE) --no-print-directory data
 	@touch $(STAMP)
 
-# Fashion-MNIST from Debian when we may use apt-get (root); otherwise tests that need it skip.
+# Fashion-MNIST and the King James Bible (the second text corpus, docs/data.md) from Debian when we
+# may use apt-get (root); otherwise tests that need them skip.
+DEBS := dataset-fashion-mnist bible-kjv
 data:
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v bible >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-		|| echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
-	else echo "note: not root; install Debian package dataset-fashion-mnist for the real data"; fi
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS)) >/dev/null 2>&1 \
+		|| echo "note: could not install $(DEBS); the tests that need them will skip"; \
+	else echo "note: not root; install the Debian packages $(DEBS) for the real data"; fi
 
 # default vs mimetic init where the regime map (docs/results.md section 7) finds a gain well
 # outside the seed spread: the vit-micro preset (fixed 2-D sin-cos positions + mean pooling,

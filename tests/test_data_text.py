@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -125,3 +126,36 @@ def test_lm_windows_on_cuda_match_cpu():
     a = LMBatches(tokens, batch_size=4, block_size=8, seed=2).batch(5)
     b = LMBatches(tokens, batch_size=4, block_size=8, seed=2, device="cuda").batch(5)
     assert b[0].device.type == "cuda" and torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
+
+
+def test_kjv_text_drops_the_verse_references():
+    from initlab.data.text import kjv_text
+    printed = ("Ge1:1 In the beginning God created the heaven and the earth.\n"
+               "1Co13:4 Charity suffereth long, and is kind; 3:16 stays inside a verse.\n"
+               "Re22:21 The grace of our Lord Jesus Christ be with you all. Amen.\n")
+    assert kjv_text(printed) == ("In the beginning God created the heaven and the earth.\n"
+                                 "Charity suffereth long, and is kind; 3:16 stays inside a verse.\n"
+                                 "The grace of our Lord Jesus Christ be with you all. Amen.\n")
+    with pytest.raises(DataError, match="bible-kjv"):
+        kjv_text("\n")
+
+
+def test_kjv_missing_names_the_debian_package(monkeypatch):
+    import initlab.data.text as text
+    from initlab.experiments.checks import check_data_available
+    from initlab.train.config import TrainConfig
+    monkeypatch.setattr(text.shutil, "which", lambda name: None)
+    with pytest.raises(DataError, match="apt-get install bible-kjv"):
+        load_text("kjv")
+    with pytest.raises(DataError, match="bible-kjv"):
+        check_data_available(TrainConfig(task="lm", data="kjv"))
+
+
+@pytest.mark.skipif(shutil.which("bible") is None, reason="Debian package bible-kjv not installed (make setup installs it as root)")
+def test_kjv_is_the_whole_bible_one_verse_per_line():
+    t = load_text("kjv")
+    lines = t.splitlines()
+    assert len(lines) == 31102  # verses of the King James Bible, Genesis 1:1 to Revelation 22:21
+    assert lines[0] == "In the beginning God created the heaven and the earth."
+    assert lines[-1] == "The grace of our Lord Jesus Christ be with you all. Amen."
+    assert 4_000_000 < len(t) < 4_500_000

@@ -208,3 +208,59 @@ def test_regime_block_pairs_seeds_and_says_when_a_gap_is_noise(tmp_path):
     assert noise_word((4.0, 2.2), 3) == "within noise"  # t = 3.15 < 4.30: not significant at 3 seeds
     assert noise_word((4.1, 1.6), 3) == "gain" and noise_word((-3.0, 0.5), 3) == "loss"
     assert (tmp_path / "img" / "regime-map.png").stat().st_size > 1000
+
+
+def test_lm_regime_profile_crosses_every_position_scheme_with_the_core_inits():
+    from initlab.models.llama import LLAMA_POS
+    from initlab.results.profiles import LM_CORE, LM_PANEL
+    steps = plan("lm-regime")
+    cells = {(s.labels["corpus"], s.labels["pos"], s.labels["init"]) for s in steps}
+    assert {(c, p, i) for c, p, i in cells if c == "shakespeare" and i in LM_CORE} == \
+        {("shakespeare", p, i) for p in LLAMA_POS for i in LM_CORE}
+    assert {("shakespeare", p, i) for p in ("rope", "learned") for i in LM_PANEL} <= cells
+    assert {("kjv", p, i) for p in ("rope", "learned") for i in LM_CORE} <= cells
+    assert len({s.key for s in steps}) == len(steps)
+    for s in steps:  # 3 seeds, >= 1M tokens each, one init per step (resumable per init)
+        a = list(s.args)
+        assert a[a.index("--seeds") + 1] == "3" and "," not in a[a.index("--inits") + 1]
+        assert s.labels["steps"] * s.labels["tokens_per_step"] >= 1_000_000
+        assert f"pos={s.labels['pos']}" in a and a[a.index("--data") + 1] == s.labels["corpus"]
+
+
+def test_lm_regime_block_reads_early_and_final_bpc_paired_by_seed(tmp_path):
+    from initlab.results import lm_regime_block, lm_regime_rows
+    from initlab.results.tables import Page
+
+    steps = [s for s in plan("lm-regime") if s.labels["corpus"] == "shakespeare" and s.labels["pos"] == "learned"
+             and s.labels["init"] in ("default", "mimetic-language", "modded_nanogpt")]
+    # bpc per (init, seed) at steps 50..500; mimetic leads early by 0.1 and ends 0.05 behind
+    curves = {"default": lambda t, s: 4.0 - t / 250 + 0.01 * s,
+              "mimetic-language": lambda t, s: 4.0 - t / 250 + 0.01 * s - (0.1 if t <= 150 else -0.05),
+              "modded_nanogpt": lambda t, s: 4.0 - t / 250 + 0.03 * s - 0.2}
+    for step in steps:
+        init = step.labels["init"]
+        for seed in range(3):
+            d = tmp_path / step.key / "runs" / f"{init}-s{seed}"
+            d.mkdir(parents=True)
+            hist = [{"step": t, "val_bpc": curves[init](t, seed)} for t in range(50, 501, 50)]
+            (d / "result.json").write_text(json.dumps({
+                "labels": {"init": init, "seed": seed}, "status": "completed", "final": hist[-1], "history": hist}))
+    rows = {r["init"]: r for r in lm_regime_rows(tmp_path, steps)}
+    assert rows["default"]["early_step"] == 150 and rows["default"]["early_tokens"] == 150 * 2048
+    assert rows["mimetic-language"]["d_early"] == pytest.approx((-0.1, 0.0))
+    assert rows["mimetic-language"]["d_final"] == pytest.approx((0.05, 0.0))
+    # modded_nanogpt: Δ = 0.02·seed - 0.2; reaches default's mean final bpc (2.01) at steps 450,
+    # 500, 500 (the first evaluation at or below it)
+    assert rows["modded_nanogpt"]["d_final"] == pytest.approx((-0.18, 0.02))
+    assert rows["modded_nanogpt"]["reach"][0] == pytest.approx((450 + 500 + 500) / 3)
+    assert rows["mimetic-language"]["reached"] == 0
+    # the Llama's learned table and token embeddings are both N(0, 0.02²) under default; modded's
+    # token embedding std 0.005 makes the table 4x the content
+    assert rows["default"]["ratio"] == pytest.approx(1.0, rel=0.05)
+    assert rows["modded_nanogpt"]["ratio"] == pytest.approx(4.0, rel=0.05)
+    text = lm_regime_block(Page("lm-regime", tmp_path, tmp_path, tmp_path / "img", "lmregime"), steps)
+    assert f"| shakespeare | learned | {rows['mimetic-language']['ratio']:.2f} | `mimetic-language` | 3 |" in text
+    assert "| -0.100 ± 0.000 |" in text and "| 0.050 ± 0.000 | loss | not reached (0/3) |" in text
+    assert "| -0.180 ± 0.020 | gain | 483 ± 29 |" in text
+    assert steps[0].display(tmp_path) in text
+    assert (tmp_path / "img" / "lmregime-lm-map.png").stat().st_size > 1000

@@ -1,4 +1,5 @@
-"""The position/content ratio of a ViT at initialization: a measurement, like the probes.
+"""The position/content ratio at initialization (a ViT's, a language model's): a measurement, like
+the probes.
 
 ``p/x`` = RMS of the position table over RMS of the patch-embedded content at init. With QK ≈ I
 (mimetic init) a token attends to the tokens most similar to it; whether "similar" means "nearby"
@@ -49,4 +50,43 @@ def position_content_ratio(pos: str, pool: str, patch: int, width: int, data_roo
     return (table_ms / content_ms) ** 0.5
 
 
-__all__ = ["ratio_images", "position_content_ratio", "RATIO_IMAGES"]
+def table_content_ratio(model, role_map=None) -> float:
+    """RMS of ``model``'s position table over RMS of its embedded tokens (the token embedding
+    times the model's embedding scale), read through the role map (its facts name the table and
+    the scale); nan when the model adds no position table (rotary, none)."""
+    from .roles import role_map as get_role_map
+
+    rmap = role_map if role_map is not None else get_role_map(model)
+    name = rmap.facts.positions.table
+    tokens = rmap.by_role("token_embed")
+    if name is None or not tokens:
+        return float("nan")
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    if name not in tensors:
+        return float("nan")
+    with torch.no_grad():
+        table_rms = float(tensors[name].detach().float().pow(2).mean().sqrt())
+        content_rms = float(tokens[0].param.detach().float().pow(2).mean().sqrt()) * abs(rmap.facts.embed_scale)
+    return table_rms / content_rms
+
+
+def lm_position_content_ratio(model: str, init: str, seeds: int = 3, **shape) -> float:
+    """:func:`table_content_ratio` of the language-model preset ``model`` (``shape``: its options,
+    e.g. ``width=128, pos="learned"``) after ``init`` as a run with that seed would draw it, the
+    mean square ratio over ``seeds`` seeds; nan for rotary or no positions. Deterministic; the
+    global RNG is left as it was."""
+    from .models import create_model
+    from .schemes.plan import InitPlan, build_seeded
+
+    plan = InitPlan.build(init)
+    table_ms = []
+    for seed in range(seeds):
+        m = build_seeded(lambda: create_model(model, **shape), seed)
+        plan.initialize_(m, seed)
+        table_ms.append(table_content_ratio(m) ** 2)
+    return (sum(table_ms) / len(table_ms)) ** 0.5
+
+
+__all__ = ["ratio_images", "position_content_ratio", "table_content_ratio", "lm_position_content_ratio",
+           "RATIO_IMAGES"]

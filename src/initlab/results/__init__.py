@@ -37,9 +37,9 @@ from __future__ import annotations
 from .profiles import LM_INITS, PROFILES, SECTIONS, VISION_INITS, Step, plan, profile_settings
 from .page import BLOCKS, write_report
 from .statistics import first_reach, mean_std, transfer_summary
-from .tables import lm_rows, regime_block, regime_rows, vision_rows
+from .tables import lm_regime_block, lm_regime_rows, lm_rows, regime_block, regime_rows, vision_rows
 from .run import prepare_sweep_data, run_suite
 
-__all__ = ["run_suite", "plan", "write_report", "prepare_sweep_data", "profile_settings", "Step",
+__all__ = ["lm_regime_block", "lm_regime_rows", "run_suite", "plan", "write_report", "prepare_sweep_data", "profile_settings", "Step",
            "SECTIONS", "PROFILES", "VISION_INITS", "LM_INITS", "mean_std", "first_reach", "vision_rows",
            "lm_rows", "transfer_summary", "regime_rows", "regime_block", "BLOCKS"]

@@ -55,6 +55,37 @@ def plot_regime(rows: list[dict], path: Path) -> Path | None:
     return save(fig, path, dpi=90, tight=False, bbox_inches="tight")
 
 
+def plot_lm_regime(rows: list[dict], path: Path) -> Path | None:
+    """The language map: Δ validation bpc vs default (early and final read-outs side by side), one
+    row per (corpus, position scheme), one marker per init."""
+    rows = [r for r in rows if r["init"] != "default" and math.isfinite(r["d_final"][0])]
+    if not rows:
+        return None
+    cells = list(dict.fromkeys((r["corpus"], r["pos"]) for r in rows))
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    fig, axes = subplots(1, 2, figsize=(12, 0.5 * len(cells) * max(1, len(inits) / 4) + 1.8), sharey=True,
+                         squeeze=False)
+    step = 0.8 / max(1, len(inits))
+    for ax, key, tokens in ((axes[0][0], "d_early", rows[0]["early_tokens"]),
+                            (axes[0][1], "d_final", rows[0]["final_tokens"])):
+        for j, init in enumerate(inits):
+            ys, xs, es = [], [], []
+            for i, cell in enumerate(cells):
+                for r in rows:
+                    if r["init"] == init and (r["corpus"], r["pos"]) == cell and math.isfinite(r[key][0]):
+                        ys.append(i + (j - (len(inits) - 1) / 2) * step)
+                        xs.append(r[key][0])
+                        es.append(r[key][1] if math.isfinite(r[key][1]) else 0)
+            ax.errorbar(xs, ys, xerr=es, fmt="o", capsize=2, ms=4, label=init)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_xlabel(f"val bpc − default's, same seed, at {tokens / 1e6:.2f}M tokens (bars: std)", fontsize=8)
+    axes[0][0].set_yticks(range(len(cells)))
+    axes[0][0].set_yticklabels([f"{c}, {p}" for c, p in cells], fontsize=8)
+    axes[0][0].invert_yaxis()
+    axes[0][1].legend(fontsize=7, loc="best")
+    return save(fig, path, dpi=90, tight=False, bbox_inches="tight")
+
+
 def plot_datasize(summary, path: Path) -> Path | None:
     """Final accuracy minus default's against the training-set size, one panel per token count;
     ``summary``: (tokens, images, vision row) triples."""

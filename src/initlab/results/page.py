@@ -14,7 +14,8 @@ from typing import Callable
 
 from ..output import atomic_write_text
 from .profiles import Step, profile_settings
-from .tables import Page, lm_block, meta_block, regime_block, theory_block, transfer_block, vision_block
+from .tables import (Page, lm_block, lm_regime_block, meta_block, regime_block, theory_block, transfer_block,
+                     vision_block)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ BLOCKS = (
     Block("transfer", transfer_block, "transfer", always=True),
     Block("theory", theory_block, always=True),
     Block("map", regime_block, "regime"),
+    Block("map", lm_regime_block, "lmregime"),
 )
 
 BLOCK = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.S)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-SECTIONS = ("vision", "lm", "transfer", "regime")
+SECTIONS = ("vision", "lm", "transfer", "regime", "lmregime")
 # trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
 VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
 # the ViT regime the cpu and long profiles were measured in (the presets now use fixed sin-cos + mean)
@@ -80,6 +80,25 @@ def _gpu_cells() -> list[tuple]:
     best, worst = ("sincos", "mean"), ("learned", "cls")
     return [(5000, patch, 100, 192, *regime, ("default", "mimetic", "structured"), 5)
             for patch in (4, 2) for regime in (best, worst)]
+
+
+#: the LM map's inits: the mimetic halves and β₂ values of issue 20, and the LM trainers' inits
+LM_CORE = ("default", "mimetic-language", "mimetic-language(vo=false)", "mimetic-language(qk=false)")
+LM_PANEL = ("gpt2", "mimetic-language(beta_vo=0.4)", "mimetic-language(beta_vo=0)", "modded_nanogpt",
+            "modded_nanogpt_vo", "conditioned", "olmo_llama_depth")
+
+
+def _lm_cells() -> list[tuple]:
+    """The language map's cells: (corpus, position scheme, inits), in running order. Every position
+    scheme of the Llama preset (rotary, learned table N(0, 0.02²), fixed sin-cos scaled to the token
+    embeddings' RMS, none) with the core inits (default, mimetic-language and its QK-only and
+    VO-only halves); the whole panel with RoPE (the modern default) and the learned table (the
+    GPT-2 regime); the core again on a second corpus (the King James Bible) with RoPE and learned.
+    32 cells x 3 seeds = 96 single-threaded runs of ~70 s (1M tokens each)."""
+    cells = [("shakespeare", pos, LM_CORE) for pos in ("rope", "learned", "sincos", "none")]
+    cells += [("shakespeare", "rope", LM_PANEL), ("kjv", "rope", LM_CORE), ("shakespeare", "learned", LM_PANEL),
+              ("kjv", "learned", LM_CORE)]
+    return cells
 
 
 #: every profile, declared: its vision settings (train size, patch, epochs, evaluations), its
@@ -153,6 +172,13 @@ PROFILE_SETTINGS["gpu"] = dict(
     prefix="gpu", regime=dict(model="vit-tiny", depth=12, heads=3, batch=128, lr=1e-3, seeds=3,
                               base_width=192, cells=_gpu_cells(), split_inits=True,
                               extra=("--device", "cuda", "--amp", "bf16")))
+# The language map (issue 20): a Llama-style char model (RoPE/RMSNorm/SwiGLU; width 128, depth 2,
+# 4 heads of 32), context 128, batch 16 = 2,048 tokens per step, 500 steps = 1.02M tokens,
+# evaluated every 50 steps (150 steps = 307k tokens) on 16 fixed validation batches.
+PROFILE_SETTINGS["lm-regime"] = dict(
+    prefix="lmregime", lm_regime=dict(model="llama-mini", width=128, depth=2, heads=4, block=128, batch=16,
+                                      steps=500, eval_every=50, eval_batches=16, lr=1e-3, seeds=3,
+                                      cells=_lm_cells()))
 PROFILES = tuple(PROFILE_SETTINGS)
 
 
@@ -186,6 +212,8 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
     pre = p["prefix"] + "-" if p.get("prefix") else ""
     if "regime" in p:
         return _regime_steps(p["prefix"], p["regime"], data_root)
+    if "lm_regime" in p:
+        return _lm_regime_steps(p["prefix"], p["lm_regime"])
     steps: list[Step] = []
     v = p["vision"]
     root = ["--data-root", data_root] if data_root else []
@@ -265,4 +293,25 @@ def _regime_steps(prefix: str, r: dict, data_root: str | None) -> list[Step]:
             steps.append(Step(step_key, "regime", "compare", tuple(args),
                               dict(train_size=size, patch=patch, tokens=_tokens(patch), epochs=epochs,
                                    width=width, heads=r["heads"], pos=pos, pool=pool, steps=total)))
+    return steps
+
+
+def _lm_regime_steps(prefix: str, r: dict) -> list[Step]:
+    """One ``initlab compare`` per (corpus, position scheme, init): ``--jobs N`` runs inits side by
+    side, and a cut-short suite resumes at the init it stopped in."""
+    steps = []
+    for corpus, pos, inits in r["cells"]:
+        for init in inits:
+            key = f"{prefix}-{corpus}-{pos}-{init}"
+            for ch in "()=;,.":
+                key = key.replace(ch, "-" if ch in "(=;," else "")
+            args = ["--task", "lm", "--data", corpus, "--model", r["model"], "--width", str(r["width"]),
+                    "--depth", str(r["depth"]), "--heads", str(r["heads"]), "--model-option", f"pos={pos}",
+                    "--block-size", str(r["block"]), "--batch-size", str(r["batch"]), "--steps", str(r["steps"]),
+                    "--eval-every", str(r["eval_every"]), "--eval-batches", str(r["eval_batches"]),
+                    "--lr", f"{r['lr']:g}", "--inits", init, "--seeds", str(r["seeds"])]
+            steps.append(Step(key.rstrip("-"), "lmregime", "compare", tuple(args),
+                              dict(corpus=corpus, pos=pos, init=init, model=r["model"], width=r["width"],
+                                   depth=r["depth"], heads=r["heads"], steps=r["steps"],
+                                   tokens_per_step=r["batch"] * r["block"])))
     return steps

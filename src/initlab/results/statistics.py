@@ -71,6 +71,32 @@ def paired_delta(runs: list[dict], base: list[dict]) -> tuple[float, float, int]
     return m, sd, len(diffs)
 
 
+def at_step(r: dict, key: str, step: int) -> float:
+    """``key`` at the run's first evaluation at or after ``step`` (nan if none)."""
+    for row in r["history"]:
+        v = row.get(key)
+        if row.get("step", -1) >= step and isinstance(v, (int, float)):
+            return float(v)
+    return math.nan
+
+
+def first_step_below(r: dict, key: str, target: float) -> float:
+    """Step of the run's first evaluation whose ``key`` is at or below ``target`` (nan if never)."""
+    for row in r["history"]:
+        v = row.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v) and v <= target:
+            return float(row["step"])
+    return math.nan
+
+
+def paired_by_seed(runs: list[dict], base: list[dict], value) -> tuple[float, float, int]:
+    """Mean ± sample std over seeds of ``value(run) - value(base run of the same seed)``."""
+    by_seed = {r["labels"].get("seed"): value(r) for r in base}
+    diffs = [value(r) - by_seed[r["labels"].get("seed")] for r in runs if r["labels"].get("seed") in by_seed]
+    m, sd = mean_std(diffs)
+    return m, sd, len(diffs)
+
+
 # two-sided 95% critical values of Student's t for 1..10 degrees of freedom
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
@@ -81,6 +107,8 @@ def noise_word(delta: tuple[float, float], n: int) -> str:
     m, sd = delta
     if not math.isfinite(m):
         return ""
+    if m == 0:
+        return "within noise"
     if n < 2 or not math.isfinite(sd):
         return "within noise"
     t_crit = T_975[min(n - 1, len(T_975)) - 1]
@@ -135,4 +163,5 @@ def training_seconds(out: Path, steps: list[Step]) -> float:
 
 
 __all__ = ["mean_std", "step_records", "by_init", "final", "first_reach", "paired_delta", "T_975",
+           "at_step", "first_step_below", "paired_by_seed",
            "noise_word", "transfer_summary", "training_seconds"]

@@ -14,11 +14,11 @@ from pathlib import Path
 from ..experiments.records import RunRecord
 from ..experiments.summary import MetricSpec, summarize
 from ..output import markdown_table, read_json
-from ..ratios import position_content_ratio, ratio_images
+from ..ratios import lm_position_content_ratio, position_content_ratio, ratio_images
 from . import figures
 from .profiles import Step
-from .statistics import (by_init, final, first_reach, mean_std, noise_word, paired_delta, step_records,
-                         training_seconds, transfer_summary)
+from .statistics import (at_step, by_init, final, first_reach, first_step_below, mean_std, noise_word,
+                         paired_by_seed, paired_delta, step_records, training_seconds, transfer_summary)
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,48 @@ def regime_rows(out: Path, steps: list[Step], data_root: str | None = None) -> l
                              width=lab["width"], head_dim=lab["width"] // lab["heads"], steps=lab["steps"],
                              ratio=ratio, init=init, seeds=len(runs), acc=acc, delta=(d, dsd), paired=n,
                              status=_status(runs)))
+    return rows
+
+
+#: the early read-out of the language map: the first evaluation at or after this many tokens
+EARLY_TOKENS = 300_000
+
+
+def lm_regime_rows(out: Path, steps: list[Step]) -> list[dict]:
+    """One row per (corpus, position scheme, init) of the language map: validation bpc at
+    :data:`EARLY_TOKENS` and at the end (mean ± std over seeds), both paired by seed against the
+    same cell's ``default``, the step at which each seed first reaches default's mean final bpc, and
+    the position/content ratio after the init (:func:`initlab.ratios.lm_position_content_ratio`)."""
+    cells: dict[tuple, dict] = {}
+    for s in steps:
+        lab = s.labels
+        c = cells.setdefault((lab["corpus"], lab["pos"]), dict(labels=lab, runs={}))
+        c["runs"][lab["init"]] = (s, step_records(out / s.key))
+    rows = []
+    for (corpus, pos), c in cells.items():
+        lab = c["labels"]
+        tps = lab["tokens_per_step"]
+        early = -(-EARLY_TOKENS // tps)  # steps: the first evaluation at or after it
+        base = c["runs"].get("default", (None, []))[1]
+        target = mean_std([final(r, "val_bpc") for r in base])[0] if base else math.nan
+        for init, (s, runs) in c["runs"].items():
+            if not runs:
+                continue
+            early_step = min((row["step"] for row in runs[0]["history"] if row["step"] >= early), default=early)
+            reach = [first_step_below(r, "val_bpc", target) for r in runs] if math.isfinite(target) else []
+            reached = [x for x in reach if math.isfinite(x)]
+            d_final = paired_by_seed(runs, base, lambda r: final(r, "val_bpc")) if init != "default" else \
+                (math.nan, math.nan, 0)
+            d_early = paired_by_seed(runs, base, lambda r: at_step(r, "val_bpc", early)) if init != "default" else \
+                (math.nan, math.nan, 0)
+            shape = dict(width=lab["width"], depth=lab["depth"], heads=lab["heads"], pos=pos)
+            rows.append(dict(corpus=corpus, pos=pos, init=init, seeds=len(runs), key=s.key,
+                             ratio=lm_position_content_ratio(lab["model"], init, **shape),
+                             early_step=early_step, early_tokens=early_step * tps, final_tokens=lab["steps"] * tps,
+                             early=mean_std([at_step(r, "val_bpc", early) for r in runs]),
+                             final=mean_std([final(r, "val_bpc") for r in runs]),
+                             d_early=d_early[:2], n_early=d_early[2], d_final=d_final[:2], n_final=d_final[2],
+                             reach=mean_std(reached), reached=len(reached), status=_status(runs)))
     return rows
 
 
@@ -277,6 +319,49 @@ def regime_block(page: Page, steps: list[Step]) -> str:
     return head + "\n" + table + pic + "\n"
 
 
+def _bpc_word(delta: tuple[float, float], n: int) -> str:
+    """The noise word of a bpc difference (lower is better: a negative Δ is the gain)."""
+    return noise_word((-delta[0], delta[1]), n)
+
+
+def lm_regime_block(page: Page, steps: list[Step]) -> str:
+    rows = lm_regime_rows(page.out, steps)
+    done = sum((page.out / s.key / "step.json").exists() for s in steps)
+    cmds = "\n".join(s.display(page.out) for s in steps)
+    lab = steps[0].labels if steps else {}
+    head = (f"{done}/{len(steps)} steps finished. Llama-style char model (`{lab.get('model')}`, width "
+            f"{lab.get('width')}, depth {lab.get('depth')}, {lab.get('heads')} heads), "
+            f"{lab.get('tokens_per_step', 0):,} tokens per step. Δ = validation bpc minus the same cell's "
+            f"`default` at the same seed (mean ± std over the paired seeds; negative = better); *gain*/*loss* "
+            f"when a paired t-test over the seeds rejects Δ = 0 at 5%, else *within noise*. p/x = RMS of "
+            f"the position table over RMS of the token embeddings after the init (3 seeds; — : rotary "
+            f"or no table). *steps to default's final*: the first evaluation (every "
+            f"{steps[0].args[steps[0].args.index('--eval-every') + 1] if steps else '?'} steps) at or below "
+            f"default's mean final bpc.\n\n"
+            f"<details><summary>the {len(steps)} commands</summary>\n\n```\n{cmds}\n```\n</details>\n")
+    if not rows:
+        return head + "\n*not run yet*\n"
+    table = markdown_table(
+        ["corpus", "positions", "p/x", "init", "seeds", "bpc @ early (tokens)", "Δ early", "final bpc (tokens)",
+         "Δ final", "reading (final)", "steps to default's final"],
+        [[r["corpus"], r["pos"], f"{r['ratio']:.2f}" if math.isfinite(r["ratio"]) else "—", f"`{r['init']}`",
+          str(r["seeds"]), f"{fmt(*r['early'], 3)} ({r['early_tokens'] / 1e3:.0f}k)",
+          fmt(*r["d_early"], 3) if r["init"] != "default" else "—",
+          f"{fmt(*r['final'], 3)} ({r['final_tokens'] / 1e6:.2f}M)",
+          fmt(*r["d_final"], 3) if r["init"] != "default" else "—",
+          (_bpc_word(r["d_final"], r["n_final"]) if r["init"] != "default" else "")
+          + ("" if r["status"] == "completed" else f" ({r['status']})"),
+          "—" if r["init"] == "default" else
+          (fmt_g(*r["reach"]) + (f" ({r['reached']}/{r['seeds']})" if r["reached"] < r["seeds"] else ""))
+          if r["reached"] else f"not reached (0/{r['seeds']})"]
+         for r in rows])
+    pic = ""
+    p = figures.plot_lm_regime(rows, page.png("lm-map.png"))
+    if p:
+        pic = f"\n\n![Δ validation bpc vs default per position scheme and init]({page.link(p)})"
+    return head + "\n" + table + pic + "\n"
+
+
 THEORY_COMMAND = ("initlab probe --agreement --widths 512,1024 --depths 1,6,12,24 --params standard,nt,mu "
                   "--samples 128 --out docs/img")
 
@@ -323,5 +408,5 @@ def meta_block(page: Page, steps: list[Step]) -> str:
     return line
 
 
-__all__ = ["Page", "fmt", "fmt_g", "vision_rows", "lm_rows", "regime_rows", "vision_block", "lm_block",
-           "transfer_block", "regime_block", "theory_block", "meta_block"]
+__all__ = ["Page", "fmt", "fmt_g", "vision_rows", "lm_rows", "regime_rows", "EARLY_TOKENS", "vision_block", "lm_block",
+           "transfer_block", "regime_block", "theory_block", "meta_block", "lm_regime_rows", "lm_regime_block"]

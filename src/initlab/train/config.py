@@ -48,7 +48,7 @@ class TrainConfig:
     task: str = setting("vision", "image classification or character LM (default vision)",
                         flag=dict(choices=("vision", "lm")))
     data: str = setting("fashion-mnist", "vision: fashion-mnist|mnist|cifar10|cifar100 (default fashion-mnist); "
-                        "lm: shakespeare (default) or a text file", flag=dict(metavar="NAME|PATH"))
+                        "lm: shakespeare (default), kjv or a text file", flag=dict(metavar="NAME|PATH"))
     data_root: str | None = setting(None, "where the dataset files are (else INITLAB_DATA, standard places)",
                                     effect=ON_RESUME, flag=dict(metavar="DIR"))
     train_size: int | None = setting(None, "class-balanced training subset (vision; default all)",
