@@ -8,7 +8,7 @@ STAMP := $(VENV)/.initlab-setup
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build (see constraints.txt)
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test bench results results-long results-regime gpu-check clean-venv data
+.PHONY: setup demo test bench results results-long results-regime results-lm gpu-check clean-venv data
 
 setup: $(STAMP)
 
@@ -65,6 +65,11 @@ results-long: setup
 # readout, tokens, data size and width; 132 single-threaded runs, an estimated 2-3 hours with 2 jobs
 results-regime: setup
 	$(VENV)/bin/initlab results --profile regime --out results --jobs $(JOBS)
+
+# the language map (section 8 of docs/results.md): position scheme x init on a Llama-style char
+# model, 1M tokens per run, two corpora; 114 single-threaded runs of ~1.5-2 min, about 2 hours with 2 jobs
+results-lm: setup
+	$(VENV)/bin/initlab results --profile lm-regime --out results --jobs $(JOBS)
 
 # one prepared command for a GPU machine (H100/H200): the map's best and worst regimes at
 # ViT-Tiny size in bf16, 12 steps side by side, then the LLaMA-7B-shaped mimetic init timing
