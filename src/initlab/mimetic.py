@@ -4,6 +4,9 @@ Per layer and head h:  W_q^h W_k^hᵀ ≈ α₁ Z_h + β₁ I   (best rank-head_
 Per layer:             W_v W_o     = α₂ Z  + σ β₂ I  (exact, full-rank SVD; σ = −1 in the paper)
 
 with Z entries i.i.d., mean 0, variance 1/d (uniform on ±sqrt(3/d) by default, or normal).
+A layer whose values read p features and whose output writes q ≠ p (Zamba's shared block, Hiera's
+stage change) gets B = α₂ Z + σ β₂ J (p x q, variance 1/p), J the identity on the input features
+the residual stream carries onto the output (:func:`residual_span`; docs/mimetic.md).
 Matrices are canonical (d_in, d_out) acting on row vectors (see :mod:`initlab.roles.core`), so
 the identities hold whatever the storage layout. Layout knowledge lives only in the role-map
 adapters; nothing here knows about fused tensors, Conv1D or packed in_proj weights.
