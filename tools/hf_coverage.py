@@ -117,6 +117,7 @@ def shrink(cfg) -> None:
         pass  # vocabularies keep their size: special token ids index into them
     # SSM / linear-attention mixers of hybrids: heads x head width = expand x d, small states
     for heads_key, dim_key in (("mamba_n_heads", "mamba_d_head"), ("mamba_num_heads", "mamba_head_dim"),
+                               ("n_mamba_heads", "mamba_headdim"),  # Zamba2
                                ("linear_num_heads", "linear_head_dim")):
         if isinstance(cfg.__dict__.get(heads_key), int) and isinstance(cfg.__dict__.get(dim_key), int):
             expand = cfg.__dict__.get("mamba_expand", 2) if "mamba" in heads_key else 1
