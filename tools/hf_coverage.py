@@ -67,7 +67,7 @@ _SCALARS = {
     "image_size": 32, "patch_size": 4, "max_position_embeddings": 128, "n_positions": 128,
     "max_source_positions": 64, "max_target_positions": 128,
     "embedding_size": D, "max_window_layers": LAYERS, "emb_dim": D, "input_embedding_size": D,
-    "output_embedding_size": D, "rotary_dim": 8, "window_size": 4,
+    "output_embedding_size": D, "rotary_dim": 8, "window_size": 4, "d_latents": D,
 }
 _KV = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
        "n_head_kv", "num_key_value_groups_heads")
@@ -117,6 +117,7 @@ def shrink(cfg) -> None:
         pass  # vocabularies keep their size: special token ids index into them
     # SSM / linear-attention mixers of hybrids: heads x head width = expand x d, small states
     for heads_key, dim_key in (("mamba_n_heads", "mamba_d_head"), ("mamba_num_heads", "mamba_head_dim"),
+                               ("n_mamba_heads", "mamba_headdim"),  # Zamba2
                                ("linear_num_heads", "linear_head_dim")):
         if isinstance(cfg.__dict__.get(heads_key), int) and isinstance(cfg.__dict__.get(dim_key), int):
             expand = cfg.__dict__.get("mamba_expand", 2) if "mamba" in heads_key else 1
@@ -348,12 +349,12 @@ def uncovered_attention(model, rmap) -> list[str]:
 
 
 def _targets(rmap, cfg: dict, seed: int):
-    from initlab.mimetic import draw_targets
+    from initlab.mimetic import draw_targets, mimetic_layers
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for att in rmap.attention:  # drawn in the order mimetic_ draws: self-attention layers only
-        out.append(None if att.cross else draw_targets(att, **cfg, dist="uniform", generator=g))
-    return out
+    # drawn in the order mimetic_ draws, for the layers it writes: self-attention, not frozen
+    # (BLT's patcher), tied layers once (Zamba's shared block)
+    return [(att, draw_targets(att, **cfg, dist="uniform", generator=g))
+            for att in mimetic_layers(rmap.trainable())]
 
 
 def _truncate(m: torch.Tensor, k: int) -> torch.Tensor:
@@ -385,10 +386,7 @@ def mimetic_check(model, rmap, head: str) -> list[str]:
     problems = []
     targets = _targets(rmap, cfg, 7)
     written = set()
-    for att, drawn in zip(rmap.attention, targets):
-        if att.cross:  # mimetic_ leaves cross-attention alone (checked below: bit-identical)
-            continue
-        a, b = drawn
+    for att, (a, b) in targets:  # cross-attention and frozen layers: checked below, bit-identical
         k, d = att.head_dim, att.d_model
         latent = getattr(att, "latent", False)
         if latent:  # MLA: the best products the down-projections allow (docs/mimetic.md)
@@ -403,7 +401,7 @@ def mimetic_check(model, rmap, head: str) -> list[str]:
                 problems.append(f"{att.module_name} head {h}: QK off by {err:.2g}")
                 break
         m = att.n_kv_heads * k
-        want = want_vo if latent else b if m >= d else _truncate(b, m)
+        want = want_vo if latent else b if m >= min(b.shape) else _truncate(b, m)
         err = (att.vo_product() - want).abs().max().item()
         if not err < 1e-5:
             problems.append(f"{att.module_name}: VO off by {err:.2g}")

@@ -4,6 +4,9 @@ Per layer and head h:  W_q^h W_k^hᵀ ≈ α₁ Z_h + β₁ I   (best rank-head_
 Per layer:             W_v W_o     = α₂ Z  + σ β₂ I  (exact, full-rank SVD; σ = −1 in the paper)
 
 with Z entries i.i.d., mean 0, variance 1/d (uniform on ±sqrt(3/d) by default, or normal).
+A layer whose values read p features and whose output writes q ≠ p (Zamba's shared block, Hiera's
+stage change) gets B = α₂ Z + σ β₂ J (p x q, variance 1/p), J the identity on the input features
+the residual stream carries onto the output (:func:`residual_span`; docs/mimetic.md).
 Matrices are canonical (d_in, d_out) acting on row vectors (see :mod:`initlab.roles.core`), so
 the identities hold whatever the storage layout. Layout knowledge lives only in the role-map
 adapters; nothing here knows about fused tensors, Conv1D or packed in_proj weights.
@@ -388,17 +391,51 @@ def draw_targets(att: AttentionLayer, *, alpha_qk: float, beta_qk: float, alpha_
                  generator: torch.Generator | None = None, dtype=torch.float64,
                  device: torch.device | str | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B): A is (n_heads, d, d) = α₁ Z_h + β₁ I, B is (d, d) = α₂ Z + σ β₂ I.
+    """(A, B): A is (n_heads, d, d) = α₁ Z_h + β₁ I, B is (p, q) = α₂ Z + σ β₂ J.
 
+    d is the width q and k read; (p, q) = :func:`vo_shape` (the value input and output widths,
+    d x d in a plain layer), Z's variance 1/p, and J = :func:`residual_span`'s identity (I when
+    p = q; docs/mimetic.md, "Value input and output of different widths").
     Draw order (fixed, so results are reproducible): the H QK noises of the layer, then its VO
     noise. Float64 on CPU by default.
     """
     d = att.d_model
     a = noise((att.n_heads, d, d), d, dist=dist, generator=generator, dtype=dtype, device=device)
     a.mul_(alpha_qk).diagonal(dim1=-2, dim2=-1).add_(beta_qk)
-    b = noise((d, d), d, dist=dist, generator=generator, dtype=dtype, device=device)
-    b.mul_(alpha_vo).diagonal().add_(vo_sign * beta_vo)
+    p, q = vo_shape(att)
+    b = noise((p, q), p, dist=dist, generator=generator, dtype=dtype, device=device)
+    add_vo_identity_(b.mul_(alpha_vo), att, vo_sign * beta_vo)
     return a, b
+
+
+def vo_shape(att: AttentionLayer) -> tuple[int, int]:
+    """(p, q): the widths the layer's value path reads and its output projection writes, the
+    shape of its VO target. (d, d) for a latent (MLA) layer, whose composite maps read d."""
+    if getattr(att, "latent", False):
+        return att.d_model, att.d_model
+    return att.v.d_in, att.o.d_out
+
+
+def residual_span(att: AttentionLayer) -> tuple[int, int] | None:
+    """(offset, width) of the value-input features the block's residual path carries onto output
+    features [0, width): the role map's ``residual_in`` fact (Zamba's shared block: the current
+    hidden state, the first d of [hidden, embeddings]), else all of them when the value input and
+    the output have one width. None: no input feature is the output's residual stream (Hiera's
+    stage change, MobileBERT's bottleneck, a first layer without a residual), so the VO target
+    has no identity term there."""
+    if getattr(att, "residual_in", None) is not None:
+        return tuple(att.residual_in)
+    p, q = vo_shape(att)
+    return (0, p) if p == q else None
+
+
+def add_vo_identity_(b: torch.Tensor, att: AttentionLayer, value: float) -> torch.Tensor:
+    """b += value·J in place, J (p x q) the 0/1 map of :func:`residual_span` (I when square)."""
+    span = residual_span(att)
+    if span is not None:
+        off, width = span
+        b[off:off + width, :width].diagonal().add_(value)
+    return b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,16 +450,32 @@ def _check_scalars(**kw: float) -> None:
                             f"and vo_sign=-1/+1 chooses the VO sign), got {v}")
 
 
-def _check_layer(att: AttentionLayer) -> None:
-    d = att.d_model
-    dims = {"q": att.q.d_in, "k": att.k.d_in, "v": att.v.d_in}
-    if len(set(dims.values())) > 1:
-        raise InitError(f"{att.module_name}: queries, keys and values read inputs of different "
-                        f"widths {dims} (cross-attention with kdim/vdim); the QK and VO targets "
-                        f"are square d x d, so mimetic init needs kdim = vdim = embed_dim")
-    if att.o.d_out != d:
-        raise InitError(f"{att.module_name}: the output projection writes {att.o.d_out} features, "
-                        f"not d_model = {d}; the VO target is square, so mimetic init needs them equal")
+def _check_layer(att: AttentionLayer, *, qk: bool = True) -> None:
+    """Refuse what the targets cannot express. The VO target may be rectangular (value input p
+    wide, output q wide: B is p x q); the QK target pairs query feature i with key feature i, so q
+    and k must read one input (docs/mimetic.md, "Value input and output of different widths")."""
+    if qk and att.q.d_in != att.k.d_in:
+        raise InitError(f"{att.module_name}: queries read {att.q.d_in} features and keys "
+                        f"{att.k.d_in} (cross-attention with kdim != embed_dim?); the QK target "
+                        f"α₁Z + β₁I pairs each query feature with the same key feature, so mimetic "
+                        f"init needs kdim = embed_dim (for self-attention, kdim = vdim = embed_dim); "
+                        f"map a cross-attention as cross=True (left alone) or pass qk=False")
+
+
+def mimetic_layers(rmap) -> list[AttentionLayer]:
+    """The layers :func:`mimetic_` writes, in its draw order: the self-attention layers of ``rmap``
+    (cross-attention is left alone; ``mimetic_`` passes ``rmap.trainable()`` unless
+    ``include_frozen``), a layer whose Q, K, V and O are the tensors of an earlier one (Zamba's
+    shared block, applied at several depths) once: it is one set of weights, drawn for and written
+    once."""
+    seen, out = set(), []
+    for att in rmap.attention:
+        key = tuple((id(p.weight), repr(p.index)) for p in att.projections().values())
+        if att.cross or key in seen:
+            continue
+        seen.add(key)
+        out.append(att)
+    return out
 
 
 def default_preset(rmap) -> str:
@@ -574,13 +627,16 @@ def _init_layer(att: AttentionLayer, cfg: dict, sign: int, *, dist: str, gen, sk
             att.k.write(wk_all)
         del wq_all, wk_all
     with _phase("draw", device):
-        b = noise((d, d), d, dist=dist, generator=gen, dtype=dtype, device=device)
-        b.mul_(cfg["alpha_vo"]).diagonal().add_(sign * cfg["beta_vo"])
+        p, q = vo_shape(att)  # (d, d) unless the value input and the output differ in width
+        b = noise((p, q), p, dist=dist, generator=gen, dtype=dtype, device=device)
+        add_vo_identity_(b.mul_(cfg["alpha_vo"]), att, sign * cfg["beta_vo"])
     if vo:
         with _phase("vo", device):
             if vo_layout == "compat":
                 wv, wo = vo_factors(b)
                 wv, wo = wv.t(), wo.t()
+            elif p < q:
+                wv, wo = _wide_vo_factors(b, k, n_heads, n_groups, **opts)
             else:
                 wv, wo = grouped_vo_factors(b, k, n_heads, n_groups, **opts)
         with _phase("write", device):
@@ -661,15 +717,16 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     if not flag("include_frozen", include_frozen):
         rmap = rmap.trainable()
     sign = cfg.pop("vo_sign")
-    layers = [a for a in rmap.require_attention("mimetic init") if not a.cross]
+    rmap.require_attention("mimetic init")
+    layers = mimetic_layers(rmap)
     if not layers:  # cross-attention is left as it is
         raise InitError(f"{rmap.model_class} has no self-attention layers in its role map (only "
                         f"cross-attention); nothing to initialize mimetically")
     for att in layers:
         if not getattr(att, "latent", False):  # MLA layers: mimetic_latent (docs/mimetic.md)
-            _check_layer(att)
+            _check_layer(att, qk=qk)
     if vo_layout == "compat" and any(getattr(a, "latent", False) or a.n_kv_heads * a.head_dim != a.d_model
-                                     for a in layers):
+                                     or vo_shape(a) != (a.d_model, a.d_model) for a in layers):
         raise InitError("vo_layout='compat' reproduces code for square V/O weights only (no GQA)")
 
     # position tables are computed (and checked) before anything is written
@@ -738,6 +795,21 @@ def _gathered(rmap, att: AttentionLayer | None, ids: set | None = None):
                   attention=[att] if att is not None else [])
     with full_tensors(sub) as full:
         yield full, (full.attention[0] if att is not None else None)
+
+
+def _wide_vo_factors(target: torch.Tensor, head_dim: int, n_heads: int, n_groups: int, **opts,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`grouped_vo_factors` for a value input narrower than the output (p < q): factor Bᵀ
+    (q x p, whose shape the factorizations expect) with one head per group, transpose back
+    (Wv = Cᵀ, Ō = Aᵀ for Bᵀ ≈ A C), and split each group's Ō_g over its r heads as there."""
+    a, c = grouped_vo_factors(target.mT, head_dim, n_groups, n_groups, **opts)
+    wv, obar = c.mT, a.mT  # (p, G·k), (G·k, q)
+    r = n_heads // n_groups
+    if r == 1:
+        return wv, obar
+    q = target.shape[-1]
+    wo = (obar.reshape(n_groups, 1, head_dim, q) / r).expand(n_groups, r, head_dim, q)
+    return wv, wo.reshape(n_heads * head_dim, q)
 
 
 def _zero_biases(rmap, att: AttentionLayer, *, qk: bool, vo: bool) -> None:

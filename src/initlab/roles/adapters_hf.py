@@ -284,10 +284,16 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
     causal = getattr(mod, "is_causal", None)
     if causal is None and "causal" in type(mod).__name__.lower():  # nanoGPT's CausalSelfAttention
         causal = True
-    cross = bool(getattr(mod, "is_cross_attention", False) or _CROSS.search(name.rsplit(".", 1)[-1]))
+    # the module's own name or its holder's, list indices skipped: BLT's cross_attn_layers.0,
+    # Perceiver's cross_attention.attention
+    words = [w for w in name.split(".") if not w.isdigit()]
+    cross = bool(getattr(mod, "is_cross_attention", False) or _CROSS.search(".".join(words[-2:])))
+    # Zamba's shared block reads [hidden state, original embeddings] (2d) and writes d: the first d
+    # value-input features are the residual stream (docs/mimetic.md, mimetic's VO identity)
+    residual_in = (0, op.d_out) if model_type in ("zamba", "zamba2") and vp.d_in == 2 * op.d_out else None
     b.add_attention(index, name, q=qp, k=kp, v=vp, o=op, n_heads=heads, n_kv_heads=kv,
                     head_dim=hd, cross=cross, causal=None if causal is None else bool(causal) and not cross,
-                    get_logit_scale=scale_getter(inner))
+                    get_logit_scale=scale_getter(inner), residual_in=residual_in)
     for full, role in ((q, Role.Q), (k, Role.K), (v, Role.V)):
         # Longformer/LED global-attention projections: a second q/k/v for the global tokens
         if full and _find(model, "", (full + "_global",)):

@@ -279,6 +279,11 @@ class AttentionLayer:
     cross: bool = False  # cross-attention: keys/values read another sequence (encoder states)
     causal: bool | None = None  # masked to earlier positions (None: the adapter cannot tell)
     get_logit_scale: Callable[[], float] | None = None  # the multiplier on q·k (None: 1/√head_dim)
+    # (offset, width): the value-input features [offset, offset + width) that the block's residual
+    # path carries onto output features [0, width) (Zamba's shared block reads [hidden, embeddings]:
+    # (0, d)). None: all of them when v reads as many features as o writes, else none. Mimetic's VO
+    # identity term lives there (docs/mimetic.md, "Value input and output of different widths").
+    residual_in: tuple[int, int] | None = None
 
     def logit_scale(self) -> float:
         """The multiplier the layer applies to q·kᵀ (its own, else 1/√head_dim)."""
@@ -297,6 +302,13 @@ class AttentionLayer:
         if self.n_heads % self.n_kv_heads:
             raise RoleMapError(f"{self.module_name}: {self.n_heads} query heads do not split into "
                                f"{self.n_kv_heads} key/value groups")
+        if self.residual_in is not None:
+            off, width = self.residual_in
+            if not (0 <= off and 0 < width <= self.o.d_out and off + width <= self.v.d_in):
+                raise RoleMapError(f"{self.module_name}: residual_in={self.residual_in} must name "
+                                   f"(offset, width) with value-input features [offset, offset + width) "
+                                   f"inside the {self.v.d_in} the value projection reads and width <= "
+                                   f"the {self.o.d_out} the output projection writes")
 
     @property
     def group_size(self) -> int:
@@ -325,8 +337,9 @@ class AttentionLayer:
         return self.q_head(h).double() @ self.k_head(self.kv_group(h)).double().t()
 
     def vo_product(self) -> torch.Tensor:
-        """Σ_h W_v^{g(h)} W_o^h (d_model x d_model): the layer's value-to-output map, float64."""
-        out = torch.zeros(self.d_model, self.d_model, dtype=torch.float64, device=self.o.weight.device)
+        """Σ_h W_v^{g(h)} W_o^h (value input x output width; d_model x d_model in a plain layer):
+        the layer's value-to-output map, float64."""
+        out = torch.zeros(self.v.d_in, self.o.d_out, dtype=torch.float64, device=self.o.weight.device)
         for h in range(self.n_heads):
             out += self.v_head(self.kv_group(h)).double() @ self.o_head(h).double()
         return out
@@ -578,7 +591,8 @@ class RoleMapBuilder:
                       set_logit_scale: Callable[[float], None] | None = None,
                       head_dim: int | None = None, cross: bool = False,
                       causal: bool | None = None,
-                      get_logit_scale: Callable[[], float] | None = None) -> AttentionLayer:
+                      get_logit_scale: Callable[[], float] | None = None,
+                      residual_in: tuple[int, int] | None = None) -> AttentionLayer:
         """Register an attention layer and the roles of the tensors its projections live in."""
         n_kv = n_kv_heads or n_heads
         d_model = q.d_in
@@ -592,7 +606,7 @@ class RoleMapBuilder:
             raise RoleMapError(f"{module_name}: projection shapes do not match {n_heads} heads of "
                                f"{head_dim} with {n_kv} key/value heads")
         att = AttentionLayer(layer, module_name, d_model, n_heads, n_kv, head_dim, q, k, v, o,
-                             set_logit_scale, cross, causal, get_logit_scale)
+                             set_logit_scale, cross, causal, get_logit_scale, residual_in)
         for role, proj in att.projections().items():
             self.add(proj.name, role, layer=layer, fan_in=proj.d_in, fan_out=proj.d_out, index=proj.index)
             if proj.bias is not None:

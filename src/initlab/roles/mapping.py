@@ -54,7 +54,8 @@ from .core import BIAS, Projection, Role, RoleMap, RoleMapBuilder
 
 _ROLE_KEYS = ("patch_embed", "token_embed", "pos_embed", "cls_token", "mlp_in", "mlp_gate", "mlp_out",
               "router", "norm", "head", "gain", "other")
-_ATTN_KEYS = {"q", "k", "v", "o", "qkv", "heads", "kv_heads", "layout", "head_dim", "cross", "causal"}
+_ATTN_KEYS = {"q", "k", "v", "o", "qkv", "heads", "kv_heads", "layout", "head_dim", "cross", "causal",
+              "residual_in"}
 
 
 def scale_getter(modules):
@@ -194,11 +195,18 @@ def add_attention_spec(b: RoleMapBuilder, index: int, name: str, spec: dict, mod
     for key, val in (("cross", cross), ("causal", causal)):
         if val is not None and not isinstance(val, bool):
             raise RoleMapError(f"attention spec for {name}: {key} must be True or False, got {val!r}")
+    residual_in = spec.get("residual_in")  # value-input features the residual carries to the output
+    if residual_in is not None and not (
+            isinstance(residual_in, (tuple, list)) and len(residual_in) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in residual_in)):
+        raise RoleMapError(f"attention spec for {name}: residual_in must be (offset, width), two "
+                           f"ints, got {residual_in!r}")
     inner = [module] + [model.get_submodule(pr.name.rsplit(".", 1)[0]) for pr in (q,) if "." in pr.name]
     b.add_attention(index, name, q=q, k=k, v=v, o=o, n_heads=heads, n_kv_heads=kv_heads,
                     head_dim=head_dim if "qkv" not in spec else None, cross=bool(cross),
                     causal=causal if isinstance(causal, bool) else None,
-                    get_logit_scale=scale_getter(inner))
+                    get_logit_scale=scale_getter(inner),
+                    residual_in=None if residual_in is None else tuple(residual_in))
 
 
 def _param_projection(model: nn.Module, name: str, rel: str, layout_opt: str, *, offset: int = 0,
