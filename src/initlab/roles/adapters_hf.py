@@ -105,10 +105,36 @@ _Q += ("linear_q",)
 _K += ("linear_k",)
 _V += ("linear_v",)
 _O += ("linear_out",)
+# DeBERTa-v2/v3: query_proj/key_proj/value_proj one level down (attention.self), output.dense beside
+_Q += ("self.query_proj",)
+_K += ("self.key_proj",)
+_V += ("self.value_proj",)
+# CPM-Ant: project_q/k/v and attention_out
+_Q += ("project_q",)
+_K += ("project_k",)
+_V += ("project_v",)
+_O += ("attention_out",)
+# Moshi: each projection is a MoshiLinear wrapping an nn.Linear (`.linear`)
+_Q += ("q_proj.linear",)
+_K += ("k_proj.linear",)
+_V += ("v_proj.linear",)
+_O += ("o_proj.linear",)
+# MiniCPM5-MoE: the query fused with its output gate, per head [q_h | gate_h] (a gated query)
+_Q += ("q_gate_proj",)
+# NeoMME: the output projection sits in a sigmoid-gated wrapper beside its gate (gate_proj)
+_O += ("output_projection.o_proj",)
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "n_local_heads")
 _KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads", "n_head_kv",
              "n_local_kv_heads")
 _HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
+# width of a value head where it differs from the query/key head width
+_V_HEAD_DIM_ATTRS = ("v_head_dim", "v_channels_per_head", "value_head_dim")
+# submodules that mean "the output projection reads the attention's heads concatenated with a
+# parallel branch's" (ConvBERT's span-based dynamic convolution, conv_out_layer): the context of
+# the attention heads comes first (modeling_convbert: torch.cat([context_layer, conv_out], 2))
+_CONCAT_CONTEXT = ("conv_out_layer",)
+# attention-module names too generic to tell self from cross: their holder's name decides
+_GENERIC_LEAVES = ("attention", "attn", "self_attn", "mha")
 # module classes that mean "not softmax attention" and that initlab does not map: refused with this
 # reason. State-space / linear-attention mixers are mapped (adapters_hybrid) when the model also has
 # softmax attention layers (a hybrid); a model with none is refused there.
@@ -131,6 +157,9 @@ _EXTRA_HIDDEN = (
     # conformer relative-position key projections (Canary / Cohere-ASR relative_k_proj, Seamless
     # linear_pos): project a position encoding into key space, an input-side matrix
     (re.compile(r"\.(relative_k_proj|linear_pos)$"), Role.MLP_IN),
+    # DeBERTa-v2/v3 (share_att_key=False): pos_key_proj/pos_query_proj project the relative-position
+    # table into key/query space for the disentangled c2p/p2c terms beside q.k
+    (re.compile(r"\.(pos_key_proj|pos_query_proj)$"), Role.MLP_IN),
     # Inkling: rel_logits_proj.proj mixes per-head relative states into a bias per distance
     (re.compile(r"\.rel_logits_proj$"), Role.MLP_IN),
     # conformer convolution module: pointwise (kernel 1) convolutions are the module's in (GLU,
@@ -280,14 +309,34 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
         if not kv or heads % kv:
             raise RoleMapError(f"{name}: key width {kp.d_out} is not a whole number of "
                                f"{hd}-wide heads dividing {heads} query heads")
+    vd = hd
+    if vp.d_out != kv * hd:  # value heads of their own width (MiMo-V2, Perceiver's decoder)
+        vd = _attr_int(inner, _V_HEAD_DIM_ATTRS) or (vp.d_out // kv if vp.d_out % kv == 0 else hd)
     op = lin(o)
+    if op.d_in != heads * vd and any(isinstance(getattr(m, c, None), nn.Module)
+                                     for m in inner for c in _CONCAT_CONTEXT):
+        # the output projection reads [attention heads | a parallel branch's heads] (ConvBERT):
+        # the attention's O is its first heads x v_head_dim inputs; the rest are the branch's
+        op = lin(o, d_in=heads * vd)
+        mo = model.get_submodule(o)
+        fin, fout = _fans_of(mo)
+        rest = fin - heads * vd
+        b.add(f"{o}.weight", Role.MLP_OUT, layer=index, fan_in=rest, fan_out=fout,
+              index=(slice(None), slice(heads * vd, fin)) if module_layout(mo) == "out_in"
+              else (slice(heads * vd, fin), slice(None)))
     causal = getattr(mod, "is_causal", None)
     if causal is None and "causal" in type(mod).__name__.lower():  # nanoGPT's CausalSelfAttention
         causal = True
-    cross = bool(getattr(mod, "is_cross_attention", False) or _CROSS.search(name.rsplit(".", 1)[-1]))
+    parts = name.split(".")
+    # cross-attention: flagged by the module, named so (the module or its holder, e.g. Perceiver's
+    # cross_attention.attention), or queries and keys reading features of different widths (they
+    # cannot read one sequence)
+    cross = bool(getattr(mod, "is_cross_attention", False) or _CROSS.search(parts[-1])
+                 or (len(parts) > 1 and parts[-1] in _GENERIC_LEAVES and _CROSS.search(parts[-2]))
+                 or qp.d_in != kp.d_in)
     b.add_attention(index, name, q=qp, k=kp, v=vp, o=op, n_heads=heads, n_kv_heads=kv,
                     head_dim=hd, cross=cross, causal=None if causal is None else bool(causal) and not cross,
-                    get_logit_scale=scale_getter(inner))
+                    get_logit_scale=scale_getter(inner) or _disentangled_scale(inner, hd), v_head_dim=vd)
     for full, role in ((q, Role.Q), (k, Role.K), (v, Role.V)):
         # Longformer/LED global-attention projections: a second q/k/v for the global tokens
         if full and _find(model, "", (full + "_global",)):
@@ -298,6 +347,16 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
             role = {"q_bias": Role.Q, "k_bias": Role.K, "v_bias": Role.V}[extra]
             b.add(f"{name}.{extra}", role, kind=BIAS, layer=index, fan_in=1, fan_out=p.numel())
     return True
+
+
+def _disentangled_scale(inner, hd: int):
+    """DeBERTa(-v2/v3) divides its logits by √(head_dim · (1 + the number of disentangled terms
+    c2p/p2c it is configured with)), relative attention on or off (modeling_deberta(_v2))."""
+    for m in inner:
+        if getattr(m, "relative_attention", None) is not None and \
+                isinstance(getattr(m, "pos_att_type", None), (list, tuple)):
+            return lambda m=m: (hd * (1 + sum(t in m.pos_att_type for t in ("c2p", "p2c")))) ** -0.5
+    return None
 
 
 def is_attention_class(mod: nn.Module) -> bool:
