@@ -245,10 +245,54 @@ def _fused_layout(model_type: str, mod: nn.Module, heads: int, kv: int, hd: int)
     return 1, 0, [(0, heads * hd), (heads * hd, kv * hd), (heads * hd + kv * hd, kv * hd)]
 
 
+# submodules of an attention module that mix q/k/v after (or before) their projections, so the
+# kernel's q, k, v are not x W_q, x W_k, x W_v: (path pattern, why). Checked on every model.
+_QKV_MIXING = (
+    (re.compile(r"(^|\.)conv_qk\w*$"),
+     "queries and keys mixed across time and heads by causal convolutions after their projections "
+     "(compressed convolutional attention: conv_qk_*), each averaged with the other's projection, and "
+     "half of each value head read from the previous token, so the kernel's q, k and v are not x W_q, "
+     "x W_k, x W_v and mimetic init of the projections would not set the products it targets"),
+)
+
+
+def _unmappable_attention(model: nn.Module) -> str | None:
+    """Why the attention modules of ``model`` have no q/k/v initlab can map (asked only when none
+    was found): convolutional or batch-normalized projections."""
+    for name, mod in model.named_modules():
+        if not is_attention_class(mod):
+            continue
+        for rel, sub in mod.named_modules():
+            where = f"{name}.{rel} ({type(mod).__name__})"
+            if isinstance(sub, (nn.Conv1d, nn.Conv2d)) and rel in _Q + _K + _V:
+                return (f"q/k/v projections that are convolutions (weight {tuple(sub.weight.shape)}, "
+                        f"groups={sub.groups}, kernel {tuple(sub.kernel_size)}), e.g. {where}"
+                        + ("; grouped: each head's q/k/v read only its group of features (block-"
+                           "diagonal), so no head's W_q W_kᵀ can be the dense d x d target mimetic "
+                           "init solves for" if sub.groups > 1 else
+                           "; initlab's per-head views are of 2-D matrices"))
+            if isinstance(sub, (nn.Conv1d, nn.Conv2d)) and max(sub.kernel_size) > 1 and \
+                    re.search(r"(^|[._])(query|key|value|q|k|v)([._]|$)", rel):
+                return (f"convolutional projections: q/k/v read a {sub.kernel_size} neighbourhood "
+                        f"through a convolution (and a norm) before their Linear, e.g. {where}, so "
+                        f"the kernel's q/k/v are not x W of the token's own features")
+            kids = list(sub.children())
+            if rel and any(isinstance(c, nn.Linear) for c in kids) and \
+                    any(isinstance(c, (nn.BatchNorm1d, nn.BatchNorm2d)) for c in kids):
+                return (f"q/k/v (or output) projections followed by batch normalization, e.g. {where}: "
+                        f"in training the kernel's q/k/v are normalized by batch statistics, not x W")
+    return None
+
+
 def _refusal(model: nn.Module) -> str | None:
     found = {}
     for name, mod in model.named_modules():
         cname = type(mod).__name__
+        if is_attention_class(mod):
+            for rel, _sub in mod.named_modules():
+                for rx, why in _QKV_MIXING:
+                    if rel and rx.search(rel):
+                        found.setdefault(why, f"{name}.{rel} ({cname})")
         convs = [c for c in ("q_sconv", "k_sconv", "v_sconv") if isinstance(getattr(mod, c, None), nn.Module)]
         if convs and is_attention_class(mod):  # Inkling: a causal short convolution after k/v
             found.setdefault(f"keys/values that pass through a causal short convolution ({', '.join(convs)}) "
@@ -336,7 +380,8 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
                  or qp.d_in != kp.d_in)
     b.add_attention(index, name, q=qp, k=kp, v=vp, o=op, n_heads=heads, n_kv_heads=kv,
                     head_dim=hd, cross=cross, causal=None if causal is None else bool(causal) and not cross,
-                    get_logit_scale=scale_getter(inner) or _disentangled_scale(inner, hd), v_head_dim=vd)
+                    get_logit_scale=scale_getter(inner) or _disentangled_scale(inner, hd), v_head_dim=vd,
+                    get_value_scale=_value_scale_getter(inner))
     for full, role in ((q, Role.Q), (k, Role.K), (v, Role.V)):
         # Longformer/LED global-attention projections: a second q/k/v for the global tokens
         if full and _find(model, "", (full + "_global",)):
@@ -347,6 +392,16 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
             role = {"q_bias": Role.Q, "k_bias": Role.K, "v_bias": Role.V}[extra]
             b.add(f"{name}.{extra}", role, kind=BIAS, layer=index, fan_in=1, fan_out=p.numel())
     return True
+
+
+def _value_scale_getter(inner):
+    """A getter of the constant the attention multiplies its values by (``v_scale``, MiMo-V2's
+    ``attention_value_scale``), or None."""
+    for m in inner:
+        v = getattr(m, "v_scale", None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return lambda m=m: getattr(m, "v_scale")
+    return None
 
 
 def _disentangled_scale(inner, hd: int):
@@ -460,8 +515,9 @@ def structural_roles(model: nn.Module, model_type: str | None, adapter: str) -> 
                            f"MLA's per-head key/value up-projection (kv_b_proj), so there is no per-head "
                            f"key to solve mimetic init for; pass an explicit mapping")
     if not b.attention:
+        why = _unmappable_attention(model)
         raise RoleMapError("found no attention module with q/k/v (or fused qkv) and output "
-                           "projections")
+                           "projections" + (f": its attention has {why}" if why else ""))
     width = b.attention[0].d_model
     for name in mixers:  # hybrid: the mixers' matrices get MLP-like roles (adapters_hybrid)
         hybrid.add_mixer(b, model, name)

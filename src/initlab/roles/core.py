@@ -299,6 +299,7 @@ class AttentionLayer:
     causal: bool | None = None  # masked to earlier positions (None: the adapter cannot tell)
     get_logit_scale: Callable[[], float] | None = None  # the multiplier on q·k (None: 1/√head_dim)
     v_head_dim: int = 0  # width of a value head (0: head_dim)
+    get_value_scale: Callable[[], float] | None = None  # a constant on the values (None: 1)
 
     def logit_scale(self) -> float:
         """The multiplier the layer applies to q·kᵀ (its own, else 1/√head_dim)."""
@@ -307,6 +308,16 @@ class AttentionLayer:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
                 return float(value)
         return self.head_dim ** -0.5
+
+    def value_scale(self) -> float:
+        """The constant the layer multiplies its values by before attending (MiMo-V2's
+        ``v_scale``; 1 for most models): the kernel's values are value_scale · x W_v, so the
+        layer's value-to-output map is value_scale · :meth:`vo_product`."""
+        if self.get_value_scale is not None:
+            value = self.get_value_scale()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                return float(value)
+        return 1.0
 
     @property
     def frozen(self) -> bool:
@@ -606,7 +617,8 @@ class RoleMapBuilder:
                       head_dim: int | None = None, cross: bool = False,
                       causal: bool | None = None,
                       get_logit_scale: Callable[[], float] | None = None,
-                      v_head_dim: int | None = None) -> AttentionLayer:
+                      v_head_dim: int | None = None,
+                      get_value_scale: Callable[[], float] | None = None) -> AttentionLayer:
         """Register an attention layer and the roles of the tensors its projections live in.
         ``v_head_dim``: the width of a value head when it is not ``head_dim``."""
         n_kv = n_kv_heads or n_heads
@@ -624,7 +636,7 @@ class RoleMapBuilder:
                 f"(values {vd}) with {n_kv} key/value heads: q {q.d_in}->{q.d_out}, k "
                 f"{k.d_in}->{k.d_out}, v {v.d_in}->{v.d_out}, o {o.d_in}->{o.d_out}")
         att = AttentionLayer(layer, module_name, d_model, n_heads, n_kv, head_dim, q, k, v, o,
-                             set_logit_scale, cross, causal, get_logit_scale, vd)
+                             set_logit_scale, cross, causal, get_logit_scale, vd, get_value_scale)
         for role, proj in att.projections().items():
             self.add(proj.name, role, layer=layer, fan_in=proj.d_in, fan_out=proj.d_out, index=proj.index)
             if proj.bias is not None:
