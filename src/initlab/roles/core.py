@@ -255,6 +255,10 @@ class Projection:
     @torch.no_grad()
     def write(self, value: torch.Tensor) -> None:
         """Write a canonical (d_in, d_out) matrix into the stored weight, in place."""
+        if tuple(value.shape) != (self.d_in, self.d_out):
+            raise RoleMapError(f"{self.name}: cannot write a {tuple(value.shape)} matrix into a "
+                               f"{self.d_in}->{self.d_out} projection (the writer assumed other head "
+                               f"widths or counts than the role map's)")
         for g in range(self.groups):
             view = self.cols(g * self.size, (g + 1) * self.size)
             view.copy_(value[:, g * self.size:(g + 1) * self.size].to(view.device, view.dtype))
