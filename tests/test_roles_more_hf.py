@@ -171,6 +171,10 @@ def test_convbert_maps_the_self_attention_half_of_its_mixed_attention():
     assert (att.o.d_in, dense.in_features) == (half, 2 * half)
     assert sorted(map(str, rm[f"{name}.output.dense.weight"].roles)) == ["mlp_out", "o"]
     torch.testing.assert_close(att.o.matrix(), dense.weight.detach()[:, :half].t())
+    conv = f"{name}.self"
+    assert {rm.role_of(f"{conv}.{n}.weight") for n in ("conv_out_layer", "conv_kernel_layer",
+                                                       "key_conv_attn_layer.pointwise")} == {"mlp_in"}
+    assert rm.role_of(f"{conv}.key_conv_attn_layer.depthwise.weight") == "other"
     seen = {}
     def keep(key):
         def hook(m, args, out):

@@ -160,6 +160,10 @@ _EXTRA_HIDDEN = (
     # DeBERTa-v2/v3 (share_att_key=False): pos_key_proj/pos_query_proj project the relative-position
     # table into key/query space for the disentangled c2p/p2c terms beside q.k
     (re.compile(r"\.(pos_key_proj|pos_query_proj)$"), Role.MLP_IN),
+    # ConvBERT's span-based dynamic convolution beside its attention heads: conv_out_layer (x -> the
+    # convolved values), conv_kernel_layer (-> per-head kernel logits) and the separable convolution's
+    # pointwise (kernel 1) matrix are input-side matrices; its depthwise convolution stays `other`
+    (re.compile(r"\.(conv_out_layer|conv_kernel_layer|key_conv_attn_layer\.pointwise)$"), Role.MLP_IN),
     # Inkling: rel_logits_proj.proj mixes per-head relative states into a bias per distance
     (re.compile(r"\.rel_logits_proj$"), Role.MLP_IN),
     # conformer convolution module: pointwise (kernel 1) convolutions are the module's in (GLU,
