@@ -128,8 +128,9 @@ def test_mimetic_identities_and_persistence(head, model_type):
     try:
         problems, _ = hf_coverage.persist_check(lambda: copy.deepcopy(fresh), head)
     except ValueError as exc:
-        if "per_layer_config" in str(exc):  # transformers' own config round trip, not initlab's
-            pytest.skip(f"{model_type}: transformers cannot reload the config it saved ({exc})")
+        if "per_layer_config" in str(exc):  # the sweep's shrunk config keeps per-layer entries
+            # for layers it removed, and from_pretrained validates them: not initlab's step
+            pytest.skip(f"{model_type}: the tiny config does not survive from_pretrained ({exc})")
         raise
     assert problems == []
 
