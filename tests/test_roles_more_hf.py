@@ -231,6 +231,20 @@ def test_perceiver_cross_attention_is_mapped_as_cross():
             assert torch.equal(model.get_parameter(proj.name), before[proj.name])
 
 
+def test_perceiver_input_facts_come_from_its_input_stem():
+    """Perceiver's forward keyword is ``inputs``, for token ids and images alike: the facts say
+    which from the input stem (a token table; a 2-D patch convolution and its channels)."""
+    text = initlab.role_map(tiny_perceiver()).facts.inputs
+    assert (text.kind, text.name, text.vocab_size) == ("tokens", "inputs", 64)
+    cfg = tiny_perceiver().config
+    cfg.image_size = 8
+    image = transformers.PerceiverForImageClassificationLearned(cfg).eval()
+    facts = initlab.role_map(image).facts.inputs
+    assert (facts.kind, facts.image_size, facts.in_chans) == ("image", (8, 8), 3)
+    with torch.no_grad():  # a batch of that shape is what the model reads
+        assert image(inputs=torch.randn(1, facts.in_chans, *facts.image_size)).logits.shape[0] == 1
+
+
 def test_perceiver_decoder_value_heads_of_their_own_width():
     """Perceiver's decoder with qk_channels != v_channels: 4 heads of 8 (q, k) and of 4 (v)."""
     model = tiny_perceiver()  # its decoder attention, rebuilt with split widths

@@ -777,6 +777,19 @@ def position_facts(model: nn.Module, rmap: RoleMap, *, grid=None, rope: bool = F
                          interpolated)
 
 
+def _input_kind_from_roles(rmap: RoleMap) -> tuple[str, int | None]:
+    """("tokens" | "image" | "unknown", image channels) from the model's input stem, for a
+    forward keyword that does not say (Perceiver's ``inputs``): a token table and no 2-D patch
+    convolution reads token ids; a 2-D patch convolution and no token table reads images."""
+    tables = [i for i in rmap.by_role(Role.TOKEN_EMBED) if i.param.dim() == 2]
+    stems = rmap.by_role(Role.PATCH_EMBED)  # any convolution stem: images, audio frames
+    if tables and not stems:
+        return "tokens", None
+    if stems and all(i.param.dim() == 4 for i in stems) and not tables:
+        return "image", int(stems[0].param.shape[1])
+    return "unknown", None
+
+
 def hf_facts(model: nn.Module, rmap: RoleMap) -> ModelFacts:
     """Inputs, positions, embedding scale and norm position of a transformers model, from its
     config, its modules and its role map."""
@@ -784,12 +797,17 @@ def hf_facts(model: nn.Module, rmap: RoleMap) -> ModelFacts:
     model_type = getattr(cfg, "model_type", None)
     name = getattr(model, "main_input_name", None)
     kind = _INPUT_KINDS.get(name, "unknown")
+    chans = None
+    if kind == "unknown" and not getattr(cfg, "is_encoder_decoder", False):
+        # a forward keyword of its own (Perceiver's `inputs`): the input stem says. Not for an
+        # encoder-decoder, whose token table may be the decoder's (speech-encoder-decoder)
+        kind, chans = _input_kind_from_roles(rmap)
     image = _pair(_cfg(cfg, "image_size")) if kind == "image" else None
     inputs = InputFacts(
         kind, name, vocab_size=_cfg(cfg, "vocab_size") if kind == "tokens" else None,
         max_positions=_cfg(cfg, "max_position_embeddings", "n_positions", "max_source_positions"),
         image_size=image,
-        in_chans=_cfg(cfg, "num_channels", "num_mel_bins") if kind in ("image", "features") else None,
+        in_chans=(_cfg(cfg, "num_channels", "num_mel_bins") or chans) if kind in ("image", "features") else None,
         encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)))
     patch = _pair(_cfg(cfg, "patch_size"))
     grid = (image[0] // patch[0], image[1] // patch[1]) if image and patch else None
