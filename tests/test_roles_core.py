@@ -208,3 +208,23 @@ def test_frozen_and_unit_gain_are_read_from_the_param_info():
     rm = initlab.role_map(gpt)
     assert rm["pos_embed"].frozen and not rm["tok_embed.weight"].frozen
     assert all(i.unit_gain == 1.0 for i in rm.by_role("norm"))
+
+
+def test_projection_over_part_of_the_inputs_reads_and_writes_only_those():
+    """Projection(in_offset, d_in): the canonical matrix is the stored weight's columns
+    [in_offset, in_offset + d_in) (nn.Linear), written in place; the other columns keep their
+    values, and a matrix of another shape is refused with the projection's name."""
+    from initlab.roles.core import Projection
+    lin = nn.Linear(8, 4)
+    p = Projection("o.weight", lin.weight, "out_in", 3, 4, 0, in_offset=2)
+    assert p.index == (slice(0, 4), slice(2, 5))
+    torch.testing.assert_close(p.matrix(), lin.weight.detach()[:, 2:5].t())
+    keep = lin.weight.detach()[:, [0, 1, 5, 6, 7]].clone()
+    value = torch.arange(12.0).reshape(3, 4)
+    p.write(value)
+    torch.testing.assert_close(lin.weight.detach()[:, 2:5], value.t())
+    assert torch.equal(lin.weight.detach()[:, [0, 1, 5, 6, 7]], keep)
+    with pytest.raises(RoleMapError, match=r"o\.weight: cannot write a \(4, 4\) matrix"):
+        p.write(torch.zeros(4, 4))
+    with pytest.raises(RoleMapError, match="cannot hold"):
+        Projection("o.weight", lin.weight, "out_in", 7, 4, 0, in_offset=2)  # 2 + 7 > 8 inputs

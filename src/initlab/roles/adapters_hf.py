@@ -105,10 +105,36 @@ _Q += ("linear_q",)
 _K += ("linear_k",)
 _V += ("linear_v",)
 _O += ("linear_out",)
+# DeBERTa-v2/v3: query_proj/key_proj/value_proj one level down (attention.self), output.dense beside
+_Q += ("self.query_proj",)
+_K += ("self.key_proj",)
+_V += ("self.value_proj",)
+# CPM-Ant: project_q/k/v and attention_out
+_Q += ("project_q",)
+_K += ("project_k",)
+_V += ("project_v",)
+_O += ("attention_out",)
+# Moshi: each projection is a MoshiLinear wrapping an nn.Linear (`.linear`)
+_Q += ("q_proj.linear",)
+_K += ("k_proj.linear",)
+_V += ("v_proj.linear",)
+_O += ("o_proj.linear",)
+# MiniCPM5-MoE: the query fused with its output gate, per head [q_h | gate_h] (a gated query)
+_Q += ("q_gate_proj",)
+# NeoMME: the output projection sits in a sigmoid-gated wrapper beside its gate (gate_proj)
+_O += ("output_projection.o_proj",)
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "n_local_heads")
 _KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads", "n_head_kv",
              "n_local_kv_heads")
 _HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
+# width of a value head where it differs from the query/key head width
+_V_HEAD_DIM_ATTRS = ("v_head_dim", "v_channels_per_head", "value_head_dim")
+# submodules that mean "the output projection reads the attention's heads concatenated with a
+# parallel branch's" (ConvBERT's span-based dynamic convolution, conv_out_layer): the context of
+# the attention heads comes first (modeling_convbert: torch.cat([context_layer, conv_out], 2))
+_CONCAT_CONTEXT = ("conv_out_layer",)
+# attention-module names too generic to tell self from cross: their holder's name decides
+_GENERIC_LEAVES = ("attention", "attn", "self_attn", "mha")
 # module classes that mean "not softmax attention" and that initlab does not map: refused with this
 # reason. State-space / linear-attention mixers are mapped (adapters_hybrid) when the model also has
 # softmax attention layers (a hybrid); a model with none is refused there.
@@ -131,6 +157,13 @@ _EXTRA_HIDDEN = (
     # conformer relative-position key projections (Canary / Cohere-ASR relative_k_proj, Seamless
     # linear_pos): project a position encoding into key space, an input-side matrix
     (re.compile(r"\.(relative_k_proj|linear_pos)$"), Role.MLP_IN),
+    # DeBERTa-v2/v3 (share_att_key=False): pos_key_proj/pos_query_proj project the relative-position
+    # table into key/query space for the disentangled c2p/p2c terms beside q.k
+    (re.compile(r"\.(pos_key_proj|pos_query_proj)$"), Role.MLP_IN),
+    # ConvBERT's span-based dynamic convolution beside its attention heads: conv_out_layer (x -> the
+    # convolved values), conv_kernel_layer (-> per-head kernel logits) and the separable convolution's
+    # pointwise (kernel 1) matrix are input-side matrices; its depthwise convolution stays `other`
+    (re.compile(r"\.(conv_out_layer|conv_kernel_layer|key_conv_attn_layer\.pointwise)$"), Role.MLP_IN),
     # Inkling: rel_logits_proj.proj mixes per-head relative states into a bias per distance
     (re.compile(r"\.rel_logits_proj$"), Role.MLP_IN),
     # conformer convolution module: pointwise (kernel 1) convolutions are the module's in (GLU,
@@ -216,10 +249,54 @@ def _fused_layout(model_type: str, mod: nn.Module, heads: int, kv: int, hd: int)
     return 1, 0, [(0, heads * hd), (heads * hd, kv * hd), (heads * hd + kv * hd, kv * hd)]
 
 
+# submodules of an attention module that mix q/k/v after (or before) their projections, so the
+# kernel's q, k, v are not x W_q, x W_k, x W_v: (path pattern, why). Checked on every model.
+_QKV_MIXING = (
+    (re.compile(r"(^|\.)conv_qk\w*$"),
+     "queries and keys mixed across time and heads by causal convolutions after their projections "
+     "(compressed convolutional attention: conv_qk_*), each averaged with the other's projection, and "
+     "half of each value head read from the previous token, so the kernel's q, k and v are not x W_q, "
+     "x W_k, x W_v and mimetic init of the projections would not set the products it targets"),
+)
+
+
+def _unmappable_attention(model: nn.Module) -> str | None:
+    """Why the attention modules of ``model`` have no q/k/v initlab can map (asked only when none
+    was found): convolutional or batch-normalized projections."""
+    for name, mod in model.named_modules():
+        if not is_attention_class(mod):
+            continue
+        for rel, sub in mod.named_modules():
+            where = f"{name}.{rel} ({type(mod).__name__})"
+            if isinstance(sub, (nn.Conv1d, nn.Conv2d)) and rel in _Q + _K + _V:
+                return (f"q/k/v projections that are convolutions (weight {tuple(sub.weight.shape)}, "
+                        f"groups={sub.groups}, kernel {tuple(sub.kernel_size)}), e.g. {where}"
+                        + ("; grouped: each head's q/k/v read only its group of features (block-"
+                           "diagonal), so no head's W_q W_kᵀ can be the dense d x d target mimetic "
+                           "init solves for" if sub.groups > 1 else
+                           "; initlab's per-head views are of 2-D matrices"))
+            if isinstance(sub, (nn.Conv1d, nn.Conv2d)) and max(sub.kernel_size) > 1 and \
+                    re.search(r"(^|[._])(query|key|value|q|k|v)([._]|$)", rel):
+                return (f"convolutional projections: q/k/v read a {sub.kernel_size} neighbourhood "
+                        f"through a convolution (and a norm) before their Linear, e.g. {where}, so "
+                        f"the kernel's q/k/v are not x W of the token's own features")
+            kids = list(sub.children())
+            if rel and any(isinstance(c, nn.Linear) for c in kids) and \
+                    any(isinstance(c, (nn.BatchNorm1d, nn.BatchNorm2d)) for c in kids):
+                return (f"q/k/v (or output) projections followed by batch normalization, e.g. {where}: "
+                        f"in training the kernel's q/k/v are normalized by batch statistics, not x W")
+    return None
+
+
 def _refusal(model: nn.Module) -> str | None:
     found = {}
     for name, mod in model.named_modules():
         cname = type(mod).__name__
+        if is_attention_class(mod):
+            for rel, _sub in mod.named_modules():
+                for rx, why in _QKV_MIXING:
+                    if rel and rx.search(rel):
+                        found.setdefault(why, f"{name}.{rel} ({cname})")
         convs = [c for c in ("q_sconv", "k_sconv", "v_sconv") if isinstance(getattr(mod, c, None), nn.Module)]
         if convs and is_attention_class(mod):  # Inkling: a causal short convolution after k/v
             found.setdefault(f"keys/values that pass through a causal short convolution ({', '.join(convs)}) "
@@ -280,20 +357,37 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
         if not kv or heads % kv:
             raise RoleMapError(f"{name}: key width {kp.d_out} is not a whole number of "
                                f"{hd}-wide heads dividing {heads} query heads")
+    vd = hd
+    if vp.d_out != kv * hd:  # value heads of their own width (MiMo-V2, Perceiver's decoder)
+        vd = _attr_int(inner, _V_HEAD_DIM_ATTRS) or (vp.d_out // kv if vp.d_out % kv == 0 else hd)
     op = lin(o)
+    if op.d_in != heads * vd and any(isinstance(getattr(m, c, None), nn.Module)
+                                     for m in inner for c in _CONCAT_CONTEXT):
+        # the output projection reads [attention heads | a parallel branch's heads] (ConvBERT):
+        # the attention's O is its first heads x v_head_dim inputs; the rest are the branch's
+        op = lin(o, d_in=heads * vd)
+        mo = model.get_submodule(o)
+        fin, fout = _fans_of(mo)
+        rest = fin - heads * vd
+        b.add(f"{o}.weight", Role.MLP_OUT, layer=index, fan_in=rest, fan_out=fout,
+              index=(slice(None), slice(heads * vd, fin)) if module_layout(mo) == "out_in"
+              else (slice(heads * vd, fin), slice(None)))
     causal = getattr(mod, "is_causal", None)
     if causal is None and "causal" in type(mod).__name__.lower():  # nanoGPT's CausalSelfAttention
         causal = True
-    # the module's own name or its holder's, list indices skipped: BLT's cross_attn_layers.0,
-    # Perceiver's cross_attention.attention
+    # cross-attention: flagged by the module, named so (the module or its holder, list indices
+    # skipped: BLT's cross_attn_layers.0, Perceiver's cross_attention.attention), or queries and keys
+    # reading features of different widths (they cannot read one sequence)
     words = [w for w in name.split(".") if not w.isdigit()]
-    cross = bool(getattr(mod, "is_cross_attention", False) or _CROSS.search(".".join(words[-2:])))
+    cross = bool(getattr(mod, "is_cross_attention", False) or _CROSS.search(".".join(words[-2:]))
+                 or qp.d_in != kp.d_in)
     # Zamba's shared block reads [hidden state, original embeddings] (2d) and writes d: the first d
     # value-input features are the residual stream (docs/mimetic.md, mimetic's VO identity)
     residual_in = (0, op.d_out) if model_type in ("zamba", "zamba2") and vp.d_in == 2 * op.d_out else None
     b.add_attention(index, name, q=qp, k=kp, v=vp, o=op, n_heads=heads, n_kv_heads=kv,
                     head_dim=hd, cross=cross, causal=None if causal is None else bool(causal) and not cross,
-                    get_logit_scale=scale_getter(inner), residual_in=residual_in)
+                    get_logit_scale=scale_getter(inner) or _disentangled_scale(inner, hd), v_head_dim=vd,
+                    get_value_scale=_value_scale_getter(inner), residual_in=residual_in)
     for full, role in ((q, Role.Q), (k, Role.K), (v, Role.V)):
         # Longformer/LED global-attention projections: a second q/k/v for the global tokens
         if full and _find(model, "", (full + "_global",)):
@@ -304,6 +398,26 @@ def _attention_layer(b: RoleMapBuilder, model: nn.Module, name: str, mod: nn.Mod
             role = {"q_bias": Role.Q, "k_bias": Role.K, "v_bias": Role.V}[extra]
             b.add(f"{name}.{extra}", role, kind=BIAS, layer=index, fan_in=1, fan_out=p.numel())
     return True
+
+
+def _value_scale_getter(inner):
+    """A getter of the constant the attention multiplies its values by (``v_scale``, MiMo-V2's
+    ``attention_value_scale``), or None."""
+    for m in inner:
+        v = getattr(m, "v_scale", None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return lambda m=m: getattr(m, "v_scale")
+    return None
+
+
+def _disentangled_scale(inner, hd: int):
+    """DeBERTa(-v2/v3) divides its logits by √(head_dim · (1 + the number of disentangled terms
+    c2p/p2c it is configured with)), relative attention on or off (modeling_deberta(_v2))."""
+    for m in inner:
+        if getattr(m, "relative_attention", None) is not None and \
+                isinstance(getattr(m, "pos_att_type", None), (list, tuple)):
+            return lambda m=m: (hd * (1 + sum(t in m.pos_att_type for t in ("c2p", "p2c")))) ** -0.5
+    return None
 
 
 def is_attention_class(mod: nn.Module) -> bool:
@@ -407,8 +521,9 @@ def structural_roles(model: nn.Module, model_type: str | None, adapter: str) -> 
                            f"MLA's per-head key/value up-projection (kv_b_proj), so there is no per-head "
                            f"key to solve mimetic init for; pass an explicit mapping")
     if not b.attention:
+        why = _unmappable_attention(model)
         raise RoleMapError("found no attention module with q/k/v (or fused qkv) and output "
-                           "projections")
+                           "projections" + (f": its attention has {why}" if why else ""))
     width = b.attention[0].d_model
     for name in mixers:  # hybrid: the mixers' matrices get MLP-like roles (adapters_hybrid)
         hybrid.add_mixer(b, model, name)
@@ -664,6 +779,19 @@ def position_facts(model: nn.Module, rmap: RoleMap, *, grid=None, rope: bool = F
                          interpolated)
 
 
+def _input_kind_from_roles(rmap: RoleMap) -> tuple[str, int | None]:
+    """("tokens" | "image" | "unknown", image channels) from the model's input stem, for a
+    forward keyword that does not say (Perceiver's ``inputs``): a token table and no 2-D patch
+    convolution reads token ids; a 2-D patch convolution and no token table reads images."""
+    tables = [i for i in rmap.by_role(Role.TOKEN_EMBED) if i.param.dim() == 2]
+    stems = rmap.by_role(Role.PATCH_EMBED)  # any convolution stem: images, audio frames
+    if tables and not stems:
+        return "tokens", None
+    if stems and all(i.param.dim() == 4 for i in stems) and not tables:
+        return "image", int(stems[0].param.shape[1])
+    return "unknown", None
+
+
 def hf_facts(model: nn.Module, rmap: RoleMap) -> ModelFacts:
     """Inputs, positions, embedding scale and norm position of a transformers model, from its
     config, its modules and its role map."""
@@ -671,12 +799,17 @@ def hf_facts(model: nn.Module, rmap: RoleMap) -> ModelFacts:
     model_type = getattr(cfg, "model_type", None)
     name = getattr(model, "main_input_name", None)
     kind = _INPUT_KINDS.get(name, "unknown")
+    chans = None
+    if kind == "unknown" and not getattr(cfg, "is_encoder_decoder", False):
+        # a forward keyword of its own (Perceiver's `inputs`): the input stem says. Not for an
+        # encoder-decoder, whose token table may be the decoder's (speech-encoder-decoder)
+        kind, chans = _input_kind_from_roles(rmap)
     image = _pair(_cfg(cfg, "image_size")) if kind == "image" else None
     inputs = InputFacts(
         kind, name, vocab_size=_cfg(cfg, "vocab_size") if kind == "tokens" else None,
         max_positions=_cfg(cfg, "max_position_embeddings", "n_positions", "max_source_positions"),
         image_size=image,
-        in_chans=_cfg(cfg, "num_channels", "num_mel_bins") if kind in ("image", "features") else None,
+        in_chans=(_cfg(cfg, "num_channels", "num_mel_bins") or chans) if kind in ("image", "features") else None,
         encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)))
     patch = _pair(_cfg(cfg, "patch_size"))
     grid = (image[0] // patch[0], image[1] // patch[1]) if image and patch else None

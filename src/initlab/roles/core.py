@@ -161,7 +161,10 @@ class Projection:
     """One linear map of an attention layer, stored inside a (possibly fused) tensor.
 
     ``layout`` is ``"out_in"`` (nn.Linear: weight (out, in)) or ``"in_out"`` (Conv1D: (in, out)).
-    ``offset``/``d_out`` select this projection's outputs inside a fused tensor. With
+    ``offset``/``d_out`` select this projection's outputs inside a fused tensor; ``in_offset``/
+    ``d_in`` its inputs, when the stored matrix reads more features than the projection does
+    (ConvBERT's output projection reads [attention heads | convolution heads]: the attention's O is
+    the first half of its inputs). With
     ``groups`` > 1 the outputs are interleaved: the stored output axis is ``groups`` blocks of
     ``stride`` features and this projection owns ``[offset, offset + d_out/groups)`` of each block
     (GPT-NeoX/Bloom per-head [q|k|v], Falcon per-KV-group, CodeGen's model-parallel blocks, a gated
@@ -178,6 +181,7 @@ class Projection:
     bias_name: str | None = None
     groups: int = 1
     stride: int = 0
+    in_offset: int = 0
 
     def __post_init__(self):
         if self.layout not in ("out_in", "in_out"):
@@ -189,10 +193,14 @@ class Projection:
                   and self.offset + self.d_out // self.groups <= self.stride)
         else:
             ok = self.offset + self.d_out <= rows
-        if cols != self.d_in or not ok:
+        ins_ok = self.in_offset + self.d_in <= cols if self.in_offset or self.d_in < cols else cols == self.d_in
+        if self.in_offset and self.groups > 1:
+            ins_ok = False
+        if not ins_ok or not ok:
             raise RoleMapError(
                 f"{self.name}: weight of shape {tuple(self.weight.shape)} ({self.layout}) cannot hold "
                 f"a {self.d_in}->{self.d_out} projection at offset {self.offset}"
+                + (f" reading inputs from {self.in_offset}" if self.in_offset or self.d_in < cols else "")
                 + (f" in {self.groups} groups of {self.stride}" if self.groups > 1 else ""))
 
     @property
@@ -207,7 +215,13 @@ class Projection:
         if self.groups > 1:
             return Grouped(self.groups, self.stride, self.offset, self.size, axis)
         sl = slice(self.offset, self.offset + self.d_out)
-        return (sl, slice(None)) if axis == 0 else (slice(None), sl)
+        ins = slice(self.in_offset, self.in_offset + self.d_in) if self._partial_in else slice(None)
+        return (sl, ins) if axis == 0 else (ins, sl)
+
+    @property
+    def _partial_in(self) -> bool:
+        cols = self.weight.shape[1] if self.layout == "out_in" else self.weight.shape[0]
+        return self.in_offset > 0 or self.d_in < cols
 
     @property
     def bias_index(self):
@@ -229,7 +243,8 @@ class Projection:
         """Canonical (d_in, stop - start) view of outputs [start, stop) (e.g. one head)."""
         a, b = self._rows(start, stop)
         w = self.weight.detach()
-        return w[a:b].t() if self.layout == "out_in" else w[:, a:b]
+        i, j = self.in_offset, self.in_offset + self.d_in
+        return w[a:b, i:j].t() if self.layout == "out_in" else w[i:j, a:b]
 
     def matrix(self) -> torch.Tensor:
         """Canonical (d_in, d_out) matrix, y = x @ matrix(): a view (a copy when interleaved)."""
@@ -240,6 +255,10 @@ class Projection:
     @torch.no_grad()
     def write(self, value: torch.Tensor) -> None:
         """Write a canonical (d_in, d_out) matrix into the stored weight, in place."""
+        if tuple(value.shape) != (self.d_in, self.d_out):
+            raise RoleMapError(f"{self.name}: cannot write a {tuple(value.shape)} matrix into a "
+                               f"{self.d_in}->{self.d_out} projection (the writer assumed other head "
+                               f"widths or counts than the role map's)")
         for g in range(self.groups):
             view = self.cols(g * self.size, (g + 1) * self.size)
             view.copy_(value[:, g * self.size:(g + 1) * self.size].to(view.device, view.dtype))
@@ -260,9 +279,13 @@ class Projection:
 class AttentionLayer:
     """Per-head access to one self-attention layer.
 
-    Canonical shapes: ``q_head(h)``, ``k_head(g)``, ``v_head(g)`` are (d_model, head_dim) and
-    ``o_head(h)`` is (head_dim, d_model), so that head h computes
+    Canonical shapes: ``q_head(h)``, ``k_head(g)`` are (d_model, head_dim), ``v_head(g)`` is
+    (d_model, v_head_dim) and ``o_head(h)`` is (v_head_dim, d_model), so that head h computes
     softmax(scale · (x Wq_h)(x Wk_g)ᵀ) (x Wv_g) Wo_h, summed over heads, with g = kv_group(h).
+    ``v_head_dim`` is ``head_dim`` unless the model's value heads are of another width (MiMo-V2's
+    128-wide values beside 16-wide queries and keys, Perceiver's decoder cross-attention).
+    For cross-attention, keys and values read the other sequence: ``k.d_in``/``v.d_in`` may differ
+    from ``d_model`` (the query side's width).
     """
 
     index: int
@@ -279,6 +302,8 @@ class AttentionLayer:
     cross: bool = False  # cross-attention: keys/values read another sequence (encoder states)
     causal: bool | None = None  # masked to earlier positions (None: the adapter cannot tell)
     get_logit_scale: Callable[[], float] | None = None  # the multiplier on q·k (None: 1/√head_dim)
+    v_head_dim: int = 0  # width of a value head (0: head_dim)
+    get_value_scale: Callable[[], float] | None = None  # a constant on the values (None: 1)
     # (offset, width): the value-input features [offset, offset + width) that the block's residual
     # path carries onto output features [0, width) (Zamba's shared block reads [hidden, embeddings]:
     # (0, d)). None: all of them when v reads as many features as o writes, else none. Mimetic's VO
@@ -293,12 +318,24 @@ class AttentionLayer:
                 return float(value)
         return self.head_dim ** -0.5
 
+    def value_scale(self) -> float:
+        """The constant the layer multiplies its values by before attending (MiMo-V2's
+        ``v_scale``; 1 for most models): the kernel's values are value_scale · x W_v, so the
+        layer's value-to-output map is value_scale · :meth:`vo_product`."""
+        if self.get_value_scale is not None:
+            value = self.get_value_scale()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                return float(value)
+        return 1.0
+
     @property
     def frozen(self) -> bool:
         """True when any of the layer's q, k, v, o weights is frozen (mimetic init skips it)."""
         return any(not p.weight.requires_grad for p in (self.q, self.k, self.v, self.o))
 
     def __post_init__(self):
+        if not self.v_head_dim:
+            self.v_head_dim = self.head_dim
         if self.n_heads % self.n_kv_heads:
             raise RoleMapError(f"{self.module_name}: {self.n_heads} query heads do not split into "
                                f"{self.n_kv_heads} key/value groups")
@@ -327,18 +364,18 @@ class AttentionLayer:
         return self._head(self.k, g)
 
     def v_head(self, g: int) -> torch.Tensor:
-        return self._head(self.v, g)
+        return self.v.cols(g * self.v_head_dim, (g + 1) * self.v_head_dim)
 
     def o_head(self, h: int) -> torch.Tensor:
-        return self.o.matrix()[h * self.head_dim:(h + 1) * self.head_dim]
+        return self.o.matrix()[h * self.v_head_dim:(h + 1) * self.v_head_dim]
 
     def qk_product(self, h: int) -> torch.Tensor:
         """W_q^h W_k^hᵀ (d_model x d_model), computed in float64."""
         return self.q_head(h).double() @ self.k_head(self.kv_group(h)).double().t()
 
     def vo_product(self) -> torch.Tensor:
-        """Σ_h W_v^{g(h)} W_o^h (value input x output width; d_model x d_model in a plain layer):
-        the layer's value-to-output map, float64."""
+        """Σ_h W_v^{g(h)} W_o^h (value input x output width: d_model x d_model in a plain layer,
+        v.d_in x o.d_out where they differ): the layer's value-to-output map, float64."""
         out = torch.zeros(self.v.d_in, self.o.d_out, dtype=torch.float64, device=self.o.weight.device)
         for h in range(self.n_heads):
             out += self.v_head(self.kv_group(h)).double() @ self.o_head(h).double()
@@ -572,19 +609,23 @@ class RoleMapBuilder:
             self.add(join_name(module_name, "bias"), role, kind=BIAS, layer=layer, fan_in=1, fan_out=b.numel())
 
     def linear(self, module_name: str, *, offset: int = 0, d_out: int | None = None,
-               layout: str | None = None, groups: int = 1, stride: int = 0) -> Projection:
-        """A :class:`Projection` over an ``nn.Linear`` (or Conv1D when ``layout="in_out"``)."""
+               layout: str | None = None, groups: int = 1, stride: int = 0, in_offset: int = 0,
+               d_in: int | None = None) -> Projection:
+        """A :class:`Projection` over an ``nn.Linear`` (or Conv1D when ``layout="in_out"``);
+        ``in_offset``/``d_in`` select part of its inputs (default: all)."""
         mod = self.model.get_submodule(module_name)
         w = mod.weight
         if layout is None:
             layout = "out_in"
-        d_in = w.shape[1] if layout == "out_in" else w.shape[0]
+        cols = w.shape[1] if layout == "out_in" else w.shape[0]
         total = w.shape[0] if layout == "out_in" else w.shape[1]
         b = getattr(mod, "bias", None)
         b = b if isinstance(b, nn.Parameter) else None
-        return Projection(join_name(module_name, "weight"), w, layout, d_in,
+        return Projection(join_name(module_name, "weight"), w, layout,
+                          cols - in_offset if d_in is None else d_in,
                           total - offset if d_out is None else d_out, offset,
-                          b, join_name(module_name, "bias") if b is not None else None, groups, stride)
+                          b, join_name(module_name, "bias") if b is not None else None, groups, stride,
+                          in_offset)
 
     def add_attention(self, layer: int, module_name: str, *, q: Projection, k: Projection,
                       v: Projection, o: Projection, n_heads: int, n_kv_heads: int | None = None,
@@ -592,8 +633,11 @@ class RoleMapBuilder:
                       head_dim: int | None = None, cross: bool = False,
                       causal: bool | None = None,
                       get_logit_scale: Callable[[], float] | None = None,
+                      v_head_dim: int | None = None,
+                      get_value_scale: Callable[[], float] | None = None,
                       residual_in: tuple[int, int] | None = None) -> AttentionLayer:
-        """Register an attention layer and the roles of the tensors its projections live in."""
+        """Register an attention layer and the roles of the tensors its projections live in.
+        ``v_head_dim``: the width of a value head when it is not ``head_dim``."""
         n_kv = n_kv_heads or n_heads
         d_model = q.d_in
         if q.d_out % n_heads:
@@ -602,11 +646,15 @@ class RoleMapBuilder:
             raise RoleMapError(f"{module_name}: {n_heads} heads of head_dim {head_dim} need a q width "
                                f"of {n_heads * head_dim}, the q projection has {q.d_out}")
         head_dim = q.d_out // n_heads
-        if k.d_out != n_kv * head_dim or v.d_out != n_kv * head_dim or o.d_in != n_heads * head_dim:
-            raise RoleMapError(f"{module_name}: projection shapes do not match {n_heads} heads of "
-                               f"{head_dim} with {n_kv} key/value heads")
+        vd = v_head_dim or head_dim
+        if k.d_out != n_kv * head_dim or v.d_out != n_kv * vd or o.d_in != n_heads * vd:
+            raise RoleMapError(
+                f"{module_name}: projection shapes do not match {n_heads} heads of {head_dim} "
+                f"(values {vd}) with {n_kv} key/value heads: q {q.d_in}->{q.d_out}, k "
+                f"{k.d_in}->{k.d_out}, v {v.d_in}->{v.d_out}, o {o.d_in}->{o.d_out}")
         att = AttentionLayer(layer, module_name, d_model, n_heads, n_kv, head_dim, q, k, v, o,
-                             set_logit_scale, cross, causal, get_logit_scale, residual_in)
+                             set_logit_scale, cross, causal, get_logit_scale, v_head_dim=vd,
+                             get_value_scale=get_value_scale, residual_in=residual_in)
         for role, proj in att.projections().items():
             self.add(proj.name, role, layer=layer, fan_in=proj.d_in, fan_out=proj.d_out, index=proj.index)
             if proj.bias is not None:

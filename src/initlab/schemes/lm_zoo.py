@@ -130,10 +130,10 @@ def _vo_validate(o: dict) -> None:
 def _vo_check(model, rmap, o) -> None:
     _tie_check("modded_nanogpt_vo")(model, rmap, o)
     for a in rmap.require_attention("modded_nanogpt_vo"):
-        span = a.n_kv_heads * a.head_dim
+        span = a.n_kv_heads * a.v_head_dim
         if span > min(a.v.d_in, a.d_model):
             raise InitError(
-                f"modded_nanogpt_vo: {a.module_name} has {a.n_kv_heads} value heads of {a.head_dim} "
+                f"modded_nanogpt_vo: {a.module_name} has {a.n_kv_heads} value heads of {a.v_head_dim} "
                 f"= {span} features, more than its width {a.d_model}; the per-head identity blocks "
                 f"need n_kv_heads·head_dim <= d_model")
 
@@ -151,7 +151,7 @@ def vo_identity_(rmap, beta: float, noise: float, generator: torch.Generator | N
     """
     sb = math.sqrt(beta)
     for a in rmap.attention:
-        hd = a.head_dim
+        hd = a.v_head_dim  # value heads may be wider than the query/key heads (MiMo-V2)
         mv = torch.eye(a.v.d_in, a.v.d_out) * sb  # rectangular identity: column g·hd+i reads row g·hd+i
         mo = torch.zeros(a.o.d_in, a.o.d_out)
         for h in range(a.n_heads):
