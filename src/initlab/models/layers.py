@@ -120,6 +120,7 @@ class Block(nn.Module):
             raise ConfigError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
         self.norm_position = norm_position
         self.skip_scale = float(skip_scale)
+        self.branch_scale = 1.0  # the depth family's residual-branch multiplier (set by parametrize_)
         self.norm1 = make_norm(width, ln_affine, ln_eps)
         self.attn = Attention(width, n_heads, bias=bias, fused_qkv=fused_qkv,
                               attn_scale=attn_scale, causal=causal)
@@ -136,7 +137,8 @@ class Block(nn.Module):
             self.gain2 = BranchGain(width, kind, init)
 
     def _branch(self, gain, y):
-        return y if gain is None else gain(y)
+        y = y if gain is None else gain(y)
+        return y if self.branch_scale == 1.0 else self.branch_scale * y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self._skip
@@ -155,14 +157,30 @@ class HeadMultiplierState:
     """Mixin for models with a ``head_multiplier`` attribute: the multiplier a parametrization sets
     (N_rescale) travels with the state_dict as the module's extra state (a 0-dim tensor), so a round
     trip keeps the function the weights were initialized for; state dicts saved before it existed
-    still load."""
+    still load. The residual-branch multiplier of the depth parametrizations (every block's
+    ``branch_scale``) travels with it: the state is then the pair (head, branch)."""
 
     def get_extra_state(self) -> torch.Tensor:
-        return torch.tensor(self.head_multiplier, dtype=torch.float64)
+        branch = self.branch_multiplier()
+        if branch == 1.0:
+            return torch.tensor(self.head_multiplier, dtype=torch.float64)
+        return torch.tensor([self.head_multiplier, branch], dtype=torch.float64)
 
     def set_extra_state(self, state) -> None:
-        if isinstance(state, (torch.Tensor, float, int)):
+        if isinstance(state, torch.Tensor) and state.numel() == 2:
+            self.head_multiplier = float(state[0])
+            self.set_branch_multiplier(float(state[1]))
+        elif isinstance(state, (torch.Tensor, float, int)):
             self.head_multiplier = float(state)
+            self.set_branch_multiplier(1.0)
+
+    def branch_multiplier(self) -> float:
+        blocks = getattr(self, "blocks", None) or ()
+        return float(getattr(blocks[0], "branch_scale", 1.0)) if len(blocks) else 1.0
+
+    def set_branch_multiplier(self, value: float) -> None:
+        for block in getattr(self, "blocks", None) or ():
+            block.branch_scale = float(value)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -105,10 +105,15 @@ class LlamaBlock(nn.Module):
                                    qk_norm=qk_norm, norm_eps=norm_eps, rope=rope)
         self.norm2 = nn.RMSNorm(width, eps=norm_eps)
         self.mlp = SwiGLU(width, hidden)
+        self.branch_scale = 1.0  # the depth family's residual-branch multiplier (set by parametrize_)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin)
-        return x + self.mlp(self.norm2(x))
+        m = self.branch_scale
+        if m == 1.0:
+            x = x + self.attn(self.norm1(x), cos, sin)
+            return x + self.mlp(self.norm2(x))
+        x = x + m * self.attn(self.norm1(x), cos, sin)
+        return x + m * self.mlp(self.norm2(x))
 
 
 class Llama(LMReadout, HeadMultiplierState, nn.Module):

@@ -76,10 +76,12 @@ class TrainConfig:
     init_options: dict = setting(help="option passed to the scheme(s) (repeatable)", group=2,
                                  default_factory=dict, flag=dict(name="--init-option", action="append",
                                                                  type="key_value", metavar="KEY=VALUE"))
-    param: str = setting("standard", "standard | nt | hybrid | mu | s=<0..1> ({default})", group=2,
-                         flag=dict(metavar="P"))
+    param: str = setting("standard", "standard | nt | hybrid | mu | s=<0..1> | depth-mup | completep | "
+                         "<member>,depth=<0..1> ({default})", group=2, flag=dict(metavar="P"))
     base_width: int | None = setting(None, "width at which lr factors are 1", group=2,
                                      flag=dict(type=int, metavar="N"))
+    base_depth: int | None = setting(None, "depth at which the depth factors of depth-mup/completep are 1 "
+                                     "(default 1)", group=2, flag=dict(type=int, metavar="L"))
     # optimization
     optimizer: str = setting("adamw", "{default}", group=3, flag=dict(choices=("adamw", "sgd")))
     lr: float = setting(1e-3, "{default}", group=3, flag=dict(type=float))

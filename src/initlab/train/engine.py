@@ -184,7 +184,7 @@ def set_rng_state(state: dict) -> None:
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device, parametrization):
     from ..parametrization import param_groups
     groups = param_groups(model, parametrization, lr=config.lr, weight_decay=config.weight_decay,
-                          optimizer=config.optimizer)
+                          optimizer=config.optimizer, eps=config.eps)
     if config.optimizer == "adamw":
         # the fused kernel: one pass over all tensors (on CPU ~5x faster than the foreach path for
         # a 2.7M-parameter ViT; benchmarks/bench_throughput.py)
