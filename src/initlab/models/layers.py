@@ -120,7 +120,6 @@ class Block(nn.Module):
             raise ConfigError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
         self.norm_position = norm_position
         self.skip_scale = float(skip_scale)
-        self.branch_scale = 1.0  # the depth family's residual-branch multiplier (set by parametrize_)
         self.norm1 = make_norm(width, ln_affine, ln_eps)
         self.attn = Attention(width, n_heads, bias=bias, fused_qkv=fused_qkv,
                               attn_scale=attn_scale, causal=causal)
@@ -135,10 +134,21 @@ class Block(nn.Module):
             kind, init = kinds[branch_gain]
             self.gain1 = BranchGain(width, kind, init)
             self.gain2 = BranchGain(width, kind, init)
+        self.branch_scale = 1.0
+
+    @property
+    def branch_scale(self) -> float:
+        """The depth family's residual-branch multiplier (set by parametrize_): applied on the output
+        of each branch's last linear map (attention ``proj``, MLP ``fc2``), where the role map says
+        the branch output is, so hooks on those modules see what the residual stream receives."""
+        return self.__dict__.get("_branch_scale", 1.0)
+
+    @branch_scale.setter
+    def branch_scale(self, value: float) -> None:
+        set_output_scale(self.__dict__, (self.attn.proj, self.mlp.fc2), value)
 
     def _branch(self, gain, y):
-        y = y if gain is None else gain(y)
-        return y if self.branch_scale == 1.0 else self.branch_scale * y
+        return y if gain is None else gain(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self._skip
@@ -151,6 +161,21 @@ class Block(nn.Module):
     def _skip(self, x: torch.Tensor) -> torch.Tensor:
         # no elementwise op in the common case alpha = 1 (a Python float: no graph break)
         return x if self.skip_scale == 1.0 else self.skip_scale * x
+
+
+def _scale_output(module: nn.Module, args, output):
+    m = module.__dict__.get("_initlab_output_scale", 1.0)
+    return output if m == 1.0 else output * m
+
+
+def set_output_scale(store: dict, modules, value: float) -> None:
+    """Multiply each module's output by ``value`` (a forward hook, installed once); ``store`` (the
+    owner's ``__dict__``) keeps the value as ``_branch_scale``."""
+    store["_branch_scale"] = float(value)
+    for mod in modules:
+        mod.__dict__["_initlab_output_scale"] = float(value)
+        if value != 1.0 and not any(h is _scale_output for h in mod._forward_hooks.values()):
+            mod.register_forward_hook(_scale_output)
 
 
 class HeadMultiplierState:
