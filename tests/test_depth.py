@@ -303,3 +303,70 @@ def test_one_adamw_step_uses_each_groups_eps():
     expected = before * (1 - lr_g * wd_g) - lr_g * g / (g.abs() + eps_g)  # step 1: m̂ = g, √v̂ = |g|
     torch.testing.assert_close(w.detach(), expected, rtol=1e-5, atol=1e-9)
     assert math.isclose(eps_g, 1e-3 / 8)
+
+
+# -- theory, probe and coordinate check over depth --------------------------------------------------
+def test_theory_includes_the_branch_multiplier_and_matches_the_probe():
+    """The leading-order G per block with m = L^-1 (completep, base depth 1) next to the measured
+    one, on one draw at width 128: the same agreement as a width-only member, while the prediction
+    without the multiplier would be far off (G grows with depth there)."""
+    from initlab.probe.runs import ModelSpec, ProbeSettings, agreement_row, probe_one
+    from initlab.theory import Network, propagate, stem_kernel_tokens
+
+    s = ProbeSettings(spec=ModelSpec(model="gpt", tokens=8), data="synthetic", samples=32, batch=2)
+    rep = probe_one(s, 128, 6, "completep", predict=True)
+    row = agreement_row(rep)
+    assert row["G_max_rel"] is not None and row["G_max_rel"] < 0.1, row
+    assert rep.predicted["blocks"][-1]["G"] == pytest.approx(rep.blocks[-1]["G"], rel=0.1)
+    # the recursion itself: each block's increment × m²
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(0))
+    k0 = stem_kernel_tokens(ids, Network(64, 2, 4).constants)
+    plain = propagate(k0, Network(64, 2, 4), batch=1, tokens=6, samples=64)
+    scaled = propagate(k0, Network(64, 2, 4, branch_multiplier=0.25), batch=1, tokens=6, samples=64)
+    assert scaled.mhsa_increment[0] == pytest.approx(plain.mhsa_increment[0] / 16, rel=1e-9)
+    assert scaled.g[-1] - scaled.g_stem < (plain.g[-1] - plain.g_stem) / 10
+    with pytest.raises(ConfigError):
+        Network(64, 2, 4, branch_multiplier=0.0)
+
+
+def test_probe_agreement_over_depths_with_completep(tmp_path, capsys):
+    from initlab.cli import main
+
+    assert main(["probe", "--agreement", "--model", "gpt", "--widths", "64", "--depths", "2,4",
+                 "--params", "completep", "--samples", "8", "--batch", "2", "--tokens", "8",
+                 "--data", "synthetic", "--out", str(tmp_path)]) == 0
+    rows = __import__("json").loads((tmp_path / "theory_agreement.json").read_text())
+    assert [(r["param"], r["depth"]) for r in rows] == [("completep", 2), ("completep", 4)]
+    assert all(r["G_max_rel"] is not None and r["G_max_rel"] < 0.15 for r in rows), rows
+
+
+def test_coordcheck_over_depth_is_flat_under_completep():
+    """The blocks' sum (what they add to the stream) and its change after 2 AdamW steps: flat
+    across depth 2-8 under completep, growing (≈ L^1/2 at init, faster after steps) under mu."""
+    from initlab.coord_check import coord_check
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 64, (4, 16), generator=g), torch.randint(0, 64, (4, 16), generator=g)
+    make = lambda w, d: GPT(vocab_size=64, block_size=16, width=w, depth=d, heads=2,  # noqa: E731
+                            bias=False, ln_affine=False)
+    cc = coord_check(make, [64], x, y, params=("mu", "completep"), depths=[2, 4, 8], lr=1e-2, steps=2)
+    assert cc.axis() == "depth" and cc.meta["base_depth"] == 2
+    assert abs(cc.slope("completep", "residual", axis="depth")) < 0.15
+    assert abs(cc.slope("completep", "residual", key="delta", axis="depth")) < 0.15
+    assert cc.slope("mu", "residual", axis="depth") > 0.35
+    assert cc.slope("mu", "residual", key="delta", axis="depth") > 0.45
+    # at the base depth both members take the same steps
+    assert cc.value("mu", 64, "residual", key="delta", depth=2) == pytest.approx(
+        cc.value("completep", 64, "residual", key="delta", depth=2), rel=1e-5)
+    assert "depth exponent" in cc.table()
+
+
+def test_coordcheck_command_sweeps_depth(tmp_path, capsys):
+    from initlab.cli import main
+
+    assert main(["coordcheck", "--model", "gpt", "--widths", "32", "--depths", "1,2", "--params", "completep",
+                 "--steps", "1", "--batch", "2", "--data", "synthetic", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "depth exponent" in out and "base depth 1" in out
+    header = (tmp_path / "coordcheck.csv").read_text().splitlines()[0]
+    assert header == "param,width,depth,step,role,act,delta"
