@@ -370,3 +370,65 @@ def test_coordcheck_command_sweeps_depth(tmp_path, capsys):
     assert "depth exponent" in out and "base depth 1" in out
     header = (tmp_path / "coordcheck.csv").read_text().splitlines()[0]
     assert header == "param,width,depth,step,role,act,delta"
+
+
+# -- weight decay as a timescale (Wang & Aitchison, arXiv 2405.13698) --------------------------------
+def test_weight_decay_from_a_timescale():
+    from initlab.parametrization import weight_decay_from_timescale as wd_of
+
+    # τ = 2 epochs of 50 steps = 100 steps: lr·wd = 1/100
+    assert wd_of(2.0, lr=1e-3, steps_per_epoch=50) == pytest.approx(10.0)
+    # τ = 102400 tokens at 512 tokens per step = 200 steps
+    assert wd_of(102400, lr=2e-3, tokens_per_step=512, unit="tokens") == pytest.approx(1 / (2e-3 * 200))
+    # the data grows 1k -> 5k images at batch 100: same τ in epochs, wd / 5, and the fraction of a
+    # weight left after one epoch of decay alone is the same, (1 - lr·wd)^steps ≈ exp(-1/τ)
+    small, big = wd_of(5.0, lr=1e-3, steps_per_epoch=10), wd_of(5.0, lr=1e-3, steps_per_epoch=50)
+    assert big == pytest.approx(small / 5)
+    assert (1 - 1e-3 * big) ** 50 == pytest.approx((1 - 1e-3 * small) ** 10, rel=5e-3)
+    assert (1 - 1e-3 * big) ** 50 == pytest.approx(math.exp(-1 / 5.0), rel=5e-3)
+    for bad in (dict(unit="steps", steps_per_epoch=1), dict(steps_per_epoch=None), dict(steps_per_epoch=0)):
+        with pytest.raises(ConfigError):
+            wd_of(1.0, lr=1e-3, **bad)
+    with pytest.raises(ConfigError):
+        wd_of(-1.0, lr=1e-3, steps_per_epoch=5)
+
+
+def test_train_option_sets_every_groups_decay_from_tau(tmp_path):
+    from initlab.train import TrainConfig
+    from initlab.train.engine import build_optimizer, optimizer_config
+    from initlab.train.init import initialize_
+
+    with pytest.raises(ConfigError):
+        TrainConfig(wd_tau=0.0)
+    with pytest.raises(ConfigError):
+        TrainConfig(task="vision", wd_tau=1.0, wd_tau_unit="tokens")
+    cfg = TrainConfig(model="gpt-micro", task="lm", param="completep", base_width=32, base_depth=1,
+                      lr=2e-3, wd_tau=4.0, batch_size=8, block_size=16)
+    for steps_per_epoch in (10, 50):  # the same τ in epochs on 5x the data
+        model = initlab.create_model("gpt-micro")
+        p = initialize_(model, cfg)
+        opt = build_optimizer(model, optimizer_config(cfg, steps_per_epoch), torch.device("cpu"), p)
+        tau_steps = 4.0 * steps_per_epoch
+        depth = initlab.role_map(model).depth
+        for g in opt.param_groups:
+            if g["decay"] == 0:
+                continue
+            # per-step decay lr_G·wd_G = 1/τ_steps (× m_L^(α-1) = 1 inside the blocks for completep)
+            assert g["lr"] * g["weight_decay"] == pytest.approx(1 / tau_steps, rel=1e-9), g["role"]
+        assert p.depth_lr_factor("adamw", depth=depth, hidden=True) == 1.0
+    # in tokens: batch 8 x block 16 = 128 tokens per step
+    tok = cfg.replace(wd_tau=128 * 40.0, wd_tau_unit="tokens")
+    assert optimizer_config(tok).weight_decay == pytest.approx(1 / (2e-3 * 40))
+
+
+def test_train_command_runs_with_a_depth_member_and_a_timescale(tmp_path):
+    from initlab.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question " * 30)
+    assert main(["train", "--task", "lm", "--data", str(text), "--model", "gpt-micro", "--width", "32",
+                 "--depth", "4", "--heads", "2", "--block-size", "8", "--batch-size", "4", "--steps", "2",
+                 "--eval-batches", "1", "--param", "completep", "--base-width", "32", "--base-depth", "2",
+                 "--wd-tau", "0.5", "--device", "cpu", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    cfg = __import__("json").loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["param"], cfg["base_depth"], cfg["wd_tau"]) == ("completep", 2, 0.5)

@@ -669,6 +669,34 @@ def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, wei
     return list(groups.values())
 
 
+TIMESCALE_UNITS = ("epochs", "tokens")
+
+
+def weight_decay_from_timescale(tau: float, *, lr: float, steps_per_epoch: float | None = None,
+                                tokens_per_step: float | None = None, unit: str = "epochs") -> float:
+    """The AdamW weight decay whose timescale τ = 1/(η·λ) is ``tau`` (Wang & Aitchison, arXiv
+    2405.13698): τ counted in optimizer steps is τ_iter = 1/(lr·wd), so
+
+    * ``unit="epochs"``: τ_iter = tau · steps_per_epoch (= dataset size / batch), wd = 1/(lr·τ_iter);
+    * ``unit="tokens"``: τ_iter = tau / tokens_per_step (= batch · context), wd = 1/(lr·τ_iter).
+
+    ``lr`` is the base (peak) lr: :func:`param_groups` then gives every decayed group the per-step
+    decay lr_t·wd (the depth members: × m_L^(α-1) inside the blocks), i.e. this timescale.
+    Keeping τ fixed while the data grows (more steps per epoch) lowers wd in proportion.
+    """
+    if unit not in TIMESCALE_UNITS:
+        raise ConfigError(f"the weight-decay timescale unit must be 'epochs' or 'tokens', got {unit!r}")
+    for name, v in (("tau", tau), ("lr", lr)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"{name} must be a positive number, got {v!r}")
+    per = steps_per_epoch if unit == "epochs" else tokens_per_step
+    if not (isinstance(per, (int, float)) and per > 0):
+        what = "steps_per_epoch (dataset size / batch)" if unit == "epochs" else "tokens_per_step (batch x context)"
+        raise ConfigError(f"a weight-decay timescale in {unit} needs {what}, got {per!r}")
+    tau_steps = tau * per if unit == "epochs" else tau / per
+    return 1.0 / (lr * tau_steps)
+
+
 def _no_decay_names(no_decay) -> set[str]:
     """``no_decay`` as a set of role names (and ``"bias"``); a misspelled name is refused."""
     if isinstance(no_decay, str):
@@ -713,5 +741,5 @@ def describe(model: nn.Module, p: "Parametrization | str", *, optimizer: str = "
 
 
 __all__ = ["Parametrization", "parse_s", "parse_member", "parametrize_", "param_groups", "describe", "is_tied",
-           "group_key", "is_hidden", "DEPTH_NAMED",
+           "group_key", "is_hidden", "DEPTH_NAMED", "weight_decay_from_timescale",
            "VIT_CONSTANTS", "DISTRIBUTIONS", "DEFAULT_NO_DECAY"]
