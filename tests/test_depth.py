@@ -432,3 +432,27 @@ def test_train_command_runs_with_a_depth_member_and_a_timescale(tmp_path):
                  "--wd-tau", "0.5", "--device", "cpu", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     cfg = __import__("json").loads((tmp_path / "run" / "config.json").read_text())
     assert (cfg["param"], cfg["base_depth"], cfg["wd_tau"]) == ("completep", 2, 0.5)
+
+
+# -- the depth sweep (item 4 of issue 19): the exact commands, at tiny size ---------------------------
+def test_sweep_across_depth_runs_and_reports_per_depth(tmp_path, capsys):
+    from initlab.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question " * 30)
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--task", "lm", "--data", str(text), "--model", "gpt-micro", "--widths", "32",
+                 "--depths", "1,2", "--heads", "2", "--lrs", "1e-3,4e-3", "--param", "completep",
+                 "--steps", "2", "--batch-size", "4", "--block-size", "8", "--eval-batches", "1",
+                 "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 depths × 2 lrs" in printed and "shift per depth doubling" in printed
+    analysis = __import__("json").loads((out / "analysis.json").read_text())
+    assert analysis["axis"] == "depth" and analysis["widths"] == [1, 2]
+    assert set(analysis["transfer"]) >= {"from_depth", "to_depth", "loss"}
+    assert (out / "cells" / "d2" / "lr0.004").is_dir()
+    assert (out / "sweep.csv").read_text().startswith("depth,lr,")
+    config = __import__("json").loads((out / "sweep.json").read_text())["config"]
+    assert (config["width"], config["base_width"], config["base_depth"]) == (32, 32, 1)
+    assert main(["sweep", "--widths", "32,64", "--depths", "1,2", "--lrs", "1e-3"]) == 2
+    assert "one axis at a time" in capsys.readouterr().err
