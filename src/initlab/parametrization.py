@@ -13,7 +13,11 @@ One :class:`Parametrization` describes three things, all read from the role map
   group lr × group weight_decay = η·λ̃·wd/λ̃ = η·wd).
 
 Members: ``standard`` (no lr factors, head std n^-1/2, N_rescale 1), ``nt`` (s=0), ``hybrid``
-(s=1/2), ``mu`` (s=1) and any ``s=<float>`` in [0, 1]. With ``base_width`` every width power n^e of a
+(s=1/2), ``mu`` (s=1) and any ``s=<float>`` in [0, 1]; each composes with a depth exponent α
+(``"nt,depth=0.5"``; named: ``depth-mup`` = MU with α = 1/2, ``completep`` = MU with α = 1): every
+residual branch × (L/L_base)^-α through the role map's control, the tensors inside the blocks get
+AdamW lr × (L/L_base)^(α-1), and AdamW ε is scaled per group (EleutherAI/nanoGPT-mup, branch
+``completep``, model.py; see docs/parametrizations.md, "Depth"). With ``base_width`` every width power n^e of a
 learning-rate factor becomes (n/n_base)^e (all factors are 1 at the base width, tune there and
 transfer); see ``docs/parametrizations.md`` for the row-by-row map to the paper's tables.
 """
