@@ -456,3 +456,18 @@ def test_sweep_across_depth_runs_and_reports_per_depth(tmp_path, capsys):
     assert (config["width"], config["base_width"], config["base_depth"]) == (32, 32, 1)
     assert main(["sweep", "--widths", "32,64", "--depths", "1,2", "--lrs", "1e-3"]) == 2
     assert "one axis at a time" in capsys.readouterr().err
+
+
+def test_runs_saved_before_the_new_fields_keep_their_identity():
+    """A record or checkpoint written before base_depth/wd_tau/wd_tau_unit existed is the same run
+    (finished cells are reused, checkpoints resume); setting one of them makes another run."""
+    from initlab.experiments.runner import identity
+    from initlab.train import TrainConfig
+    from initlab.train.checkpoint import config_differences
+
+    cfg = TrainConfig(model="vit-micro")
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("base_depth", "wd_tau", "wd_tau_unit")}
+    assert identity(old) == identity(cfg)
+    assert config_differences(old, cfg.to_dict()) == []
+    assert identity(cfg.replace(base_depth=2)) != identity(old)
+    assert identity(cfg.replace(wd_tau=3.0)) != identity(old)

@@ -132,7 +132,7 @@ def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str |
     state_path = out / "sweep.json"
     if state_path.is_file():
         saved = read_json(state_path)
-        if saved.get("base") != _sweep_identity(base, axis) or saved.get("metric") != metric:
+        if identity(saved.get("base") or {}) != _sweep_identity(base, axis) or saved.get("metric") != metric:
             raise ConfigError(f"{out} holds a sweep with a different configuration; pass a new --out "
                               f"(or the same flags as before to resume it)")
     out.mkdir(parents=True, exist_ok=True)

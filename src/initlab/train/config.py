@@ -89,9 +89,9 @@ class TrainConfig:
     wd_tau: float | None = setting(None, "weight decay as a timescale τ = 1/(lr·wd) (Wang & Aitchison, arXiv "
                                    "2405.13698), in --wd-tau-unit; sets the decay from lr, batch and data size "
                                    "and replaces --weight-decay", group=3, flag=dict(type=float, metavar="TAU"))
-    wd_tau_unit: str = setting("epochs", "unit of --wd-tau: epochs (dataset size / batch steps) or tokens "
-                               "(lm: batch x block_size per step) ({default})", group=3,
-                               flag=dict(choices=("epochs", "tokens")))
+    wd_tau_unit: str | None = setting(None, "unit of --wd-tau: epochs (default; dataset size / batch steps) or "
+                                      "tokens (lm: batch x block_size per step)", group=3,
+                                      flag=dict(choices=("epochs", "tokens")))
     betas: tuple[float, float] = setting((0.9, 0.999), "{default}", group=3,
                                          flag=dict(type="betas", metavar="B1,B2"))
     eps: float = setting(1e-8, "AdamW's epsilon ({default})", group=3, flag=dict(type=float))
@@ -141,7 +141,7 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.wd_tau is not None and not self.wd_tau > 0:
             raise ConfigError(f"wd_tau must be a positive timescale, got {self.wd_tau}")
-        if self.wd_tau_unit not in ("epochs", "tokens"):
+        if self.wd_tau_unit not in (None, "epochs", "tokens"):
             raise ConfigError(f"wd_tau_unit must be 'epochs' or 'tokens', got {self.wd_tau_unit!r}")
         if self.wd_tau_unit == "tokens" and self.wd_tau is not None and self.task != "lm":
             raise ConfigError("--wd-tau-unit tokens is for language runs (--task lm); use epochs for vision")

@@ -188,7 +188,7 @@ def effective_weight_decay(config: TrainConfig, steps_per_epoch: int | None = No
     from ..parametrization import weight_decay_from_timescale
     return weight_decay_from_timescale(config.wd_tau, lr=config.lr, steps_per_epoch=steps_per_epoch,
                                        tokens_per_step=config.batch_size * config.block_size,
-                                       unit=config.wd_tau_unit)
+                                       unit=config.wd_tau_unit or "epochs")
 
 
 def optimizer_config(config: TrainConfig, steps_per_epoch: int | None = None) -> TrainConfig:
