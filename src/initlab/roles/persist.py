@@ -239,10 +239,9 @@ def _restore_branch(inner: nn.Module) -> None:
     recorded = recorded_multiplier(inner, BRANCH_KEY)
     if recorded in (None, 1.0):
         return
-    from .registry import roles  # the role map says where the branches are (builds with a warning
-    import warnings as _w        # when hooks are missing; restore_ is the explicit call: no warning)
-    with _w.catch_warnings():
-        _w.simplefilter("ignore", HeadMultiplierWarning)
+    from .registry import roles  # the role map says where the branches are; building it puts the
+    with warnings.catch_warnings():  # hooks back (restore_ is the explicit call: no warning)
+        warnings.simplefilter("ignore", HeadMultiplierWarning)
         rmap = roles(inner)
     if rmap.controls.set_branch_multiplier is None:
         raise RoleMapError(f"{type(inner).__name__}.config records {BRANCH_KEY}={recorded:.6g}, but its "
