@@ -208,14 +208,15 @@ def branch_controls(rmap, model: nn.Module) -> None:
 def restore_(model: nn.Module) -> nn.Module:
     """Put back what initlab set on ``model`` besides its tensors, after a reload; returns ``model``.
 
-    For a Hugging Face model with a tied head this re-installs the logit multiplier N_rescale that
-    ``model.config`` records (``from_pretrained`` of a folder ``save_pretrained`` wrote, or a model
+    It re-installs the residual-branch multiplier of a depth member (``initlab_branch_multiplier``
+    in ``model.config``: hooks on the branch outputs the role map names). For a Hugging Face model
+    with a tied head it re-installs the logit multiplier N_rescale that ``model.config`` records (``from_pretrained`` of a folder ``save_pretrained`` wrote, or a model
     built from a saved model's config and given its state dict). initlab's own models need nothing
     (the multiplier is in their state dict); for them, and for models initlab never rescaled, this
     does nothing. Every initlab verb that builds the role map does the same, with a warning.
 
     Raises :class:`~initlab.errors.RoleMapError` when the config records a multiplier the model
-    cannot apply (its head is not tied).
+    cannot apply (its head is not tied, or its role map names no residual-branch output).
     """
     inner = unwrap(model)
     _restore_branch(inner)
