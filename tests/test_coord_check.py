@@ -54,7 +54,7 @@ def test_standard_is_not_flat(cc):
 
 def test_writers(cc, tmp_path):
     rows = cc.write_csv(tmp_path / "cc.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(cc.records) and rows[0].startswith("param,width,step")
+    assert len(rows) == 1 + len(cc.records) and rows[0].startswith("param,width,depth,step")
     small = CoordCheck([r for r in cc.records if r["role"] in ("o", "logits") and r["param"] != "nt"])
     assert small.plot(tmp_path / "cc.png").read_bytes()[:4] == b"\x89PNG"
     assert "mu:" in cc.table()

@@ -13,7 +13,11 @@ One :class:`Parametrization` describes three things, all read from the role map
   group lr × group weight_decay = η·λ̃·wd/λ̃ = η·wd).
 
 Members: ``standard`` (no lr factors, head std n^-1/2, N_rescale 1), ``nt`` (s=0), ``hybrid``
-(s=1/2), ``mu`` (s=1) and any ``s=<float>`` in [0, 1]. With ``base_width`` every width power n^e of a
+(s=1/2), ``mu`` (s=1) and any ``s=<float>`` in [0, 1]; each composes with a depth exponent α
+(``"nt,depth=0.5"``; named: ``depth-mup`` = MU with α = 1/2, ``completep`` = MU with α = 1): every
+residual branch × (L/L_base)^-α through the role map's control, the tensors inside the blocks get
+AdamW lr × (L/L_base)^(α-1), and AdamW ε is scaled per group (EleutherAI/nanoGPT-mup, branch
+``completep``, model.py; see docs/parametrizations.md, "Depth"). With ``base_width`` every width power n^e of a
 learning-rate factor becomes (n/n_base)^e (all factors are 1 at the base width, tune there and
 transfer); see ``docs/parametrizations.md`` for the row-by-row map to the paper's tables.
 """
@@ -41,7 +45,19 @@ NAMED = {
     "mu": (1.0, "maximal-update parametrization (s=1, μP), see docs/parametrizations.md"),
 }
 NAMED_S = {name: s for name, (s, _) in NAMED.items() if s is not None}
-ALIASES = {"sp": "standard", "ntk": "nt", "ntp": "nt", "mup": "mu", "μp": "mu", "maximal": "mu"}
+#: the named depth members: name -> (s, depth α, description). Both sit on top of MU (s = 1); every
+#: residual branch is multiplied by (L/L_base)^-α (EleutherAI/nanoGPT-mup, branch completep, model.py).
+DEPTH_NAMED = {
+    "depth-mup": (1.0, 0.5, "Depth-μP: μP plus residual branches × (L/L_base)^-1/2 and hidden AdamW "
+                            "lr × (L/L_base)^-1/2 (arXiv 2310.02244, 2309.16620)"),
+    "completep": (1.0, 1.0, "CompleteP: μP plus residual branches × (L/L_base)^-1 and depth-scaled AdamW ε "
+                            "(arXiv 2505.01618; EleutherAI/nanoGPT-mup branch completep)"),
+}
+ALIASES = {"sp": "standard", "ntk": "nt", "ntp": "nt", "mup": "mu", "μp": "mu", "maximal": "mu",
+           "depth-μp": "depth-mup", "depthmup": "depth-mup", "complete-p": "completep"}
+EPS_SCALINGS = ("none", "completep", "split")
+#: roles whose tensors sit inside a residual branch (with in-block norms: "hidden" in CompleteP's code)
+BRANCH_ROLES = ("q", "k", "v", "o", "mlp_in", "mlp_gate", "mlp_out", "router", "gain")
 OPTIMIZERS = ("adamw", "sgd")
 INIT_STYLES = ("vit", "lm")
 MLP_FACTORS = ("paper", "full")
@@ -94,6 +110,16 @@ class Parametrization:
             same factor as Q, K, V, U) or ``"full"`` (the tables' M-dependent factors).
         attn_scale: attention logit scale set by :func:`parametrize_`: ``"sqrt"`` (1/sqrt(head_dim),
             the paper's), ``"linear"`` (1/head_dim, true μP), a number, or ``None`` (leave as is).
+        depth_alpha: α in [0, 1] of the depth family (``None``: no depth scaling): every residual
+            branch's output × m_L^-α, m_L = L/L_base; AdamW lr of the tensors inside the blocks
+            (weights, biases, in-block norms) × m_L^(α-1) (SGD: m_L^(2α-1), our inference); α = 1/2 is
+            Depth-μP (``depth-mup``), α = 1 CompleteP (``completep``).
+        base_depth: L_base (default 1: m_L = L), the depth at which every depth factor is 1.
+        eps_scaling: AdamW ε per group: ``"completep"`` (the reference code: every group
+            ε·m_w^-1·m_L^-α), ``"split"`` (arXiv 2512.22382: embeddings, head and final norm ε·m_w^-1,
+            the tensors inside the blocks ε·m_w^-1·m_L^-α) or ``"none"``; default ``"completep"`` with a
+            depth_alpha, else ``"none"``. m_w = n/n_base (1 without a base width); for s < 1 the width
+            part is m_w^-(1+s)/2 (the per-entry gradient size, our inference), 1 for standard.
     """
 
     name: str = "standard"
@@ -104,11 +130,29 @@ class Parametrization:
     init_style: str = "vit"
     mlp_factors: str = "paper"
     attn_scale: str | float | None = "sqrt"
+    depth_alpha: float | None = None
+    base_depth: int | None = None
+    eps_scaling: str | None = None
 
     def __post_init__(self):
         # own copies, so that a caller's dict changing later cannot change this parametrization
         object.__setattr__(self, "constants", dict(self.constants))
         object.__setattr__(self, "distributions", dict(self.distributions))
+        # the depth part of a name ("completep", "nt,depth=0.5") and depth_alpha are one fact too
+        if not isinstance(self.name, str):
+            raise ConfigError(f"parametrization must be a string like 'nt' or 's=0.3', got {self.name!r}")
+        width_name, named_alpha = _split_depth(self.name)
+        a = self.depth_alpha
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a)
+                              or not 0.0 <= a <= 1.0):
+            raise ConfigError(f"depth_alpha must be a number in [0, 1] (0.5 = depth-mup, 1 = completep), "
+                              f"got {a!r}")
+        if named_alpha is not None and a is not None and float(a) != named_alpha:
+            raise ConfigError(f"parametrization name {self.name!r} means depth_alpha={named_alpha:g} but "
+                              f"depth_alpha={a} was given; pass one of them")
+        object.__setattr__(self, "depth_alpha", None if a is None and named_alpha is None else
+                           float(named_alpha if a is None else a))
+        object.__setattr__(self, "name", width_name)
         if self.s is not None:
             if isinstance(self.s, bool) or not isinstance(self.s, (int, float)) or not (0.0 <= self.s <= 1.0):
                 raise ConfigError(f"parametrization s must be a number in [0, 1], got {self.s!r}")
@@ -151,19 +195,28 @@ class Parametrization:
         if not (a is None or a in ("sqrt", "linear") or
                 (isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a > 0)):
             raise ConfigError(f"attn_scale must be 'sqrt', 'linear', a positive number or None, got {a!r}")
+        if self.base_depth is not None and (isinstance(self.base_depth, bool) or
+                                            not isinstance(self.base_depth, int) or self.base_depth <= 0):
+            raise ConfigError(f"base_depth must be a positive integer, got {self.base_depth!r}")
+        if self.eps_scaling is not None and self.eps_scaling not in EPS_SCALINGS:
+            raise ConfigError(f"eps_scaling must be one of {', '.join(EPS_SCALINGS)}, got {self.eps_scaling!r}")
+        object.__setattr__(self, "name", _name_of(self.s, self.depth_alpha))
 
     def __hash__(self) -> int:
         return hash((self.name, self.s, self.base_width, tuple(sorted(self.constants.items())),
                      tuple(sorted(self.distributions.items())), self.init_style, self.mlp_factors,
-                     self.attn_scale))
+                     self.attn_scale, self.depth_alpha, self.base_depth, self.eps_scaling))
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def parse(cls, spec: "str | Parametrization", base_width: int | None = None,
               **options) -> "Parametrization":
-        """``"standard"``, ``"nt"``, ``"hybrid"``, ``"mu"`` or ``"s=0.3"`` (also ``sp``, ``ntk``, ``mup``).
+        """``"standard"``, ``"nt"``, ``"hybrid"``, ``"mu"`` or ``"s=0.3"`` (also ``sp``, ``ntk``, ``mup``),
+        the depth members ``"depth-mup"`` and ``"completep"``, or any of them with a depth exponent
+        ``"nt,depth=0.5"``.
 
-        ``options`` set the other fields (constants, init_style, mlp_factors, attn_scale, ...).
+        ``options`` set the other fields (constants, init_style, mlp_factors, attn_scale,
+        depth_alpha, base_depth, eps_scaling, ...).
         Raises :class:`ConfigError` with a one-line message for anything else.
         """
         if isinstance(spec, Parametrization):
@@ -172,14 +225,58 @@ class Parametrization:
                 changes["base_width"] = base_width
             return replace(spec, **changes) if changes else spec
         s = parse_s(spec)
-        return cls(name=_name_of(s), s=s, base_width=base_width, **options)
+        return cls(name=str(spec).strip().lower().replace(" ", ""), s=s, base_width=base_width, **options)
 
     @property
     def is_standard(self) -> bool:
         return self.s is None
 
     def __str__(self) -> str:
-        return self.name + (f" (base width {self.base_width})" if self.base_width else "")
+        bases = [f"base width {self.base_width}"] if self.base_width else []
+        bases += [f"base depth {self.base_depth}"] if self.base_depth and self.depth_alpha is not None else []
+        return self.name + (f" ({', '.join(bases)})" if bases else "")
+
+    # -- depth ----------------------------------------------------------------------------------
+    def _m_depth(self, depth: int) -> float:
+        """m_L = L/L_base (L_base = 1 without a base depth)."""
+        return max(int(depth), 1) / (self.base_depth or 1)
+
+    def branch_multiplier(self, depth: int) -> float:
+        """The residual-branch multiplier m_L^-α (1 without a depth exponent): CompleteP's
+        ``residual_scaling = 1/(depth_multiplier ** depth_alpha_exp)`` (model.py, class Block)."""
+        if self.depth_alpha is None:
+            return 1.0
+        return self._m_depth(depth) ** (-self.depth_alpha)
+
+    def depth_lr_factor(self, optimizer: str, *, depth: int, hidden: bool) -> float:
+        """The depth part of a group's lr: m_L^(α-1) (AdamW) for a tensor inside the blocks
+        (``hidden``), 1 for embeddings, head and final norm (CompleteP's ``depth_lr_scaling``); SGD:
+        m_L^(2α-1) (our inference: the branch multiplier scales the gradient by m_L^-α too)."""
+        if self.depth_alpha is None or not hidden:
+            return 1.0
+        a = self.depth_alpha
+        exp = (a - 1.0) if _check_optimizer(optimizer) == "adamw" else (2.0 * a - 1.0)
+        return self._m_depth(depth) ** exp
+
+    @property
+    def eps_rule(self) -> str:
+        """The AdamW ε rule in force: ``eps_scaling``, else ``"completep"`` with a depth exponent."""
+        if self.eps_scaling is not None:
+            return self.eps_scaling
+        return "completep" if self.depth_alpha is not None else "none"
+
+    def eps_factor(self, *, width: int, depth: int, hidden: bool) -> float:
+        """AdamW ε of a group relative to the base ε: the width part m_w^-(1+s)/2 (m_w^-1 at s = 1;
+        1 for standard, m_w = n/n_base or 1 without a base width) times m_L^-α for every group
+        (``"completep"``, the reference code) or for the tensors inside the blocks only (``"split"``)."""
+        rule = self.eps_rule
+        if rule == "none":
+            return 1.0
+        m_w = width / self.base_width if self.base_width else 1.0
+        f = 1.0 if self.is_standard else m_w ** (-(1.0 + self.s) / 2.0)
+        if self.depth_alpha is not None and (rule == "completep" or hidden):
+            f *= self._m_depth(depth) ** (-self.depth_alpha)
+        return f
 
     # -- width powers -------------------------------------------------------------------------
     def _w(self, width: int) -> float:
@@ -288,13 +385,45 @@ class Parametrization:
         return const * float(width) ** exp
 
 
-def parse_s(spec: str) -> float | None:
-    """The family index of a parametrization name: None for standard, 0 for nt, 0.5 for hybrid,
-    1 for mu, x for ``"s=x"`` (aliases sp, ntk, ntp, mup, μp, maximal). :class:`ConfigError` otherwise."""
+def parse_member(spec: str) -> tuple[float | None, float | None]:
+    """(s, depth α) of a parametrization name: ``"completep"`` -> (1, 1), ``"depth-mup"`` -> (1, 0.5),
+    ``"nt,depth=0.5"`` -> (0, 0.5), ``"mu"`` -> (1, None). :class:`ConfigError` otherwise."""
+    width, alpha = _split_depth(spec)
+    return parse_s(width), alpha
+
+
+def _split_depth(spec) -> tuple[str, float | None]:
+    """(width member name, depth α or None) of a name; a depth member gives ("mu", α)."""
     if not isinstance(spec, str):
         raise ConfigError(f"parametrization must be a string like 'nt' or 's=0.3', got {spec!r}")
     key = spec.strip().lower().replace(" ", "")
     key = ALIASES.get(key, key)
+    if key in DEPTH_NAMED:
+        return "mu", DEPTH_NAMED[key][1]
+    if "," not in key:
+        return key, None
+    width, _, rest = key.partition(",")
+    if not rest.startswith("depth="):
+        raise ConfigError(f"parametrization {spec!r}: after the comma write depth=<α in [0, 1]>, "
+                          f"e.g. 'nt,depth=0.5'")
+    try:
+        alpha = float(rest[len("depth="):])
+    except ValueError:
+        raise ConfigError(f"cannot read the depth exponent of {spec!r}; write e.g. 'mu,depth=0.5'") from None
+    if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"parametrization {spec!r}: depth must lie in [0, 1] (0.5 = depth-mup, 1 = completep)")
+    width = ALIASES.get(width, width)
+    if width in DEPTH_NAMED:
+        raise ConfigError(f"parametrization {spec!r}: {width} already sets the depth exponent; write "
+                          f"'mu,depth={alpha:g}' instead")
+    return width, alpha
+
+
+def parse_s(spec: str) -> float | None:
+    """The family index of a parametrization name: None for standard, 0 for nt, 0.5 for hybrid,
+    1 for mu (and the depth members depth-mup, completep), x for ``"s=x"`` (aliases sp, ntk, ntp,
+    mup, μp, maximal); a ``",depth=α"`` suffix is allowed. :class:`ConfigError` otherwise."""
+    key, _ = _split_depth(spec)
     if key == "standard":
         return None
     if key in NAMED_S:
@@ -307,10 +436,16 @@ def parse_s(spec: str) -> float | None:
         if not math.isfinite(s) or not 0.0 <= s <= 1.0:
             raise ConfigError(f"parametrization {spec!r}: s must lie in [0, 1] (0 = nt, 0.5 = hybrid, 1 = mu)")
         return s
-    raise ConfigError(f"unknown parametrization {spec!r}; choose standard, nt, hybrid, mu or s=<value in [0, 1]>")
+    raise ConfigError(f"unknown parametrization {spec!r}; choose standard, nt, hybrid, mu, s=<value in [0, 1]>, "
+                      f"depth-mup, completep, or one of them with ',depth=<α>'")
 
 
-def _name_of(s: float | None) -> str:
+def _name_of(s: float | None, depth_alpha: float | None = None) -> str:
+    if depth_alpha is not None:
+        for name, (ds, da, _) in DEPTH_NAMED.items():
+            if s == ds and depth_alpha == da:
+                return name
+        return f"{_name_of(s)},depth={depth_alpha:g}"
     if s is None:
         return "standard"
     for name, value in NAMED_S.items():
@@ -386,6 +521,9 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
     * branch gains, unmapped (``other``) and frozen (``requires_grad=False``) tensors are left
       alone (``include_frozen=True`` writes frozen ones too, e.g. a fixed position table);
     * the head multiplier: N_rescale for a tied head, 1 for an untied one;
+    * the residual-branch multiplier (L/L_base)^-α of a depth member (1 otherwise), through the
+      role map's control ``set_branch_multiplier`` (it survives save/reload, see
+      :mod:`initlab.roles.persist`);
     * the attention logit scale: ``p.attn_scale`` (1/sqrt(head_dim) by default).
 
     Args:
@@ -415,6 +553,14 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
                         f"logits of a tied head; untie the head (a separate nn.Linear, mapped as "
                         f"'head'), use a parametrization without it ('standard'), or give the "
                         f"adapter's controls a set_head_multiplier")
+    branch = p.branch_multiplier(rmap.depth)
+    if rmap.controls.set_branch_multiplier is not None:
+        rmap.controls.set_branch_multiplier(branch)
+    elif branch != 1.0:
+        raise InitError(f"{p} multiplies every residual branch by {branch:.4g} (depth {rmap.depth}), but the "
+                        f"role map of {rmap.model_class} names no residual-branch outputs (an attention "
+                        f"output projection and an MLP output per block); map them (role 'o' and "
+                        f"'mlp_out') or use a parametrization without a depth exponent")
     for att in rmap.attention:
         scale = p.logit_scale(att.head_dim)
         if scale is None:
@@ -449,6 +595,14 @@ def _decays(info: ParamInfo, no_decay: set[str]) -> bool:
     return not any(str(r) in no_decay for r in info.roles)
 
 
+def is_hidden(info: ParamInfo) -> bool:
+    """True for a tensor inside a residual block (CompleteP's "hidden" groups: the block's weights,
+    biases and norms); embeddings, the head and the final norm are not."""
+    if any(str(r) in BRANCH_ROLES for r in info.roles):
+        return True
+    return Role.NORM in info.roles and info.layer is not None
+
+
 def group_key(info: ParamInfo) -> str:
     """Group name of a tensor: its role key (``"q+k+v"``), plus ``".bias"`` for biases."""
     return info.role + (".bias" if info.kind == BIAS else "")
@@ -456,7 +610,7 @@ def group_key(info: ParamInfo) -> str:
 
 def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, weight_decay: float = 0.0,
                  optimizer: str = "adamw", role_map: RoleMap | None = None,
-                 no_decay: Iterable[str] | None = None) -> list[dict]:
+                 no_decay: Iterable[str] | None = None, eps: float = 1e-8) -> list[dict]:
     """PyTorch optimizer parameter groups implementing the paper's update rule, one per role.
 
     Each group: ``params``, ``lr`` = lr·λ_G (SGD) or lr·λ̃_G (AdamW), ``weight_decay`` = wd/λ_G
@@ -464,6 +618,11 @@ def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, wei
     ``"head.bias"``), ``lr_factor`` (λ: a scheduler that sets lr itself should use
     ``group["lr"] = lr_t * group["lr_factor"]``), ``decay`` (the wd this group realizes: per-step
     decay = lr_t·decay) and ``param_names`` (PyTorch's own key for parameter names).
+
+    Depth members (``depth_alpha``): the tensors inside the blocks get lr × m_L^(α-1) more; their
+    ``weight_decay`` compensates the width factor only, as CompleteP's code does (model.py,
+    ``configure_optimizers``: ``weight_decay / width_lr_scaling``), so ``decay`` = wd·m_L^(α-1) there.
+    When ``p.eps_rule`` scales AdamW's ε, every group carries ``eps`` = ``eps``·``eps_factor``.
 
     Biases, norms, position tables, the class token and branch gains get no decay unless
     ``no_decay`` says otherwise (it lists role names, and ``"bias"`` for all biases; default
@@ -477,10 +636,13 @@ def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, wei
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ConfigError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ConfigError(f"eps must be a positive number, got {eps!r}")
     _require_module(model, "param_groups")
     rmap = role_map if role_map is not None else roles(model)
     nd = set(DEFAULT_NO_DECAY) | {"bias"} if no_decay is None else _no_decay_names(no_decay)
-    width = rmap.width
+    width, depth = rmap.width, rmap.depth
+    scale_eps = optimizer == "adamw" and p.eps_rule != "none"
     groups: dict[tuple, dict] = {}
     for info in rmap:
         if not info.param.requires_grad:
@@ -489,13 +651,19 @@ def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, wei
         if len(factors) > 1:
             raise InitError(f"{info.name} ({info.role}) holds slots with different learning-rate "
                             f"factors {sorted(factors)}; split the tensor or use mlp_factors='paper'")
-        factor = factors.pop()
-        decay = weight_decay if _decays(info, nd) else 0.0
-        key = (group_key(info), factor, decay)
+        width_factor = factors.pop()
+        hidden = is_hidden(info)
+        depth_factor = p.depth_lr_factor(optimizer, depth=depth, hidden=hidden)
+        factor = width_factor * depth_factor
+        decay = (weight_decay if _decays(info, nd) else 0.0) * depth_factor
+        eps_factor = p.eps_factor(width=width, depth=depth, hidden=hidden) if scale_eps else None
+        key = (group_key(info), factor, decay, eps_factor)
         if key not in groups:
             groups[key] = {"params": [], "lr": lr * factor, "weight_decay": decay / factor,
                            "role": group_key(info), "lr_factor": factor, "decay": decay,
                            "param_names": []}
+            if scale_eps:
+                groups[key].update(eps=eps * eps_factor, eps_factor=eps_factor)
         groups[key]["params"].append(info.param)
         groups[key]["param_names"].append(info.name)
     if not groups:
@@ -503,6 +671,34 @@ def param_groups(model: nn.Module, p: "Parametrization | str", *, lr: float, wei
                           f"there is nothing to optimize; unfreeze the tensors to train "
                           f"(p.requires_grad_(True)) before building the optimizer groups")
     return list(groups.values())
+
+
+TIMESCALE_UNITS = ("epochs", "tokens")
+
+
+def weight_decay_from_timescale(tau: float, *, lr: float, steps_per_epoch: float | None = None,
+                                tokens_per_step: float | None = None, unit: str = "epochs") -> float:
+    """The AdamW weight decay whose timescale τ = 1/(η·λ) is ``tau`` (Wang & Aitchison, arXiv
+    2405.13698): τ counted in optimizer steps is τ_iter = 1/(lr·wd), so
+
+    * ``unit="epochs"``: τ_iter = tau · steps_per_epoch (= dataset size / batch), wd = 1/(lr·τ_iter);
+    * ``unit="tokens"``: τ_iter = tau / tokens_per_step (= batch · context), wd = 1/(lr·τ_iter).
+
+    ``lr`` is the base (peak) lr: :func:`param_groups` then gives every decayed group the per-step
+    decay lr_t·wd (the depth members: × m_L^(α-1) inside the blocks), i.e. this timescale.
+    Keeping τ fixed while the data grows (more steps per epoch) lowers wd in proportion.
+    """
+    if unit not in TIMESCALE_UNITS:
+        raise ConfigError(f"the weight-decay timescale unit must be 'epochs' or 'tokens', got {unit!r}")
+    for name, v in (("tau", tau), ("lr", lr)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"{name} must be a positive number, got {v!r}")
+    per = steps_per_epoch if unit == "epochs" else tokens_per_step
+    if not (isinstance(per, (int, float)) and per > 0):
+        what = "steps_per_epoch (dataset size / batch)" if unit == "epochs" else "tokens_per_step (batch x context)"
+        raise ConfigError(f"a weight-decay timescale in {unit} needs {what}, got {per!r}")
+    tau_steps = tau * per if unit == "epochs" else tau / per
+    return 1.0 / (lr * tau_steps)
 
 
 def _no_decay_names(no_decay) -> set[str]:
@@ -548,5 +744,6 @@ def describe(model: nn.Module, p: "Parametrization | str", *, optimizer: str = "
     return text_table(rows)
 
 
-__all__ = ["Parametrization", "parse_s", "parametrize_", "param_groups", "describe", "is_tied", "group_key",
+__all__ = ["Parametrization", "parse_s", "parse_member", "parametrize_", "param_groups", "describe", "is_tied",
+           "group_key", "is_hidden", "DEPTH_NAMED", "weight_decay_from_timescale",
            "VIT_CONSTANTS", "DISTRIBUTIONS", "DEFAULT_NO_DECAY"]

@@ -20,6 +20,8 @@ variance ``head_var`` and an output multiplier (N_rescale).
 * MHSA:            ``K += C_U·C_V·E[Ω F Ωᵀ]`` with Ω = softmax(logits), logits Gaussian with
                    covariance ``γ·C_Q·C_K·F⊗F`` (γ = logit_scale²·head_dim, 1 for 1/√C) (items 1, 3)
 * MLP:             ``K += C_X·E[GELU(w_t)GELU(w_t')]``, (w_t, w_t') ~ N(0, C_W·F)         (item 1)
+* branch multiplier m (the depth family's (L/L_base)^-α, 1 in the paper): each increment × m²,
+  each gradient inside a branch × m, and the backward kernel's branch term × m²
 
 Its diagonal is the paper's G recursion: ``G^{ℓ+1} = G^ℓ + ΔG_MHSA + C_X·E[GELU(w)²]``, linear
 growth in depth, independent of width. The expectation over softmax weights has no closed form;
@@ -130,6 +132,7 @@ class Network:
     stem_norm: bool = False  # a norm right after the embeddings (BERT, BART)
     final_norm: bool = True  # a norm after the last block (pre-LN models)
     group_size: int = 1  # query heads per key/value head (GQA): a shared K/V collects their gradients
+    branch_multiplier: float = 1.0  # every residual branch's output × m (depth-mup, completep)
 
     def __post_init__(self):
         if self.width <= 0 or self.heads <= 0 or self.depth < 0 or self.width % self.heads:
@@ -141,6 +144,8 @@ class Network:
             raise ConfigError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not (math.isfinite(self.branch_multiplier) and self.branch_multiplier > 0):
+            raise ConfigError(f"branch_multiplier must be a positive number, got {self.branch_multiplier!r}")
 
     @property
     def head_dim(self) -> int:
@@ -530,6 +535,7 @@ def propagate(k_stem: torch.Tensor, net: Network, *, batch: int, tokens: int, sa
         raise ConfigError(f"stem kernel of shape {tuple(k_stem.shape)} does not match batch={batch} "
                           f"x tokens={tokens}")
     c, eps = net.constants, net.ln_eps
+    m2 = net.branch_multiplier ** 2  # a branch's output × m: its kernel increment × m²
     pre = net.norm_position == "pre"
     mask = attention_mask(batch, tokens, net.causal)
     vis = _within(mask.to(DTYPE), batch, tokens)
@@ -550,11 +556,11 @@ def propagate(k_stem: torch.Tensor, net: Network, *, batch: int, tokens: int, sa
         gen = torch.Generator().manual_seed(seed + layer)
         att = attention_forward(f, mask, net, tokens, samples=samples, generator=gen)
         g0 = _g(k)
-        k = k + att.increment
+        k = k + m2 * att.increment
         out.mhsa_increment.append(_g(k) - g0)
         out.entropy.append(att.entropy)
         out.distance.append(att.distance)
-        err2 += att.g_increment_stderr ** 2
+        err2 += (m2 * att.g_increment_stderr) ** 2
         if pre:
             out.ln1.append(float(f.diagonal().mean()))
         else:
@@ -562,15 +568,15 @@ def propagate(k_stem: torch.Tensor, net: Network, *, batch: int, tokens: int, sa
             out.ln1.append(float(k.diagonal().mean()))
         if memory is not None:
             gen = torch.Generator().manual_seed(seed + 5_000 + layer)
-            k = k + cross_attention_increment(ln_kernel(k, eps) if pre else k, memory, batch, net,
-                                              samples=samples, generator=gen)
+            k = k + m2 * cross_attention_increment(ln_kernel(k, eps) if pre else k, memory, batch, net,
+                                                   samples=samples, generator=gen)
             if not pre:
                 k = ln_kernel(k, eps)
         if keep_kernels:
             out.kernels_mid.append(k.clone())
         f = ln_kernel(k, eps) if pre else k
         g1 = _g(k)
-        k = k + mlp_kernel(f, net)
+        k = k + m2 * mlp_kernel(f, net)
         out.mlp_increment.append(_g(k) - g1)
         if pre:
             out.g_mid.append(g1)
@@ -676,6 +682,7 @@ def predict_gradients(pred: Prediction, *, patch_gram: torch.Tensor | None = Non
     d = _through_ln(d, k_out, eps)
     blocks = []
     qk = net.logit_gain * c.q * c.k
+    bm = net.branch_multiplier  # gradients inside a branch × m, the branch's backward term × m²
     for layer in reversed(range(net.depth)):
         k_in, k_mid = pred.kernels_in[layer], pred.kernels_mid[layer]
         row = {}
@@ -689,12 +696,12 @@ def predict_gradients(pred: Prediction, *, patch_gram: torch.Tensor | None = Non
             gate2 = c.mlp_out * float((f * up * dpa * d).sum()) / m_n
             row["mlp_up"], row["mlp_gate"] = math.sqrt(max(up2, 0.0)), math.sqrt(max(gate2, 0.0))
             row["mlp_in"] = math.sqrt(max((up2 + gate2) / 2, 0.0))  # both under role mlp_in (LLaMA's map)
-            d = d + _through_ln(c.mlp_out * (c.mlp_gate * up * dpa + c.mlp_in * pa) * d, k_mid, eps)
+            d = d + bm * bm * _through_ln(c.mlp_out * (c.mlp_gate * up * dpa + c.mlp_in * pa) * d, k_mid, eps)
         else:
             phi, dphi = activation_kernels(f, c.mlp_in, net.activation)
             row["mlp_out"] = math.sqrt(max(float((d * phi).sum()) / n, 0.0))
             row["mlp_in"] = math.sqrt(max(c.mlp_out * float((f * dphi * d).sum()) / m_n, 0.0))
-            d = d + _through_ln(c.mlp_in * c.mlp_out * dphi * d, k_mid, eps)
+            d = d + bm * bm * _through_ln(c.mlp_in * c.mlp_out * dphi * d, k_mid, eps)
         f = ln_kernel(k_in, eps)
         gen = torch.Generator().manual_seed(pred.seed + 10_000 + layer)
         wdw, wfw, tr, kpath = _attention_backward(f, d, pred.mask, net, pred.samples, gen)
@@ -708,8 +715,8 @@ def predict_gradients(pred: Prediction, *, patch_gram: torch.Tensor | None = Non
         row["k"] = math.sqrt(max(c.q * base * net.group_size, 0.0))
         row["v"] *= math.sqrt(net.group_size)
         ds = vu * wdw + qk * vu * (d * tr + kpath)
-        d = d + _through_ln(ds, k_in, eps)
-        blocks.append(row)
+        d = d + bm * bm * _through_ln(ds, k_in, eps)
+        blocks.append({key: bm * v for key, v in row.items()})
     out["blocks"] = blocks[::-1]
     pos = torch.arange(batch * tokens) % tokens
     same_pos = (pos[:, None] == pos[None, :]).to(DTYPE)
@@ -805,7 +812,7 @@ def traced(model, batch=None, *, role_map=None, decoder_tokens: int | None = Non
             m.training = mode
     logits, kind = output_tensor(out)
     st, tr, _ = reached(st, rec.trace)  # a tower the input does not reach is not predicted either
-    return st, tr, layout_of(st, tr), logits.detach().double(), kind
+    return st, tr, layout_of(st, tr, _branch_multiplier(rm)), logits.detach().double(), kind
 
 
 def _ms(t: torch.Tensor) -> float:
@@ -1053,8 +1060,15 @@ def _networks(model, rm, st, tr, layout, logits, kind, constants):
             head_multiplier=head.get("multiplier", 1.0) if last else 1.0, n_out=head.get("n_out", 10),
             norm_position=layout.norm_position or "pre", activation=layout.activation or "gelu",
             gated=layout.gate is not None, stem_norm=si in layout.stem_norm,
-            final_norm=si in layout.final_norm, group_size=att.group_size))
+            final_norm=si in layout.final_norm, group_size=att.group_size,
+            branch_multiplier=_branch_multiplier(rm)))
     return nets, dict(unavailable, _head=head)
+
+
+def _branch_multiplier(rm) -> float:
+    """The residual-branch multiplier the role map's control reports (1 without one)."""
+    get = rm.controls.get_branch_multiplier
+    return 1.0 if get is None else float(get())
 
 
 def _stem(model, rm, st, si: int, net: Network, batch, kwargs):

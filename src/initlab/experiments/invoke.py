@@ -32,6 +32,8 @@ def add_compare_flags(p: argparse.ArgumentParser) -> None:
 
 def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", default=None, metavar="W1,W2,...", help="model widths, e.g. 64,128,256,512")
+    p.add_argument("--depths", default=None, metavar="L1,L2,...",
+                   help="sweep across depth instead, at the preset's (or --width's) width, e.g. 2,4,8,16")
     p.add_argument("--lrs", default=None, metavar="LO..HI:N|A,B,...",
                    help="learning rates: N log-spaced values from LO to HI (e.g. 1e-4..1e-1:8) or a comma list")
     p.add_argument("--metric", default=None,
@@ -79,11 +81,26 @@ def sweep(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: 
           notice: Callable[[str], None] = print, progress=None):
     """Check the config at every width, then :func:`run_sweep`. Returns
     ``(base config, widths, lrs, analysis, info)``."""
-    base, extra = build_config(args, extra_keys=("widths", "lrs", "metric"))
+    base, extra = build_config(args, extra_keys=("widths", "depths", "lrs", "metric"))
+    if "lrs" not in extra or not ("widths" in extra or "depths" in extra):
+        raise ConfigError("sweep needs --widths (e.g. 64,128,256) or --depths (e.g. 2,4,8,16), and --lrs "
+                          "(e.g. 1e-4..1e-1:8)")
+    widths = parse_ints(extra["widths"], "--widths") if "widths" in extra else None
+    depths = parse_ints(extra["depths"], "--depths") if "depths" in extra else None
+    axis = "width"
+    if depths is not None and len(depths) > 1:
+        if widths is not None and len(widths) > 1:
+            raise ConfigError("sweep one axis at a time: --widths W1,W2,... or --depths L1,L2,... (with at "
+                              "most one width, e.g. --widths 256 --depths 2,4,8,16)")
+        axis = "depth"
+        if widths is not None:
+            base = base.replace(width=widths[0])
+        widths = depths
+    elif depths is not None:
+        base = base.replace(depth=depths[0])
+    if widths is None:
+        raise ConfigError("sweep needs two or more --widths, or two or more --depths")
     plan = check_config(base)
-    if "widths" not in extra or "lrs" not in extra:
-        raise ConfigError("sweep needs --widths (e.g. 64,128,256) and --lrs (e.g. 1e-4..1e-1:8)")
-    widths = parse_ints(extra["widths"], "--widths")
     lrs = parse_lrs(extra["lrs"])
     if base.resume:
         raise ConfigError("sweep has no --resume; rerun the same command with the same --out to continue")
@@ -93,20 +110,33 @@ def sweep(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: 
     from ..train.lock import hold_directory
     from .runner import is_main_process
     from .sweep import run_sweep
-    note = None
+    notes = []
     if base.base_width is None and not plan.parametrization.is_standard:
         # lr factors are then (n / n_base)^e: the lr grid means "the lr at the smallest width";
         # the config changed, so its plan is built for the new base width
-        base = base.replace(base_width=min(widths))
+        if axis == "width":
+            base = base.replace(base_width=min(widths))
+            notes.append(f"note: --base-width not given; using the smallest width {min(widths)}")
+        else:  # a depth sweep: the lr factors are 1 at the sweep's one width
+            from ..models import PRESETS
+            width = base.width or PRESETS.get(base.model, (None, {}))[1].get("width")
+            if width is not None:
+                base = base.replace(base_width=int(width))
+                notes.append(f"note: --base-width not given; using the model's width {width}")
+    if axis == "depth" and base.base_depth is None and plan.parametrization.depth_alpha is not None:
+        base = base.replace(base_depth=min(widths))  # the depth factors are 1 at the shallowest model
+        notes.append(f"note: --base-depth not given; using the smallest depth {min(widths)}")
+    if notes:
         plan = init_plan(base)
-        note = f"note: --base-width not given; using the smallest width {min(widths)}"
+    note = "\n".join(notes) or None
     # one writer per --out: a second sweep/compare/train on it exits 2 naming this process
     with hold_directory(out, command=command_text(args), enabled=is_main_process()):
         write_command(out, args)
         if note:
             notice(note)
         analysis, info = run_sweep(base, widths, lrs, out, metric=extra.get("metric"), plan=plan,
-                                   progress=_progress(args, progress), log=say, command=command_text(args))
+                                   progress=_progress(args, progress), log=say, command=command_text(args),
+                                   axis=axis)
     return base, widths, lrs, analysis, info
 
 

@@ -35,8 +35,10 @@ def engine_run():
 
 
 def identity(config: TrainConfig | dict) -> dict:
+    """The fields that decide what a run computes. A field at None is left out, so a record saved
+    before an optional field existed (``base_depth``, ``wd_tau``, ...) keeps its identity."""
     d = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
-    d = {k: v for k, v in d.items() if k not in _NON_IDENTITY}
+    d = {k: v for k, v in d.items() if k not in _NON_IDENTITY and v is not None}
     if "betas" in d:
         d["betas"] = list(d["betas"])
     return d

@@ -8,6 +8,11 @@ Analysis (:func:`analyze`): the optimal lr per width (grid argmin; a parabola th
 and its two neighbours in log2 lr refines it when the minimum is interior), the shift of log2 lr*
 per doubling of width (0 = perfect transfer; -1 means lr* ∝ 1/width), and the loss lost at the
 largest width when it uses the lr tuned at the smallest width.
+
+The same grid runs across depth instead (``axis="depth"``, ``initlab sweep --depths 2,4,8,16``):
+the sizes are then depths, the cells ``cells/d<depth>/lr<lr>``, and the shift is per doubling of
+depth (the depth members ``depth-mup``/``completep`` aim at 0). In ``analysis.json`` the sizes stay
+under ``"widths"`` (with ``"axis": "depth"``) so the readers of width sweeps read both.
 """
 from __future__ import annotations
 
@@ -45,10 +50,11 @@ class SweepAnalysis:
     shifts: list[tuple[int, int, float]]  # (w1, w2, d log2 lr* / d log2 width)
     slope: float | None  # least-squares slope of log2 lr* vs log2 width
     transfer: dict = field(default_factory=dict)
+    axis: str = "width"  # what ``widths`` holds: widths, or depths for a depth sweep
 
     def to_dict(self) -> dict:
         return {
-            "metric": self.metric, "widths": self.widths, "lrs": self.lrs,
+            "metric": self.metric, "axis": self.axis, "widths": self.widths, "lrs": self.lrs,
             "table": {str(w): {lr_label(lr): v for lr, v in row.items()} for w, row in self.table.items()},
             "optimal_lr": {str(w): lr for w, lr in self.optimum.items()},
             "optimal_value": {str(w): v for w, v in self.optimum_value.items()},
@@ -60,7 +66,8 @@ class SweepAnalysis:
         }
 
     def report(self) -> str:
-        header = ["width", "lr* (grid)", f"{self.metric} at lr*", "lr* (fit)", "note"]
+        ax = self.axis
+        header = [ax, "lr* (grid)", f"{self.metric} at lr*", "lr* (fit)", "note"]
         rows = []
         for w in self.widths:
             if w not in self.optimum:
@@ -71,18 +78,18 @@ class SweepAnalysis:
         lines = [format_table(header, rows, "lrrrl")]
         if self.shifts:
             parts = [f"{a}->{b}: {s:+.2f}" for a, b, s in self.shifts]
-            lines.append("log2(lr*) shift per width doubling: " + ", ".join(parts)
-                         + (f"; fit: lr* ∝ width^{self.slope:+.2f}" if self.slope is not None else ""))
+            lines.append(f"log2(lr*) shift per {ax} doubling: " + ", ".join(parts)
+                         + (f"; fit: lr* ∝ {ax}^{self.slope:+.2f}" if self.slope is not None else ""))
         t = self.transfer
         if t:
-            lines.append(f"transfer: lr {t['lr']:.3g} tuned at width {t['from_width']} used at width "
-                         f"{t['to_width']}: {self.metric} {t['value']:.4f} vs best {t['best_value']:.4f} "
+            lines.append(f"transfer: lr {t['lr']:.3g} tuned at {ax} {t[f'from_{ax}']} used at {ax} "
+                         f"{t[f'to_{ax}']}: {self.metric} {t['value']:.4f} vs best {t['best_value']:.4f} "
                          f"(lr {t['best_lr']:.3g}): {t['loss']:+.4f} lost")
         return "\n".join(lines)
 
 
-def cell_dir(out: Path, width: int, lr: float) -> Path:
-    return out / "cells" / f"w{width}" / f"lr{lr_label(lr)}"
+def cell_dir(out: Path, width: int, lr: float, axis: str = "width") -> Path:
+    return out / "cells" / f"{axis[0]}{width}" / f"lr{lr_label(lr)}"
 
 
 def metric_value(record: RunRecord, metric: str) -> float:
@@ -99,38 +106,44 @@ def lowest(record: RunRecord, metric: str) -> float:
     return min(values) if values else math.inf
 
 
-def _sweep_identity(base: TrainConfig) -> dict:
+def _sweep_identity(base: TrainConfig, axis: str = "width") -> dict:
     d = identity(base)
-    d.pop("width", None)
+    d.pop(axis, None)
     d.pop("lr", None)
     return d
 
 
+AXES = ("width", "depth")
+
+
 def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str | Path, *, metric: str | None = None,
               plan=None, progress=True, log: Callable[[str], None] = print,
-              command: str | None = None) -> tuple[SweepAnalysis, dict]:
-    """Every (width, lr) cell under ``base``. ``plan``: the base config's checked
-    :class:`~initlab.schemes.InitPlan`, shared by every cell (width and lr do not enter it)."""
+              command: str | None = None, axis: str = "width") -> tuple[SweepAnalysis, dict]:
+    """Every (width, lr) cell under ``base`` (``axis="depth"``: ``widths`` are depths). ``plan``:
+    the base config's checked :class:`~initlab.schemes.InitPlan`, shared by every cell (width,
+    depth and lr do not enter it)."""
+    if axis not in AXES:
+        raise ConfigError(f"a sweep runs across width or depth, got axis {axis!r}")
     out = Path(out)
     metric = metric or DEFAULT_METRIC[base.task]
     widths = sorted(widths)
     lrs = sorted(lrs)
-    _check_widths(base, widths)
+    _check_widths(base, widths, axis)
     state_path = out / "sweep.json"
     if state_path.is_file():
         saved = read_json(state_path)
-        if saved.get("base") != _sweep_identity(base) or saved.get("metric") != metric:
+        if identity(saved.get("base") or {}) != _sweep_identity(base, axis) or saved.get("metric") != metric:
             raise ConfigError(f"{out} holds a sweep with a different configuration; pass a new --out "
                               f"(or the same flags as before to resume it)")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(state_path, {"base": _sweep_identity(base), "metric": metric, "config": base.to_dict()})
+    write_json(state_path, {"base": _sweep_identity(base, axis), "metric": metric, "config": base.to_dict()})
 
     csv_path = out / "sweep.csv"
     rows = {}
     if csv_path.is_file():
         for row in read_csv(csv_path):
             try:
-                rows[(int(row["width"]), lr_label(float(row["lr"])))] = row
+                rows[(int(row[axis]), lr_label(float(row["lr"])))] = row
             except (KeyError, ValueError):
                 continue
     cells = [(w, lr) for w in widths for lr in lrs]
@@ -140,49 +153,53 @@ def run_sweep(base: TrainConfig, widths: list[int], lrs: list[float], out: str |
         if key in rows and rows[key].get("status") in FINISHED:
             skipped += 1
             continue
-        config = base.replace(width=width, lr=lr, out=str(cell_dir(out, width, lr)), resume=False)
-        record, reused = run_cell(config, {"width": width, "lr": lr}, plan=plan, command=command,
-                                  progress=labelled(progress, f"[{k}/{len(cells)}] w{width} lr {lr:.3g}"))
+        config = base.replace(**{axis: width}, lr=lr, out=str(cell_dir(out, width, lr, axis)), resume=False)
+        record, reused = run_cell(config, {axis: width, "lr": lr}, plan=plan, command=command,
+                                  progress=labelled(progress, f"[{k}/{len(cells)}] {axis[0]}{width} lr {lr:.3g}"))
         ran += 0 if reused else 1
         skipped += 1 if reused else 0
         stop_if_interrupted(record)
         value = metric_value(record, metric)
         rows[key] = {
-            "width": width, "lr": lr_label(lr), "status": record.status, "metric": metric,
+            axis: width, "lr": lr_label(lr), "status": record.status, "metric": metric,
             "value": value, "best_value": lowest(record, metric),
             "wall_time_s": record.wall_time_s, "epochs": record.epochs_done(), "run_dir": record.run_dir,
         }
-        write_csv(csv_path, _sorted_rows(rows), first=CSV_COLUMNS)
-        log(f"[{k}/{len(cells)}] width={width} lr={lr:.3g}: {metric}={value:.4f} "
+        write_csv(csv_path, _sorted_rows(rows), first=_columns(axis))
+        log(f"[{k}/{len(cells)}] {axis}={width} lr={lr:.3g}: {metric}={value:.4f} "
             f"in {record.wall_time_s:.1f}s [{record.status}]" + (" (finished earlier, reused)" if reused else ""))
-    write_csv(csv_path, _sorted_rows(rows), first=CSV_COLUMNS)
-    analysis = analyze(rows.values(), widths, lrs, metric)
+    write_csv(csv_path, _sorted_rows(rows), first=_columns(axis))
+    analysis = analyze(rows.values(), widths, lrs, metric, axis=axis)
     write_json(out / "analysis.json", analysis.to_dict())
     atomic_write_text(out / "report.txt", analysis.report() + "\n")
     plot = plot_transfer(analysis.table, out / "transfer.png", metric=f"final {metric}",
-                         title=f"lr transfer across width (param={base.param}, init={base.init})",
+                         title=f"lr transfer across {axis} (param={base.param}, init={base.init})",
                          optimum=analysis.optimum)
     return analysis, {"ran": ran, "skipped": skipped, "csv": csv_path, "plot": plot,
                       "analysis": out / "analysis.json"}
 
 
-def _check_widths(base: TrainConfig, widths: list[int]) -> None:
+def _columns(axis: str) -> tuple:
+    return (axis,) + CSV_COLUMNS[1:]
+
+
+def _check_widths(base: TrainConfig, widths: list[int], axis: str = "width") -> None:
     from .checks import check_config
 
     for width in widths:
-        check_config(base.replace(width=width), check_init=False, check_data=False)
+        check_config(base.replace(**{axis: width}), check_init=False, check_data=False)
 
 
 def _sorted_rows(rows: dict) -> list[dict]:
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], float(k[1])))]
 
 
-def analyze(rows, widths: list[int], lrs: list[float], metric: str) -> SweepAnalysis:
-    """Optimal lr per width, its shift per width doubling, and the cost of naive transfer."""
+def analyze(rows, widths: list[int], lrs: list[float], metric: str, *, axis: str = "width") -> SweepAnalysis:
+    """Optimal lr per width (or depth), its shift per doubling, and the cost of naive transfer."""
     wanted = {lr_label(lr): lr for lr in lrs}
     table: dict[int, dict[float, float]] = {w: {} for w in widths}
     for row in rows:
-        w, label = int(row["width"]), lr_label(float(row["lr"]))
+        w, label = int(row[axis] if axis in row else row["width"]), lr_label(float(row["lr"]))
         if w in table and label in wanted:
             value = float(row["value"]) if row.get("value") not in (None, "") else math.inf
             table[w][wanted[label]] = value if math.isfinite(value) else math.inf
@@ -213,11 +230,11 @@ def analyze(rows, widths: list[int], lrs: list[float], metric: str) -> SweepAnal
         small, large = done[0], done[-1]
         lr_small = optimum[small]
         value = table[large].get(lr_small, math.nan)
-        transfer = {"from_width": small, "to_width": large, "lr": lr_small, "value": value,
+        transfer = {f"from_{axis}": small, f"to_{axis}": large, "lr": lr_small, "value": value,
                     "best_lr": optimum[large], "best_value": optimum_value[large],
                     "loss": value - optimum_value[large]}
     return SweepAnalysis(metric, list(widths), list(lrs), table, optimum, optimum_value, fit, edge, shifts,
-                         slope, transfer)
+                         slope, transfer, axis)
 
 
 def _parabola_min(points: list[tuple[float, float]], i: int) -> float:

@@ -134,6 +134,18 @@ class Block(nn.Module):
             kind, init = kinds[branch_gain]
             self.gain1 = BranchGain(width, kind, init)
             self.gain2 = BranchGain(width, kind, init)
+        self.branch_scale = 1.0
+
+    @property
+    def branch_scale(self) -> float:
+        """The depth family's residual-branch multiplier (set by parametrize_): applied on the output
+        of each branch's last linear map (attention ``proj``, MLP ``fc2``), where the role map says
+        the branch output is, so hooks on those modules see what the residual stream receives."""
+        return self.__dict__.get("_branch_scale", 1.0)
+
+    @branch_scale.setter
+    def branch_scale(self, value: float) -> None:
+        set_output_scale(self.__dict__, (self.attn.proj, self.mlp.fc2), value)
 
     def _branch(self, gain, y):
         return y if gain is None else gain(y)
@@ -151,18 +163,49 @@ class Block(nn.Module):
         return x if self.skip_scale == 1.0 else self.skip_scale * x
 
 
+def _scale_output(module: nn.Module, args, output):
+    m = module.__dict__.get("_initlab_output_scale", 1.0)
+    return output if m == 1.0 else output * m
+
+
+def set_output_scale(store: dict, modules, value: float) -> None:
+    """Multiply each module's output by ``value`` (a forward hook, installed once); ``store`` (the
+    owner's ``__dict__``) keeps the value as ``_branch_scale``."""
+    store["_branch_scale"] = float(value)
+    for mod in modules:
+        mod.__dict__["_initlab_output_scale"] = float(value)
+        if value != 1.0 and not any(h is _scale_output for h in mod._forward_hooks.values()):
+            mod.register_forward_hook(_scale_output)
+
+
 class HeadMultiplierState:
     """Mixin for models with a ``head_multiplier`` attribute: the multiplier a parametrization sets
     (N_rescale) travels with the state_dict as the module's extra state (a 0-dim tensor), so a round
     trip keeps the function the weights were initialized for; state dicts saved before it existed
-    still load."""
+    still load. The residual-branch multiplier of the depth parametrizations (every block's
+    ``branch_scale``) travels with it: the state is then the pair (head, branch)."""
 
     def get_extra_state(self) -> torch.Tensor:
-        return torch.tensor(self.head_multiplier, dtype=torch.float64)
+        branch = self.branch_multiplier()
+        if branch == 1.0:
+            return torch.tensor(self.head_multiplier, dtype=torch.float64)
+        return torch.tensor([self.head_multiplier, branch], dtype=torch.float64)
 
     def set_extra_state(self, state) -> None:
-        if isinstance(state, (torch.Tensor, float, int)):
+        if isinstance(state, torch.Tensor) and state.numel() == 2:
+            self.head_multiplier = float(state[0])
+            self.set_branch_multiplier(float(state[1]))
+        elif isinstance(state, (torch.Tensor, float, int)):
             self.head_multiplier = float(state)
+            self.set_branch_multiplier(1.0)
+
+    def branch_multiplier(self) -> float:
+        blocks = getattr(self, "blocks", None) or ()
+        return float(getattr(blocks[0], "branch_scale", 1.0)) if len(blocks) else 1.0
+
+    def set_branch_multiplier(self, value: float) -> None:
+        for block in getattr(self, "blocks", None) or ():
+            block.branch_scale = float(value)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

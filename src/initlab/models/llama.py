@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import HeadMultiplierState, LMReadout, attn_scale_value, check_heads, sincos_1d
+from .layers import HeadMultiplierState, LMReadout, set_output_scale, attn_scale_value, check_heads, sincos_1d
 
 INIT_STD = 0.02  # Hugging Face's initializer_range for Llama
 #: position schemes: rotary (Llama), a learned absolute table N(0, 0.02²), a fixed 1-D sin-cos table
@@ -105,6 +105,15 @@ class LlamaBlock(nn.Module):
                                    qk_norm=qk_norm, norm_eps=norm_eps, rope=rope)
         self.norm2 = nn.RMSNorm(width, eps=norm_eps)
         self.mlp = SwiGLU(width, hidden)
+
+    @property
+    def branch_scale(self) -> float:
+        """The depth family's residual-branch multiplier, on the o_proj and down_proj outputs."""
+        return self.__dict__.get("_branch_scale", 1.0)
+
+    @branch_scale.setter
+    def branch_scale(self, value: float) -> None:
+        set_output_scale(self.__dict__, (self.attn.o_proj, self.mlp.down_proj), value)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), cos, sin)

@@ -378,7 +378,8 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
     if any(r.z_out is None for r in tr.blocks) or any(a is None for a in att_stats):
         raise ConfigError("the probe's hooks did not fire for every block; is the model's forward "
                           "going through the modules the role map names?")
-    layout = layout_of(st, tr)
+    get_branch = rm.controls.get_branch_multiplier
+    layout = layout_of(st, tr, 1.0 if get_branch is None else get_branch())
     rows = []
     for b, r, a in zip(st.blocks, tr.blocks, att_stats):
         norms = [e for e in r.events if e[0] == "N"]

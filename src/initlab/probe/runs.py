@@ -435,19 +435,22 @@ class CoordRun:
 
 def run_coordcheck(spec: ModelSpec, widths: list, depth: int, params: list, *, optimizer: str = "adamw",
                    lr: float = 2e-3, steps: int = 4, batch: int = 16, data: str = "auto", seed: int = 0,
-                   head_dim: int = 32, out: str | None = None) -> CoordRun:
+                   head_dim: int = 32, out: str | None = None, depths: list | None = None) -> CoordRun:
     """:func:`initlab.coord_check.coord_check` on ``spec`` at ``widths`` (heads = width // head_dim),
-    one fixed batch; with ``out`` writes coordcheck.csv, coordcheck.png and coordcheck_act.png."""
+    one fixed batch; with ``depths`` at each of them too (base depth the smallest); with ``out``
+    writes coordcheck.csv, coordcheck.png and coordcheck_act.png."""
     from ..coord_check import coord_check
 
-    if len(widths) < 2:
-        raise ConfigError("a coordinate check needs at least two widths; pass --widths 64,128")
+    if len(widths) < 2 and len(depths or ()) < 2:
+        raise ConfigError("a coordinate check needs at least two widths or two depths; pass --widths 64,128 "
+                          "or --depths 2,4,8")
 
-    def make(w):
-        return build_model(replace(spec, heads=max(1, w // head_dim)), w, depth, seed=seed)
+    def make(w, d=depth):
+        return build_model(replace(spec, heads=max(1, w // head_dim)), w, d, seed=seed)
 
     x, y, source = make_batch(spec, make(min(widths)), batch, data, seed)
-    cc = coord_check(make, widths, x, y, params=params, optimizer=optimizer, lr=lr, steps=steps, seed=seed)
+    cc = coord_check(make, widths, x, y, params=params, optimizer=optimizer, lr=lr, steps=steps, seed=seed,
+                     depths=depths)
     run = CoordRun(cc, source)
     if out:
         d = Path(out)

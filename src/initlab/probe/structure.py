@@ -542,8 +542,11 @@ def _rel(a, b) -> float:
     return float((a - b).norm() / (b.norm() + 1e-30))
 
 
-def layout_of(st: Structure, tr: Trace) -> Layout:
-    """Norm placement, MLP nonlinearity, plain-residual check and stem/final norms of each stack."""
+def layout_of(st: Structure, tr: Trace, branch: float = 1.0) -> Layout:
+    """Norm placement, MLP nonlinearity, plain-residual check and stem/final norms of each stack.
+    ``branch``: the role map's residual-branch multiplier m (depth-mup, completep): a block is
+    then the sum of the stream and m × its branch outputs (a hook on the output module already
+    includes m in the recorded output, a block that multiplies after it does not: either is plain)."""
     why: list[str] = []
     positions, acts = set(), set()
     gate = None
@@ -571,9 +574,11 @@ def layout_of(st: Structure, tr: Trace) -> Layout:
         norms = [e for e in rec.events if e[0] == "N"]
         try:
             if pos == "pre" and rec.z_in is not None and rec.z_out is not None and (o_out or mlp_out):
-                err = _rel(rec.z_in + sum(o_out) + sum(mlp_out), rec.z_out)
+                err = min(_rel(rec.z_in + m * (sum(o_out) + sum(mlp_out)), rec.z_out)
+                          for m in {1.0, float(branch)})
             elif pos == "post" and norms and o_out and mlp_out:
-                err = max(_rel(rec.z_in + o_out[0], norms[0][2]), _rel(norms[-2][3] + mlp_out[-1], norms[-1][2]))
+                err = min(max(_rel(rec.z_in + m * o_out[0], norms[0][2]),
+                              _rel(norms[-2][3] + m * mlp_out[-1], norms[-1][2])) for m in {1.0, float(branch)})
             else:
                 err = 0.0
         except RuntimeError:  # shapes differ: not a residual sum of these outputs

@@ -461,6 +461,10 @@ class ModelControls:
 
     ``head_multiplier``: get/set the constant multiplying the output logits (N_rescale).
     ``skip_scale``: set the residual skip multiplier (DeepNorm's alpha).
+    ``branch_multiplier``: get/set the constant every residual branch's output is multiplied by
+    (the depth family's (L/L_base)^-α, CompleteP's ``residual_scaling``); the branch outputs are
+    :meth:`RoleMap.branch_outputs`. initlab's models keep it in their state dict; any other model
+    gets a forward hook on each branch output (:mod:`initlab.roles.persist`).
     ``tied_head``: True when the output layer reuses the token embedding (None: unknown, judged from
     the roles: a token embedding and no head weight).
     """
@@ -469,6 +473,8 @@ class ModelControls:
     set_head_multiplier: Callable[[float], None] | None = None
     set_skip_scale: Callable[[float], None] | None = None
     tied_head: bool | None = None
+    get_branch_multiplier: Callable[[], float] | None = None
+    set_branch_multiplier: Callable[[float], None] | None = None
 
 
 @dataclass
@@ -532,6 +538,22 @@ class RoleMap:
             raise RoleMapError(f"{self.model_class} has no attention layers in its role map; "
                                f"{purpose} needs them")
         return self.attention
+
+    def branch_outputs(self) -> list[tuple[int | None, str]]:
+        """(layer, module name) of every residual branch's last linear map, in model order: each
+        attention layer's output projection (role ``o``) and each MLP's output (role ``mlp_out``,
+        one per expert in a mixture). A branch's output is that module's output: multiplying it
+        multiplies the branch (its bias included)."""
+        out, seen = [], set()
+        names = [(a.index, a.o.name) for a in self.attention]
+        names += [(info.layer, info.name) for info in self.params.values()
+                  if info.kind == WEIGHT and Role.MLP_OUT in info.roles]
+        for layer, pname in names:
+            module = pname.rpartition(".")[0]
+            if module not in seen:
+                seen.add(module)
+                out.append((layer, module))
+        return out
 
     def by_role(self, role: Role | str, kind: str | None = WEIGHT) -> list[ParamInfo]:
         role = Role(role)

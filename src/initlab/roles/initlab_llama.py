@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..models.llama import Llama
 from .core import InputFacts, ModelFacts, PositionFacts, Role, RoleMap, RoleMapBuilder
+from .initlab_models import branch_control
 from .registry import register_adapter
 
 
@@ -46,6 +47,7 @@ def llama_roles(model: Llama) -> RoleMap:
         model.head_multiplier = float(value)
 
     b.controls.set_head_multiplier = set_head
+    branch_control(b, model)
     cfg = model.config
     b.facts = ModelFacts(
         inputs=InputFacts("tokens", None, vocab_size=cfg["vocab_size"], max_positions=cfg["block_size"]),

@@ -49,6 +49,13 @@ def _controls(b: RoleMapBuilder, model) -> None:
 
     b.controls.set_head_multiplier = set_head
     b.controls.set_skip_scale = set_skip
+    branch_control(b, model)
+
+
+def branch_control(b: RoleMapBuilder, model) -> None:
+    """The residual-branch multiplier on every block (kept in the model's state dict)."""
+    b.controls.get_branch_multiplier = model.branch_multiplier
+    b.controls.set_branch_multiplier = model.set_branch_multiplier
 
 
 def _positions(model, **kw) -> PositionFacts:

@@ -52,6 +52,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _with_branch_controls(rmap: RoleMap, inner: nn.Module) -> RoleMap:
+    """An adapter without its own residual-branch control gets the generic one (hooks on the branch
+    outputs the map names, :func:`initlab.roles.persist.branch_controls`)."""
+    if rmap.controls.set_branch_multiplier is None:
+        from .persist import branch_controls
+        branch_controls(rmap, inner)
+    return rmap
+
+
 def roles(model: nn.Module, mapping: dict | None = None) -> RoleMap:
     """Build the :class:`RoleMap` of ``model``.
 
@@ -65,10 +74,10 @@ def roles(model: nn.Module, mapping: dict | None = None) -> RoleMap:
     inner = unwrap(model)
     if mapping is not None:
         from .mapping import roles_from_mapping
-        return roles_from_mapping(inner, mapping)
+        return _with_branch_controls(roles_from_mapping(inner, mapping), inner)
     for a in _ADAPTERS:
         if a.matches(inner):
-            return a.build(inner)
+            return _with_branch_controls(a.build(inner), inner)
     raise RoleMapError(
         f"initlab does not know how to map {type(inner).__module__}.{type(inner).__name__}. Pass an "
         f"explicit mapping, e.g. initlab.role_map(model, mapping={{'attention': {{'blocks.*.attn': "

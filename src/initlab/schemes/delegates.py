@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from ..mimetic import PRESETS, check_options, mimetic_
-from ..parametrization import NAMED
+from ..parametrization import DEPTH_NAMED, NAMED
 from .spec import MATRIX_ROLES, Scheme
 
 ATTN = ("q", "k", "v", "o")
@@ -72,7 +72,8 @@ PARAM_WRITES = _writes(("patch_embed", "token_embed", "pos_embed", "cls_token") 
 
 
 # options of the plan's Parametrization when given (None = the parametrization's own default)
-PARAM_OPTIONS = dict(base_width=None, init_style=None, mlp_factors=None, attn_scale=None)
+PARAM_OPTIONS = dict(base_width=None, init_style=None, mlp_factors=None, attn_scale=None, base_depth=None,
+                     eps_scaling=None)
 
 
 def parametrization_scheme(label: str, description: str | None = None) -> Scheme:
@@ -84,4 +85,5 @@ def parametrization_scheme(label: str, description: str | None = None) -> Scheme
 
 
 # one scheme per named member of the family (initlab.parametrization.NAMED: names, s, descriptions)
-PARAMS = tuple(parametrization_scheme(name, description) for name, (_, description) in NAMED.items())
+PARAMS = tuple(parametrization_scheme(name, description) for name, (_, description) in NAMED.items()) + \
+    tuple(parametrization_scheme(name, description) for name, (_, _, description) in DEPTH_NAMED.items())

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InitError
-from ..parametrization import Parametrization, parametrize_, parse_s
+from ..parametrization import Parametrization, parametrize_, parse_member
 from ..roles import roles
 from ..roles.core import require_materialized
 from ..values import parse_value
@@ -107,21 +107,19 @@ class InitPlan:
             fields["base_width"] = base_width
         implied = [(s, o) for (s, _), o in zip(chain, per) if s.parametrization]
         asked = param if isinstance(param, Parametrization) else None
-        asked_s = asked.s if asked is not None else parse_s(param)
+        asked_s, asked_depth = ((asked.s, asked.depth_alpha) if asked is not None else parse_member(param))
         if implied:
             scheme, o = implied[0]
-            implied_s = parse_s(scheme.parametrization)
-            if asked_s is not None and asked_s != implied_s:
+            implied_s, implied_depth = parse_member(scheme.parametrization)
+            if (asked_s is not None and asked_s != implied_s) or \
+                    (asked_depth is not None and asked_depth != implied_depth):
                 raise InitError(f"init {spec!r} implies parametrization {scheme.parametrization!r} but "
                                 f"param is {str(param)!r}; drop one of them or make them agree")
             fields.update({k: v for k, v in o.items() if v is not None})
-            p = Parametrization(s=implied_s, **fields)
+            p = Parametrization.parse(scheme.parametrization, **fields)
             return cls(spec, tuple(PlanStep(s, o) for (s, _), o in zip(chain, per)), p, False,
                        include_frozen)
-        if asked is not None:
-            p = Parametrization.parse(asked, **fields)
-        else:
-            p = Parametrization(s=asked_s, **fields)
+        p = Parametrization.parse(asked if asked is not None else param, **fields)
         steps = tuple(PlanStep(s, o) for (s, _), o in zip(chain, per))
         return cls(spec, steps, p, parametrize_first=always_parametrize or not p.is_standard,
                    include_frozen=include_frozen)

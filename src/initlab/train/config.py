@@ -76,14 +76,22 @@ class TrainConfig:
     init_options: dict = setting(help="option passed to the scheme(s) (repeatable)", group=2,
                                  default_factory=dict, flag=dict(name="--init-option", action="append",
                                                                  type="key_value", metavar="KEY=VALUE"))
-    param: str = setting("standard", "standard | nt | hybrid | mu | s=<0..1> ({default})", group=2,
-                         flag=dict(metavar="P"))
+    param: str = setting("standard", "standard | nt | hybrid | mu | s=<0..1> | depth-mup | completep | "
+                         "<member>,depth=<0..1> ({default})", group=2, flag=dict(metavar="P"))
     base_width: int | None = setting(None, "width at which lr factors are 1", group=2,
                                      flag=dict(type=int, metavar="N"))
+    base_depth: int | None = setting(None, "depth at which the depth factors of depth-mup/completep are 1 "
+                                     "(default 1)", group=2, flag=dict(type=int, metavar="L"))
     # optimization
     optimizer: str = setting("adamw", "{default}", group=3, flag=dict(choices=("adamw", "sgd")))
     lr: float = setting(1e-3, "{default}", group=3, flag=dict(type=float))
     weight_decay: float = setting(0.05, "{default}", group=3, flag=dict(type=float, metavar="WD"))
+    wd_tau: float | None = setting(None, "weight decay as a timescale τ = 1/(lr·wd) (Wang & Aitchison, arXiv "
+                                   "2405.13698), in --wd-tau-unit; sets the decay from lr, batch and data size "
+                                   "and replaces --weight-decay", group=3, flag=dict(type=float, metavar="TAU"))
+    wd_tau_unit: str | None = setting(None, "unit of --wd-tau: epochs (default; dataset size / batch steps) or "
+                                      "tokens (lm: batch x block_size per step)", group=3,
+                                      flag=dict(choices=("epochs", "tokens")))
     betas: tuple[float, float] = setting((0.9, 0.999), "{default}", group=3,
                                          flag=dict(type="betas", metavar="B1,B2"))
     eps: float = setting(1e-8, "AdamW's epsilon ({default})", group=3, flag=dict(type=float))
@@ -131,6 +139,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {v}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.wd_tau is not None and not self.wd_tau > 0:
+            raise ConfigError(f"wd_tau must be a positive timescale, got {self.wd_tau}")
+        if self.wd_tau_unit not in (None, "epochs", "tokens"):
+            raise ConfigError(f"wd_tau_unit must be 'epochs' or 'tokens', got {self.wd_tau_unit!r}")
+        if self.wd_tau_unit == "tokens" and self.wd_tau is not None and self.task != "lm":
+            raise ConfigError("--wd-tau-unit tokens is for language runs (--task lm); use epochs for vision")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.amp not in ("none", "bf16"):

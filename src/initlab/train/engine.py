@@ -181,10 +181,27 @@ def set_rng_state(state: dict) -> None:
                              s["cached_gaussian"]))
 
 
+def effective_weight_decay(config: TrainConfig, steps_per_epoch: int | None = None) -> float:
+    """``config.weight_decay``, or the decay ``config.wd_tau`` implies (1/(lr·τ in steps))."""
+    if config.wd_tau is None:
+        return config.weight_decay
+    from ..parametrization import weight_decay_from_timescale
+    return weight_decay_from_timescale(config.wd_tau, lr=config.lr, steps_per_epoch=steps_per_epoch,
+                                       tokens_per_step=config.batch_size * config.block_size,
+                                       unit=config.wd_tau_unit or "epochs")
+
+
+def optimizer_config(config: TrainConfig, steps_per_epoch: int | None = None) -> TrainConfig:
+    """``config`` with ``--wd-tau`` turned into the weight decay it implies (unchanged without one)."""
+    if config.wd_tau is None:
+        return config
+    return config.replace(weight_decay=effective_weight_decay(config, steps_per_epoch), wd_tau=None)
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device, parametrization):
     from ..parametrization import param_groups
-    groups = param_groups(model, parametrization, lr=config.lr, weight_decay=config.weight_decay,
-                          optimizer=config.optimizer)
+    groups = param_groups(model, parametrization, lr=config.lr, weight_decay=effective_weight_decay(config),
+                          optimizer=config.optimizer, eps=config.eps)
     if config.optimizer == "adamw":
         # the fused kernel: one pass over all tensors (on CPU ~5x faster than the foreach path for
         # a 2.7M-parameter ViT; benchmarks/bench_throughput.py)
@@ -327,7 +344,8 @@ class _Trainer:
             if state is not None:
                 raise ConfigError("resuming an --fsdp run is not supported yet; start a new run")
             distributed.fully_shard_model(model, self.dist, self.device)
-        self.opt = build_optimizer(model, cfg, self.device, self.parametrization)
+        self.opt = build_optimizer(model, optimizer_config(cfg, self.task.steps_per_epoch), self.device,
+                                   self.parametrization)
         self.schedule = WarmupCosine(self.total, warmup_steps(cfg.warmup, self.total), cfg.min_lr_ratio)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.schedule)
         self.step = 0

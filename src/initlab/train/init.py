@@ -37,6 +37,8 @@ def parametrization_fields(config: TrainConfig) -> dict:
     the parametrization's default 1/sqrt(head_dim).
     """
     fields = {}
+    if config.base_depth is not None:
+        fields["base_depth"] = config.base_depth
     if config.task == "lm":
         fields["init_style"] = "lm"
     if "attn_scale" in config.model_options:
@@ -52,7 +54,8 @@ def plan_for(config: TrainConfig, plan: InitPlan | None = None) -> InitPlan:
     if not isinstance(plan, InitPlan):
         raise ConfigError(f"plan must be an InitPlan (initlab.train.init.init_plan(config)), got "
                           f"{type(plan).__name__}")
-    if plan.spec != config.init or plan.parametrization.base_width != config.base_width:
+    if plan.spec != config.init or plan.parametrization.base_width != config.base_width or \
+            plan.parametrization.base_depth != config.base_depth:
         raise ConfigError(f"the plan was built for init {plan.spec!r} (base width "
                           f"{plan.parametrization.base_width}), the config asks for {config.init!r} "
                           f"(base width {config.base_width}); build it with init_plan(config)")
