@@ -291,6 +291,7 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
     cls_name = getattr(modeling_auto, HEADS[head])[model_type]
     cfg = CONFIG_MAPPING[model_type]()
     shrink(cfg)
+    cfg = rederive(cfg)
     if vocab is not None:  # tests: a small vocabulary when the config's special tokens allow it
         fits = {}
         for c in [cfg] + [v for v in cfg.__dict__.values() if _is_config(v)]:
@@ -320,7 +321,27 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
             model = getattr(transformers, names[0])(cfg)
     if isinstance(cls_name, (list, tuple)):
         cls_name = type(model).__name__
+    languages = getattr(cfg, "languages", None)
+    if callable(getattr(model, "set_default_language", None)) and languages and \
+            getattr(cfg, "default_language", None) is None:
+        model.set_default_language(list(languages)[0])  # X-MOD: as its docs tell a user to
     return model.eval(), cls_name
+
+
+def rederive(cfg):
+    """A config whose ``__post_init__`` derives a field from what it was given, rebuilt from its
+    shrunk values so the derivation holds at the tiny size: HRM remembers its per-stack layer count
+    (``num_layers_per_stack``) and sets ``num_hidden_layers`` to stacks x cycles, the number of
+    cache slots its forward indexes; shrinking ``num_hidden_layers`` alone leaves too few."""
+    if isinstance(cfg.__dict__.get("num_layers_per_stack"), int) and \
+            isinstance(cfg.__dict__.get("num_hidden_layers"), int):
+        d = cfg.to_dict()
+        d.pop("num_layers_per_stack")
+        d["num_hidden_layers"] = 1  # one layer per stack: the two stacks are the sweep's 2 layers
+        for key in ("model_type", "transformers_version"):
+            d.pop(key, None)
+        cfg = type(cfg)(**d)
+    return cfg
 
 
 def attention_modules(model) -> list[str]:
