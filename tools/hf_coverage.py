@@ -68,6 +68,9 @@ _SCALARS = {
     "max_source_positions": 64, "max_target_positions": 128,
     "embedding_size": D, "max_window_layers": LAYERS, "emb_dim": D, "input_embedding_size": D,
     "output_embedding_size": D, "rotary_dim": 8, "window_size": 4,
+    # BLT: the global transformer's width, read by the local encoder/decoder's projections; the
+    # rows of its hashed n-gram tables (ids are taken modulo this)
+    "hidden_size_global": D, "encoder_hash_byte_group_vocab": 512,
 }
 _KV = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
        "n_head_kv", "num_key_value_groups_heads")
@@ -291,7 +294,7 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
     cls_name = getattr(modeling_auto, HEADS[head])[model_type]
     cfg = CONFIG_MAPPING[model_type]()
     shrink(cfg)
-    cfg = rederive(cfg)
+    cfg = rederive(cfg, CONFIG_MAPPING[model_type]())
     if vocab is not None:  # tests: a small vocabulary when the config's special tokens allow it
         fits = {}
         for c in [cfg] + [v for v in cfg.__dict__.values() if _is_config(v)]:
@@ -321,6 +324,12 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
             model = getattr(transformers, names[0])(cfg)
     if isinstance(cls_name, (list, tuple)):
         cls_name = type(model).__name__
+    if getattr(model.config, "use_cache", False):
+        from transformers import DynamicCache
+        try:
+            DynamicCache(config=model.config)
+        except AttributeError:  # BLT: its forward builds a cache its own config cannot describe
+            model.config.use_cache = False  # (no num_hidden_layers), at any size: off, as a user must
     languages = getattr(cfg, "languages", None)
     if callable(getattr(model, "set_default_language", None)) and languages and \
             getattr(cfg, "default_language", None) is None:
@@ -328,19 +337,59 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
     return model.eval(), cls_name
 
 
-def rederive(cfg):
-    """A config whose ``__post_init__`` derives a field from what it was given, rebuilt from its
-    shrunk values so the derivation holds at the tiny size: HRM remembers its per-stack layer count
-    (``num_layers_per_stack``) and sets ``num_hidden_layers`` to stacks x cycles, the number of
-    cache slots its forward indexes; shrinking ``num_hidden_layers`` alone leaves too few."""
+def _rebuilt(cfg):
+    """``cfg`` built again from its declared fields (sub-configs too), as ``__post_init__`` sees
+    them: every value it derives is derived anew; other attributes it kept are carried over."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(cfg)}
+    d = cfg.to_dict()
+    given = {k: (_rebuilt(cfg.__dict__[k]) if _is_config(cfg.__dict__.get(k)) else v)
+             for k, v in d.items() if k in names and k != "transformers_version"}
+    new = type(cfg)(**given)
+    for k, v in d.items():
+        if k not in names and k not in new.__dict__ and k not in ("model_type", "transformers_version"):
+            setattr(new, k, v)
+    return new
+
+
+def _take_derived(cfg, new, full) -> None:
+    """Attributes ``cfg``'s ``__post_init__`` derives (not declared fields) that the shrink left at
+    their full-size value (still equal to ``full``'s): take the value derived from the shrunk fields."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for k, v in list(cfg.__dict__.items()):
+        if k.startswith("_"):
+            continue
+        if _is_config(v):
+            if _is_config(new.__dict__.get(k)) and _is_config(full.__dict__.get(k)):
+                _take_derived(v, new.__dict__[k], full.__dict__[k])
+            continue
+        if k not in names and k in new.__dict__ and k in full.__dict__ and full.__dict__[k] == v \
+                and new.__dict__[k] != v:
+            _set(cfg, k, new.__dict__[k])
+
+
+def rederive(cfg, full):
+    """Values a config derives from others in ``__post_init__`` kept consistent with the shrunk
+    ones, as they would be had the config been built at the tiny size (``full``: the same config,
+    not shrunk). Zamba2 derives ``mamba_headdim`` = expand x hidden / heads, T5Gemma its decoder's
+    ``cross_attention_hidden_size`` = the encoder's width: left at the full-size value, the tiny
+    model's own forward fails. HRM remembers its per-stack layer count (``num_layers_per_stack``,
+    a field) and sets ``num_hidden_layers`` to stacks x cycles, the cache slots its forward indexes;
+    it is rebuilt with one layer per stack (its two stacks are the sweep's 2 layers)."""
+    import dataclasses
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
     if isinstance(cfg.__dict__.get("num_layers_per_stack"), int) and \
             isinstance(cfg.__dict__.get("num_hidden_layers"), int):
-        d = cfg.to_dict()
-        d.pop("num_layers_per_stack")
-        d["num_hidden_layers"] = 1  # one layer per stack: the two stacks are the sweep's 2 layers
-        for key in ("model_type", "transformers_version"):
-            d.pop(key, None)
-        cfg = type(cfg)(**d)
+        d = {k: v for k, v in cfg.to_dict().items() if k not in (
+            "num_layers_per_stack", "model_type", "transformers_version")}
+        return type(cfg)(**{**d, "num_hidden_layers": 1})
+    try:
+        new = _rebuilt(cfg)
+    except Exception:  # noqa: BLE001 - a config that cannot be rebuilt as shrunk: kept as it is
+        return cfg
+    _take_derived(cfg, new, full)
     return cfg
 
 

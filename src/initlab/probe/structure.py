@@ -190,7 +190,14 @@ def _virtual_block(rm, att, model: nn.Module) -> tuple[str, list[str]]:
             f"probe cannot tell which norms and MLP belong to its block; map it with layer indices")
     members = [att.module_name] + [module_of(info.name) for info in rm
                                    if info.layer == layer and _under(module_of(info.name), root)]
-    return f"{root or type(model).__name__}{_VIRTUAL}{layer}", list(dict.fromkeys(members))
+    members = list(dict.fromkeys(members))
+    if all(_under(m, att.module_name) or m == att.module_name for m in members):
+        raise ConfigError(
+            f"{rm.model_class} keeps its attention layers in a list of their own ({lists}), outside "
+            f"any block module, and the role map puts no norm or MLP in the layer of "
+            f"{att.module_name}, so no module's output is the residual stream after a block; "
+            f"the probe cannot measure it")
+    return f"{root or type(model).__name__}{_VIRTUAL}{layer}", members
 
 
 # ------------------------------------------------------------------------------------------------
