@@ -324,6 +324,16 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
             model = getattr(transformers, names[0])(cfg)
     if isinstance(cls_name, (list, tuple)):
         cls_name = type(model).__name__
+    if vocab is not None:  # token ids the model holds itself (ShieldGemma2's yes/no answer tokens,
+        # indexing its logits) must fit the vocabulary as well: else the config's own vocabulary
+        try:
+            rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+        except (NotImplementedError, AttributeError):
+            rows = None
+        held = [v for k, v in vars(model).items() if "token" in k and isinstance(v, int)
+                and not isinstance(v, bool)]
+        if rows is not None and any(v >= rows for v in held):
+            return build(head, model_type, vocab=None)
     if getattr(model.config, "use_cache", False):
         from transformers import DynamicCache
         try:
@@ -621,6 +631,19 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
         pass
     vocab = getattr(emb, "num_embeddings", None) or getattr(cfg, "vocab_size", None) or 64
     hi = max(min(vocab, 64), 4)
+    import inspect
+    params = inspect.signature(model.forward).parameters
+    if name == "pixel_values" and "spatial_shapes" in params:
+        # SigLIP2 / NaFlex: images as flattened patches (B, h*w, C*p*p) with their grid and mask
+        vc = getattr(cfg, "vision_config", None) or cfg
+        p = vc.patch_size if isinstance(vc.patch_size, int) else vc.patch_size[0]
+        size = getattr(vc, "image_size", None)
+        side = size // p if isinstance(size, int) else int(math.isqrt(vc.num_patches))
+        side = min(side, int(math.isqrt(getattr(vc, "num_patches", side * side))))
+        x = torch.randn(2, side * side, getattr(vc, "num_channels", 3) * p * p, generator=g)
+        kw = {name: x, "spatial_shapes": torch.tensor([[side, side]] * 2),
+              "pixel_attention_mask": torch.ones(2, side * side, dtype=torch.long)}
+        return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
     if name == "pixel_values":
         size = getattr(cfg, "image_size", 32)
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
@@ -640,7 +663,7 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     else:
         x = torch.randint(3, hi, (2, 8), generator=g)
     kw = {name: x}
-    if head == "image":
+    if head == "image" and name == "pixel_values":  # (ShieldGemma2 classifies from a token prompt)
         return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
     if getattr(cfg, "is_encoder_decoder", False):
         labels = torch.randint(3, hi, (2, 5), generator=g)
@@ -727,7 +750,9 @@ def probe_check(fresh, head: str) -> list[str]:
     import initlab
     model = fresh()
     kw, _ = make_batch(model, head)
-    report = initlab.probe_model(model, kw[getattr(model, "main_input_name", "input_ids")])
+    main = getattr(model, "main_input_name", "input_ids")
+    # the batch alone, or every input when the model needs more than it (SigLIP2's patch grid)
+    report = initlab.probe_model(model, kw if set(kw) - {main, "decoder_input_ids"} else kw[main])
     return [] if report is not None else ["probe_model returned nothing"]
 
 
