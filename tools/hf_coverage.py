@@ -663,6 +663,12 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     else:
         x = torch.randint(3, hi, (2, 8), generator=g)
     kw = {name: x}
+    per_tok = getattr(cfg, "audio_length_per_tok", None)
+    if name == "input_ids" and "input_features" in params and isinstance(per_tok, int):
+        # Voxtral-Realtime: text conditioned on audio frame by frame -- the forward requires both,
+        # the audio tower turning audio_length_per_tok frames into each token's embedding
+        ac = getattr(cfg, "audio_config", None) or cfg
+        kw["input_features"] = torch.randn(2, ac.num_mel_bins, x.shape[1] * per_tok, generator=g)
     if head == "image" and name == "pixel_values":  # (ShieldGemma2 classifies from a token prompt)
         return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
     if getattr(cfg, "is_encoder_decoder", False):
