@@ -71,9 +71,11 @@ _SCALARS = {
     # BLT: the global transformer's width, read by the local encoder/decoder's projections; the
     # rows of its hashed n-gram tables (ids are taken modulo this)
     "hidden_size_global": D, "encoder_hash_byte_group_vocab": 512,
+    # Dia's decoder: its cross-attention reads the encoder's width, with heads of its own
+    "cross_hidden_size": D, "cross_head_dim": D // N_HEADS, "cross_num_attention_heads": N_HEADS,
 }
 _KV = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
-       "n_head_kv", "num_key_value_groups_heads")
+       "n_head_kv", "num_key_value_groups_heads", "cross_num_key_value_heads")
 
 
 def _is_config(x) -> bool:
@@ -671,6 +673,14 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
         kw["input_features"] = torch.randn(2, ac.num_mel_bins, x.shape[1] * per_tok, generator=g)
     if head == "image" and name == "pixel_values":  # (ShieldGemma2 classifies from a token prompt)
         return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
+    dec = getattr(cfg, "decoder_config", None)
+    codebooks = getattr(dec, "num_channels", None) if getattr(cfg, "is_encoder_decoder", False) else None
+    if isinstance(codebooks, int) and name == "input_ids":
+        # Dia: the decoder reads audio codes, one per codebook per step, (B, T, codebooks), and its
+        # loss takes them per codebook, (B x codebooks, T); codes below the decoder's vocabulary
+        codes = torch.randint(0, min(dec.vocab_size, 64), (2, 5, codebooks), generator=g)
+        kw["decoder_input_ids"] = codes
+        return kw, codes.transpose(1, 2).reshape(2 * codebooks, 5)
     if getattr(cfg, "is_encoder_decoder", False):
         labels = torch.randint(3, hi, (2, 5), generator=g)
         kw["decoder_input_ids"] = labels
@@ -757,8 +767,11 @@ def probe_check(fresh, head: str) -> list[str]:
     model = fresh()
     kw, _ = make_batch(model, head)
     main = getattr(model, "main_input_name", "input_ids")
-    # the batch alone, or every input when the model needs more than it (SigLIP2's patch grid)
-    report = initlab.probe_model(model, kw if set(kw) - {main, "decoder_input_ids"} else kw[main])
+    # the batch alone, or every input when the model needs more than it (SigLIP2's patch grid,
+    # Voxtral-Realtime's audio, Dia's per-codebook decoder codes)
+    dec = kw.get("decoder_input_ids")
+    whole = set(kw) - {main, "decoder_input_ids"} or (dec is not None and dec.dim() != 2)
+    report = initlab.probe_model(model, kw if whole else kw[main])
     return [] if report is not None else ["probe_model returned nothing"]
 
 
