@@ -617,6 +617,17 @@ def hidden_other(rmap) -> list[str]:
             and _HIDDEN.search(info.name.split(".")[-2] if "." in info.name else info.name)]
 
 
+def main_input(model) -> str:
+    """The keyword of the model's input: its ``main_input_name``, or, for a composite whose forward
+    takes a generic ``inputs`` (SpeechEncoderDecoder), its encoder's (raw audio ``input_values``
+    for a wav2vec2 encoder, ``input_features`` for a Speech2Text one)."""
+    name = getattr(model, "main_input_name", "input_ids")
+    enc = getattr(model, "encoder", None)
+    if name == "inputs" and isinstance(getattr(enc, "main_input_name", None), str):
+        name = enc.main_input_name
+    return name
+
+
 def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     """(forward keyword arguments, labels) for a tiny batch of 2: what a user would feed.
 
@@ -625,7 +636,7 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     encoder-decoder also gets decoder input ids (tiny configs may lack decoder_start_token_id)."""
     g = torch.Generator().manual_seed(0)
     cfg = model.config
-    name = getattr(model, "main_input_name", "input_ids")
+    name = main_input(model)
     emb = None
     try:
         emb = model.get_input_embeddings()
@@ -766,7 +777,7 @@ def probe_check(fresh, head: str) -> list[str]:
     import initlab
     model = fresh()
     kw, _ = make_batch(model, head)
-    main = getattr(model, "main_input_name", "input_ids")
+    main = main_input(model)
     # the batch alone, or every input when the model needs more than it (SigLIP2's patch grid,
     # Voxtral-Realtime's audio, Dia's per-codebook decoder codes)
     dec = kw.get("decoder_input_ids")
