@@ -676,6 +676,13 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     else:
         x = torch.randint(3, hi, (2, 8), generator=g)
     kw = {name: x}
+    vc = getattr(cfg, "vision_config", None)
+    if name == "input_ids" and "pixel_values" in params and vc is not None and not any(
+            "image_token" in k for k in [*vars(cfg), *getattr(type(cfg), "attribute_map", {})]):
+        # GIT: the image's patch tokens are prepended to the text (no placeholder token in it),
+        # and the LM loss skips that many positions: a caption batch has its image
+        size = vc.image_size if isinstance(vc.image_size, int) else vc.image_size[0]
+        kw["pixel_values"] = torch.randn(2, getattr(vc, "num_channels", 3), size, size, generator=g)
     per_tok = getattr(cfg, "audio_length_per_tok", None)
     if name == "input_ids" and "input_features" in params and isinstance(per_tok, int):
         # Voxtral-Realtime: text conditioned on audio frame by frame -- the forward requires both,
