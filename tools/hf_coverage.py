@@ -299,7 +299,13 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
     cfg = rederive(cfg, CONFIG_MAPPING[model_type]())
     if vocab is not None:  # tests: a small vocabulary when the config's special tokens allow it
         fits = {}
-        for c in [cfg] + [v for v in cfg.__dict__.values() if _is_config(v)]:
+
+        def nested(c):  # the config and its sub-configs at any depth (T5Gemma2: encoder.text_config)
+            yield c
+            for v in c.__dict__.values():
+                if _is_config(v):
+                    yield from nested(v)
+        for c in nested(cfg):
             ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
                                                   "decoder_start_token_id", "sep_token_id")]
             flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x])
@@ -307,7 +313,7 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
             if isinstance(c.__dict__.get("vocab_size"), int):
                 fits[id(c)] = (c, all(i < vocab for i in flat))
         # all or none: a model whose head reads one config's vocabulary and whose loss reads
-        # another's (VibeVoice, Dia) breaks when only one of them shrinks
+        # another's (VibeVoice, Dia, T5Gemma2's encoder text vs decoder) breaks when only one shrinks
         if all(ok for _, ok in fits.values()):
             for c, _ in fits.values():
                 _set(c, "vocab_size", vocab)
