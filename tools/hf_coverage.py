@@ -73,6 +73,8 @@ _SCALARS = {
     "hidden_size_global": D, "encoder_hash_byte_group_vocab": 512,
     # Dia's decoder: its cross-attention reads the encoder's width, with heads of its own
     "cross_hidden_size": D, "cross_head_dim": D // N_HEADS, "cross_num_attention_heads": N_HEADS,
+    # Nemotron diarization head: the audio encoder's width, which its config validates on reload
+    "audio_hidden_size": D,
 }
 _KV = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
        "n_head_kv", "num_key_value_groups_heads", "cross_num_key_value_heads")
@@ -307,7 +309,7 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
                     yield from nested(v)
         for c in nested(cfg):
             ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
-                                                  "decoder_start_token_id", "sep_token_id")]
+                                                  "decoder_start_token_id", "sep_token_id", "blank_token_id")]  # (CTC's blank: a class)
             flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x])
                     if isinstance(i, int)]
             if isinstance(c.__dict__.get("vocab_size"), int):
