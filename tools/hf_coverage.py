@@ -441,8 +441,8 @@ def _targets(rmap, cfg: dict, seed: int):
     from initlab.mimetic import draw_targets
     g = torch.Generator().manual_seed(seed)
     out = []
-    for att in rmap.attention:  # drawn in the order mimetic_ draws: self-attention layers only
-        out.append(None if att.cross else draw_targets(att, **cfg, dist="uniform", generator=g))
+    for att in rmap.attention:  # drawn in the order mimetic_ draws: trainable self-attention only
+        out.append(None if att.cross or att.frozen else draw_targets(att, **cfg, dist="uniform", generator=g))
     return out
 
 
@@ -476,8 +476,8 @@ def mimetic_check(model, rmap, head: str) -> list[str]:
     targets = _targets(rmap, cfg, 7)
     written = set()
     for att, drawn in zip(rmap.attention, targets):
-        if att.cross:  # mimetic_ leaves cross-attention alone (checked below: bit-identical)
-            continue
+        if att.cross or att.frozen:  # mimetic_ leaves cross-attention and frozen layers (BLT's
+            continue  # entropy patcher) alone: checked below, bit-identical
         a, b = drawn
         k, d = att.head_dim, att.d_model
         latent = getattr(att, "latent", False)
