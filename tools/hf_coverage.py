@@ -697,7 +697,8 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
         # the audio tower turning audio_length_per_tok frames into each token's embedding
         ac = getattr(cfg, "audio_config", None) or cfg
         kw["input_features"] = torch.randn(2, ac.num_mel_bins, x.shape[1] * per_tok, generator=g)
-    if head == "image" and name == "pixel_values":  # (ShieldGemma2 classifies from a token prompt)
+    if head == "image" and not (name == "input_ids" and getattr(cfg, "text_config", None) is not None):
+        # (ShieldGemma2 classifies with a prompted language model, which takes token labels)
         return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
     dec = getattr(cfg, "decoder_config", None)
     codebooks = getattr(dec, "num_channels", None) if getattr(cfg, "is_encoder_decoder", False) else None
