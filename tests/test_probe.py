@@ -258,3 +258,53 @@ def test_parallel_sublayer_lists_pre_ln_blocks_are_the_role_maps_layers(end):
     for i, row in enumerate(rep.blocks):
         assert row["G"] == pytest.approx(float(streams[i].double().pow(2).mean()), rel=1e-6)
     assert {g["block"] for g in rep.grads if g["name"].startswith("ffns.1.")} == {1}
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.attn, self.mlp = _ListAttention(d, 2), _ListMLP(d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class _BlocksAndLoneAttention(torch.nn.Module):
+    """Pre-LN blocks, then attention layers kept in a list with nothing else of their layer (as
+    BLT's patch cross-attention lists): not blocks."""
+
+    def __init__(self, blocks=2, d=32, vocab=50):
+        super().__init__()
+        self.wte = torch.nn.Embedding(vocab, d)
+        self.blocks = torch.nn.ModuleList(_Block(d) for _ in range(blocks))
+        self.extra = torch.nn.ModuleList([_ListAttention(d, 2)])
+        self.head = torch.nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids, streams=None):
+        x = self.wte(ids)
+        for b in self.blocks:
+            x = b(x)
+            if streams is not None:
+                streams.append(x.detach())
+        return self.head(x + self.extra[0](x))
+
+
+def test_lone_attention_in_a_list_is_named_not_measured_and_not_predicted():
+    from initlab.schemes.plan import build_seeded
+    m = build_seeded(lambda: _BlocksAndLoneAttention(), 0).eval()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(3))
+    streams = []
+    with torch.no_grad():
+        m(ids, streams)
+    rep = probe(m, ids, predict=True)
+    assert rep.depth == 2 and rep.meta["attention_outside_blocks"] == ["extra.0"]
+    for i, row in enumerate(rep.blocks):
+        assert row["G"] == pytest.approx(float(streams[i].double().pow(2).mean()), rel=1e-6)
+    assert all(p is None for p in rep.predicted["blocks"])
+    assert all("outside any block (extra.0)" in why for why in rep.predicted["unavailable"].values())
+    assert "extra.0" in rep.table()
+    only = build_seeded(lambda: _BlocksAndLoneAttention(blocks=0), 0).eval()
+    with pytest.raises(ConfigError, match="no norm or MLP in their layers"):
+        probe(only, ids)

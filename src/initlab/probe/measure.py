@@ -178,6 +178,10 @@ class ProbeReport:
         for name, layers in self.meta.get("layers_without_attention", {}).items():
             lines.append(f"stack {name}: {len(layers)} layers without attention run between the blocks "
                          f"above (not measured as blocks): {', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}")
+        outside = self.meta.get("attention_outside_blocks", [])
+        if outside:
+            lines.append(f"{len(outside)} attention layers outside any block (no norm or MLP in their "
+                         f"layer) are not measured: {', '.join(outside[:4])}{' ...' if len(outside) > 4 else ''}")
         for what, why in ((self.predicted or {}).get("unavailable") or {}).items():
             lines.append(f"no prediction for {what}: {why}")
         return "\n".join(lines)
@@ -405,6 +409,8 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
                          float(loss.detach()) if targets is not None else None, stacks=stacks)
     if not_reached:
         report.meta["not_reached"] = not_reached
+    if st.outside:  # attention layers in lists with nothing else of their layer: not blocks
+        report.meta["attention_outside_blocks"] = list(st.outside)
     others = {s.name: s.others for s in st.stacks if s.others}
     if others:  # a hybrid: its blocks are the attention layers; the rest run between them, unmeasured
         report.meta["layers_without_attention"] = others

@@ -83,6 +83,9 @@ class Structure:
     norms: list[str]  # module names of every norm (role-map norms and parameter-free norms)
     encoder_decoder: bool = False
     heads: list[str] = field(default_factory=list)  # head modules: what reads the stream after a virtual block
+    # attention layers in a list with no norm or MLP of their layer (BLT's patch cross-attention):
+    # no block, not measured, named in the report
+    outside: list[str] = field(default_factory=list)
 
     def block_of_param(self, name: str) -> int | None:
         """Index of the block a parameter lives in (longest prefix), or None."""
@@ -111,12 +114,16 @@ def structure_of(model: nn.Module, rm) -> Structure:
     mlp_mods = list(dict.fromkeys(m for m, _ in mlp))
     groups: dict[str, list] = {}
     virtual: dict[str, list[str]] = {}  # block name -> member modules (parallel module lists)
+    outside: list[str] = []
     for a in atts:
         parts = a.module_name.split(".")
         block = ".".join(parts[:-1])
         layer = _layer_of(model, parts)
         if layer == a.module_name:  # attentions.i of a model that lists each sublayer kind apart
             block, members = _virtual_block(rm, a, model)
+            if block is None:
+                outside.append(a.module_name)
+                continue
             virtual[block] = members
             groups.setdefault(block, []).append(a)
             continue
@@ -165,7 +172,13 @@ def structure_of(model: nn.Module, rm) -> Structure:
     norm_params = {module_of(info.name) for info in rm if "norm" in info.roles}
     norms = [n for n, m in model.named_modules() if n in norm_params or is_norm(m)]
     heads = list(dict.fromkeys(module_of(i.name) for i in rm.by_role("head", None))) if virtual else []
-    return Structure(blocks, stacks, norms, bool(rm.facts.inputs.encoder_decoder), heads)
+    if not blocks:
+        raise ConfigError(
+            f"{rm.model_class} keeps its attention layers in lists of their own "
+            f"({', '.join(sorted({module_of(n) for n in outside}))}), outside any block module, with no "
+            f"norm or MLP in their layers, so no module's output is the residual stream after a block; "
+            f"the probe cannot measure it")
+    return Structure(blocks, stacks, norms, bool(rm.facts.inputs.encoder_decoder), heads, outside)
 
 
 _VIRTUAL = " layer "  # a virtual block's name: "<stack> layer <i>" (never a module name)
@@ -175,11 +188,12 @@ def _virtual_stack(block: str) -> str:
     return block.split(_VIRTUAL)[0]
 
 
-def _virtual_block(rm, att, model: nn.Module) -> tuple[str, list[str]]:
+def _virtual_block(rm, att, model: nn.Module) -> tuple[str | None, list[str]]:
     """(name, member modules) of the virtual block holding ``att``, an element of a list of
     attention layers: every module under the lists' parent whose tensors the role map puts in the
     same layer as the attention's own (XLM: ``attentions.i``, ``layer_norm1.i``, ``ffns.i.lin1``,
-    ``ffns.i.lin2``, ``layer_norm2.i``)."""
+    ``ffns.i.lin2``, ``layer_norm2.i``). ``(None, [])`` when nothing but the attention is in its
+    layer (BLT's patch cross-attention lists): no block."""
     layer = rm[att.q.name].layer
     lists = module_of(att.module_name)
     root = module_of(lists)
@@ -192,11 +206,7 @@ def _virtual_block(rm, att, model: nn.Module) -> tuple[str, list[str]]:
                                    if info.layer == layer and _under(module_of(info.name), root)]
     members = list(dict.fromkeys(members))
     if all(_under(m, att.module_name) or m == att.module_name for m in members):
-        raise ConfigError(
-            f"{rm.model_class} keeps its attention layers in a list of their own ({lists}), outside "
-            f"any block module, and the role map puts no norm or MLP in the layer of "
-            f"{att.module_name}, so no module's output is the residual stream after a block; "
-            f"the probe cannot measure it")
+        return None, []
     return f"{root or type(model).__name__}{_VIRTUAL}{layer}", members
 
 
@@ -608,7 +618,7 @@ def reached(st: Structure, tr: Trace) -> tuple[Structure, Trace, list[dict]]:
               for o in old]
     stacks = [replace(s, blocks=[new_of[i] for i in s.blocks]) for s in keep]
     old_stack = {stack_of[id(s)]: st.stacks.index(s) for s in keep}
-    st2 = Structure(blocks, stacks, st.norms, st.encoder_decoder, st.heads)
+    st2 = Structure(blocks, stacks, st.norms, st.encoder_decoder, st.heads, st.outside)
     tr2 = Trace([tr.blocks[o] for o in old],
                 [(*e[:4], new_of.get(e[4]) if e[4] is not None else None) for e in tr.outer
                  if e[4] is None or e[4] in new_of],
@@ -691,6 +701,10 @@ def layout_of(st: Structure, tr: Trace) -> Layout:
             why.append(f"block {b.index} is not a plain residual sum of its attention and MLP "
                        f"outputs (relative mismatch {err:.1e}): branch gains, LayerScale, skip "
                        f"scaling or sandwich norms are outside the leading-order recursion")
+    if st.outside:
+        why.append(f"{len(st.outside)} attention layers outside any block ({', '.join(st.outside[:3])}"
+                   f"{', ...' if len(st.outside) > 3 else ''}) run beside the measured blocks, "
+                   f"which the leading-order recursion does not cover")
     for s in st.stacks:
         if s.others:
             why.append(f"stack {s.name} also runs {len(s.others)} layers without attention "
