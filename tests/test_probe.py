@@ -308,3 +308,57 @@ def test_lone_attention_in_a_list_is_named_not_measured_and_not_predicted():
     only = build_seeded(lambda: _BlocksAndLoneAttention(blocks=0), 0).eval()
     with pytest.raises(ConfigError, match="no norm or MLP in their layers"):
         probe(only, ids)
+
+
+class _MemoryAttention(torch.nn.Module):
+    """Queries from the stream, keys/values from a learned memory of another width (Perceiver-like)."""
+
+    def __init__(self, d, dk, heads=2, slots=5):
+        super().__init__()
+        self.num_heads = heads
+        self.memory = torch.nn.Parameter(torch.randn(slots, dk))
+        self.q_proj, self.o_proj = torch.nn.Linear(d, d, bias=False), torch.nn.Linear(d, d, bias=False)
+        self.k_proj, self.v_proj = torch.nn.Linear(dk, d, bias=False), torch.nn.Linear(dk, d, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        mem = self.memory.expand(b, -1, -1)
+        q = self.q_proj(x).view(b, t, self.num_heads, -1).transpose(1, 2)
+        k, v = (p(mem).view(b, mem.shape[1], self.num_heads, -1).transpose(1, 2) for p in (self.k_proj, self.v_proj))
+        return self.o_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+
+class _MemoryBlocks(_BlocksAndLoneAttention):
+    def __init__(self):
+        super().__init__(blocks=2)
+        for blk in self.blocks:
+            blk.attn = _MemoryAttention(32, 16)
+        self.extra = torch.nn.ModuleList()
+
+    def forward(self, ids, streams=None):
+        x = self.wte(ids)
+        for b in self.blocks:
+            x = b(x)
+            if streams is not None:
+                streams.append(x.detach())
+        return self.head(x)
+
+
+def test_keys_of_another_width_leave_logits_unmeasured_not_a_raw_error():
+    """An attention whose keys read another sequence (a memory of width 16 beside a stream of 32):
+    the block is measured, its logits are not (NaN, with the reason), the theory says why it
+    predicts nothing -- no torch shape error."""
+    from initlab.schemes.plan import build_seeded
+    m = build_seeded(_MemoryBlocks, 0).eval()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(3))
+    streams = []
+    with torch.no_grad():
+        m(ids, streams)
+    rep = probe(m, ids, predict=True)
+    assert rep.depth == 2
+    for i, row in enumerate(rep.blocks):
+        assert row["G"] == pytest.approx(float(streams[i].double().pow(2).mean()), rel=1e-6)
+        assert math.isnan(row["attn_logit_var"])
+    assert set(rep.meta["attention_logits_not_measured"]) == {"blocks.0.attn", "blocks.1.attn"}
+    assert all(p is None for p in rep.predicted["blocks"])
+    assert "keys of 16 features" in rep.predicted["unavailable"]["blocks"]

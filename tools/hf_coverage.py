@@ -1,16 +1,18 @@
 """Coverage sweep: initlab on every model type of the installed transformers' auto mappings.
 
-For each type of the causal-LM, masked-LM and image-classification auto mappings, build the model
-from its (shrunk) config -- d=64, 2 layers, 4 heads, 2 KV heads where the config has GQA -- never
-``from_pretrained``, then check:
+For each type of the causal-LM, masked-LM, image-classification, seq2seq and speech-seq2seq auto
+mappings, build the model from its (shrunk) config -- d=64, 2 layers, 4 heads, 2 KV heads where the
+config has GQA; values the config derives re-derived at that size -- never ``from_pretrained``, then
+run the journey (``STEPS``):
 
 * **roles**: ``initlab.role_map(model)`` builds, and every attention-like module of the model lies
   inside (or around) a mapped attention layer (no silently skipped tower/layer);
 * **mimetic**: ``mimetic_`` runs, the product identities hold through the role map's views
   (W_q^h W_k^gᵀ = A_h P_g, Σ W_v W_o = B or its best low-rank truncation, float64 targets re-drawn
-  from the same generator) and every tensor outside Q/K/V/O (and their biases) is bit-identical;
-* **mu**: ``parametrize_(model, "mu")`` and ``param_groups(model, "mu")`` run, and no hidden
-  matrix (MLP/expert/router/projection by name) was left with role ``other``.
+  from the same generator) and every tensor outside trainable self-attention Q/K/V/O (and their
+  biases) is bit-identical;
+* **inits**, **probe**, **train** (mu groups + 2 AdamW steps), **persist** (save/reload, same
+  logits): see :func:`render`. Each model gets the inputs its forward takes (:func:`make_batch`).
 
 A type that initlab refuses with a :class:`initlab.errors.InitlabError` is "refused" (with the
 message); any other exception is a bug and is reported as such. Run (the CPU is shared, one thread):
@@ -665,7 +667,7 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
         kw = {name: x, "spatial_shapes": torch.tensor([[side, side]] * 2),
               "pixel_attention_mask": torch.ones(2, side * side, dtype=torch.long)}
         return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
-    if name == "pixel_values":
+    if name == "pixel_values" or (name == "inputs" and head == "image"):  # (Perceiver: "inputs")
         size = getattr(cfg, "image_size", 32)
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
         x = torch.randn(2, getattr(cfg, "num_channels", 3), h, w, generator=g)
@@ -959,6 +961,7 @@ def _cell(s: str) -> str:
 
 # known causes of failing steps, matched on "step: message" (first match wins), for the report
 CAUSES = (
+    (r"^probe: refused", "probe_model refused (reason in the row)"),
     (r"^probe: ", "probe_model does not run on this model (issue 18 item 3)"),
     (r"norm .* computes 2x", "a scheme wrote 1 into an x(1+w) norm gain: gain 2 (issue 18 item 1)"),
     (r"wrote frozen", "a scheme wrote a frozen tensor (issue 18 item 1)"),
@@ -1004,18 +1007,25 @@ def render(results: list[Result], command: str, wall: str = "") -> str:
              "image-classification, seq2seq and speech-seq2seq auto mappings, built from its config "
              f"at tiny size (d={D}, {LAYERS} layers -- hybrids keep one layer of each kind, "
              f"{N_HEADS} heads, {N_KV} KV heads where the config uses GQA), never `from_pretrained` "
-             "on a hub name, goes through what a user does with initlab, each step on a fresh copy:",
+             "on a hub name (values the config derives from the shrunk ones re-derived, token ids "
+             "the model holds kept inside its vocabulary, a language-id model's default language set "
+             "as its docs say), goes through what a user does with initlab, each step on a fresh copy:",
              "",
              "1. **roles**: `initlab.role_map` maps every attention module (hybrids: the softmax "
              "layers; DeepSeek MLA as latent attention), no hidden matrix is left as `other`, and "
              "the q/k/v the map names are those the model hands its attention kernel;",
              "2. **mimetic**: `mimetic_` gives the product identities (re-drawn targets, float64, "
              "1e-5; MLA: the best products its down-projections allow, docs/mimetic.md) and "
-             "changes nothing but self-attention Q/K/V/O (cross-attention untouched);",
+             "changes nothing but trainable self-attention Q/K/V/O (cross-attention and frozen "
+             "layers untouched);",
              "3. **inits**: `init_` with " + ", ".join(f"`{s}`" for s in INITS) + ": only tensors "
              "of the scheme's roles (`list_schemes`) change, frozen tensors do not, a norm the "
              "scheme wrote computes the unit-gain normalization (Gemma's x(1+w) included);",
-             "4. **probe**: `probe_model` on a batch of the model's own input;",
+             "4. **probe**: `probe_model` on a batch of the model's own input -- what its forward "
+             "takes, built from its config and signature (token ids, images or flattened patches with "
+             "their grid, log-mel frames, raw audio for a wav2vec2 encoder, the audio frames under "
+             "each token, per-codebook decoder codes, a caption's image), the whole set of inputs "
+             "when it needs more than one;",
              "5. **train**: `parametrize_(mu)`, `param_groups(mu)` + 2 AdamW steps: every trainable "
              "tensor in a group, finite losses, every trained tensor that gets a gradient moves;",
              "6. **persist**: `parametrize_(mu)`, `save_pretrained` -> `from_pretrained` (a temporary "

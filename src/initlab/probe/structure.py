@@ -701,6 +701,11 @@ def layout_of(st: Structure, tr: Trace) -> Layout:
             why.append(f"block {b.index} is not a plain residual sum of its attention and MLP "
                        f"outputs (relative mismatch {err:.1e}): branch gains, LayerScale, skip "
                        f"scaling or sandwich norms are outside the leading-order recursion")
+    for b in st.blocks:
+        q, k = b.attention.q.d_in, b.attention.k.d_in
+        if q != k:
+            why.append(f"block {b.index}'s attention ({b.attention.module_name}) reads queries of {q} "
+                       f"and keys of {k} features: keys of another sequence, outside the recursion")
     if st.outside:
         why.append(f"{len(st.outside)} attention layers outside any block ({', '.join(st.outside[:3])}"
                    f"{', ...' if len(st.outside) > 3 else ''}) run beside the measured blocks, "
