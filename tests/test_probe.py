@@ -196,11 +196,13 @@ class _ListAttention(torch.nn.Module):
     def __init__(self, d, heads):
         super().__init__()
         self.num_heads = heads
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (torch.nn.Linear(d, d, bias=False) for _ in range(4))
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            torch.nn.Linear(d, d, bias=False) for _ in range(4))
 
     def forward(self, x):
         b, t, d = x.shape
-        q, k, v = (p(x).view(b, t, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (p(x).view(b, t, self.num_heads, -1).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -324,7 +326,8 @@ class _MemoryAttention(torch.nn.Module):
         b, t, d = x.shape
         mem = self.memory.expand(b, -1, -1)
         q = self.q_proj(x).view(b, t, self.num_heads, -1).transpose(1, 2)
-        k, v = (p(mem).view(b, mem.shape[1], self.num_heads, -1).transpose(1, 2) for p in (self.k_proj, self.v_proj))
+        k, v = (p(mem).view(b, mem.shape[1], self.num_heads, -1).transpose(1, 2)
+                for p in (self.k_proj, self.v_proj))
         return self.o_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
 
 

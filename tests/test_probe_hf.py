@@ -282,7 +282,8 @@ def test_separate_sublayer_lists_are_probed_per_layer(model_type):
     ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(1))
     seen = {}
     hooks = [mod.register_forward_hook(lambda mod, a, out, n=n: seen.__setitem__(n, (a[0], out)))
-             for n, mod in m.named_modules() if n.startswith(("transformer.layer_norm1.", "transformer.layer_norm2."))]
+             for n, mod in m.named_modules()
+             if n.startswith(("transformer.layer_norm1.", "transformer.layer_norm2."))]
     try:
         with torch.no_grad():
             hs = m(input_ids=ids, output_hidden_states=True).hidden_states

@@ -310,8 +310,9 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
                 if _is_config(v):
                     yield from nested(v)
         for c in nested(cfg):
-            ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
-                                                  "decoder_start_token_id", "sep_token_id", "blank_token_id")]  # (CTC's blank: a class)
+            ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",  # and
+                                                  "decoder_start_token_id", "sep_token_id",  # CTC's blank,
+                                                  "blank_token_id")]  # a class of the vocabulary
             flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x])
                     if isinstance(i, int)]
             if isinstance(c.__dict__.get("vocab_size"), int):

@@ -182,8 +182,9 @@ class ProbeReport:
             lines.append(f"attention logits of {name}: {why}")
         outside = self.meta.get("attention_outside_blocks", [])
         if outside:
+            more = " ..." if len(outside) > 4 else ""
             lines.append(f"{len(outside)} attention layers outside any block (no norm or MLP in their "
-                         f"layer) are not measured: {', '.join(outside[:4])}{' ...' if len(outside) > 4 else ''}")
+                         f"layer) are not measured: {', '.join(outside[:4])}{more}")
         for what, why in ((self.predicted or {}).get("unavailable") or {}).items():
             lines.append(f"no prediction for {what}: {why}")
         return "\n".join(lines)

@@ -82,7 +82,7 @@ class Structure:
     stacks: list[StackInfo]
     norms: list[str]  # module names of every norm (role-map norms and parameter-free norms)
     encoder_decoder: bool = False
-    heads: list[str] = field(default_factory=list)  # head modules: what reads the stream after a virtual block
+    heads: list[str] = field(default_factory=list)  # head modules: read the stream after a virtual block
     # attention layers in a list with no norm or MLP of their layer (BLT's patch cross-attention):
     # no block, not measured, named in the report
     outside: list[str] = field(default_factory=list)
