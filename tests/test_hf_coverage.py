@@ -37,6 +37,7 @@ JOURNEY = [
     ("speech-seq2seq", "whisper"),  # frozen sinusoidal encoder positions
     ("image", "vit"),
     ("image", "deit"),  # two heads, distillation token
+    ("masked-lm", "xlm"),  # sublayers in parallel lists (attentions.i, ffns.i): no block module
 ]
 # steps that fail on this branch because the fix lives on another branch of issue 18 (owner in the
 # reason). strict: once the fix is merged the test XPASSes and fails, so the entry must go.
@@ -242,3 +243,57 @@ def test_tiny_configs_survive_save_and_reload(model_type, tmp_path):
     assert again.config.num_hidden_layers == model.config.num_hidden_layers
     for (n, p), (n2, p2) in zip(model.state_dict().items(), again.state_dict().items()):
         assert n == n2 and torch.equal(p, p2)
+
+
+def test_values_a_config_derives_follow_the_tiny_size():
+    """The shrink keeps what a config derives in __post_init__ consistent with the shrunk values,
+    as if it had been built tiny: Zamba2's Mamba head width, T5Gemma's cross-attention width, HRM's
+    cache slots (stacks x cycles)."""
+    z = build_or_skip("causal-lm", "zamba2").config
+    assert z.mamba_headdim == z.mamba_expand * z.hidden_size // z.n_mamba_heads
+    t = build_or_skip("seq2seq", "t5gemma").config
+    assert t.decoder.cross_attention_hidden_size == t.encoder.hidden_size == hf_coverage.D
+    model = build_or_skip("causal-lm", "hrm_text")
+    c = model.config
+    assert c.num_layers_per_stack == 1 and c.num_hidden_layers == c.H_cycles * (c.L_cycles + 1)
+    rm = initlab.role_map(model)
+    assert len(rm.attention) == 2  # one layer in each of the two stacks
+    kw, labels = hf_coverage.make_batch(model, "causal-lm")
+    assert torch.isfinite(model(**kw, labels=labels).loss)  # every cache slot its forward indexes exists
+
+
+# the batch each model takes, built from its config and forward signature (not a weakened check)
+BATCHES = [
+    ("masked-lm", "xmod"),  # its default language set, as its docs tell a user
+    ("image", "siglip2"),  # flattened patches, their grid and mask
+    ("seq2seq", "voxtral_realtime"),  # text and the audio frames under each token
+    ("speech-seq2seq", "dia"),  # per-codebook decoder codes
+    ("speech-seq2seq", "speech-encoder-decoder"),  # its wav2vec2 encoder's raw audio
+    ("causal-lm", "git"),  # a caption batch with its image
+]
+
+
+@pytest.mark.parametrize("head,model_type", BATCHES, ids=[t for _, t in BATCHES])
+def test_sweep_batch_is_one_the_model_takes(head, model_type):
+    model = build_or_skip(head, model_type)
+    kw, labels = hf_coverage.make_batch(model, head)
+    cfg = model.config
+    if model_type == "xmod":
+        assert cfg.default_language == list(cfg.languages)[0]
+    elif model_type == "siglip2":
+        p = cfg.vision_config.patch_size
+        assert kw["pixel_values"].shape[1:] == (int(kw["spatial_shapes"].prod(-1)[0]), 3 * p * p)
+    elif model_type == "voxtral_realtime":
+        assert kw["input_features"].shape[-1] == kw["input_ids"].shape[1] * cfg.audio_length_per_tok
+    elif model_type == "dia":
+        c = cfg.decoder_config.num_channels
+        assert kw["decoder_input_ids"].shape[-1] == c and labels.shape[0] == 2 * c
+    elif model_type == "speech-encoder-decoder":
+        assert kw["input_values"].is_floating_point() and kw["input_values"].dim() == 2
+    elif model_type == "git":
+        assert kw["pixel_values"].shape[-1] == cfg.vision_config.image_size
+    model.train()
+    out = model(**kw, labels=labels)
+    loss = out.loss if out.loss is not None else out.logits.float().pow(2).mean()
+    assert torch.isfinite(loss)
+    assert hf_coverage.probe_check(lambda: model, head) == []

@@ -190,3 +190,178 @@ def test_gpt_prediction_causal_and_tied():
     grads = [abs(c["rel_error"]) for c in cmp if c["quantity"].startswith("grad_rms")]
     assert len(grads) == 2 * 6 + 1 and max(grads) < 0.25  # pos table: only the 16 used rows count
     assert r.predicted["blocks"][0]["attn_logit_var"] == pytest.approx(0.25, rel=1e-3)
+
+
+class _ListAttention(torch.nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.num_heads = heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            torch.nn.Linear(d, d, bias=False) for _ in range(4))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (p(x).view(b, t, self.num_heads, -1).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class _ListMLP(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(d, 4 * d, bias=False), torch.nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class _ParallelLists(torch.nn.Module):
+    """A pre-LN decoder whose sublayers live in parallel lists (no block module): attentions.i,
+    ln1.i, ffns.i, ln2.i; then a final norm and head, a head only, or the stream returned."""
+
+    def __init__(self, end, d=32, layers=3, vocab=50):
+        super().__init__()
+        self.end = end
+        self.wte = torch.nn.Embedding(vocab, d)
+        self.attentions = torch.nn.ModuleList(_ListAttention(d, 2) for _ in range(layers))
+        self.ln1 = torch.nn.ModuleList(torch.nn.LayerNorm(d) for _ in range(layers))
+        self.ffns = torch.nn.ModuleList(_ListMLP(d) for _ in range(layers))
+        self.ln2 = torch.nn.ModuleList(torch.nn.LayerNorm(d) for _ in range(layers))
+        self.ln_f = torch.nn.LayerNorm(d) if end == "norm" else None
+        self.head = torch.nn.Linear(d, vocab, bias=False) if end != "none" else None
+
+    def forward(self, ids, streams=None):
+        x = self.wte(ids)
+        for i in range(len(self.attentions)):
+            x = x + self.attentions[i](self.ln1[i](x))
+            x = x + self.ffns[i](self.ln2[i](x))
+            if streams is not None:
+                streams.append(x.detach())
+        x = self.ln_f(x) if self.ln_f is not None else x
+        return self.head(x) if self.head is not None else x
+
+
+@pytest.mark.parametrize("end", ["norm", "head", "none"])
+def test_parallel_sublayer_lists_pre_ln_blocks_are_the_role_maps_layers(end):
+    """A pre-LN model without block modules: block i is the role map's layer i, and its G is the
+    stream after layer i -- read by the next layer, the final norm, the head, or returned."""
+    from initlab.schemes.plan import build_seeded
+    m = build_seeded(lambda: _ParallelLists(end), 0).eval()
+    with torch.no_grad():
+        for i, ffn in enumerate(m.ffns):
+            ffn.fc2.weight.mul_(1.0 + 2 * i)  # each layer its own branch size
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(3))
+    streams = []
+    with torch.no_grad():
+        m(ids, streams)
+    rep = probe(m, ids)
+    assert rep.depth == 3 and rep.meta["layout"]["norm_position"] == "pre"
+    for i, row in enumerate(rep.blocks):
+        assert row["G"] == pytest.approx(float(streams[i].double().pow(2).mean()), rel=1e-6)
+    assert {g["block"] for g in rep.grads if g["name"].startswith("ffns.1.")} == {1}
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.attn, self.mlp = _ListAttention(d, 2), _ListMLP(d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class _BlocksAndLoneAttention(torch.nn.Module):
+    """Pre-LN blocks, then attention layers kept in a list with nothing else of their layer (as
+    BLT's patch cross-attention lists): not blocks."""
+
+    def __init__(self, blocks=2, d=32, vocab=50):
+        super().__init__()
+        self.wte = torch.nn.Embedding(vocab, d)
+        self.blocks = torch.nn.ModuleList(_Block(d) for _ in range(blocks))
+        self.extra = torch.nn.ModuleList([_ListAttention(d, 2)])
+        self.head = torch.nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids, streams=None):
+        x = self.wte(ids)
+        for b in self.blocks:
+            x = b(x)
+            if streams is not None:
+                streams.append(x.detach())
+        return self.head(x + self.extra[0](x))
+
+
+def test_lone_attention_in_a_list_is_named_not_measured_and_not_predicted():
+    from initlab.schemes.plan import build_seeded
+    m = build_seeded(lambda: _BlocksAndLoneAttention(), 0).eval()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(3))
+    streams = []
+    with torch.no_grad():
+        m(ids, streams)
+    rep = probe(m, ids, predict=True)
+    assert rep.depth == 2 and rep.meta["attention_outside_blocks"] == ["extra.0"]
+    for i, row in enumerate(rep.blocks):
+        assert row["G"] == pytest.approx(float(streams[i].double().pow(2).mean()), rel=1e-6)
+    assert all(p is None for p in rep.predicted["blocks"])
+    assert all("outside any block (extra.0)" in why for why in rep.predicted["unavailable"].values())
+    assert "extra.0" in rep.table()
+    only = build_seeded(lambda: _BlocksAndLoneAttention(blocks=0), 0).eval()
+    with pytest.raises(ConfigError, match="no norm or MLP in their layers"):
+        probe(only, ids)
+
+
+class _MemoryAttention(torch.nn.Module):
+    """Queries from the stream, keys/values from a learned memory of another width (Perceiver-like)."""
+
+    def __init__(self, d, dk, heads=2, slots=5):
+        super().__init__()
+        self.num_heads = heads
+        self.memory = torch.nn.Parameter(torch.randn(slots, dk))
+        self.q_proj, self.o_proj = torch.nn.Linear(d, d, bias=False), torch.nn.Linear(d, d, bias=False)
+        self.k_proj, self.v_proj = torch.nn.Linear(dk, d, bias=False), torch.nn.Linear(dk, d, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        mem = self.memory.expand(b, -1, -1)
+        q = self.q_proj(x).view(b, t, self.num_heads, -1).transpose(1, 2)
+        k, v = (p(mem).view(b, mem.shape[1], self.num_heads, -1).transpose(1, 2)
+                for p in (self.k_proj, self.v_proj))
+        return self.o_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+
+class _MemoryBlocks(_BlocksAndLoneAttention):
+    def __init__(self):
+        super().__init__(blocks=2)
+        for blk in self.blocks:
+            blk.attn = _MemoryAttention(32, 16)
+        self.extra = torch.nn.ModuleList()
+
+    def forward(self, ids, streams=None):
+        x = self.wte(ids)
+        for b in self.blocks:
+            x = b(x)
+            if streams is not None:
+                streams.append(x.detach())
+        return self.head(x)
+
+
+def test_keys_of_another_width_leave_logits_unmeasured_not_a_raw_error():
+    """An attention whose keys read another sequence (a memory of width 16 beside a stream of 32):
+    the block is measured, its logits are not (NaN, with the reason), the theory says why it
+    predicts nothing -- no torch shape error."""
+    from initlab.schemes.plan import build_seeded
+    m = build_seeded(_MemoryBlocks, 0).eval()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(3))
+    streams = []
+    with torch.no_grad():
+        m(ids, streams)
+    rep = probe(m, ids, predict=True)
+    assert rep.depth == 2
+    for i, row in enumerate(rep.blocks):
+        assert row["G"] == pytest.approx(float(streams[i].double().pow(2).mean()), rel=1e-6)
+        assert math.isnan(row["attn_logit_var"])
+    assert set(rep.meta["attention_logits_not_measured"]) == {"blocks.0.attn", "blocks.1.attn"}
+    assert all(p is None for p in rep.predicted["blocks"])
+    assert "keys of 16 features" in rep.predicted["unavailable"]["blocks"]

@@ -268,11 +268,46 @@ def test_hybrid_blocks_are_its_attention_layers_and_the_rest_is_named():
     assert any("layers without attention" in why for why in rep.predicted["unavailable"].values())
 
 
-def test_separate_attention_lists_are_refused_with_the_reason():
-    cfg = transformers.AutoConfig.for_model("xlm", emb_dim=W, n_layers=2, n_heads=2, vocab_size=100)
-    m = build_seeded(lambda: transformers.AutoModel.from_config(cfg), 0).eval()
-    with pytest.raises(ConfigError, match="attention layers in a list of their own"):
-        probe(m, torch.randint(0, 100, (2, 8)))
+@pytest.mark.parametrize("model_type", ["xlm", "flaubert"])
+def test_separate_sublayer_lists_are_probed_per_layer(model_type):
+    """XLM/FlauBERT keep attentions.i, layer_norm1.i, ffns.i, layer_norm2.i in lists of their own:
+    block i is what the role map puts in layer i, and each block's numbers are its own modules'."""
+    cfg = transformers.AutoConfig.for_model(model_type, emb_dim=W, n_layers=3, n_heads=2, vocab_size=100)
+    m = build_seeded(lambda: transformers.AutoModelForMaskedLM.from_config(cfg), 0).eval()
+    t = m.transformer
+    with torch.no_grad():  # every layer its own gains, so a block reading another layer's modules is seen
+        for i in range(3):
+            t.layer_norm1[i].weight.fill_(1.0 + i)
+            t.layer_norm2[i].weight.fill_(0.5 + i)
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+    seen = {}
+    hooks = [mod.register_forward_hook(lambda mod, a, out, n=n: seen.__setitem__(n, (a[0], out)))
+             for n, mod in m.named_modules()
+             if n.startswith(("transformer.layer_norm1.", "transformer.layer_norm2."))]
+    try:
+        with torch.no_grad():
+            hs = m(input_ids=ids, output_hidden_states=True).hidden_states
+    finally:
+        for h in hooks:
+            h.remove()
+    rep = probe(m, ids)
+    ms = lambda x: float(x.double().pow(2).mean())  # noqa: E731
+    assert rep.depth == 3 and rep.meta["layout"]["norm_position"] == "post"
+    assert rep.g_stem == pytest.approx(ms(hs[0]), rel=1e-6)
+    for i, row in enumerate(rep.blocks):
+        assert row["G"] == pytest.approx(ms(hs[i + 1]), rel=1e-6)  # the stream after layer i
+        assert row["ln1_s2"] == pytest.approx(ms(seen[f"transformer.layer_norm1.{i}"][1]), rel=1e-6)
+        assert row["G_mid"] == pytest.approx(ms(seen[f"transformer.layer_norm2.{i}"][0]), rel=1e-6)
+        assert row["ln2_s2"] == pytest.approx((0.5 + i) ** 2, rel=1e-3)  # layer_norm2.i's gain, squared
+    # per-layer gradients: block i's rows are layer i's tensors, with the values autograd gives
+    m.zero_grad()
+    m(input_ids=ids).logits[..., 0].sum().backward()
+    for i in range(3):
+        w = t.ffns[i].lin2.weight.grad
+        assert rep.grad_rms("mlp_out", i) == pytest.approx(float(w.double().pow(2).mean().sqrt()), rel=1e-6)
+        q = t.attentions[i].q_lin.weight.grad
+        assert rep.grad_rms("q", i) == pytest.approx(float(q.double().pow(2).mean().sqrt()), rel=1e-6)
+    assert {g["block"] for g in rep.grads if g["name"].startswith("transformer.ffns.2.")} == {2}
 
 
 def test_raw_audio_input_is_a_waveform_batch():

@@ -1,16 +1,18 @@
 """Coverage sweep: initlab on every model type of the installed transformers' auto mappings.
 
-For each type of the causal-LM, masked-LM and image-classification auto mappings, build the model
-from its (shrunk) config -- d=64, 2 layers, 4 heads, 2 KV heads where the config has GQA -- never
-``from_pretrained``, then check:
+For each type of the causal-LM, masked-LM, image-classification, seq2seq and speech-seq2seq auto
+mappings, build the model from its (shrunk) config -- d=64, 2 layers, 4 heads, 2 KV heads where the
+config has GQA; values the config derives re-derived at that size -- never ``from_pretrained``, then
+run the journey (``STEPS``):
 
 * **roles**: ``initlab.role_map(model)`` builds, and every attention-like module of the model lies
   inside (or around) a mapped attention layer (no silently skipped tower/layer);
 * **mimetic**: ``mimetic_`` runs, the product identities hold through the role map's views
   (W_q^h W_k^gᵀ = A_h P_g, Σ W_v W_o = B or its best low-rank truncation, float64 targets re-drawn
-  from the same generator) and every tensor outside Q/K/V/O (and their biases) is bit-identical;
-* **mu**: ``parametrize_(model, "mu")`` and ``param_groups(model, "mu")`` run, and no hidden
-  matrix (MLP/expert/router/projection by name) was left with role ``other``.
+  from the same generator) and every tensor outside trainable self-attention Q/K/V/O (and their
+  biases) is bit-identical;
+* **inits**, **probe**, **train** (mu groups + 2 AdamW steps), **persist** (save/reload, same
+  logits): see :func:`render`. Each model gets the inputs its forward takes (:func:`make_batch`).
 
 A type that initlab refuses with a :class:`initlab.errors.InitlabError` is "refused" (with the
 message); any other exception is a bug and is reported as such. Run (the CPU is shared, one thread):
@@ -68,9 +70,16 @@ _SCALARS = {
     "max_source_positions": 64, "max_target_positions": 128,
     "embedding_size": D, "max_window_layers": LAYERS, "emb_dim": D, "input_embedding_size": D,
     "output_embedding_size": D, "rotary_dim": 8, "window_size": 4, "d_latents": D,
+    # BLT: the global transformer's width, read by the local encoder/decoder's projections; the
+    # rows of its hashed n-gram tables (ids are taken modulo this)
+    "hidden_size_global": D, "encoder_hash_byte_group_vocab": 512,
+    # Dia's decoder: its cross-attention reads the encoder's width, with heads of its own
+    "cross_hidden_size": D, "cross_head_dim": D // N_HEADS, "cross_num_attention_heads": N_HEADS,
+    # Nemotron diarization head: the audio encoder's width, which its config validates on reload
+    "audio_hidden_size": D,
 }
 _KV = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
-       "n_head_kv", "num_key_value_groups_heads")
+       "n_head_kv", "num_key_value_groups_heads", "cross_num_key_value_heads")
 
 
 def _is_config(x) -> bool:
@@ -292,17 +301,25 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
     cls_name = getattr(modeling_auto, HEADS[head])[model_type]
     cfg = CONFIG_MAPPING[model_type]()
     shrink(cfg)
+    cfg = rederive(cfg, CONFIG_MAPPING[model_type]())
     if vocab is not None:  # tests: a small vocabulary when the config's special tokens allow it
         fits = {}
-        for c in [cfg] + [v for v in cfg.__dict__.values() if _is_config(v)]:
-            ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
-                                                  "decoder_start_token_id", "sep_token_id")]
+
+        def nested(c):  # the config and its sub-configs at any depth (T5Gemma2: encoder.text_config)
+            yield c
+            for v in c.__dict__.values():
+                if _is_config(v):
+                    yield from nested(v)
+        for c in nested(cfg):
+            ids = [getattr(c, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id",  # and
+                                                  "decoder_start_token_id", "sep_token_id",  # CTC's blank,
+                                                  "blank_token_id")]  # a class of the vocabulary
             flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x])
                     if isinstance(i, int)]
             if isinstance(c.__dict__.get("vocab_size"), int):
                 fits[id(c)] = (c, all(i < vocab for i in flat))
         # all or none: a model whose head reads one config's vocabulary and whose loss reads
-        # another's (VibeVoice, Dia) breaks when only one of them shrinks
+        # another's (VibeVoice, Dia, T5Gemma2's encoder text vs decoder) breaks when only one shrinks
         if all(ok for _, ok in fits.values()):
             for c, _ in fits.values():
                 _set(c, "vocab_size", vocab)
@@ -321,7 +338,83 @@ def build(head: str, model_type: str, *, vocab: int | None = None):
             model = getattr(transformers, names[0])(cfg)
     if isinstance(cls_name, (list, tuple)):
         cls_name = type(model).__name__
+    if vocab is not None:  # token ids the model holds itself (ShieldGemma2's yes/no answer tokens,
+        # indexing its logits) must fit the vocabulary as well: else the config's own vocabulary
+        try:
+            rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+        except (NotImplementedError, AttributeError):
+            rows = None
+        held = [v for k, v in vars(model).items() if "token" in k and isinstance(v, int)
+                and not isinstance(v, bool)]
+        if rows is not None and any(v >= rows for v in held):
+            return build(head, model_type, vocab=None)
+    if getattr(model.config, "use_cache", False):
+        from transformers import DynamicCache
+        try:
+            DynamicCache(config=model.config)
+        except AttributeError:  # BLT: its forward builds a cache its own config cannot describe
+            model.config.use_cache = False  # (no num_hidden_layers), at any size: off, as a user must
+    languages = getattr(cfg, "languages", None)
+    if callable(getattr(model, "set_default_language", None)) and languages and \
+            getattr(cfg, "default_language", None) is None:
+        model.set_default_language(list(languages)[0])  # X-MOD: as its docs tell a user to
     return model.eval(), cls_name
+
+
+def _rebuilt(cfg):
+    """``cfg`` built again from its declared fields (sub-configs too), as ``__post_init__`` sees
+    them: every value it derives is derived anew; other attributes it kept are carried over."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(cfg)}
+    d = cfg.to_dict()
+    given = {k: (_rebuilt(cfg.__dict__[k]) if _is_config(cfg.__dict__.get(k)) else v)
+             for k, v in d.items() if k in names and k != "transformers_version"}
+    new = type(cfg)(**given)
+    for k, v in d.items():
+        if k not in names and k not in new.__dict__ and k not in ("model_type", "transformers_version"):
+            setattr(new, k, v)
+    return new
+
+
+def _take_derived(cfg, new, full) -> None:
+    """Attributes ``cfg``'s ``__post_init__`` derives (not declared fields) that the shrink left at
+    their full-size value (still equal to ``full``'s): take the value derived from the shrunk fields."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for k, v in list(cfg.__dict__.items()):
+        if k.startswith("_"):
+            continue
+        if _is_config(v):
+            if _is_config(new.__dict__.get(k)) and _is_config(full.__dict__.get(k)):
+                _take_derived(v, new.__dict__[k], full.__dict__[k])
+            continue
+        if k not in names and k in new.__dict__ and k in full.__dict__ and full.__dict__[k] == v \
+                and new.__dict__[k] != v:
+            _set(cfg, k, new.__dict__[k])
+
+
+def rederive(cfg, full):
+    """Values a config derives from others in ``__post_init__`` kept consistent with the shrunk
+    ones, as they would be had the config been built at the tiny size (``full``: the same config,
+    not shrunk). Zamba2 derives ``mamba_headdim`` = expand x hidden / heads, T5Gemma its decoder's
+    ``cross_attention_hidden_size`` = the encoder's width: left at the full-size value, the tiny
+    model's own forward fails. HRM remembers its per-stack layer count (``num_layers_per_stack``,
+    a field) and sets ``num_hidden_layers`` to stacks x cycles, the cache slots its forward indexes;
+    it is rebuilt with one layer per stack (its two stacks are the sweep's 2 layers)."""
+    import dataclasses
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    if isinstance(cfg.__dict__.get("num_layers_per_stack"), int) and \
+            isinstance(cfg.__dict__.get("num_hidden_layers"), int):
+        d = {k: v for k, v in cfg.to_dict().items() if k not in (
+            "num_layers_per_stack", "model_type", "transformers_version")}
+        return type(cfg)(**{**d, "num_hidden_layers": 1})
+    try:
+        new = _rebuilt(cfg)
+    except Exception:  # noqa: BLE001 - a config that cannot be rebuilt as shrunk: kept as it is
+        return cfg
+    _take_derived(cfg, new, full)
+    return cfg
 
 
 def attention_modules(model) -> list[str]:
@@ -533,6 +626,17 @@ def hidden_other(rmap) -> list[str]:
             and _HIDDEN.search(info.name.split(".")[-2] if "." in info.name else info.name)]
 
 
+def main_input(model) -> str:
+    """The keyword of the model's input: its ``main_input_name``, or, for a composite whose forward
+    takes a generic ``inputs`` (SpeechEncoderDecoder), its encoder's (raw audio ``input_values``
+    for a wav2vec2 encoder, ``input_features`` for a Speech2Text one)."""
+    name = getattr(model, "main_input_name", "input_ids")
+    enc = getattr(model, "encoder", None)
+    if name == "inputs" and isinstance(getattr(enc, "main_input_name", None), str):
+        name = enc.main_input_name
+    return name
+
+
 def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     """(forward keyword arguments, labels) for a tiny batch of 2: what a user would feed.
 
@@ -541,7 +645,7 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     encoder-decoder also gets decoder input ids (tiny configs may lack decoder_start_token_id)."""
     g = torch.Generator().manual_seed(0)
     cfg = model.config
-    name = getattr(model, "main_input_name", "input_ids")
+    name = main_input(model)
     emb = None
     try:
         emb = model.get_input_embeddings()
@@ -549,7 +653,20 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
         pass
     vocab = getattr(emb, "num_embeddings", None) or getattr(cfg, "vocab_size", None) or 64
     hi = max(min(vocab, 64), 4)
-    if name == "pixel_values":
+    import inspect
+    params = inspect.signature(model.forward).parameters
+    if name == "pixel_values" and "spatial_shapes" in params:
+        # SigLIP2 / NaFlex: images as flattened patches (B, h*w, C*p*p) with their grid and mask
+        vc = getattr(cfg, "vision_config", None) or cfg
+        p = vc.patch_size if isinstance(vc.patch_size, int) else vc.patch_size[0]
+        size = getattr(vc, "image_size", None)
+        side = size // p if isinstance(size, int) else int(math.isqrt(vc.num_patches))
+        side = min(side, int(math.isqrt(getattr(vc, "num_patches", side * side))))
+        x = torch.randn(2, side * side, getattr(vc, "num_channels", 3) * p * p, generator=g)
+        kw = {name: x, "spatial_shapes": torch.tensor([[side, side]] * 2),
+              "pixel_attention_mask": torch.ones(2, side * side, dtype=torch.long)}
+        return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
+    if name == "pixel_values" or (name == "inputs" and head == "image"):  # (Perceiver: "inputs")
         size = getattr(cfg, "image_size", 32)
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
         x = torch.randn(2, getattr(cfg, "num_channels", 3), h, w, generator=g)
@@ -568,8 +685,30 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
     else:
         x = torch.randint(3, hi, (2, 8), generator=g)
     kw = {name: x}
-    if head == "image":
+    vc = getattr(cfg, "vision_config", None)
+    if name == "input_ids" and "pixel_values" in params and vc is not None and not any(
+            "image_token" in k for k in [*vars(cfg), *getattr(type(cfg), "attribute_map", {})]):
+        # GIT: the image's patch tokens are prepended to the text (no placeholder token in it),
+        # and the LM loss skips that many positions: a caption batch has its image
+        size = vc.image_size if isinstance(vc.image_size, int) else vc.image_size[0]
+        kw["pixel_values"] = torch.randn(2, getattr(vc, "num_channels", 3), size, size, generator=g)
+    per_tok = getattr(cfg, "audio_length_per_tok", None)
+    if name == "input_ids" and "input_features" in params and isinstance(per_tok, int):
+        # Voxtral-Realtime: text conditioned on audio frame by frame -- the forward requires both,
+        # the audio tower turning audio_length_per_tok frames into each token's embedding
+        ac = getattr(cfg, "audio_config", None) or cfg
+        kw["input_features"] = torch.randn(2, ac.num_mel_bins, x.shape[1] * per_tok, generator=g)
+    if head == "image" and not (name == "input_ids" and getattr(cfg, "text_config", None) is not None):
+        # (ShieldGemma2 classifies with a prompted language model, which takes token labels)
         return kw, torch.randint(0, max(getattr(cfg, "num_labels", 2), 1), (2,), generator=g)
+    dec = getattr(cfg, "decoder_config", None)
+    codebooks = getattr(dec, "num_channels", None) if getattr(cfg, "is_encoder_decoder", False) else None
+    if isinstance(codebooks, int) and name == "input_ids":
+        # Dia: the decoder reads audio codes, one per codebook per step, (B, T, codebooks), and its
+        # loss takes them per codebook, (B x codebooks, T); codes below the decoder's vocabulary
+        codes = torch.randint(0, min(dec.vocab_size, 64), (2, 5, codebooks), generator=g)
+        kw["decoder_input_ids"] = codes
+        return kw, codes.transpose(1, 2).reshape(2 * codebooks, 5)
     if getattr(cfg, "is_encoder_decoder", False):
         labels = torch.randint(3, hi, (2, 5), generator=g)
         kw["decoder_input_ids"] = labels
@@ -655,7 +794,12 @@ def probe_check(fresh, head: str) -> list[str]:
     import initlab
     model = fresh()
     kw, _ = make_batch(model, head)
-    report = initlab.probe_model(model, kw[getattr(model, "main_input_name", "input_ids")])
+    main = main_input(model)
+    # the batch alone, or every input when the model needs more than it (SigLIP2's patch grid,
+    # Voxtral-Realtime's audio, Dia's per-codebook decoder codes)
+    dec = kw.get("decoder_input_ids")
+    whole = set(kw) - {main, "decoder_input_ids"} or (dec is not None and dec.dim() != 2)
+    report = initlab.probe_model(model, kw if whole else kw[main])
     return [] if report is not None else ["probe_model returned nothing"]
 
 
@@ -816,6 +960,7 @@ def _cell(s: str) -> str:
 
 # known causes of failing steps, matched on "step: message" (first match wins), for the report
 CAUSES = (
+    (r"^probe: refused", "probe_model refused (reason in the row)"),
     (r"^probe: ", "probe_model does not run on this model (issue 18 item 3)"),
     (r"norm .* computes 2x", "a scheme wrote 1 into an x(1+w) norm gain: gain 2 (issue 18 item 1)"),
     (r"wrote frozen", "a scheme wrote a frozen tensor (issue 18 item 1)"),
@@ -861,18 +1006,25 @@ def render(results: list[Result], command: str, wall: str = "") -> str:
              "image-classification, seq2seq and speech-seq2seq auto mappings, built from its config "
              f"at tiny size (d={D}, {LAYERS} layers -- hybrids keep one layer of each kind, "
              f"{N_HEADS} heads, {N_KV} KV heads where the config uses GQA), never `from_pretrained` "
-             "on a hub name, goes through what a user does with initlab, each step on a fresh copy:",
+             "on a hub name (values the config derives from the shrunk ones re-derived, token ids "
+             "the model holds kept inside its vocabulary, a language-id model's default language set "
+             "as its docs say), goes through what a user does with initlab, each step on a fresh copy:",
              "",
              "1. **roles**: `initlab.role_map` maps every attention module (hybrids: the softmax "
              "layers; DeepSeek MLA as latent attention), no hidden matrix is left as `other`, and "
              "the q/k/v the map names are those the model hands its attention kernel;",
              "2. **mimetic**: `mimetic_` gives the product identities (re-drawn targets, float64, "
              "1e-5; MLA: the best products its down-projections allow, docs/mimetic.md) and "
-             "changes nothing but self-attention Q/K/V/O (cross-attention untouched);",
+             "changes nothing but trainable self-attention Q/K/V/O (cross-attention and frozen "
+             "layers untouched);",
              "3. **inits**: `init_` with " + ", ".join(f"`{s}`" for s in INITS) + ": only tensors "
              "of the scheme's roles (`list_schemes`) change, frozen tensors do not, a norm the "
              "scheme wrote computes the unit-gain normalization (Gemma's x(1+w) included);",
-             "4. **probe**: `probe_model` on a batch of the model's own input;",
+             "4. **probe**: `probe_model` on a batch of the model's own input -- what its forward "
+             "takes, built from its config and signature (token ids, images or flattened patches with "
+             "their grid, log-mel frames, raw audio for a wav2vec2 encoder, the audio frames under "
+             "each token, per-codebook decoder codes, a caption's image), the whole set of inputs "
+             "when it needs more than one;",
              "5. **train**: `parametrize_(mu)`, `param_groups(mu)` + 2 AdamW steps: every trainable "
              "tensor in a group, finite losses, every trained tensor that gets a gradient moves;",
              "6. **persist**: `parametrize_(mu)`, `save_pretrained` -> `from_pretrained` (a temporary "

@@ -178,6 +178,13 @@ class ProbeReport:
         for name, layers in self.meta.get("layers_without_attention", {}).items():
             lines.append(f"stack {name}: {len(layers)} layers without attention run between the blocks "
                          f"above (not measured as blocks): {', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}")
+        for name, why in self.meta.get("attention_logits_not_measured", {}).items():
+            lines.append(f"attention logits of {name}: {why}")
+        outside = self.meta.get("attention_outside_blocks", [])
+        if outside:
+            more = " ..." if len(outside) > 4 else ""
+            lines.append(f"{len(outside)} attention layers outside any block (no norm or MLP in their "
+                         f"layer) are not measured: {', '.join(outside[:4])}{more}")
         for what, why in ((self.predicted or {}).get("unavailable") or {}).items():
             lines.append(f"no prediction for {what}: {why}")
         return "\n".join(lines)
@@ -244,6 +251,9 @@ def _cosine(z: torch.Tensor) -> float:
     c = u @ u.transpose(1, 2)
     off = ~torch.eye(t, dtype=torch.bool, device=c.device)
     return float(c[:, off].mean())
+
+
+_ATT_FIELDS = ("attn_logit_mean", "attn_logit_var", "attn_entropy", "attn_distance")
 
 
 @torch.no_grad()
@@ -360,13 +370,21 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
                     loss.backward()
             st, tr, not_reached = reached(st, rec.trace)
             grads = _grad_rows(rm, st)
-            att_stats = []
+            att_stats, skipped = [], {}
             for b, r in zip(st.blocks, tr.blocks):
                 a_in = next((e[2] for e in r.events if e[0] == "A"), None)
                 if a_in is None:
                     att_stats.append(None)
                     continue
                 view = full.attention[att_pos[id(b.attention)]]
+                widths = {view.q.d_in, view.k.d_in}
+                if widths != {a_in.shape[-1]}:  # keys read another sequence (Perceiver's latents
+                    # attend to the inputs): its logits are not the block input's, not measured
+                    skipped[b.attention.module_name] = (
+                        f"queries and keys read {view.q.d_in} and {view.k.d_in} features, the attention's "
+                        f"input has {a_in.shape[-1]}: keys of another sequence, logits not measured")
+                    att_stats.append(dict.fromkeys(_ATT_FIELDS, float("nan")))
+                    continue
                 att_stats.append(_attention_stats(view, a_in, logit_scale(b.attention, inner.get_submodule(
                     b.attention.module_name)), causal_of(b.attention, rm)))
     finally:
@@ -406,6 +424,10 @@ def probe(model: nn.Module, batch, targets: torch.Tensor | None = None, *,
                          float(loss.detach()) if targets is not None else None, stacks=stacks)
     if not_reached:
         report.meta["not_reached"] = not_reached
+    if skipped:
+        report.meta["attention_logits_not_measured"] = skipped
+    if st.outside:  # attention layers in lists with nothing else of their layer: not blocks
+        report.meta["attention_outside_blocks"] = list(st.outside)
     others = {s.name: s.others for s in st.stacks if s.others}
     if others:  # a hybrid: its blocks are the attention layers; the rest run between them, unmeasured
         report.meta["layers_without_attention"] = others

@@ -7,7 +7,11 @@ and norm tensors, ``facts.inputs``), never through a model's own attributes:
   an MLP tensor (GPT-2's ``h.3``, LLaMA's ``layers.3``, T5's ``block.3``, BERT's ``layer.3``); an
   attention-only model's
   block is the attention's parent. Further attention layers inside the same block are its
-  cross-attention (BART/Whisper/T5 decoders).
+  cross-attention (BART/Whisper/T5 decoders). A model that keeps each kind of sublayer in a list
+  of its own (XLM/FlauBERT: ``attentions.i``, ``layer_norm1.i``, ``ffns.i``, ``layer_norm2.i``,
+  called one after the other by the model's forward) has no block module: its block i is the set
+  of modules whose tensors the role map puts in layer i (a *virtual* block, ``members``), entered
+  when the first of them runs and left when a module outside it runs.
 * **Stack** = the module holding a run of blocks (``encoder.block``, ``decoder.layers``): an
   encoder-decoder has two, probed and predicted separately, the decoder's cross-attention reading
   the encoder stack's output.
@@ -50,6 +54,14 @@ class BlockInfo:
     mlp_in: list[str] = field(default_factory=list)  # module names, role-map order (gate first)
     mlp_out: list[str] = field(default_factory=list)
     o: list[str] = field(default_factory=list)  # output projections (self, then cross)
+    # a virtual block (no module of its own, XLM/FlauBERT): the modules of its layer, from the role map
+    members: list[str] = field(default_factory=list)
+
+    def holds(self, name: str) -> str | None:
+        """The longest of the block's module names (its own, or its members') that ``name`` lies
+        under, or None."""
+        own = [m for m in (self.members or [self.name]) if _under(name, m) or name == m]
+        return max(own, key=len) if own else None
 
 
 @dataclass
@@ -70,13 +82,18 @@ class Structure:
     stacks: list[StackInfo]
     norms: list[str]  # module names of every norm (role-map norms and parameter-free norms)
     encoder_decoder: bool = False
+    heads: list[str] = field(default_factory=list)  # head modules: read the stream after a virtual block
+    # attention layers in a list with no norm or MLP of their layer (BLT's patch cross-attention):
+    # no block, not measured, named in the report
+    outside: list[str] = field(default_factory=list)
 
     def block_of_param(self, name: str) -> int | None:
         """Index of the block a parameter lives in (longest prefix), or None."""
-        best = None
+        best, length = None, -1
         for b in self.blocks:
-            if _under(name, b.name) and (best is None or len(b.name) > len(self.blocks[best].name)):
-                best = b.index
+            held = b.holds(name)
+            if held is not None and len(held) > length:
+                best, length = b.index, len(held)
         return best
 
 
@@ -96,15 +113,20 @@ def structure_of(model: nn.Module, rm) -> Structure:
            if str(slot.role) in ("mlp_in", "mlp_gate", "mlp_out") and info.kind == "weight"]
     mlp_mods = list(dict.fromkeys(m for m, _ in mlp))
     groups: dict[str, list] = {}
+    virtual: dict[str, list[str]] = {}  # block name -> member modules (parallel module lists)
+    outside: list[str] = []
     for a in atts:
         parts = a.module_name.split(".")
         block = ".".join(parts[:-1])
         layer = _layer_of(model, parts)
-        if layer == a.module_name:
-            raise ConfigError(
-                f"{rm.model_class} keeps its attention layers in a list of their own "
-                f"({module_of(a.module_name)}), outside any block module, so no module's output is the "
-                f"residual stream after a block (XLM/FlauBERT layout); the probe cannot measure it")
+        if layer == a.module_name:  # attentions.i of a model that lists each sublayer kind apart
+            block, members = _virtual_block(rm, a, model)
+            if block is None:
+                outside.append(a.module_name)
+                continue
+            virtual[block] = members
+            groups.setdefault(block, []).append(a)
+            continue
         if layer is not None:
             block = layer  # an attention-only layer of a hybrid (Nemotron-H): the layer is the block
         for k in range(len(parts) - 1, 0, -1):
@@ -123,7 +145,8 @@ def structure_of(model: nn.Module, rm) -> Structure:
         selfs = [a for a in group if not a.cross] or group
         first = selfs[0]
         cross = [a for a in group if a is not first]
-        sname = module_of(name)
+        members = virtual.get(name, [])
+        sname = _virtual_stack(name) if members else module_of(name)
         if sname not in stack_index:
             stack_index[sname] = len(stacks)
             stacks.append(StackInfo(sname, []))
@@ -131,21 +154,60 @@ def structure_of(model: nn.Module, rm) -> Structure:
         stacks[s].blocks.append(i)
         if cross:
             stacks[s].decoder = True
-        mins = [m for m, r in mlp if r in ("mlp_gate", "mlp_in") and _under(m, name)]
-        gates = [m for m, r in mlp if r == "mlp_gate" and _under(m, name)]
+        inside = (lambda m: m in members) if members else (lambda m: _under(m, name))
+        mins = [m for m, r in mlp if r in ("mlp_gate", "mlp_in") and inside(m)]
+        gates = [m for m, r in mlp if r == "mlp_gate" and inside(m)]
         mins = list(dict.fromkeys(gates + mins))
-        outs = list(dict.fromkeys(m for m, r in mlp if r == "mlp_out" and _under(m, name)))
+        outs = list(dict.fromkeys(m for m, r in mlp if r == "mlp_out" and inside(m)))
         blocks.append(BlockInfo(i, name, first, cross, s, mins, outs,
-                                [module_of(a.o.name) for a in [first, *cross]]))
+                                [module_of(a.o.name) for a in [first, *cross]], members))
     names = {b.name for b in blocks}
     for stack in stacks:
+        if any(blocks[i].members for i in stack.blocks):
+            continue  # the stack's lists are its blocks' members
         mod = model.get_submodule(stack.name)
         if isinstance(mod, (nn.ModuleList, nn.ModuleDict)):
             stack.others = [f"{stack.name}.{k}" for k, _ in mod.named_children()
                             if f"{stack.name}.{k}" not in names]
     norm_params = {module_of(info.name) for info in rm if "norm" in info.roles}
     norms = [n for n, m in model.named_modules() if n in norm_params or is_norm(m)]
-    return Structure(blocks, stacks, norms, bool(rm.facts.inputs.encoder_decoder))
+    heads = list(dict.fromkeys(module_of(i.name) for i in rm.by_role("head", None))) if virtual else []
+    if not blocks:
+        raise ConfigError(
+            f"{rm.model_class} keeps its attention layers in lists of their own "
+            f"({', '.join(sorted({module_of(n) for n in outside}))}), outside any block module, with no "
+            f"norm or MLP in their layers, so no module's output is the residual stream after a block; "
+            f"the probe cannot measure it")
+    return Structure(blocks, stacks, norms, bool(rm.facts.inputs.encoder_decoder), heads, outside)
+
+
+_VIRTUAL = " layer "  # a virtual block's name: "<stack> layer <i>" (never a module name)
+
+
+def _virtual_stack(block: str) -> str:
+    return block.split(_VIRTUAL)[0]
+
+
+def _virtual_block(rm, att, model: nn.Module) -> tuple[str | None, list[str]]:
+    """(name, member modules) of the virtual block holding ``att``, an element of a list of
+    attention layers: every module under the lists' parent whose tensors the role map puts in the
+    same layer as the attention's own (XLM: ``attentions.i``, ``layer_norm1.i``, ``ffns.i.lin1``,
+    ``ffns.i.lin2``, ``layer_norm2.i``). ``(None, [])`` when nothing but the attention is in its
+    layer (BLT's patch cross-attention lists): no block."""
+    layer = rm[att.q.name].layer
+    lists = module_of(att.module_name)
+    root = module_of(lists)
+    if layer is None:
+        raise ConfigError(
+            f"{rm.model_class} keeps its attention layers in a list of their own ({lists}), outside "
+            f"any block module, and the role map gives {att.module_name} no layer index, so the "
+            f"probe cannot tell which norms and MLP belong to its block; map it with layer indices")
+    members = [att.module_name] + [module_of(info.name) for info in rm
+                                   if info.layer == layer and _under(module_of(info.name), root)]
+    members = list(dict.fromkeys(members))
+    if all(_under(m, att.module_name) or m == att.module_name for m in members):
+        return None, []
+    return f"{root or type(model).__name__}{_VIRTUAL}{layer}", members
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,6 +448,8 @@ class Recorder:
         self.current: list[int] = []
         self.last_block: int | None = None
         self.hooks = []
+        # virtual blocks (no module of their own): member module -> block index
+        self.member_of = {n: b.index for b in st.blocks for n in b.members}
 
     def _t(self, x):
         """Batch-first view of a (T, B, d) activation of a sequence-first model."""
@@ -393,8 +457,36 @@ class Recorder:
             return x
         return x.transpose(0, 1)
 
+    def _open(self, i: int, x) -> None:
+        """A member of virtual block ``i`` starts running: enter the block (leaving the one before)."""
+        if self.current and self.current[-1] == i:
+            return
+        self._close(x, opening=i)
+        rec = self.trace.blocks[i]
+        rec.z_in = x
+        if i in self.first:
+            self.trace.stems[self.first[i]] = x
+        self.current.append(i)
+
+    def _close(self, x, opening: int | None = None) -> None:
+        """Leave the virtual block now running, if any, because a module outside it runs and reads
+        ``x``. Its output is the stream after it: the output of its last module when that is a norm
+        (post-LN), else what the next block of its stack, or the norm after it, reads (pre-LN)."""
+        if not self.current or not self.st.blocks[self.current[-1]].members:
+            return
+        i = self.current.pop()
+        rec = self.trace.blocks[i]
+        nxt = self.st.blocks[opening] if opening is not None else None
+        if rec.events and rec.events[-1][0] == "N":
+            rec.z_out = rec.events[-1][3]
+        elif x is not None and (nxt is None or (nxt.stack == self.st.blocks[i].stack and nxt.index == i + 1)):
+            rec.z_out = x
+        self.last_block = i
+
     def _event(self, kind, name, tin, tout):
         rec = (kind, name, self._t(tin), self._t(tout))
+        if self.current and self.st.blocks[self.current[-1]].members and name not in self.member_of:
+            self._close(rec[2] if kind == "N" else None)  # a module after the virtual block: it has ended
         if self.current:
             self.trace.blocks[self.current[-1]].events.append(rec)
         elif kind == "N":
@@ -402,7 +494,7 @@ class Recorder:
 
     def __enter__(self):
         m, st = self.model, self.st
-        first = {s.blocks[0]: i for i, s in enumerate(st.stacks) if s.blocks}
+        first = self.first = {s.blocks[0]: i for i, s in enumerate(st.stacks) if s.blocks}
 
         def pre(i):
             def fn(mod, args, kwargs):
@@ -440,10 +532,35 @@ class Recorder:
             mod = m.get_submodule(name)
             self.hooks.append(mod.register_forward_hook(ev(kind, name), with_kwargs=True))
 
+        def opener(i):
+            def fn(mod, args, kwargs):
+                self._open(i, self._t(first_tensor(args, kwargs)))
+            return fn
+
+        def closer(mod, args, kwargs):  # a head reads the stream after the last virtual block
+            self._close(self._t(first_tensor(args, kwargs)))
+
+        def ended(mod, args, kwargs, out):  # a model without a head returns the stream itself
+            try:
+                hidden, kind = output_tensor(out)
+            except ConfigError:
+                return
+            self._close(self._t(hidden) if kind == "hidden" or not st.heads else None)
+
+        if self.member_of:
+            for n in st.heads:
+                self.hooks.append(m.get_submodule(n).register_forward_pre_hook(closer, with_kwargs=True))
+            self.hooks.append(m.register_forward_hook(ended, with_kwargs=True))
         for b in st.blocks:
-            mod = m.get_submodule(b.name)
-            self.hooks.append(mod.register_forward_pre_hook(pre(b.index), with_kwargs=True))
-            self.hooks.append(mod.register_forward_hook(post(b.index), with_kwargs=True))
+            if b.members:  # registered first: the block is entered before its modules' own hooks run
+                for n in b.members:
+                    self.hooks.append(m.get_submodule(n).register_forward_pre_hook(opener(b.index),
+                                                                                  with_kwargs=True))
+            else:
+                mod = m.get_submodule(b.name)
+                self.hooks.append(mod.register_forward_pre_hook(pre(b.index), with_kwargs=True))
+                self.hooks.append(mod.register_forward_hook(post(b.index), with_kwargs=True))
+        for b in st.blocks:
             for a, kind in ((b.attention, "A"), *((c, "X") for c in b.cross)):
                 # at entry (a module like BERT's attention runs its own norm inside) and at exit
                 mod = m.get_submodule(a.module_name)
@@ -460,6 +577,7 @@ class Recorder:
         return self
 
     def __exit__(self, *exc):
+        self._close(None)  # the forward ended inside a virtual block (the stack's last)
         for h in self.hooks:
             h.remove()
         self.hooks.clear()
@@ -500,7 +618,7 @@ def reached(st: Structure, tr: Trace) -> tuple[Structure, Trace, list[dict]]:
               for o in old]
     stacks = [replace(s, blocks=[new_of[i] for i in s.blocks]) for s in keep]
     old_stack = {stack_of[id(s)]: st.stacks.index(s) for s in keep}
-    st2 = Structure(blocks, stacks, st.norms, st.encoder_decoder)
+    st2 = Structure(blocks, stacks, st.norms, st.encoder_decoder, st.heads, st.outside)
     tr2 = Trace([tr.blocks[o] for o in old],
                 [(*e[:4], new_of.get(e[4]) if e[4] is not None else None) for e in tr.outer
                  if e[4] is None or e[4] in new_of],
@@ -588,6 +706,15 @@ def layout_of(st: Structure, tr: Trace, branch: float = 1.0) -> Layout:
             why.append(f"block {b.index} is not a plain residual sum of its attention and MLP "
                        f"outputs (relative mismatch {err:.1e}): branch gains, LayerScale, skip "
                        f"scaling or sandwich norms are outside the leading-order recursion")
+    for b in st.blocks:
+        q, k = b.attention.q.d_in, b.attention.k.d_in
+        if q != k:
+            why.append(f"block {b.index}'s attention ({b.attention.module_name}) reads queries of {q} "
+                       f"and keys of {k} features: keys of another sequence, outside the recursion")
+    if st.outside:
+        why.append(f"{len(st.outside)} attention layers outside any block ({', '.join(st.outside[:3])}"
+                   f"{', ...' if len(st.outside) > 3 else ''}) run beside the measured blocks, "
+                   f"which the leading-order recursion does not cover")
     for s in st.stacks:
         if s.others:
             why.append(f"stack {s.name} also runs {len(s.others)} layers without attention "
