@@ -122,6 +122,19 @@ def shrink(cfg) -> None:
             _set(cfg, "window_size", 2)
             _set(cfg, "image_size", cfg.patch_size * 2 ** len(depths))
     _keep_layer_kinds(cfg)
+    # per-layer overrides of a heterogeneous config (NeoMME's per_layer_config, keyed by layer
+    # index): the layers that remain keep theirs, which the config validates on reload
+    layers = cfg.__dict__.get("num_hidden_layers")
+    spec = cfg.__dict__.get("_heterogeneity_spec")
+    overrides = getattr(spec, "per_layer_overrides", None)
+    if isinstance(overrides, dict) and isinstance(layers, int):
+        for i in [i for i in overrides if isinstance(i, int) and i >= layers]:
+            del overrides[i]
+    # Perceiver: 256 latents, 26 self-attentions per block by default
+    if isinstance(cfg.__dict__.get("num_self_attends_per_block"), int):
+        _set(cfg, "num_self_attends_per_block", LAYERS)
+        if isinstance(cfg.__dict__.get("num_latents"), int):
+            _set(cfg, "num_latents", 16)
     if getattr(cfg, "vocab_size", None) and cfg.vocab_size > 4096 and "pad_token_id" in cfg.__dict__:
         pass  # vocabularies keep their size: special token ids index into them
     # SSM / linear-attention mixers of hybrids: heads x head width = expand x d, small states
@@ -493,7 +506,7 @@ def mimetic_check(model, rmap, head: str) -> list[str]:
             if not err < 1e-5:
                 problems.append(f"{att.module_name} head {h}: QK off by {err:.2g}")
                 break
-        m = att.n_kv_heads * k
+        m = att.n_kv_heads * (att.v_head_dim or k)
         want = want_vo if latent else b if m >= min(b.shape) else _truncate(b, m)
         err = (att.vo_product() - want).abs().max().item()
         if not err < 1e-5:
@@ -590,11 +603,11 @@ def forward_check(model, rmap, head: str) -> list[str] | None:
         qk_norm = any(hasattr(root, n) or any(hasattr(m, n) for m in root.modules())
                       for n in ("q_norm", "k_norm", "q_layernorm", "k_layernorm", "query_layernorm",
                                 "qk_norm"))
-        hd = att.head_dim
         for name, proj, got, n in (("v", att.v, v, att.n_kv_heads), ("q", att.q, q, att.n_heads),
                                    ("k", att.k, k, att.n_kv_heads)):
             if name != "v" and qk_norm:
                 continue
+            hd = att.v_head_dim if name == "v" else att.head_dim  # value heads of their own width (MiMo-V2)
             bias = proj.bias_view()
             x = xs[name].double()
             pos = slice(None) if name == "v" else slice(0, 1)
@@ -607,7 +620,7 @@ def forward_check(model, rmap, head: str) -> list[str] | None:
                 break
             c = float((have * want).sum() / want.pow(2).sum().clamp_min(1e-30))
             if name == "v":
-                c = 1.0
+                c = att.value_scale()  # the kernel's values are value_scale · x W_v (MiMo-V2's v_scale)
             err = float((have - c * want).abs().max() / want.abs().max().clamp_min(1e-12))
             if not err < 1e-4:
                 problems.append(f"{att.module_name}: the kernel's {name} is not the role map's "
@@ -682,6 +695,9 @@ def make_batch(model, head: str) -> tuple[dict, torch.Tensor]:
             x = torch.randn(2, 32, feat, generator=g)
     elif name == "input_values":  # raw audio
         x = torch.randn(2, 4000, generator=g)
+    elif name == "inputs" and head == "masked-lm" and isinstance(getattr(cfg, "max_position_embeddings", None), int):
+        # Perceiver's masked LM decodes one query per position of its table: the text fills it
+        x = torch.randint(3, hi, (2, cfg.max_position_embeddings), generator=g)
     else:
         x = torch.randint(3, hi, (2, 8), generator=g)
     kw = {name: x}
