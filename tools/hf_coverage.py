@@ -174,9 +174,16 @@ def shrink(cfg) -> None:
             _set(cfg, "q_lora_rank", 48)
         if "qk_head_dim" in cfg.__dict__:
             _set(cfg, "qk_head_dim", 24)
+    # an adaptor's inner width tied to the text width it feeds at full size stays tied (Fun-ASR-Nano
+    # validates adaptor_config.intermediate_size == text_config.hidden_size // 4, on reload too)
+    adaptor, text = cfg.__dict__.get("adaptor_config"), cfg.__dict__.get("text_config")
+    tied = _is_config(adaptor) and _is_config(text) and isinstance(text.__dict__.get("hidden_size"), int) \
+        and adaptor.__dict__.get("intermediate_size") == text.hidden_size // 4
     for name, sub in list(cfg.__dict__.items()):
         if _is_config(sub):
             shrink(sub)
+    if tied:
+        _set(adaptor, "intermediate_size", text.hidden_size // 4)
 
 
 _LAYER_LISTS = ("layer_types", "layers_block_type", "block_types", "mlp_layer_types")
