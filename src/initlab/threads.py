@@ -23,3 +23,91 @@ def single_threaded(device: torch.device | str | None = None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class Tasks:
+    """Independent tasks run on worker threads, each task single-threaded; their results are
+    delivered to the submitting thread in submission order (see :func:`worker_pool`).
+
+    ``submit(fn, *args, then=cb)`` queues ``fn(*args)``; ``cb(result)`` runs later on the caller's
+    thread, after every earlier callback. ``after(cb)`` queues a callback with no task. At most
+    ``max_pending`` tasks are in flight: submitting one more first delivers the oldest (so memory
+    stays bounded). ``drain()`` delivers everything. Without an executor (one thread, or work on an
+    accelerator) tasks run at once on the caller's thread, in the same order, with the same result.
+
+    Results do not depend on timing: a task is a function of its arguments (draw any random numbers
+    it needs on the caller's thread, in order, before submitting), every CPU task runs with one
+    intra-op thread, and callbacks run in submission order.
+    """
+
+    def __init__(self, executor=None, max_pending: int = 1):
+        self._executor = executor
+        self._max_pending = max(1, max_pending)
+        self._queue: list = []  # (future or None, result, callback)
+        self._in_flight = 0
+
+    @property
+    def parallel(self) -> bool:
+        return self._executor is not None
+
+    def submit(self, fn, *args, then=None, inline: bool = False) -> None:
+        """Queue ``fn(*args)``; ``inline=True`` runs it now on this thread (e.g. GPU work)."""
+        if self._executor is None or inline:
+            self._queue.append((None, fn(*args), then))
+            self._deliver_done()
+            return
+        while self._in_flight >= self._max_pending:
+            self._deliver_one()
+        self._queue.append((self._executor.submit(fn, *args), None, then))
+        self._in_flight += 1
+
+    def after(self, then) -> None:
+        """Run ``then()`` on this thread once every earlier result has been delivered."""
+        self._queue.append((None, None, lambda _: then()))
+        self._deliver_done()
+
+    def drain(self) -> None:
+        while self._queue:
+            self._deliver_one()
+
+    def _deliver_one(self) -> None:
+        fut, result, then = self._queue.pop(0)
+        if fut is not None:
+            self._in_flight -= 1
+            result = fut.result()  # re-raises a task's exception here
+        if then is not None:
+            then(result)
+
+    def _deliver_done(self) -> None:
+        while self._queue and (self._queue[0][0] is None or self._queue[0][0].done()):
+            self._deliver_one()
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int | None = None, *, max_pending: int | None = None):
+    """A :class:`Tasks` pool of ``workers`` threads (default: torch's intra-op thread count).
+
+    For the duration, torch runs one intra-op thread (restored after): tasks get the cores as
+    whole tasks, with no barrier waits between threads (the cost measured above on a shared
+    machine), and every CPU kernel runs single-threaded, so results are bitwise the same for any
+    number of workers. One worker (or ``torch.get_num_threads() == 1``): tasks run inline.
+    ``max_pending`` (default: workers) bounds the tasks in flight, and so their memory.
+    """
+    n = torch.get_num_threads() if workers is None else workers
+    if n <= 1:
+        tasks = Tasks()
+        with single_threaded():
+            yield tasks
+            tasks.drain()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with single_threaded():
+        # each worker sets its own OpenMP thread count (a new thread starts from the default)
+        executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="initlab-worker",
+                                      initializer=torch.set_num_threads, initargs=(1,))
+        tasks = Tasks(executor, max_pending if max_pending is not None else n)
+        try:
+            yield tasks
+            tasks.drain()
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
