@@ -528,8 +528,12 @@ def _layer_device(att: AttentionLayer, device) -> torch.device:
 SKETCH_SEED = 0x5EED
 # Targets are drawn and factorized in chunks of whole KV groups of at most this many bytes (at
 # least one group), so a layer's H·d² targets are never all in memory at once.
-CHUNK_BYTES = {"cpu": 8 * 2 ** 20}
+CHUNK_BYTES = {"cpu": 6 * 2 ** 20}
 CHUNK_BYTES_OTHER = 512 * 2 ** 20
+# On a CPU the chunks are factorized on worker threads (one per intra-op thread) while the next
+# chunk is drawn: at most this many chunks' bytes of targets are drawn and not yet factorized
+# (but always enough for every worker to have one, however large a KV group is).
+INFLIGHT_CHUNKS = 3
 
 # benchmarks/bench_mimetic.py --breakdown sets this to a dict; phases add their seconds to it
 # (CPU: the CPU time of the thread running the phase, so overlapping phases on worker threads add
@@ -601,6 +605,8 @@ def _init_layer(att: AttentionLayer, cfg: dict, sign: int, *, dist: str, gen, sk
             wq_all[:, g0 * r * k:g1 * r * k], wk_all[:, g0 * k:g1 * k] = result
     for g0 in range(0, n_groups, step):
         g1 = min(n_groups, g0 + step)
+        if qk:
+            tasks.reserve((g1 - g0) * group_bytes)  # waits while enough targets are in flight
         with _phase("draw", device):
             a = noise(((g1 - g0) * r, d, d), d, dist=dist, generator=gen, dtype=dtype, device=device)
             if qk:
@@ -621,6 +627,8 @@ def _init_layer(att: AttentionLayer, cfg: dict, sign: int, *, dist: str, gen, sk
                 att.q.write(wq_all)
                 att.k.write(wk_all)
         tasks.after(write_qk)
+    if vo:
+        tasks.reserve(group_bytes // r)
     with _phase("draw", device):
         b = noise((d, d), d, dist=dist, generator=gen, dtype=dtype, device=device)
         b.mul_(cfg["alpha_vo"]).diagonal().add_(sign * cfg["beta_vo"])
@@ -730,7 +738,7 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     device_gens: dict[str, torch.Generator] = {}
     sketch_gens: dict[str, torch.Generator] = {}
     # the factorizations run as tasks on worker threads (CPU), written back in order as they finish
-    with worker_pool() as tasks:
+    with worker_pool(max_cost=INFLIGHT_CHUNKS * CHUNK_BYTES["cpu"]) as tasks:
         for att in layers:
             with _gathered(rmap, att) as (sub, att):
                 dev = _layer_device(att, device)
