@@ -203,9 +203,11 @@ def run_one(args, dtype_name: str) -> dict:
               f"(drawing the targets)" + ("; CPU time per phase, summed over threads (the "
                                           "factorizations run on worker threads, overlapping)"
                                           if cpu else "; synchronized wall time per phase") + ":")
+        ref = t_default[1] if cpu else t_default[0]  # like for like: CPU time on a CPU
         for k in ("draw", "qk", "vo", "write"):
             if k in parts:
-                print(f"  {k:6s} {parts[k]:7.3f} s  {parts[k] / t_default[0]:5.2f}x default init"
+                print(f"  {k:6s} {parts[k]:7.3f} s  {parts[k] / ref:5.2f}x default init"
+                      + (" (CPU)" if cpu else "")
                       + (f"  {parts[k] / parts['draw']:5.2f}x draw" if parts.get("draw") else ""))
     return dict(default=t_default, mimetic=t_mimetic, peak_mib=mem.peak, phases=parts)
 
