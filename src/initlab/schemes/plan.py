@@ -182,7 +182,7 @@ class InitPlan:
             if scheme.apply is not None:  # mimetic_/structured_ take include_frozen
                 if scheme.layerwise or not sharded:  # gathers one layer at a time itself
                     scheme.apply(model, rmap, {**o, **extra}, generator)
-                else:  # a construction over several layers' tensors: the whole model, gathered
+                else:  # a construction of its own (not checked to stay in a layer): all gathered
                     for full in _by_layer(rmap, sharded, whole=True):
                         scheme.apply(model, full, {**o, **extra}, generator)
             if scheme.setup is not None:  # model-level knobs (controls), no tensor values
