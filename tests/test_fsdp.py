@@ -191,6 +191,25 @@ def _layerwise_rank(rank: int, world: int, report: dict) -> None:
             plan.initialize_(sh, seed=11)
             report["diff"][spec] = _max_diff(ref, sh)
             report["peak"][spec] = peak[0]
+        # "mu" sets the tied head's multiplier: each part of the map must answer "tied?" as the
+        # whole map does, also when the adapter does not say (tied_head=None: judged by roles)
+        from dataclasses import replace
+
+        from initlab.roles import roles
+
+        def undecided(m):
+            rm = roles(m)
+            return replace(rm, controls=replace(rm.controls, tied_head=None))
+        torch.manual_seed(0)
+        ref = create_model(name, **kw)
+        sh = copy.deepcopy(ref)
+        for b in sh.blocks:
+            fully_shard(b, mesh=mesh)
+        fully_shard(sh, mesh=mesh)
+        plan = InitPlan.build("mu")
+        plan.initialize_(ref, seed=11, role_map=undecided(ref))
+        plan.initialize_(sh, seed=11, role_map=undecided(sh))
+        report["mu_undecided"] = [_max_diff(ref, sh), ref.head_multiplier, sh.head_multiplier]
         report["block_params"] = max(len(list(b.parameters())) for b in ref.blocks)
         report["all_params"] = len(list(ref.parameters()))
     finally:
@@ -208,3 +227,5 @@ def test_sharded_init_chains_equal_unsharded_and_gather_one_block_at_a_time(tmp_
         for spec in _CHAINS:
             assert r["diff"][spec] == 0.0, (spec, r["diff"])
             assert 0 < r["peak"][spec] <= r["block_params"] < r["all_params"], (spec, r)
+        diff, head_ref, head_sh = r["mu_undecided"]
+        assert diff == 0.0 and head_ref == head_sh != 1.0, r["mu_undecided"]

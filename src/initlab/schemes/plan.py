@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InitError
-from ..parametrization import Parametrization, parametrize_, parse_s
+from ..parametrization import Parametrization, is_tied, parametrize_, parse_s
 from ..roles import roles
 from ..roles.core import require_materialized
 from ..values import parse_value
@@ -222,8 +222,11 @@ def _by_layer(rmap, sharded: bool, *, whole: bool = False):
             if not (whole and runs):
                 runs.append([])
         runs[-1].append(n)
+    # a part answers "is the head tied to the embedding?" as the whole map does (parametrize_
+    # asks; a part without the embedding would otherwise say no)
+    controls = replace(rmap.controls, tied_head=is_tied(rmap))
     for run in runs:
-        part = replace(rmap, params={n: rmap.params[n] for n in run})
+        part = replace(rmap, params={n: rmap.params[n] for n in run}, controls=controls)
         with full_tensors(part) as full:
             yield full
 
