@@ -3,8 +3,8 @@
     torchrun --nproc_per_node 2 benchmarks/bench_sharded_init.py --shape llama-small
 
 Each rank (gloo, CPU) builds the stack on the meta device, shards every layer and the root with
-``fully_shard``, materializes its shards (``to_empty``) and runs, in order: ``init_(m, "default")``,
-``init_(m, "mimetic")`` and ``mimetic_(m)``, each under a sampler of the bytes glibc's malloc has handed out
+``fully_shard``, materializes its shards (``to_empty``) and runs, in order: ``init_(m, spec)`` for each
+spec of ``SPECS`` and ``mimetic_(m)``, each under a sampler of the bytes glibc's malloc has handed out
 (every 2 ms, above the level before the call). Rank 0 then does the same on the unsharded model for
 comparison. Printed per rank, next to one layer's full Q, K, V, O weights and the whole model.
 """
@@ -23,6 +23,11 @@ import initlab  # noqa: E402
 from initlab.roles import roles_from_mapping  # noqa: E402
 
 
+# "default" leaves the stack as built (writes nothing), "xavier" draws every weight (rules),
+# "nt+mimetic" a parametrization then mimetic
+SPECS = ("default", "xavier", "mimetic", "nt+mimetic")
+
+
 def _trim() -> None:
     """Hand freed heap memory back to the OS (glibc), so each call's peak is counted from the
     same state, not hidden by memory an earlier call left in the allocator."""
@@ -35,12 +40,12 @@ def _trim() -> None:
 
 def measure(model, label: str, rank: int, rows: list) -> None:
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    steps = [("init_(m, 'default')", lambda: initlab.init_(model, "default", generator=gen(),
-                                                            role_map=roles_from_mapping(model, model.mapping))),
-             ("init_(m, 'mimetic')", lambda: initlab.init_(model, "mimetic", generator=gen(),
-                                                            role_map=roles_from_mapping(model, model.mapping))),
-             ("mimetic_(m)", lambda: initlab.mimetic_(model, generator=gen(),
-                                                      role_map=roles_from_mapping(model, model.mapping)))]
+    def init(spec):
+        return lambda: initlab.init_(model, spec, generator=gen(),
+                                     role_map=roles_from_mapping(model, model.mapping))
+    steps = [(f"init_(m, {spec!r})", init(spec)) for spec in SPECS]
+    steps.append(("mimetic_(m)", lambda: initlab.mimetic_(model, generator=gen(),
+                                                          role_map=roles_from_mapping(model, model.mapping))))
     for name, fn in steps:
         _trim()
         with PeakMemory("cpu") as mem:
@@ -84,7 +89,7 @@ def main(argv=None) -> int:
         print(f"peak {CPU_MEMORY} above the level before the call (MiB):")
         for r in out:
             for rk, label, name, peak in r:
-                print(f"  rank {rk}  {label:14s} {name:22s} +{peak:.0f}")
+                print(f"  rank {rk}  {label:14s} {name:26s} +{peak:.0f}")
     dist.destroy_process_group()
     return 0
 

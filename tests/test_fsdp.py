@@ -145,3 +145,87 @@ def test_train_fsdp_matches_ddp(tmp_path):
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
     ck = torch.load(tmp_path / "run-fsdp" / "checkpoint.pt", weights_only=False)
     assert not any(hasattr(v, "full_tensor") for v in ck["model"].values())  # gathered, full
+
+
+_CHAINS = ("xavier", "nt+mimetic", "gpt2+mimetic-qk", "mu")
+
+
+def _layerwise_rank(rank: int, world: int, report: dict) -> None:
+    """init_ chains with a seed on a sharded GPT: the same weights as unsharded, and never more
+    than one block's tensors gathered at a time (counted through full_tensors)."""
+    import contextlib
+
+    import initlab.roles.dtensor as dt
+    from initlab.models import create_model
+    from initlab.schemes import InitPlan
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh("cpu", (world,))
+    name, kw, _ = MODELS["gpt"]
+    live, peak = [0], [0]
+    original = dt.full_tensors
+
+    @contextlib.contextmanager
+    def counting(rmap, **kwargs):
+        n = len({id(i.param) for i in rmap if dt.is_dtensor(i.param)})
+        live[0] += n
+        peak[0] = max(peak[0], live[0])
+        try:
+            with original(rmap, **kwargs) as full:
+                yield full
+        finally:
+            live[0] -= n
+    dt.full_tensors = counting
+    try:
+        report["diff"], report["peak"] = {}, {}
+        for spec in _CHAINS:
+            torch.manual_seed(0)
+            ref = create_model(name, **kw)
+            sh = copy.deepcopy(ref)
+            for b in sh.blocks:
+                fully_shard(b, mesh=mesh)
+            fully_shard(sh, mesh=mesh)
+            plan = InitPlan.build(spec)
+            plan.initialize_(ref, seed=11)
+            peak[0] = 0
+            plan.initialize_(sh, seed=11)
+            report["diff"][spec] = _max_diff(ref, sh)
+            report["peak"][spec] = peak[0]
+        # "mu" sets the tied head's multiplier: each part of the map must answer "tied?" as the
+        # whole map does, also when the adapter does not say (tied_head=None: judged by roles)
+        from dataclasses import replace
+
+        from initlab.roles import roles
+
+        def undecided(m):
+            rm = roles(m)
+            return replace(rm, controls=replace(rm.controls, tied_head=None))
+        torch.manual_seed(0)
+        ref = create_model(name, **kw)
+        sh = copy.deepcopy(ref)
+        for b in sh.blocks:
+            fully_shard(b, mesh=mesh)
+        fully_shard(sh, mesh=mesh)
+        plan = InitPlan.build("mu")
+        plan.initialize_(ref, seed=11, role_map=undecided(ref))
+        plan.initialize_(sh, seed=11, role_map=undecided(sh))
+        report["mu_undecided"] = [_max_diff(ref, sh), ref.head_multiplier, sh.head_multiplier]
+        report["block_params"] = max(len(list(b.parameters())) for b in ref.blocks)
+        report["all_params"] = len(list(ref.parameters()))
+    finally:
+        dt.full_tensors = original
+
+
+def test_sharded_init_chains_equal_unsharded_and_gather_one_block_at_a_time(tmp_path):
+    """InitPlan.apply_ on a fully_shard-ed model visits it layer by layer (peak memory per rank:
+    one layer's full tensors, not the whole model's) and draws the same numbers as unsharded."""
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
+    if not hasattr(torch.distributed.fsdp, "fully_shard"):
+        pytest.skip("this torch has no torch.distributed.fsdp.fully_shard")
+    for r in spawn_gloo(_layerwise_rank, tmp_path / "res"):
+        assert set(r["diff"]) == set(_CHAINS)
+        for spec in _CHAINS:
+            assert r["diff"][spec] == 0.0, (spec, r["diff"])
+            assert 0 < r["peak"][spec] <= r["block_params"] < r["all_params"], (spec, r)
+        diff, head_ref, head_sh = r["mu_undecided"]
+        assert diff == 0.0 and head_ref == head_sh != 1.0, r["mu_undecided"]

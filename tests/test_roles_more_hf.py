@@ -288,9 +288,6 @@ def test_mimo_v2_value_heads_wider_than_query_heads():
     torch.testing.assert_close(att.vo_product(), vo)
 
 
-@pytest.mark.xfail(strict=True, reason="mimetic_'s VO factors are drawn with head_dim-wide value heads "
-                   "(mimetic.py _init_layer); value heads of their own width need att.v_head_dim there "
-                   "(owner: mimetic)")
 def test_mimo_v2_mimetic_identities():
     model = build_or_skip("causal-lm", "mimo_v2_flash")
     rm = initlab.role_map(model)

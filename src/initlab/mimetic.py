@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 
 import torch
@@ -43,7 +44,7 @@ from torch import nn
 from .errors import InitError
 from .roles import AttentionLayer, Role, roles
 from .roles.core import require_materialized
-from .threads import single_threaded
+from .threads import Tasks, single_threaded, worker_pool
 
 VISION = dict(alpha_qk=0.7, beta_qk=0.7, alpha_vo=0.4, beta_vo=0.4, vo_sign=-1)
 # Language models: see docs/mimetic.md ("language preset") for why these values.
@@ -85,7 +86,7 @@ def noise(shape: tuple[int, ...], d: int, *, dist: str = "uniform",
 # ---------------------------------------------------------------------------------------------
 def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversample: int | None = None,
                  power_iters: int | None = None, generator: torch.Generator | None = None,
-                 iter_dtype: torch.dtype | None = None,
+                 iter_dtype: torch.dtype | None = None, start: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``rank`` singular triplets of a batch of matrices ``m`` (…, p, q).
 
@@ -103,6 +104,9 @@ def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversampl
       is ill-conditioned), so U S Vh = m P with P the orthogonal projector onto the chosen
       subspace (V orthonormal to ~1e-6 in float32).
 
+    ``start``: Ω itself (from :func:`sketch_start`, the same numbers drawn ahead, e.g. on another
+    thread than the one factorizing); then ``generator`` is not used.
+
     Targets of mimetic init have flat spectra (σ₁/σ_k ≈ 1.5). Energy captured relative to the exact
     truncation (float32 uniform targets 0.7Z + 0.7I, defaults; the earlier monomial subspace
     iteration's in brackets): d=768,k=64: 0.9963 (0.9961); d=512,k=64: 0.9988 (0.9991);
@@ -119,10 +123,9 @@ def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversampl
     p, q = m.shape[-2:]
     if power_iters is None:
         power_iters = filter_degree(p, q, rank)
-    width = min(rank + (rank if oversample is None else oversample), min(p, q))
     fast = iter_dtype if iter_dtype is not None else fast_matmul_dtype(m)
-    omega = torch.randn(m.shape[:-2] + (p, width), generator=generator, dtype=m.dtype,
-                        device="cpu" if generator is None else generator.device)
+    omega = start if start is not None else sketch_start(m.shape, rank, oversample=oversample,
+                                                         generator=generator, dtype=m.dtype)
     mi = m.to(fast)
     # the sketch Y₀ = mᵀΩ (a half pass), columns normalized
     y = _t_times(mi, omega.to(device=m.device, dtype=fast)).to(m.dtype)
@@ -132,6 +135,17 @@ def top_singular(m: torch.Tensor, rank: int, *, method: str = "exact", oversampl
         y = _chebyshev_filter(mi, y, rank, power_iters)
     del mi
     return _project(m, y, rank)
+
+
+def sketch_start(shape: tuple[int, ...], rank: int, *, oversample: int | None = None,
+                 generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Ω, the Gaussian start of :func:`top_singular`'s randomized method for matrices of ``shape``
+    (…, p, q): (…, p, width), width = rank + oversample (default rank), at most min(p, q); drawn
+    from ``generator`` on its device (CPU without one)."""
+    p, q = shape[-2:]
+    width = min(rank + (rank if oversample is None else oversample), min(p, q))
+    return torch.randn(tuple(shape[:-2]) + (p, width), generator=generator, dtype=dtype,
+                       device="cpu" if generator is None else generator.device)
 
 
 def _project(m: torch.Tensor, y: torch.Tensor, rank: int):
@@ -567,11 +581,18 @@ def _layer_device(att: AttentionLayer, device) -> torch.device:
 SKETCH_SEED = 0x5EED
 # Targets are drawn and factorized in chunks of whole KV groups of at most this many bytes (at
 # least one group), so a layer's H·d² targets are never all in memory at once.
-CHUNK_BYTES = {"cpu": 16 * 2 ** 20}
+CHUNK_BYTES = {"cpu": 6 * 2 ** 20}
 CHUNK_BYTES_OTHER = 512 * 2 ** 20
+# On a CPU the chunks are factorized on worker threads (one per intra-op thread) while the next
+# chunk is drawn: at most this many chunks' bytes of targets are drawn and not yet factorized
+# (but always enough for every worker to have one, however large a KV group is).
+INFLIGHT_CHUNKS = 3
 
 # benchmarks/bench_mimetic.py --breakdown sets this to a dict; phases add their seconds to it
+# (CPU: the CPU time of the thread running the phase, so overlapping phases on worker threads add
+# up to work, not wall time; CUDA: synchronized wall time)
 _phase_times: dict | None = None
+_phase_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -579,25 +600,53 @@ def _phase(name: str, device: torch.device):
     if _phase_times is None:
         yield
         return
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize(device)
-    t = time.perf_counter()
+    clock = time.perf_counter if cuda else time.thread_time
+    t = clock()
     yield
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize(device)
-    _phase_times[name] = _phase_times.get(name, 0.0) + time.perf_counter() - t
+    with _phase_lock:
+        _phase_times[name] = _phase_times.get(name, 0.0) + clock() - t
+
+
+def _qk_task(a: torch.Tensor, k: int, n_groups: int, start, opts: dict, device: torch.device):
+    with _phase("qk", device):
+        wq, wk = grouped_qk_factors(a, k, n_groups, start=start, **opts)
+        # (d, heads·k) column blocks, ready to copy into the layer's Wq / Wk
+        return wq.transpose(0, 1).reshape(a.shape[-1], -1), wk.transpose(0, 1).reshape(a.shape[-1], -1)
+
+
+def _vo_task(b: torch.Tensor, k: int, n_heads: int, n_groups: int, vo_layout: str, opts: dict,
+             device: torch.device):
+    with _phase("vo", device):
+        if vo_layout == "compat":
+            wv, wo = vo_factors(b)
+            return wv.t(), wo.t()
+        if b.shape[-2] < b.shape[-1]:  # value input narrower than the output (p < q)
+            return _wide_vo_factors(b, k, n_heads, n_groups, **opts)
+        return grouped_vo_factors(b, k, n_heads, n_groups, **opts)
 
 
 def _init_layer(att: AttentionLayer, cfg: dict, sign: int, *, dist: str, gen, sketch, dtype,
                 device: torch.device, method: str, oversample, power_iters, qk: bool, vo: bool,
-                vo_layout: str) -> None:
+                vo_layout: str, tasks: Tasks) -> None:
     """Draw one layer's targets chunk by chunk (same numbers as :func:`draw_targets`), factorize
-    them and write Q, K, V, O."""
+    them and write Q, K, V, O.
+
+    The draws (the user's generator) and the random starts (``sketch``) happen here, in order;
+    the factorizations are ``tasks`` (worker threads on a CPU, see :func:`initlab.threads.worker_pool`)
+    and the writes happen when ``tasks`` delivers their results, in order, so the weights do not
+    depend on timing. A later layer's draws and factorizations may run before this layer is
+    written: call ``tasks.drain()`` where the layer must be complete."""
     d, k, n_heads, n_groups = att.d_model, att.head_dim, att.n_heads, att.n_kv_heads
     r = n_heads // n_groups
     # the user's generator draws the targets and nothing else (the documented stream, whatever the
     # method); sketches and the rotation of a wide GQA value map come from the library's own stream
-    opts = dict(method=method, oversample=oversample, power_iters=power_iters, generator=sketch)
+    opts = dict(method=method, oversample=oversample, power_iters=power_iters)
+    inline = device.type != "cpu"  # accelerator work is queued there already
     group_bytes = r * d * d * torch.empty((), dtype=dtype).element_size()
     budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES_OTHER)
     step = max(1, budget // group_bytes)
@@ -606,8 +655,13 @@ def _init_layer(att: AttentionLayer, cfg: dict, sign: int, *, dist: str, gen, sk
     if qk:
         wq_all = torch.empty(d, n_heads * k, dtype=dtype, device=device)
         wk_all = torch.empty(d, n_groups * k, dtype=dtype, device=device)
+
+        def store(g0: int, g1: int, result) -> None:
+            wq_all[:, g0 * r * k:g1 * r * k], wk_all[:, g0 * k:g1 * k] = result
     for g0 in range(0, n_groups, step):
         g1 = min(n_groups, g0 + step)
+        if qk:
+            tasks.reserve((g1 - g0) * group_bytes)  # waits while enough targets are in flight
         with _phase("draw", device):
             a = noise(((g1 - g0) * r, d, d), d, dist=dist, generator=gen, dtype=dtype, device=device)
             if qk:
@@ -615,33 +669,41 @@ def _init_layer(att: AttentionLayer, cfg: dict, sign: int, *, dist: str, gen, sk
         if not qk:  # drawn anyway: the VO noise comes after the QK noises
             del a
             continue
-        with _phase("qk", device):
-            wq, wk = grouped_qk_factors(a, k, g1 - g0, **opts)
-            del a
-            wq_all[:, g0 * r * k:g1 * r * k] = wq.transpose(0, 1).reshape(d, -1)
-            wk_all[:, g0 * k:g1 * k] = wk.transpose(0, 1).reshape(d, -1)
-            del wq, wk
+        start = None
+        if method == "randomized":
+            start = sketch_start((g1 - g0, r * d, d), min(k, d), oversample=oversample,
+                                 generator=sketch, dtype=dtype).to(device)
+        tasks.submit(_qk_task, a, k, g1 - g0, start, opts, device,
+                     then=lambda res, g0=g0, g1=g1: store(g0, g1, res), inline=inline)
+        del a, start
     if qk:
-        with _phase("write", device):
-            att.q.write(wq_all)
-            att.k.write(wk_all)
-        del wq_all, wk_all
+        def write_qk() -> None:
+            with _phase("write", device):
+                att.q.write(wq_all)
+                att.k.write(wk_all)
+        tasks.after(write_qk)
+    if vo:
+        tasks.reserve(group_bytes // r)
     with _phase("draw", device):
         p, q = vo_shape(att)  # (d, d) unless the value input and the output differ in width
         b = noise((p, q), p, dist=dist, generator=gen, dtype=dtype, device=device)
         add_vo_identity_(b.mul_(cfg["alpha_vo"]), att, sign * cfg["beta_vo"])
     if vo:
-        with _phase("vo", device):
-            if vo_layout == "compat":
-                wv, wo = vo_factors(b)
-                wv, wo = wv.t(), wo.t()
-            elif p < q:
-                wv, wo = _wide_vo_factors(b, k, n_heads, n_groups, **opts)
-            else:
-                wv, wo = grouped_vo_factors(b, k, n_heads, n_groups, **opts)
-        with _phase("write", device):
-            att.v.write(wv)
-            att.o.write(wo)
+        vo_opts = dict(opts)
+        # the matrix the factorization sees is (p, q), or its transpose when p < q (value input
+        # narrower than the output): it draws (a random start, a rotation) unless G·k is its width
+        width = q if p >= q else p
+        kv = att.v_head_dim or k  # value heads of their own width (MiMo-V2)
+        if vo_layout != "compat" and n_groups * kv != width:  # the factorization draws: its own generator
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=sketch))
+            vo_opts["generator"] = torch.Generator(sketch.device).manual_seed(seed)
+
+        def write_vo(res) -> None:
+            with _phase("write", device):
+                att.v.write(res[0])
+                att.o.write(res[1])
+        tasks.submit(_vo_task, b, kv, n_heads, n_groups, vo_layout, vo_opts, device,
+                     then=write_vo, inline=inline)
 
 
 @torch.no_grad()
@@ -726,6 +788,7 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
         if not getattr(att, "latent", False):  # MLA layers: mimetic_latent (docs/mimetic.md)
             _check_layer(att, qk=qk)
     if vo_layout == "compat" and any(getattr(a, "latent", False) or a.n_kv_heads * a.head_dim != a.d_model
+                                     or (a.v_head_dim or a.head_dim) != a.head_dim
                                      or vo_shape(a) != (a.d_model, a.d_model) for a in layers):
         raise InitError("vo_layout='compat' reproduces code for square V/O weights only (no GQA)")
 
@@ -736,36 +799,41 @@ def mimetic_(model: nn.Module, *, preset: str | dict | None = None,
     # resharded before the next layer's are gathered, so a rank holds one layer's full tensors
     device_gens: dict[str, torch.Generator] = {}
     sketch_gens: dict[str, torch.Generator] = {}
-    for att in layers:
-        with _gathered(rmap, att) as (sub, att):
-            dev = _layer_device(att, device)
-            method = svd
-            if method == "auto":
-                method = "exact" if att.d_model < AUTO_RANDOMIZED_WIDTH else "randomized"
-            # exact on CPU: float64 (the paper's construction to rounding); otherwise float32
-            dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
-            if dev.type == "cpu":
-                gen = generator
-            else:
-                if str(dev) not in device_gens:  # one generator per device (cuda:0, cuda:1, ...)
-                    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-                    device_gens[str(dev)] = torch.Generator(dev).manual_seed(seed)
-                gen = device_gens[str(dev)]
-            if getattr(att, "latent", False):  # multi-head latent attention: solve the up-projections
-                from .mimetic_latent import latent_mimetic_
-                a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
-                                    dtype=dtype, device=dev)
-                latent_mimetic_(att, a, b, qk=qk, vo=vo)
+    # the factorizations run as tasks on worker threads (CPU), written back in order as they finish
+    with worker_pool(max_cost=INFLIGHT_CHUNKS * CHUNK_BYTES["cpu"]) as tasks:
+        for att in layers:
+            with _gathered(rmap, att) as (sub, att):
+                dev = _layer_device(att, device)
+                method = svd
+                if method == "auto":
+                    method = "exact" if att.d_model < AUTO_RANDOMIZED_WIDTH else "randomized"
+                # exact on CPU: float64 (the paper's construction to rounding); otherwise float32
+                dtype = torch.float64 if method == "exact" and dev.type == "cpu" else torch.float32
+                if dev.type == "cpu":
+                    gen = generator
+                else:
+                    if str(dev) not in device_gens:  # one generator per device (cuda:0, cuda:1, ...)
+                        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+                        device_gens[str(dev)] = torch.Generator(dev).manual_seed(seed)
+                    gen = device_gens[str(dev)]
+                if getattr(att, "latent", False):  # multi-head latent attention: solve the up-projections
+                    from .mimetic_latent import latent_mimetic_
+                    a, b = draw_targets(att, **cfg, vo_sign=sign, dist=noise_dist, generator=gen,
+                                        dtype=dtype, device=dev)
+                    latent_mimetic_(att, a, b, qk=qk, vo=vo)
+                    if zero_bias:
+                        _zero_biases(sub, att, qk=qk, vo=vo)
+                    continue
+                if str(dev) not in sketch_gens:  # randomized SVD starts: a stream of their own
+                    sketch_gens[str(dev)] = torch.Generator(dev).manual_seed(SKETCH_SEED)
+                _init_layer(att, cfg, sign, dist=noise_dist, gen=gen, sketch=sketch_gens[str(dev)],
+                            dtype=dtype, device=dev, method=method, oversample=oversample,
+                            power_iters=power_iters, qk=qk, vo=vo, vo_layout=vo_layout,
+                            tasks=tasks)
                 if zero_bias:
                     _zero_biases(sub, att, qk=qk, vo=vo)
-                continue
-            if str(dev) not in sketch_gens:  # randomized SVD starts: a stream of their own
-                sketch_gens[str(dev)] = torch.Generator(dev).manual_seed(SKETCH_SEED)
-            _init_layer(att, cfg, sign, dist=noise_dist, gen=gen, sketch=sketch_gens[str(dev)],
-                        dtype=dtype, device=dev, method=method, oversample=oversample,
-                        power_iters=power_iters, qk=qk, vo=vo, vo_layout=vo_layout)
-            if zero_bias:
-                _zero_biases(sub, att, qk=qk, vo=vo)
+                if sub is not rmap:  # gathered full copies: written before they are resharded
+                    tasks.drain()
     if positions:
         tables = {id(info.param) for info in rmap.by_role(Role.POS_EMBED)}
         with _gathered(rmap, None, tables) as (sub, _):

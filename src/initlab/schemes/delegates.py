@@ -49,7 +49,7 @@ def mimetic_scheme(name: str, description: str, *, preset: str = "vision", qk: b
     # (mimetic_'s optional pos_embed="sincos" also writes the position table; not listed, since
     # it is off by default)
     return Scheme(name, description, MIMETIC_CITE, apply=_mimetic_apply, validate=_mimetic_validate,
-                  options=options,
+                  options=options, layerwise=True,  # mimetic_ gathers one layer at a time
                   writes=_writes(touched), fixes=touched,
                   requires=("attention",),
                   formula="; ".join(parts) + f" (preset {preset!r}); Z_ij iid var 1/d; attention "

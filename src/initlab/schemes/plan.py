@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InitError
-from ..parametrization import Parametrization, parametrize_, parse_member
+from ..parametrization import Parametrization, is_tied, parametrize_, parse_member
 from ..roles import roles
 from ..roles.core import require_materialized
 from ..values import parse_value
@@ -158,31 +158,75 @@ class InitPlan:
                                       or generator.device.type != "cpu"):
             raise InitError("generator must be a CPU torch.Generator (draws are made on the CPU and "
                             "copied to the parameters' device)")
-        from ..roles.dtensor import full_tensors  # FSDP2: read/write full tensors, then reshard
+        from ..roles.dtensor import has_dtensors
         _require_module(model)
         require_materialized(model)
         frozen = self.include_frozen
         extra = {"include_frozen": True} if frozen else {}  # the default (False) is every writer's own
-        with full_tensors(role_map if role_map is not None else roles(model)) as full:
-            rmap = self.check(model, full if frozen else full.trainable())
-            if self.parametrize_first:
-                parametrize_(model, self.parametrization, generator=generator, role_map=rmap, **extra)
-            for step in self.steps:
-                scheme, o = step.scheme, step.options
-                if scheme.parametrization:
-                    parametrize_(model, self.parametrization, generator=generator, role_map=rmap,
-                                 **extra)
-                if scheme.rules:
-                    apply_rules(rmap, scheme.rules, o, generator, **extra)
-                if scheme.apply is not None:  # mimetic_/structured_ take include_frozen
+        rmap = role_map if role_map is not None else roles(model)
+        rmap = self.check(model, rmap if frozen else rmap.trainable())
+        # FSDP2 (DTensor parameters): each pass over the model gathers one layer's tensors at a
+        # time (see _by_layer), so a rank never holds more than one layer's full tensors
+        sharded = has_dtensors(rmap)
+        if self.parametrize_first:
+            self._parametrize(model, rmap, generator, extra, sharded)
+        for step in self.steps:
+            scheme, o = step.scheme, step.options
+            if scheme.parametrization:
+                self._parametrize(model, rmap, generator, extra, sharded)
+            if scheme.rules:
+                for part in _by_layer(rmap, sharded):
+                    apply_rules(part, scheme.rules, o, generator, **extra)
+            if scheme.apply is not None:  # mimetic_/structured_ take include_frozen
+                if scheme.layerwise or not sharded:  # gathers one layer at a time itself
                     scheme.apply(model, rmap, {**o, **extra}, generator)
-                if scheme.setup is not None:
-                    scheme.setup(model, rmap, o)
+                else:  # a construction of its own (not checked to stay in a layer): all gathered
+                    for full in _by_layer(rmap, sharded, whole=True):
+                        scheme.apply(model, full, {**o, **extra}, generator)
+            if scheme.setup is not None:  # model-level knobs (controls), no tensor values
+                scheme.setup(model, rmap, o)
         return model
+
+    def _parametrize(self, model, rmap, generator, extra: dict, sharded: bool) -> None:
+        for part in _by_layer(rmap, sharded):
+            parametrize_(model, self.parametrization, generator=generator, role_map=part, **extra)
 
     def initialize_(self, model: nn.Module, seed: int, *, role_map=None) -> nn.Module:
         """:meth:`apply_` with the run's generator (:meth:`generator`)."""
         return self.apply_(model, generator=self.generator(seed), role_map=role_map)
+
+
+def _by_layer(rmap, sharded: bool, *, whole: bool = False):
+    """The role map in parts that a pass over the model can visit one after the other.
+
+    Without DTensors: the map itself, once. With DTensors (FSDP2): runs of consecutive tensors of
+    the same layer (``info.layer``; the tensors outside blocks form runs of their own), each with
+    its DTensors gathered to full copies (:func:`~initlab.roles.dtensor.full_tensors`) and written
+    back, shard by shard, before the next run is gathered. A pass that draws tensor by tensor in
+    the map's order (the rule engine, parametrize_) draws the same numbers either way, so the
+    result equals the unsharded model's; peak memory is one layer's full tensors. ``whole=True``:
+    one part, the whole model gathered (for constructions that read across layers).
+    """
+    from dataclasses import replace
+
+    from ..roles.dtensor import full_tensors
+    if not sharded:
+        yield rmap
+        return
+    names = list(rmap.params)
+    runs: list[list[str]] = []
+    for n in names:
+        if whole or not runs or rmap.params[runs[-1][-1]].layer != rmap.params[n].layer:
+            if not (whole and runs):
+                runs.append([])
+        runs[-1].append(n)
+    # a part answers "is the head tied to the embedding?" as the whole map does (parametrize_
+    # asks; a part without the embedding would otherwise say no)
+    controls = replace(rmap.controls, tied_head=is_tied(rmap))
+    for run in runs:
+        part = replace(rmap, params={n: rmap.params[n] for n in run}, controls=controls)
+        with full_tensors(part) as full:
+            yield full
 
 
 def build_seeded(build, seed: int):

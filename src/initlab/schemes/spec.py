@@ -245,6 +245,8 @@ class Scheme:
         requires: model capabilities checked before anything is written (see :data:`REQUIREMENTS`).
         parametrization: the effective-theory member this scheme stands for (``"nt"``...); the init
             plan runs :func:`initlab.parametrization.parametrize_` for it.
+        layerwise: ``apply`` handles sharded (FSDP2/DTensor) tensors itself, one layer at a time
+            (mimetic_); otherwise the plan gathers the whole model for ``apply`` on a sharded model.
     """
 
     name: str
@@ -263,6 +265,7 @@ class Scheme:
     formula: str = ""
     models: str = "any role-mapped Transformer"
     primary: str | None = None  # option a bare positional argument sets: "trunc_normal(0.01)"
+    layerwise: bool = False
 
     def __post_init__(self):
         unknown = [r for r in self.requires if r not in REQUIREMENTS]
