@@ -305,7 +305,8 @@ def test_mimo_v2_mimetic_identities():
     ("masked-lm", "squeezebert", "groups=4.*block-diagonal"),
     ("image", "levit", "followed by batch normalization"),
     ("image", "cvt", "convolutional projections"),
-], ids=["zaya", "squeezebert", "levit", "cvt"])
+    ("causal-lm", "inkling2_text", "convolution over time after its Linear"),
+], ids=["zaya", "squeezebert", "levit", "cvt", "inkling2"])
 def test_attention_with_mixed_or_convolutional_projections_is_refused_with_the_reason(head, model_type, why):
     model = build_or_skip(head, model_type)
     before = {n: p.clone() for n, p in model.named_parameters()}

@@ -257,6 +257,10 @@ _QKV_MIXING = (
      "(compressed convolutional attention: conv_qk_*), each averaged with the other's projection, and "
      "half of each value head read from the previous token, so the kernel's q, k and v are not x W_q, "
      "x W_k, x W_v and mimetic init of the projections would not set the products it targets"),
+    (re.compile(r"(^|\.)(q|k|v|query|key|value)(_proj)?\.\w*conv\w*$"),
+     "a q/k/v projection module that runs a (short, causal) convolution over time after its Linear "
+     "(e.g. Inkling-2's k_proj.sconv), so the kernel's keys and values are not x W_k, x W_v of the "
+     "token's own features and mimetic init of the Linear would not set the products it targets"),
 )
 
 
