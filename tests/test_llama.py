@@ -207,3 +207,20 @@ def test_a_meta_build_recomputes_the_fixed_table():
     torch.manual_seed(0)
     initlab.materialize_(meta, "cpu")
     assert torch.equal(meta.pos_embed, direct.pos_embed)
+
+
+def test_pos_none_from_the_command_line_means_no_positions(tmp_path):
+    """`--model-option pos=none` reaches the model as None (the option parser's "none"): no table,
+    no rotation -- the same model as pos="none"."""
+    from initlab.cli import main
+    from initlab.models import create_model
+    import initlab
+    a = create_model("llama-micro", pos=None)
+    b = create_model("llama-micro", pos="none")
+    assert a.pos_embed is None and initlab.role_map(a).facts.positions.kind == "none"
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be " * 200)
+    assert main(["train", "--task", "lm", "--data", str(text), "--model", "llama-micro", "--model-option",
+                 "pos=none", "--steps", "2", "--eval-every", "2", "--eval-batches", "1", "--batch-size", "2",
+                 "--block-size", "16", "--out", str(tmp_path / "run"), "--quiet"]) == 0

@@ -151,6 +151,8 @@ class Llama(LMReadout, HeadMultiplierState, nn.Module):
         check_heads(width, heads)
         if vocab_size <= 0 or block_size <= 0 or depth <= 0:
             raise ConfigError("vocab_size, block_size and depth must be positive")
+        if pos is None:  # `--model-option pos=none` parses to None: no positions
+            pos = "none"
         if pos not in LLAMA_POS:
             raise ConfigError(f"pos must be one of {', '.join(LLAMA_POS)}, got {pos!r}")
         kv_heads = heads if kv_heads is None else kv_heads
