@@ -224,3 +224,33 @@ def test_pos_none_from_the_command_line_means_no_positions(tmp_path):
     assert main(["train", "--task", "lm", "--data", str(text), "--model", "llama-micro", "--model-option",
                  "pos=none", "--steps", "2", "--eval-every", "2", "--eval-batches", "1", "--batch-size", "2",
                  "--block-size", "16", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("pos", ["rope", "sincos", "none"])
+def test_attention_at_init_tool_recomputes_the_models_own_attention(pos):
+    """tools/lm_attention_at_init.py (docs/results.md section 8) reads block 0's attention
+    probabilities off the projections: with the values they must give the module's own output."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from lm_attention_at_init import attention_at_init
+    from initlab.models import create_model
+    import initlab
+    m = create_model("llama-micro", pos=pos, kv_heads=1)
+    initlab.init_(m, "mimetic-language", generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    got = {}
+    att = m.blocks[0].attn
+    h1 = att.register_forward_pre_hook(lambda mod, args: got.update(x=args[0]))
+    h2 = att.register_forward_hook(lambda mod, args, out: got.update(out=out))
+    p = attention_at_init(m, ids)
+    with torch.no_grad():
+        m(ids)
+    h1.remove(), h2.remove()
+    assert torch.allclose(p.sum(-1), torch.ones(()), atol=1e-5) and float(p.triu(1).abs().max()) == 0
+    b, t, _ = got["x"].shape
+    with torch.no_grad():
+        v = att.v_proj(got["x"]).view(b, t, att.n_kv_heads, att.head_dim).transpose(1, 2)
+        v = v.repeat_interleave(att.n_heads // att.n_kv_heads, dim=1)
+        out = att.o_proj((p @ v).transpose(1, 2).reshape(b, t, -1))
+    torch.testing.assert_close(out, got["out"], rtol=1e-4, atol=1e-5)
