@@ -82,7 +82,7 @@ def plot_lm_regime(rows: list[dict], path: Path) -> Path | None:
     axes[0][0].set_yticks(range(len(cells)))
     axes[0][0].set_yticklabels([f"{c}, {p}" for c, p in cells], fontsize=8)
     axes[0][0].invert_yaxis()
-    axes[0][1].legend(fontsize=7, loc="best")
+    axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path, dpi=90, tight=False, bbox_inches="tight")
 
 
