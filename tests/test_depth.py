@@ -471,3 +471,27 @@ def test_runs_saved_before_the_new_fields_keep_their_identity():
     assert config_differences(old, cfg.to_dict()) == []
     assert identity(cfg.replace(base_depth=2)) != identity(old)
     assert identity(cfg.replace(wd_tau=3.0)) != identity(old)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "olmo2"])
+def test_depth_member_is_refused_where_a_norm_follows_each_branch_and_nothing_is_written(arch):
+    """Gemma 2 and OLMo-2 normalize each branch's output before the residual sum: a multiplier on
+    o_proj/down_proj would be undone by the norm (silently, before). A depth member is refused
+    before any tensor changes; a width-only member still runs."""
+    transformers = pytest.importorskip("transformers")
+    from initlab.errors import RoleMapError
+    cfg_cls, model_cls = {"gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+                          "olmo2": ("Olmo2Config", "Olmo2ForCausalLM")}[arch]
+    if not hasattr(transformers, model_cls):
+        pytest.skip(f"transformers has no {model_cls}")
+    extra = dict(head_dim=16) if arch == "gemma2" else {}
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, **extra))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for call in (lambda: parametrize_(model, "completep", generator=torch.Generator().manual_seed(0)),
+                 lambda: initlab.init_(model, "depth-mup+mimetic", generator=torch.Generator().manual_seed(0))):
+        with pytest.raises(RoleMapError, match="post_feedforward_layernorm.*undone by that norm"):
+            call()
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    parametrize_(model, "mu", generator=torch.Generator().manual_seed(0))  # no branch multiplier: fine

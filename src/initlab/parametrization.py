@@ -539,6 +539,9 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
     require_materialized(model, "parametrize it")
     rmap = role_map if role_map is not None else roles(model)
     keep = {str(Role(r)) for r in keep}
+    branch = p.branch_multiplier(rmap.depth)
+    if rmap.controls.check_branch_multiplier is not None:  # before anything is written
+        rmap.controls.check_branch_multiplier(branch)
     from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
     with full_tensors(rmap) as full:
         _parametrize_tensors(full, p, keep, generator, include_frozen)

@@ -475,6 +475,9 @@ class ModelControls:
     tied_head: bool | None = None
     get_branch_multiplier: Callable[[], float] | None = None
     set_branch_multiplier: Callable[[float], None] | None = None
+    # raises when a branch multiplier of that value cannot act on this model (called before any
+    # tensor is written: a model that normalizes its branch outputs)
+    check_branch_multiplier: Callable[[float], None] | None = None
 
 
 @dataclass

@@ -163,6 +163,27 @@ def _branch_modules(rmap, model: nn.Module) -> list[nn.Module]:
     return mods
 
 
+#: children of a block that normalize a branch's output before the residual sum (Gemma 2/3 and
+#: OLMo-2's post_feedforward_layernorm, GLM-4's post_mlp_layernorm): a norm there undoes any
+#: multiplier on the output projection in front of it
+_BRANCH_OUTPUT_NORMS = ("post_feedforward_layernorm", "post_mlp_layernorm")
+
+
+def _normalized_branch(rmap, model: nn.Module) -> str | None:
+    """The first branch-output norm in a block of ``model`` (its path), or None."""
+    for _, name in rmap.branch_outputs():
+        parts = (name or "").split(".")
+        for cut in range(len(parts) - 1, 0, -1):  # the enclosing modules, innermost first
+            try:
+                holder = model.get_submodule(".".join(parts[:cut]))
+            except AttributeError:
+                break
+            for child, _mod in holder.named_children():
+                if child in _BRANCH_OUTPUT_NORMS:
+                    return f"{'.'.join(parts[:cut])}.{child}"
+    return None
+
+
 def _apply_branch(mods, value: float) -> None:
     for mod in mods:
         setattr(mod, _BRANCH, float(value))
@@ -196,13 +217,25 @@ def branch_controls(rmap, model: nn.Module) -> None:
     def get() -> float:
         return float(getattr(mods[0], _BRANCH, 1.0))
 
+    def check(value: float) -> None:
+        if float(value) != 1.0:
+            norm = _normalized_branch(rmap, model)
+            if norm is not None:
+                raise RoleMapError(
+                    f"{type(model).__name__} normalizes each branch's output before the residual sum "
+                    f"({norm}): a residual-branch multiplier on the output projections would be undone "
+                    f"by that norm; depth members (depth-mup, completep, depth=...) need a model whose "
+                    f"branches add to the stream unnormalized -- use a width-only member (mu, nt) here")
+
     def set_(value: float) -> None:
         value = float(value)
+        check(value)
         if value != 1.0 or any(_branch_hooked(m) for m in mods):
             _apply_branch(mods, value)
         _record(model, None if value == 1.0 else value, BRANCH_KEY)
 
     controls.get_branch_multiplier, controls.set_branch_multiplier = get, set_
+    controls.check_branch_multiplier = check
 
 
 def restore_(model: nn.Module) -> nn.Module:
