@@ -539,31 +539,29 @@ def parametrize_(model: nn.Module, p: "Parametrization | str", *, generator: tor
     require_materialized(model, "parametrize it")
     rmap = role_map if role_map is not None else roles(model)
     keep = {str(Role(r)) for r in keep}
-    branch = p.branch_multiplier(rmap.depth)
-    if rmap.controls.check_branch_multiplier is not None:  # before anything is written
-        rmap.controls.check_branch_multiplier(branch)
-    from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
-    with full_tensors(rmap) as full:
-        _parametrize_tensors(full, p, keep, generator, include_frozen)
-    width = rmap.width
-    tied = is_tied(rmap)
-    mult = p.head_multiplier(width, tied=tied)
-    if rmap.controls.set_head_multiplier is not None:
-        rmap.controls.set_head_multiplier(mult)
-    elif mult != 1.0:
+    # every check before anything is written: the multipliers need controls to act through
+    mult = p.head_multiplier(rmap.width, tied=is_tied(rmap))
+    if rmap.controls.set_head_multiplier is None and mult != 1.0:
         raise InitError(f"{rmap.model_class}'s output layer is tied to its token embedding and its role "
                         f"map exposes no head multiplier, but {p} needs N_rescale = {mult:.4g} on the "
                         f"logits of a tied head; untie the head (a separate nn.Linear, mapped as "
                         f"'head'), use a parametrization without it ('standard'), or give the "
                         f"adapter's controls a set_head_multiplier")
     branch = p.branch_multiplier(rmap.depth)
-    if rmap.controls.set_branch_multiplier is not None:
-        rmap.controls.set_branch_multiplier(branch)
-    elif branch != 1.0:
+    if rmap.controls.set_branch_multiplier is None and branch != 1.0:
         raise InitError(f"{p} multiplies every residual branch by {branch:.4g} (depth {rmap.depth}), but the "
                         f"role map of {rmap.model_class} names no residual-branch outputs (an attention "
                         f"output projection and an MLP output per block); map them (role 'o' and "
                         f"'mlp_out') or use a parametrization without a depth exponent")
+    if rmap.controls.check_branch_multiplier is not None:
+        rmap.controls.check_branch_multiplier(branch)
+    from .roles.dtensor import full_tensors  # FSDP2: write full tensors, then reshard
+    with full_tensors(rmap) as full:
+        _parametrize_tensors(full, p, keep, generator, include_frozen)
+    if rmap.controls.set_head_multiplier is not None:
+        rmap.controls.set_head_multiplier(mult)
+    if rmap.controls.set_branch_multiplier is not None:
+        rmap.controls.set_branch_multiplier(branch)
     for att in rmap.attention:
         scale = p.logit_scale(att.head_dim)
         if scale is None:
