@@ -222,7 +222,12 @@ def test_seamless_conformer_per_head_views_are_the_modules_own_queries_keys_valu
 @pytest.mark.parametrize("head,model_type,why", [
     ("speech-seq2seq", "granite_speech", "Shaw relative-position term"),
     ("causal-lm", "inkling_text", "causal short convolution"),
-], ids=["granite_speech", "inkling_text"])
+    ("causal-lm", "zaya", "mixed across time and heads by causal convolutions"),
+    ("masked-lm", "squeezebert", "groups=4.*block-diagonal"),
+    ("image", "levit", "followed by batch normalization"),
+    ("image", "cvt", "convolutional projections"),
+    ("causal-lm", "inkling2_text", "convolution over time after its Linear"),
+], ids=["granite_speech", "inkling_text", "zaya", "squeezebert", "levit", "cvt", "inkling2"])
 def test_attention_initlab_cannot_express_is_refused_whole(head, model_type, why):
     model = build_or_skip(head, model_type)
     before = {n: p.clone() for n, p in model.named_parameters()}

@@ -16,9 +16,9 @@ import torch
 transformers = pytest.importorskip("transformers", reason="Hugging Face transformers is not installed")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import hf_coverage  # noqa: E402
+from test_hf_coverage import build_or_skip  # noqa: E402  (the sweep's tiny model, or a skip)
 
 import initlab  # noqa: E402
-from initlab.errors import RoleMapError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,14 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(autouse=True)
 def quiet_transformers():
     transformers.logging.set_verbosity_error()
-
-
-def build_or_skip(head: str, model_type: str):
-    """The sweep's tiny model of ``model_type``, or a skip when this transformers lacks it."""
-    try:
-        return hf_coverage.build(head, model_type, vocab=512)[0]
-    except Exception as exc:  # noqa: BLE001 - a type this transformers does not have or build
-        pytest.skip(f"{model_type} does not build at tiny size in this transformers: {exc}")
 
 
 def own_heads(model, rm, batch):
@@ -298,20 +290,3 @@ def test_mimo_v2_mimetic_identities():
     for att in rm.attention:
         _, b = draw_targets(att, **PRESETS["language"], dist="uniform", generator=g)
         torch.testing.assert_close(att.vo_product(), b)
-
-
-@pytest.mark.parametrize("head,model_type,why", [
-    ("causal-lm", "zaya", "mixed across time and heads by causal convolutions"),
-    ("masked-lm", "squeezebert", "groups=4.*block-diagonal"),
-    ("image", "levit", "followed by batch normalization"),
-    ("image", "cvt", "convolutional projections"),
-    ("causal-lm", "inkling2_text", "convolution over time after its Linear"),
-], ids=["zaya", "squeezebert", "levit", "cvt", "inkling2"])
-def test_attention_with_mixed_or_convolutional_projections_is_refused_with_the_reason(head, model_type, why):
-    model = build_or_skip(head, model_type)
-    before = {n: p.clone() for n, p in model.named_parameters()}
-    with pytest.raises(RoleMapError, match=why):
-        initlab.role_map(model)
-    with pytest.raises(RoleMapError, match=why):
-        initlab.init_(model, "mimetic", generator=torch.Generator().manual_seed(0))
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
