@@ -264,3 +264,76 @@ def test_lm_regime_block_reads_early_and_final_bpc_paired_by_seed(tmp_path):
     assert "| -0.180 ± 0.020 | gain | 483 ± 29 |" in text
     assert steps[0].display(tmp_path) in text
     assert (tmp_path / "img" / "lmregime-lm-map.png").stat().st_size > 1000
+
+
+def _write_sweep(d, sizes, lrs, values, axis="depth", metric="val_loss"):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "analysis.json").write_text(json.dumps({
+        "metric": metric, "axis": axis, "widths": sizes, "lrs": lrs,
+        "table": {str(n): {f"{lr:g}": v for lr, v in zip(lrs, vals)} for n, vals in zip(sizes, values)}}))
+
+
+def test_depth_profile_sweeps_every_member_across_depth_with_three_seeds():
+    steps = plan("depth")
+    sweeps = [s for s in steps if s.labels["kind"] == "depth"]
+    assert {s.labels["param"] for s in sweeps} == {"standard", "mu", "depth-mup", "completep"}
+    assert {s.labels["task"] for s in sweeps} == {"lm", "vision"}
+    assert {s.labels["seed"] for s in sweeps} == {0, 1, 2}
+    for s in sweeps:
+        args = list(s.args)
+        assert args[args.index("--depths") + 1] == "2,4,8,16" and s.command == "sweep"
+    joint = [s for s in steps if s.labels["kind"] == "joint"]
+    assert len(joint) == 3
+    for s in joint:  # the joint sweep's base is the depth sweeps' (width, shallowest depth)
+        args = list(s.args)
+        assert args[args.index("--base-width") + 1] == "64" and args[args.index("--base-depth") + 1] == "2"
+        lm = next(t for t in sweeps if t.labels["task"] == "lm")  # the same grid: the tuned lr is on it
+        assert args[args.index("--lrs") + 1] == list(lm.args)[list(lm.args).index("--lrs") + 1]
+
+
+def test_depth_block_reads_drift_in_grid_steps_and_the_joint_move(tmp_path):
+    """Per seed: the optimum's drift from the shallowest to the deepest model in steps of the lr
+    grid, the loss lost there in % of its own best; the joint move reads the lr tuned at the
+    shallow base off the wide, deep sweep of the same seed."""
+    from initlab.results.page import render_blocks
+    from initlab.results.statistics import grid_steps, joint_summary, transfer_summary
+    assert grid_steps(1e-3, 4e-3, [1e-3, 2e-3, 4e-3, 8e-3]) == pytest.approx(2)
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3]
+    steps = plan("depth")
+    out = tmp_path / "out"
+    for s in steps:
+        seed = s.labels["seed"]
+        if s.labels["kind"] == "depth":
+            # completep: the optimum stays at 2e-3; standard: it moves down one step per doubling
+            if s.labels["param"] == "completep":
+                vals = [[2.0, 1.0, 2.0, 3.0]] * 4
+            elif s.labels["param"] == "standard":
+                vals = [[3.0, 2.5, 2.0, 1.0 + seed / 10], [2.5, 2.0, 1.0, 2.0], [2.0, 1.0, 2.0, 3.0],
+                        [1.0, 2.0, 3.0, 4.0]]
+            else:
+                continue
+            _write_sweep(out / s.key, [2, 4, 8, 16], lrs, vals)
+        elif seed < 2:  # the joint move: at (256, 16) the best lr is 4e-3, one step above
+            _write_sweep(out / s.key, [2, 16], lrs, [[2.0, 1.0, 2.0, 3.0], [2.0, 1.1, 1.0, 3.0]])
+    cp = transfer_summary([out / s.key for s in steps if s.labels["kind"] == "depth"
+                           and s.labels["task"] == "lm" and s.labels["param"] == "completep"])
+    assert cp["drift"] == (0.0, 0.0) and cp["lost"] == (0.0, 0.0)
+    st = transfer_summary([out / s.key for s in steps if s.labels["kind"] == "depth"
+                           and s.labels["task"] == "lm" and s.labels["param"] == "standard"])
+    assert st["analysis"].axis == "depth"
+    assert st["drift"][0] == pytest.approx(-3)  # 8e-3 at depth 2 -> 1e-3 at depth 16
+    assert st["lost_pct"][0] == pytest.approx(300)  # 4.0 at 8e-3 vs its best 1.0
+    joint = [s for s in steps if s.labels["kind"] == "joint"]
+    tuned = [s for s in steps if s.labels["kind"] == "depth" and s.labels["task"] == "lm"
+             and s.labels["param"] == "completep"]
+    res = joint_summary([out / s.key for s in tuned], [out / s.key for s in joint], tuned_at=2, target=16)
+    assert res["seeds"] == 2  # seed 2's joint sweep has not run
+    assert res["loss"][0] == pytest.approx(0.1) and res["loss_pct"][0] == pytest.approx(10)
+    assert res["steps"][0] == pytest.approx(1)
+    blocks = render_blocks("depth", steps, out, doc_dir=tmp_path, img_dir=tmp_path / "img")
+    text = blocks["depth_transfer"]
+    assert "*not run yet*" in text  # mu and depth-mup have no sweeps here
+    assert "`completep` | 3 | 2: 0.002, 4: 0.002, 8: 0.002, 16: 0.002" in text
+    assert "| `completep` | (256, 16) | 2 | 0.002, 0.002 | 1.1000 ± 0.0000 | 1.0000 ± 0.0000 | 0.004, 0.004 | 0.100 ± 0.000 | 10.0 ± 0.0 |" in text
+    assert (tmp_path / "img" / "depth-lm.png").exists()
+    assert "initlab sweep --task lm" in text and "--base-depth 2" in text

@@ -117,7 +117,7 @@ def plot_transfer(analyses: dict, path: Path, metric: str) -> Path | None:
             pts = sorted((lr, v) for lr, v in a.table[w].items() if math.isfinite(v))
             if not pts:
                 continue
-            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"width {w}")
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"{a.axis} {w}")
             if w in a.optimum:
                 ax.plot([a.optimum[w]], [a.optimum_value[w]], marker="*", ms=12, color=line.get_color())
         if finite:
@@ -126,7 +126,7 @@ def plot_transfer(analyses: dict, path: Path, metric: str) -> Path | None:
             lo = finite[0]
             ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
         ax.set_xscale("log")
-        ax.set_xlabel("lr (at the smallest width)")
+        ax.set_xlabel(f"lr (at the smallest {a.axis})")
         ax.set_ylabel(metric)
         ax.set_title(param)
         ax.legend(fontsize=7)

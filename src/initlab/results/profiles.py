@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-SECTIONS = ("vision", "lm", "transfer", "regime", "lmregime")
+SECTIONS = ("vision", "lm", "transfer", "regime", "lmregime", "depth")
 # trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
 VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
 # the ViT regime the cpu and long profiles were measured in (the presets now use fixed sin-cos + mean)
@@ -179,6 +179,19 @@ PROFILE_SETTINGS["lm-regime"] = dict(
     prefix="lmregime", lm_regime=dict(model="llama-mini", width=128, depth=2, heads=4, block=128, batch=16,
                                       steps=500, eval_every=50, eval_batches=16, lr=1e-3, seeds=3,
                                       cells=_lm_cells()))
+# Depth transfer (issue 19): the width-transfer sweeps of the cpu profile turned 90 degrees, at width
+# 64 across depths 2-16, 100 steps (the cpu profile's 30 steps left the lr optimum at the grid's edge
+# for some members), a 7-point lr grid of factor 2 (one grid step = the 2x of "transfers"), every
+# member of the family with a depth question (standard, mu, depth-mup, completep), 3 seeds; then
+# the joint move: the lr tuned at (width 64, depth 2) used at (width 256, depth 16) under completep,
+# whose base is (64, 2). The ViT is the preset's regime (fixed 2-D sin-cos table, mean pooling,
+# 16 tokens); the char GPT has a learned table. ~96 sweeps cells of 3-30 s and 42 of 15-110 s.
+PROFILE_SETTINGS["depth"] = dict(
+    prefix="depth",
+    depth=dict(width=64, depths=(2, 4, 8, 16), params=("standard", "mu", "depth-mup", "completep"), seeds=3,
+               vision=dict(heads=2, batch=64, steps=100, train_size=5000, test_size=1000, lrs="2.5e-4..1.6e-2:7"),
+               lm=dict(heads=4, block=64, batch=16, steps=100, eval_batches=4, lrs="5e-4..3.2e-2:7"),
+               joint=dict(task="lm", width=256, depths=(2, 16), params=("completep",))))
 PROFILES = tuple(PROFILE_SETTINGS)
 
 
@@ -214,6 +227,8 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
         return _regime_steps(p["prefix"], p["regime"], data_root)
     if "lm_regime" in p:
         return _lm_regime_steps(p["prefix"], p["lm_regime"])
+    if "depth" in p:
+        return _depth_steps(p["prefix"], p["depth"], text, small_test_root or data_root)
     steps: list[Step] = []
     v = p["vision"]
     root = ["--data-root", data_root] if data_root else []
@@ -314,4 +329,54 @@ def _lm_regime_steps(prefix: str, r: dict) -> list[Step]:
                               dict(corpus=corpus, pos=pos, init=init, model=r["model"], width=r["width"],
                                    depth=r["depth"], heads=r["heads"], steps=r["steps"],
                                    tokens_per_step=r["batch"] * r["block"])))
+    return steps
+
+
+def sweep_test_size(settings: dict) -> int | None:
+    """The small test split a profile's vision sweeps evaluate on (None: the full one)."""
+    for key in ("transfer", "depth"):
+        if key in settings:
+            return settings[key]["vision"].get("test_size")
+    return None
+
+
+def _depth_steps(prefix: str, d: dict, text: str | None, data_root: str | None) -> list[Step]:
+    """One ``initlab sweep --depths`` per (task, param, seed), the language sweeps first (the
+    cheaper), then the joint move's sweeps: at the wide width, the shallowest and the deepest
+    depth, with the base (width, depth) of the depth sweeps, so that the lr tuned there is
+    read off at the wide, deep model."""
+    steps = []
+    depths = ",".join(str(x) for x in d["depths"])
+
+    def task_args(task: str) -> list[str]:
+        s = d[task]
+        if task == "vision":
+            return ["--data", "fashion-mnist", *(["--data-root", data_root] if data_root else []),
+                    "--train-size", str(s["train_size"]), "--model", "vit-micro", "--patch-size", "7",
+                    "--heads", str(s["heads"]), "--batch-size", str(s["batch"]), "--steps", str(s["steps"]),
+                    "--eval-every", str(s["steps"])]
+        return ["--task", "lm", *(["--data", text] if text else []), "--model", "gpt-mini",
+                "--block-size", str(s["block"]), "--eval-batches", str(s["eval_batches"]), "--heads",
+                str(s["heads"]), "--batch-size", str(s["batch"]), "--steps", str(s["steps"]),
+                "--eval-every", str(s["steps"])]
+
+    for task in ("lm", "vision"):
+        for param in d["params"]:
+            for seed in range(d["seeds"]):
+                args = [*task_args(task), "--widths", str(d["width"]), "--depths", depths, "--lrs",
+                        d[task]["lrs"], "--param", param, "--seed", str(seed)]
+                steps.append(Step(f"{prefix}-{task}-{param}-s{seed}", "depth", "sweep", tuple(args),
+                                  dict(task=task, param=param, seed=seed, kind="depth", width=d["width"])))
+    j = d.get("joint")
+    if j:
+        task = j["task"]
+        for param in j["params"]:
+            for seed in range(d["seeds"]):
+                args = [*task_args(task), "--widths", str(j["width"]),
+                        "--depths", ",".join(str(x) for x in j["depths"]), "--lrs", d[task]["lrs"],
+                        "--param", param, "--base-width", str(d["width"]), "--base-depth", str(min(d["depths"])),
+                        "--seed", str(seed)]
+                steps.append(Step(f"{prefix}-joint-{task}-{param}-s{seed}", "depth", "sweep", tuple(args),
+                                  dict(task=task, param=param, seed=seed, kind="joint", width=j["width"],
+                                       base_width=d["width"], base_depth=min(d["depths"]))))
     return steps

@@ -16,7 +16,7 @@ from typing import Callable
 from ..errors import ConfigError, InitlabError
 from ..output import atomic_write_bytes, read_json, write_json
 from ..progress import as_progress
-from .profiles import SECTIONS, Step, plan, profile_settings
+from .profiles import SECTIONS, Step, plan, profile_settings, sweep_test_size
 from .page import write_report
 
 
@@ -74,9 +74,10 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     small = None
-    transfer = profile_settings(profile).get("transfer")
-    if run and transfer and any(s == "transfer" or s.startswith("transfer-") for s in only):
-        small = prepare_sweep_data(out, data_root, transfer["vision"]["test_size"])
+    test_size = sweep_test_size(profile_settings(profile))
+    sweeps = [s.key for s in plan(profile) if s.command == "sweep"]
+    if run and test_size and any(s in ("transfer", "depth") or s in sweeps for s in only):
+        small = prepare_sweep_data(out, data_root, test_size)
     elif (out / "data").exists():
         found = sorted((out / "data").glob("fashion-mnist-test*"))
         small = str(found[0]) if found else None

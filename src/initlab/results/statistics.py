@@ -117,8 +117,26 @@ def noise_word(delta: tuple[float, float], n: int) -> str:
     return "within noise"
 
 
+def _sweep_rows(t: dict) -> list[dict]:
+    """One ``analysis.json`` table as the sweep's rows (sizes under ``"width"``, as analyze reads)."""
+    return [{"width": int(w), "lr": float(label), "value": math.inf if v is None else float(v)}
+            for w, row in t["table"].items() for label, v in row.items()]
+
+
+def grid_steps(lr_a: float, lr_b: float, lrs: list[float]) -> float:
+    """How many steps of the (log-spaced) lr grid lie between ``lr_a`` and ``lr_b`` (signed)."""
+    grid = sorted(lrs)
+    if len(grid) < 2:
+        return math.nan
+    step = math.log2(grid[-1] / grid[0]) / (len(grid) - 1)
+    return math.log2(lr_b / lr_a) / step
+
+
 def transfer_summary(step_outs: list[Path]) -> dict | None:
-    """Average the cells of one (task, param) over seeds, then the sweep analysis on the mean."""
+    """Average the cells of one (task, param) over seeds, then the sweep analysis on the mean; the
+    same analysis per seed gives the spreads: the fit exponent, the optimum's drift from the
+    smallest to the largest size in grid steps, and the loss lost by transferring (absolute and
+    in % of the largest size's own best). Width and depth sweeps alike (``analysis.json``'s axis)."""
     tables = []
     for d in step_outs:
         path = d / "analysis.json"
@@ -128,6 +146,7 @@ def transfer_summary(step_outs: list[Path]) -> dict | None:
         return None
     widths = [int(w) for w in tables[0]["widths"]]
     lrs = [float(x) for x in tables[0]["lrs"]]
+    axis = tables[0].get("axis", "width")
     cells: dict[tuple[int, str], list[float]] = {}
     for t in tables:
         for w, row in t["table"].items():
@@ -138,14 +157,47 @@ def transfer_summary(step_outs: list[Path]) -> dict | None:
         finite = [v for v in vals if math.isfinite(v)]
         rows.append({"width": w, "lr": float(label), "value": statistics.fmean(finite) if len(finite) == len(vals)
                      else math.inf})
-    a = analyze(rows, widths, lrs, tables[0]["metric"])
+    a = analyze(rows, widths, lrs, tables[0]["metric"], axis=axis)
     # the spread over seeds: each seed's sweep analysed on its own
-    per_seed = [analyze([{"width": int(w), "lr": float(label), "value": v}
-                         for w, row in t["table"].items() for label, v in row.items()],
-                        widths, lrs, t["metric"]) for t in tables]
+    per_seed = [analyze(_sweep_rows(t), widths, lrs, t["metric"], axis=axis) for t in tables]
     slopes = [b.slope for b in per_seed if b.slope is not None]
     lost = [b.transfer["loss"] for b in per_seed if b.transfer]
-    return dict(analysis=a, seeds=len(tables), slope=mean_std(slopes), lost=mean_std(lost))
+    lost_pct = [100 * b.transfer["loss"] / b.transfer["best_value"] for b in per_seed
+                if b.transfer and b.transfer["best_value"] > 0]
+    drift = [grid_steps(b.optimum[widths[0]], b.optimum[widths[-1]], lrs) for b in per_seed
+             if widths[0] in b.optimum and widths[-1] in b.optimum]
+    return dict(analysis=a, seeds=len(tables), slope=mean_std(slopes), lost=mean_std(lost),
+                lost_pct=mean_std(lost_pct), drift=mean_std(drift), per_seed=per_seed,
+                drift_mean_table=(grid_steps(a.optimum[widths[0]], a.optimum[widths[-1]], lrs)
+                                  if widths[0] in a.optimum and widths[-1] in a.optimum else math.nan))
+
+
+def joint_summary(tuned_outs: list[Path], target_outs: list[Path], *, tuned_at: int, target: int) -> dict | None:
+    """The joint move: per seed, the lr tuned in ``tuned_outs``' sweep at size ``tuned_at`` (its grid
+    argmin) used in ``target_outs``' sweep (same seed, same lr grid) at size ``target``, against
+    the best lr there. Returns the per-seed numbers and their mean ± std (None before any pair)."""
+    pairs = []
+    for a_dir, b_dir in zip(tuned_outs, target_outs):
+        pa, pb = a_dir / "analysis.json", b_dir / "analysis.json"
+        if not (pa.exists() and pb.exists()):
+            continue
+        ta, tb = read_json(pa), read_json(pb)
+        lrs = [float(x) for x in tb["lrs"]]
+        sa = analyze(_sweep_rows(ta), [int(w) for w in ta["widths"]], [float(x) for x in ta["lrs"]], ta["metric"])
+        sb = analyze(_sweep_rows(tb), [int(w) for w in tb["widths"]], lrs, tb["metric"])
+        if tuned_at not in sa.optimum or target not in sb.optimum:
+            continue
+        lr = sa.optimum[tuned_at]
+        value = min((v for k, v in sb.table[target].items() if math.isclose(k, lr, rel_tol=1e-6)), default=math.nan)
+        best = sb.optimum_value[target]
+        pairs.append(dict(lr=lr, value=value, best_lr=sb.optimum[target], best_value=best, loss=value - best,
+                          loss_pct=100 * (value - best) / best if best > 0 else math.nan,
+                          steps=grid_steps(lr, sb.optimum[target], lrs)))
+    if not pairs:
+        return None
+    return dict(pairs=pairs, seeds=len(pairs), loss=mean_std([p["loss"] for p in pairs]),
+                loss_pct=mean_std([p["loss_pct"] for p in pairs]), steps=mean_std([p["steps"] for p in pairs]),
+                value=mean_std([p["value"] for p in pairs]), best=mean_std([p["best_value"] for p in pairs]))
 
 
 def training_seconds(out: Path, steps: list[Step]) -> float:
@@ -164,4 +216,4 @@ def training_seconds(out: Path, steps: list[Step]) -> float:
 
 __all__ = ["mean_std", "step_records", "by_init", "final", "first_reach", "paired_delta", "T_975",
            "at_step", "first_step_below", "paired_by_seed",
-           "noise_word", "transfer_summary", "training_seconds"]
+           "noise_word", "grid_steps", "transfer_summary", "joint_summary", "training_seconds"]

@@ -18,7 +18,8 @@ from ..ratios import lm_position_content_ratio, position_content_ratio, ratio_im
 from . import figures
 from .profiles import Step
 from .statistics import (at_step, by_init, final, first_reach, first_step_below, mean_std, noise_word,
-                         paired_by_seed, paired_delta, step_records, training_seconds, transfer_summary)
+                         joint_summary, paired_by_seed, paired_delta, step_records, training_seconds,
+                         transfer_summary)
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,99 @@ def transfer_block(page: Page, steps: list[Step]) -> str:
     return "\n".join(parts)
 
 
+_TITLES = {"vision": "Vision (ViT, Fashion-MNIST)", "lm": "Language (char GPT, Shakespeare)"}
+
+
+def depth_block(page: Page, steps: list[Step]) -> str:
+    """Depth transfer: per task, one row per parametrization (the optimum per depth on the
+    seed-mean table, its drift per seed, the loss lost at the deepest model with the shallowest
+    model's lr), the lr-vs-loss picture; then the joint move (width and depth at once)."""
+    parts = []
+    for task in ("lm", "vision"):
+        group = [s for s in steps if s.labels["task"] == task and s.labels["kind"] == "depth"]
+        if not group:
+            continue
+        params = list(dict.fromkeys(s.labels["param"] for s in group))
+        metric = "training loss (nats)" if task == "vision" else "validation loss (nats)"
+        rows, curves = [], {}
+        for param in params:
+            res = transfer_summary([page.out / s.key for s in group if s.labels["param"] == param])
+            if res is None:
+                rows.append([param, "0", "*not run yet*"] + [""] * 7)
+                continue
+            a = res["analysis"]
+            curves[param] = a
+            lrs = ", ".join(f"{w}: {a.optimum[w]:.2g}{'*' if a.edge[w] else ''}" for w in a.widths if w in a.optimum)
+            t = a.transfer
+            n = res["seeds"]
+            rows.append([f"`{param}`", str(n), lrs or "—",
+                         ", ".join(f"{x:+.2f}" for _, _, x in a.shifts) or "—",
+                         fmt(*res["slope"], 2),
+                         fmt(*res["drift"], 2) if n > 1 else f"{res['drift'][0]:+.0f}",
+                         f"{t['value']:.4f}" if t and math.isfinite(t["value"]) else ("diverged" if t else "—"),
+                         f"{t['best_value']:.4f} (lr {t['best_lr']:.2g})" if t else "—",
+                         fmt(*res["lost"], 3), fmt(*res["lost_pct"], 1)])
+        first = group[0].labels
+        depths = next((c.widths for c in curves.values()), [])
+        span = f"depth {depths[0]} → {depths[-1]}" if depths else ""
+        table = markdown_table(["param", "seeds", "lr* per depth (seed-mean table; * = on grid edge)",
+                                "log2 lr* shift per doubling", "fit exponent x in lr* ∝ depth^x, per seed",
+                                f"lr* drift {span} (grid steps of 2×), per seed",
+                                "deepest at shallowest's lr* (seed mean)", "deepest at its own lr* (seed mean)",
+                                "loss lost by transferring, per seed", "loss lost (% of the best), per seed"], rows)
+        pic = ""
+        if curves:
+            p = figures.plot_transfer(curves, page.png(f"{task}.png"), metric)
+            pic = f"\n\n![{metric} vs lr per depth]({page.link(p)})" if p else ""
+        cmds = "\n".join(s.display(page.out) for s in group)
+        parts.append(f"#### {_TITLES[task]}: {metric} after {_step_count(group[0])} steps, width {first['width']}"
+                     f"\n\n<details><summary>the {len(group)} commands</summary>\n\n```\n{cmds}\n```\n</details>\n\n"
+                     f"{table}{pic}\n")
+    joint = [s for s in steps if s.labels["kind"] == "joint"]
+    if joint:
+        parts.append(_joint_table(page, steps, joint))
+    return "\n".join(parts)
+
+
+def _step_count(step: Step) -> str:
+    args = list(step.args)
+    return args[args.index("--steps") + 1] if "--steps" in args else "?"
+
+
+def _joint_table(page: Page, steps: list[Step], joint: list[Step]) -> str:
+    rows = []
+    j0 = joint[0].labels
+    base_w, base_d, width = j0["base_width"], j0["base_depth"], j0["width"]
+    for param in dict.fromkeys(s.labels["param"] for s in joint):
+        mine = sorted((s for s in joint if s.labels["param"] == param), key=lambda s: s.labels["seed"])
+        tuned = {s.labels["seed"]: s for s in steps if s.labels["kind"] == "depth"
+                 and s.labels["param"] == param and s.labels["task"] == j0["task"]}
+        pairs = [(tuned[s.labels["seed"]], s) for s in mine if s.labels["seed"] in tuned]
+        depths = [int(x) for x in _arg(mine[0], "--depths").split(",")]
+        for target in depths:
+            res = joint_summary([page.out / a.key for a, _ in pairs], [page.out / b.key for _, b in pairs],
+                                tuned_at=base_d, target=target)
+            where = f"({width}, {target})"
+            if res is None:
+                rows.append([f"`{param}`", where, "0", "*not run yet*"] + [""] * 5)
+                continue
+            rows.append([f"`{param}`", where, str(res["seeds"]),
+                         ", ".join(f"{p['lr']:.2g}" for p in res["pairs"]), fmt(*res["value"], 4),
+                         fmt(*res["best"], 4), ", ".join(f"{p['best_lr']:.2g}" for p in res["pairs"]),
+                         fmt(*res["loss"], 3), fmt(*res["loss_pct"], 1)])
+    cmds = "\n".join(s.display(page.out) for s in joint)
+    table = markdown_table(["param", "(width, depth)", "seeds", f"lr tuned at ({base_w}, {base_d}), per seed",
+                            "loss there at that lr", "loss there at its own lr*", "its own lr*, per seed",
+                            "loss lost", "loss lost (% of the best)"], rows)
+    return (f"#### The joint move: tuned at (width {base_w}, depth {base_d}), used at width {width}\n\n"
+            f"```\n{cmds}\n```\n\n{table}\n")
+
+
+def _arg(step: Step, flag: str) -> str:
+    args = list(step.args)
+    return args[args.index(flag) + 1]
+
+
 def regime_block(page: Page, steps: list[Step]) -> str:
     rows = regime_rows(page.out, steps)
     done = sum((page.out / s.key / "step.json").exists() for s in steps)
@@ -409,4 +503,4 @@ def meta_block(page: Page, steps: list[Step]) -> str:
 
 
 __all__ = ["Page", "fmt", "fmt_g", "vision_rows", "lm_rows", "regime_rows", "EARLY_TOKENS", "vision_block", "lm_block",
-           "transfer_block", "regime_block", "theory_block", "meta_block", "lm_regime_rows", "lm_regime_block"]
+           "transfer_block", "depth_block", "regime_block", "theory_block", "meta_block", "lm_regime_rows", "lm_regime_block"]
