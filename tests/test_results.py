@@ -337,3 +337,35 @@ def test_depth_block_reads_drift_in_grid_steps_and_the_joint_move(tmp_path):
     assert "| `completep` | (256, 16) | 2 | 0.002, 0.002 | 1.1000 ± 0.0000 | 1.0000 ± 0.0000 | 0.004, 0.004 | 0.100 ± 0.000 | 10.0 ± 0.0 |" in text
     assert (tmp_path / "img" / "depth-lm.png").exists()
     assert "initlab sweep --task lm" in text and "--base-depth 2" in text
+
+
+def test_wd_tau_block_finds_the_best_timescale_per_data_size(tmp_path):
+    """The raw decay each τ implies comes from the run's own steps per epoch (7 at 1k images of
+    batch 128, 39 at 5k), so one τ grid shows both: where the best τ sits and how far the raw
+    decay it implies moved."""
+    from initlab.parametrization import weight_decay_from_timescale
+    from initlab.results.page import render_blocks
+    from initlab.results.statistics import wd_tau_rows
+    steps = plan("wd-tau")
+    assert {s.command for s in steps} == {"train"} and {s.labels["seed"] for s in steps} == {0, 1, 2}
+    out = tmp_path / "out"
+    for s in steps:
+        size, tau, seed = s.labels["train_size"], s.labels["tau"], s.labels["seed"]
+        if seed == 2:
+            continue  # not finished yet
+        per_epoch = size // 128
+        loss = abs(math.log2(tau) - 3) + 0.1 * seed + (0.05 if size == 5000 else 0)  # best at τ = 8
+        (out / s.key).mkdir(parents=True)
+        (out / s.key / "result.json").write_text(json.dumps({
+            "status": "completed", "wall_time_s": 1.0,
+            "final": {"step": per_epoch * 30, "epoch": 30.0, "test_loss": loss, "test_acc": 0.5}}))
+    rows = wd_tau_rows(out, steps)
+    best = {r["train_size"]: r for r in rows if r["best"]}
+    assert best[1000]["tau"] == best[5000]["tau"] == 8
+    assert best[1000]["wd"] == pytest.approx(weight_decay_from_timescale(8, lr=1e-3, steps_per_epoch=7))
+    assert best[1000]["wd"] / best[5000]["wd"] == pytest.approx(39 / 7)
+    assert best[1000]["best_tau_by_seed"] == {0: 8, 1: 8} and best[1000]["seeds"] == 2
+    text = render_blocks("wd-tau", steps, out, doc_dir=tmp_path, img_dir=tmp_path / "img")["wdtau_map"]
+    assert f"{len(steps) // 3 * 2}/{len(steps)} runs finished" in text
+    assert "- 1,000 images: best τ 8 epochs (wd 17.9); per seed s0: τ 8, s1: τ 8" in text
+    assert (tmp_path / "img" / "wdtau-wd-tau.png").exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..experiments.flags import add_config_flags
+from ..experiments.invoke import add_train_flags
 
 
 def add_parser(subparsers) -> None:
@@ -17,9 +17,7 @@ def add_parser(subparsers) -> None:
         description="Train one model. The run directory gets config.json (the effective config), "
                     "command.txt, checkpoints, metrics.csv, summary.json and result.json. --resume DIR continues a run "
                     "from its last checkpoint with its saved config (flags given now override it).")
-    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
-                   help="continue the run in DIR (or in --out) from its last checkpoint")
-    add_config_flags(p)
+    add_train_flags(p)
     p.set_defaults(run=run)
 
 

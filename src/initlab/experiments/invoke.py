@@ -41,10 +41,16 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     add_config_flags(p, width_flag=False, lr_flag=False)
 
 
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
+                   help="continue the run in DIR (or in --out) from its last checkpoint")
+    add_config_flags(p)
+
+
 def parse_command(command: str, argv: list[str]) -> argparse.Namespace:
-    """Parse ``initlab COMMAND argv...`` flags (compare or sweep) without the CLI."""
+    """Parse ``initlab COMMAND argv...`` flags (train, compare or sweep) without the CLI."""
     parser = argparse.ArgumentParser(prog=f"initlab {command}", allow_abbrev=False)
-    {"compare": add_compare_flags, "sweep": add_sweep_flags}[command](parser)
+    {"train": add_train_flags, "compare": add_compare_flags, "sweep": add_sweep_flags}[command](parser)
     args = parser.parse_args(argv)
     args.command = command
     return args
@@ -140,11 +146,12 @@ def sweep(args: argparse.Namespace, *, say: Callable[[str], None] = lambda msg: 
     return base, widths, lrs, analysis, info
 
 
-def train(args: argparse.Namespace):
+def train(args: argparse.Namespace, *, progress=None):
     """One run as ``initlab train`` states it (``args.resume``: True, a run directory or None;
     ``args`` is not changed). Returns ``(record, config, out, main)``: the run's
     :class:`~initlab.experiments.records.RunRecord`, its config, run directory, and whether this
-    process is rank 0 (the one that reports)."""
+    process is rank 0 (the one that reports). ``progress``: the live line (default: unless
+    ``--quiet``), as for :func:`compare` and :func:`sweep`."""
     from ..train.lock import hold_directory
     from .runner import is_main_process, run_cell
 
@@ -161,7 +168,8 @@ def train(args: argparse.Namespace):
     # read-only place or another process holding it is a one-line error here)
     with hold_directory(out, flag="--out", what="run directory", command=command, enabled=main):
         record, _ = run_cell(config, {"init": config.init, "seed": config.seed}, plan=plan,
-                             progress=not args.quiet, reuse=False, command=command)
+                             progress=_progress(args, progress), reuse=False,
+                             command=command)
         if main and not (Path(out) / "command.txt").exists():  # the engine records it; keep one either way
             record_command(out, command)
     return record, config, out, main

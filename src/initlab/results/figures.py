@@ -133,4 +133,25 @@ def plot_transfer(analyses: dict, path: Path, metric: str) -> Path | None:
     return save(fig, path, dpi=90)
 
 
-__all__ = ["REGIME_NAMES", "regime_name", "copy_figure", "plot_regime", "plot_datasize", "plot_transfer"]
+def plot_wd_tau(rows: list[dict], path: Path) -> Path | None:
+    """Final test accuracy against the decay timescale τ (left) and against the raw decay it
+    implied (right), one curve per training-set size (mean ± std over seeds)."""
+    sizes = sorted({r["train_size"] for r in rows})
+    if not sizes:
+        return None
+    fig, axes = subplots(1, 2, figsize=(9.6, 3.6), squeeze=False)
+    for size in sizes:
+        mine = sorted((r for r in rows if r["train_size"] == size), key=lambda r: r["tau"])
+        ys = [100 * r["acc"][0] for r in mine]
+        es = [100 * r["acc"][1] if math.isfinite(r["acc"][1]) else 0 for r in mine]
+        for ax, x in zip(axes[0], ("tau", "wd")):
+            ax.errorbar([r[x] for r in mine], ys, yerr=es, marker="o", capsize=3, label=f"{size:,} images")
+    for ax, label in zip(axes[0], ("weight-decay timescale τ = 1/(lr·wd) (epochs)", "weight decay wd (AdamW)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("final test accuracy (%)")
+        ax.legend(fontsize=7)
+    return save(fig, path, dpi=90)
+
+
+__all__ = ["plot_wd_tau", "REGIME_NAMES", "regime_name", "copy_figure", "plot_regime", "plot_datasize", "plot_transfer"]

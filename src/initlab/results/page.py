@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..output import atomic_write_text
 from .profiles import Step, profile_settings
-from .tables import (Page, depth_block, lm_block, lm_regime_block, meta_block, regime_block, theory_block, transfer_block,
+from .tables import (Page, depth_block, wd_tau_block, lm_block, lm_regime_block, meta_block, regime_block, theory_block, transfer_block,
                      vision_block)
 
 
@@ -44,6 +44,7 @@ BLOCKS = (
     Block("map", regime_block, "regime"),
     Block("map", lm_regime_block, "lmregime"),
     Block("transfer", depth_block, "depth"),
+    Block("map", wd_tau_block, "wdtau"),
 )
 
 BLOCK = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.S)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-SECTIONS = ("vision", "lm", "transfer", "regime", "lmregime", "depth")
+SECTIONS = ("vision", "lm", "transfer", "regime", "lmregime", "depth", "wdtau")
 # trunc_normal+mimetic is the paper's own setup: timm's ViT init everywhere, mimetic attention
 VISION_INITS = ("default", "trunc_normal", "mimetic", "trunc_normal+mimetic", "structured", "nt", "nt+mimetic")
 # the ViT regime the cpu and long profiles were measured in (the presets now use fixed sin-cos + mean)
@@ -192,6 +192,14 @@ PROFILE_SETTINGS["depth"] = dict(
                vision=dict(heads=2, batch=64, steps=100, train_size=5000, test_size=1000, lrs="2.5e-4..1.6e-2:7"),
                lm=dict(heads=4, block=64, batch=16, steps=100, eval_batches=4, lrs="5e-4..3.2e-2:7"),
                joint=dict(task="lm", width=256, depths=(2, 16), params=("completep",))))
+# Weight decay as a timescale (issue 19 item 5; Wang & Aitchison, arXiv 2405.13698): the same ViT
+# trained for the same 30 epochs on 1k and on 5k images (5x the steps), AdamW with the decay set by
+# τ = 1/(lr·wd) counted in epochs (--wd-tau), 8 timescales of factor 2, 3 seeds: does the best τ stay
+# put while the raw decay it implies moves 5.6x (7 -> 39 steps per epoch)? vit-micro width 64, depth 2,
+# 16 tokens; 48 runs of 10 s (1k) and 50 s (5k).
+PROFILE_SETTINGS["wd-tau"] = dict(
+    prefix="wdtau", wd_tau=dict(model="vit-micro", width=64, depth=2, heads=2, patch=7, batch=128, lr=1e-3,
+                                epochs=30, sizes=(1000, 5000), taus=(1, 2, 4, 8, 16, 32, 64, 128), seeds=3))
 PROFILES = tuple(PROFILE_SETTINGS)
 
 
@@ -229,6 +237,8 @@ def plan(profile: str, *, data_root: str | None = None, text: str | None = None,
         return _lm_regime_steps(p["prefix"], p["lm_regime"])
     if "depth" in p:
         return _depth_steps(p["prefix"], p["depth"], text, small_test_root or data_root)
+    if "wd_tau" in p:
+        return _wd_tau_steps(p["prefix"], p["wd_tau"], data_root)
     steps: list[Step] = []
     v = p["vision"]
     root = ["--data-root", data_root] if data_root else []
@@ -379,4 +389,24 @@ def _depth_steps(prefix: str, d: dict, text: str | None, data_root: str | None) 
                 steps.append(Step(f"{prefix}-joint-{task}-{param}-s{seed}", "depth", "sweep", tuple(args),
                                   dict(task=task, param=param, seed=seed, kind="joint", width=j["width"],
                                        base_width=d["width"], base_depth=min(d["depths"]))))
+    return steps
+
+
+def _wd_tau_steps(prefix: str, w: dict, data_root: str | None) -> list[Step]:
+    """One ``initlab train`` per (train size, τ, seed), seed-major so that a cut-short suite has
+    every cell at one seed first."""
+    steps = []
+    root = ["--data-root", data_root] if data_root else []
+    for seed in range(w["seeds"]):
+        for size in w["sizes"]:
+            total = int(size // w["batch"] * w["epochs"])
+            for tau in w["taus"]:
+                args = ["--data", "fashion-mnist", *root, "--train-size", str(size), "--model", w["model"],
+                        "--width", str(w["width"]), "--depth", str(w["depth"]), "--heads", str(w["heads"]),
+                        "--patch-size", str(w["patch"]), "--batch-size", str(w["batch"]), "--epochs",
+                        f"{w['epochs']:g}", "--eval-every", str(total), "--lr", f"{w['lr']:g}",
+                        "--wd-tau", f"{tau:g}", "--wd-tau-unit", "epochs", "--seed", str(seed)]
+                steps.append(Step(f"{prefix}-n{size}-tau{tau:g}-s{seed}", "wdtau", "train", tuple(args),
+                                  dict(train_size=size, tau=tau, seed=seed, lr=w["lr"], epochs=w["epochs"],
+                                       batch=w["batch"])))
     return steps

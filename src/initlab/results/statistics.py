@@ -200,6 +200,40 @@ def joint_summary(tuned_outs: list[Path], target_outs: list[Path], *, tuned_at: 
                 value=mean_std([p["value"] for p in pairs]), best=mean_std([p["best_value"] for p in pairs]))
 
 
+def wd_tau_rows(out: Path, steps: list[Step]) -> list[dict]:
+    """Per (train size, τ): the raw decay the timescale implied (1/(lr·τ·steps per epoch), the steps
+    per epoch read off the run), final test accuracy and loss over the finished seeds, and, per
+    train size, which τ is best (by mean test loss) on the seed-mean and per seed."""
+    from ..parametrization import weight_decay_from_timescale
+    cells: dict[tuple[int, float], list[dict]] = {}
+    for s in steps:
+        path = out / s.key / "result.json"
+        if path.exists():
+            r = read_json(path)
+            if r.get("status") == "completed":
+                cells.setdefault((s.labels["train_size"], s.labels["tau"]), []).append(dict(r, seed=s.labels["seed"]))
+    rows = []
+    for (size, tau), runs in sorted(cells.items()):
+        f = runs[0]["final"]
+        per_epoch = f["step"] / f["epoch"]
+        lr = next(s.labels["lr"] for s in steps if s.labels["train_size"] == size)
+        rows.append(dict(train_size=size, tau=tau, steps_per_epoch=per_epoch,
+                         wd=weight_decay_from_timescale(tau, lr=lr, steps_per_epoch=per_epoch),
+                         acc=mean_std([r["final"]["test_acc"] for r in runs]),
+                         loss=mean_std([r["final"]["test_loss"] for r in runs]), seeds=len(runs),
+                         by_seed={r["seed"]: r["final"]["test_loss"] for r in runs}))
+    for size in {r["train_size"] for r in rows}:
+        mine = [r for r in rows if r["train_size"] == size]
+        best = min(mine, key=lambda r: r["loss"][0])
+        for r in mine:
+            r["best"] = r is best
+        seeds = set.intersection(*(set(r["by_seed"]) for r in mine))
+        best_by_seed = {seed: min(mine, key=lambda r: r["by_seed"][seed])["tau"] for seed in seeds}
+        for r in mine:
+            r["best_tau_by_seed"] = best_by_seed
+    return rows
+
+
 def training_seconds(out: Path, steps: list[Step]) -> float:
     """Seconds of training behind the tables: every compare run's and sweep cell's own wall time.
     (A step's ``step.json`` holds only its last invocation, which may have added a few runs.)"""
@@ -209,6 +243,10 @@ def training_seconds(out: Path, steps: list[Step]) -> float:
             path = out / s.key / "sweep.csv"
             if path.exists():
                 total += sum(float(row.get("wall_time_s") or 0.0) for row in read_csv(path))
+        elif s.command == "train":
+            path = out / s.key / "result.json"
+            if path.exists():
+                total += float(read_json(path).get("wall_time_s") or 0.0)
         else:
             total += sum(float(r.get("wall_time_s") or 0.0) for r in step_records(out / s.key))
     return total
@@ -216,4 +254,4 @@ def training_seconds(out: Path, steps: list[Step]) -> float:
 
 __all__ = ["mean_std", "step_records", "by_init", "final", "first_reach", "paired_delta", "T_975",
            "at_step", "first_step_below", "paired_by_seed",
-           "noise_word", "grid_steps", "transfer_summary", "joint_summary", "training_seconds"]
+           "noise_word", "grid_steps", "transfer_summary", "joint_summary", "wd_tau_rows", "training_seconds"]

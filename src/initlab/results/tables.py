@@ -19,7 +19,7 @@ from . import figures
 from .profiles import Step
 from .statistics import (at_step, by_init, final, first_reach, first_step_below, mean_std, noise_word,
                          joint_summary, paired_by_seed, paired_delta, step_records, training_seconds,
-                         transfer_summary)
+                         transfer_summary, wd_tau_rows)
 
 
 @dataclass(frozen=True)
@@ -381,6 +381,35 @@ def _joint_table(page: Page, steps: list[Step], joint: list[Step]) -> str:
             f"```\n{cmds}\n```\n\n{table}\n")
 
 
+def wd_tau_block(page: Page, steps: list[Step]) -> str:
+    """Weight decay as a timescale: per training-set size and τ, the raw decay it implied and the
+    final test accuracy and loss; the best τ per size (mean test loss) and per seed."""
+    rows = wd_tau_rows(page.out, steps)
+    done = sum((page.out / s.key / "result.json").exists() for s in steps)
+    cmds = "\n".join(s.display(page.out) for s in steps)
+    head = (f"{done}/{len(steps)} runs finished. τ = 1/(lr·wd) in epochs; wd = the raw AdamW decay it sets "
+            f"(1/(lr·τ·steps per epoch)); **bold** = the lowest mean test loss at that size.\n\n"
+            f"<details><summary>the {len(steps)} commands</summary>\n\n```\n{cmds}\n```\n</details>\n")
+    if not rows:
+        return head + "\n*not run yet*\n"
+    table = markdown_table(
+        ["training images", "steps/epoch", "τ (epochs)", "wd implied", "seeds", "final test acc (%)",
+         "final test loss"],
+        [[f"{r['train_size']:,}", f"{r['steps_per_epoch']:.0f}", f"{r['tau']:g}", f"{r['wd']:.3g}", str(r["seeds"]),
+          fmt(*r["acc"], 2, 100), ("**" + fmt(*r["loss"], 4) + "**") if r["best"] else fmt(*r["loss"], 4)]
+         for r in rows])
+    summary = []
+    for size in sorted({r["train_size"] for r in rows}):
+        mine = [r for r in rows if r["train_size"] == size]
+        best = next(r for r in mine if r["best"])
+        per_seed = mine[0]["best_tau_by_seed"]
+        summary.append(f"- {size:,} images: best τ {best['tau']:g} epochs (wd {best['wd']:.3g}); per seed "
+                       + (", ".join(f"s{k}: τ {v:g}" for k, v in sorted(per_seed.items())) or "—"))
+    p = figures.plot_wd_tau(rows, page.png("wd-tau.png"))
+    pic = f"\n\n![final test accuracy vs τ and vs raw weight decay]({page.link(p)})" if p else ""
+    return head + "\n" + table + "\n\n" + "\n".join(summary) + pic + "\n"
+
+
 def _arg(step: Step, flag: str) -> str:
     args = list(step.args)
     return args[args.index(flag) + 1]
@@ -503,4 +532,4 @@ def meta_block(page: Page, steps: list[Step]) -> str:
 
 
 __all__ = ["Page", "fmt", "fmt_g", "vision_rows", "lm_rows", "regime_rows", "EARLY_TOKENS", "vision_block", "lm_block",
-           "transfer_block", "depth_block", "regime_block", "theory_block", "meta_block", "lm_regime_rows", "lm_regime_block"]
+           "transfer_block", "depth_block", "wd_tau_block", "regime_block", "theory_block", "meta_block", "lm_regime_rows", "lm_regime_block"]
