@@ -6,10 +6,13 @@ a few dozen steps and a test can assert that it did.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import gzip
 import json
 import socket
 import struct
+import sys
 import traceback
 from pathlib import Path
 
@@ -99,7 +102,17 @@ def _gloo_rank(rank: int, world: int, port: int, out: str, body, args: tuple) ->
         with open(f"{out}.rank{rank}.json", "w") as f:
             json.dump(report, f)
         if dist.is_initialized():
+            # no rank tears the group (and rank 0 the store) down while the other still talks to it;
+            # bounded, so a rank that failed early cannot hang the other
+            with contextlib.suppress(Exception):
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
             dist.destroy_process_group()
+    # the report is on disk: leave without the interpreter's finalization, where gloo's C++ worker
+    # threads meeting Python objects being torn down abort the process now and then under load
+    # ("terminate called without an active exception"; pytorch/pytorch PR 179291)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn_gloo(body, out, *args, world: int = 2) -> list[dict]:
