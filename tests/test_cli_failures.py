@@ -177,3 +177,17 @@ def test_library_refuses_wrong_types_and_shapes_with_its_own_errors():
             probe(gpt, bad)
     with pytest.raises(ConfigError, match="probe\\(\\) measures a torch.nn.Module"):
         probe("model", torch.zeros(1))
+
+
+def test_a_reader_that_goes_away_stops_the_cli_quietly():
+    """`initlab results --list | head -1`: the closed pipe ends the command with 128 + SIGPIPE and
+    no traceback, whether it is met while printing or at the final flush."""
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "initlab", "results", "--profile", "regime", "--list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -49,10 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away is met here, not at exit
+        return code
     except InitlabError as exc:
         print(f"initlab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`initlab results --list | head`): stop quietly, as a Unix tool does;
+        # stdout is pointed at /dev/null so that the interpreter's final flush cannot fail again
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         message = describe_os_error(exc)
         if message is None:
