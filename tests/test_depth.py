@@ -37,6 +37,7 @@ import initlab
 from initlab.errors import ConfigError, InitError
 from initlab.models import GPT, ViT
 from initlab.parametrization import Parametrization, param_groups, parametrize_
+from initlab.probe.runs import agreement_seed_means
 
 LR, WD, EPS = 3e-3, 0.1, 1e-8
 BASE_WIDTH, BASE_DEPTH = 64, 2
@@ -495,3 +496,21 @@ def test_depth_member_is_refused_where_a_norm_follows_each_branch_and_nothing_is
             call()
         assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     parametrize_(model, "mu", generator=torch.Generator().manual_seed(0))  # no branch multiplier: fine
+
+
+# the agreement table's mean over seeds: the theory predicts the mean over draws of the weights,
+# so the per-block errors are averaged over seeds before the largest one is taken
+def _agreement_row(seed, errors, stem, param="completep"):
+    return dict(model="vit", param=param, width=512, depth=len(errors), seed=seed, G_rel_blocks=errors,
+                G_stem_rel=stem, G_max_rel=max(abs(e) for e in errors))
+
+
+def test_seed_mean_cancels_the_draws_scatter_and_keeps_a_bias():
+    rows = [_agreement_row(0, [0.05, 0.04, 0.06], 0.05), _agreement_row(1, [-0.05, -0.04, -0.02], -0.05),
+            _agreement_row(2, [0.01, 0.02, 0.01], 0.0, param="mu")]  # one seed of mu: no mean
+    (m,) = agreement_seed_means(rows)
+    assert (m["param"], m["seeds"], m["depth"]) == ("completep", 2, 3)
+    assert m["G_seed_mean_max_rel"] == pytest.approx(0.02) and m["G_seed_mean_max_block"] == 3
+    assert m["G_seed_mean_se"] == pytest.approx(0.04)  # std 0.0566 of (0.06, -0.02) / sqrt(2)
+    assert m["G_single_draw_max_rel"] == pytest.approx(0.06)
+    assert m["stem_mean_rel"] == pytest.approx(0.0) and m["stem_std_rel"] == pytest.approx(0.05 * math.sqrt(2))

@@ -338,7 +338,7 @@ def agreement_row(rep: ProbeReport) -> dict:
                 G_mean_rel=mean([abs(e) for e in gs]), G_mid_max_rel=max(gm) if gm else None, output_rel=out,
                 grad_median_rel=sorted(gr)[len(gr) // 2] if gr else None, grad_max_rel=max(gr) if gr else None,
                 grad_groups=len(gr), qk_signed_mean_rel=mean(qk),
-                qk_max_rel=max(abs(e) for e in qk) if qk else None,
+                qk_max_rel=max(abs(e) for e in qk) if qk else None, G_rel_blocks=gs,
                 unavailable="; ".join(sorted((rep.predicted or {}).get("unavailable") or {})))
 
 
@@ -359,6 +359,48 @@ def agreement_markdown(rows: list[dict]) -> str:
                      f"{_pct(r['grad_max_rel'])} ({r['grad_groups']})",
                      f"{_pct(r['qk_signed_mean_rel'], True)} / {_pct(r['qk_max_rel'])}",
                      r["unavailable"] or "-"])
+    return markdown_table(head, body)
+
+
+def agreement_seed_means(rows: list[dict]) -> list[dict]:
+    """Per (model, param, width, depth) with two or more seeds: the signed error of G per block
+    averaged over the seeds (each seed a fresh draw of weights and batch), its largest magnitude
+    over the blocks, and the standard error of that mean. The theory predicts the mean over draws;
+    one draw scatters by O(1/sqrt(n)) around it (docs/theory.md), which the mean over S seeds
+    shrinks by sqrt(S)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("G_rel_blocks"):
+            groups.setdefault((r["model"], r["param"], r["width"], r["depth"]), []).append(r)
+    out = []
+    for (model, param, width, depth), rs in groups.items():
+        n = min(len(r["G_rel_blocks"]) for r in rs)
+        if len(rs) < 2 or n == 0:
+            continue
+        per_block = [[r["G_rel_blocks"][b] for r in rs] for b in range(n)]
+        means = [sum(v) / len(v) for v in per_block]
+        ses = [(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) ** 0.5 for v, m in zip(per_block, means)]
+        worst = max(range(n), key=lambda b: abs(means[b]))
+        stems = [r["G_stem_rel"] for r in rs if r["G_stem_rel"] is not None]
+        stem_mean = sum(stems) / len(stems) if stems else None
+        stem_std = ((sum((x - stem_mean) ** 2 for x in stems) / (len(stems) - 1)) ** 0.5
+                    if len(stems) > 1 else None)
+        out.append(dict(model=model, param=param, width=width, depth=depth, seeds=len(rs),
+                        stem_mean_rel=stem_mean, stem_std_rel=stem_std, G_seed_mean_max_rel=abs(means[worst]),
+                        G_seed_mean_max_block=worst + 1, G_seed_mean_se=ses[worst],
+                        G_single_draw_max_rel=max(r["G_max_rel"] for r in rs)))
+    return out
+
+
+def seed_means_markdown(means: list[dict]) -> str:
+    head = ["model", "param", "width", "depth", "seeds", "G stem: mean ± std over seeds",
+            "max \\|seed-mean err\\| G over blocks (block)", "its standard error",
+            "max \\|err\\| G of one draw (worst seed)"]
+    body = [[m["model"], str(m["param"]), str(m["width"]), str(m["depth"]), str(m["seeds"]),
+             "n/a" if m["stem_mean_rel"] is None else
+             f"{100 * m['stem_mean_rel']:+.1f}% ± {100 * (m['stem_std_rel'] or 0):.1f}%",
+             f"{100 * m['G_seed_mean_max_rel']:.1f}% ({m['G_seed_mean_max_block']})",
+             f"{100 * m['G_seed_mean_se']:.1f}%", f"{100 * m['G_single_draw_max_rel']:.1f}%"] for m in means]
     return markdown_table(head, body)
 
 
@@ -391,6 +433,9 @@ def run_agreement(s: ProbeSettings, widths: list, depths: list, params: list, se
                         if seed == seeds[0]:
                             kept[(param, w)] = rep
     md = agreement_markdown(rows)
+    means = agreement_seed_means(rows)
+    if means:
+        md += "\n\nMean over seeds (the theory predicts the mean over draws):\n\n" + seed_means_markdown(means)
     if d_out is not None:
         written.append(write_json(d_out / "theory_agreement.json", rows, indent=1))
         written.append(atomic_write_text(d_out / "theory_agreement.md", md + "\n"))
@@ -460,5 +505,5 @@ def run_coordcheck(spec: ModelSpec, widths: list, depth: int, params: list, *, o
 
 
 __all__ = ["ModelSpec", "ProbeSettings", "build_model", "make_batch", "init_model", "probe_one",
-           "run_probe", "run_agreement", "agreement_row", "agreement_markdown", "run_coordcheck",
+           "run_probe", "run_agreement", "agreement_row", "agreement_markdown", "agreement_seed_means", "run_coordcheck",
            "hf_config", "hf_model_class"]
