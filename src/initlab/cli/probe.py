@@ -107,4 +107,6 @@ def _seeds(text: str) -> list[int]:
 
 
 def _row_line(row: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+    """One progress line per agreement row: its scalars (the per-block list stays in the JSON)."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                    if not isinstance(v, (list, tuple)))
