@@ -8,7 +8,7 @@ STAMP := $(VENV)/.initlab-setup
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build (see constraints.txt)
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test bench results results-long results-regime results-lm gpu-check clean-venv data
+.PHONY: setup demo test bench results results-long results-regime results-lm results-depth results-wdtau gpu-check gpu-data clean-venv data
 
 setup: $(STAMP)
 
@@ -71,12 +71,33 @@ results-regime: setup
 results-lm: setup
 	$(VENV)/bin/initlab results --profile lm-regime --out results --jobs $(JOBS)
 
+# depth transfer (section 9 of docs/results.md): standard/mu/depth-mup/completep swept over lr at
+# depths 2-16 for the char GPT and the ViT, 3 seeds, and the joint move to (width 256, depth 16)
+results-depth: setup
+	$(VENV)/bin/initlab results --profile depth --out results --jobs $(JOBS)
+
+# weight decay as a timescale (section 9b): the best τ at 1k and 5k images, 48 short ViT runs
+results-wdtau: setup
+	$(VENV)/bin/initlab results --profile wd-tau --out results --jobs $(JOBS)
+
 # one prepared command for a GPU machine (H100/H200): the map's best and worst regimes at
-# ViT-Tiny size in bf16, 12 steps side by side, then the LLaMA-7B-shaped mimetic init timing
+# ViT-Tiny size in bf16, 12 steps side by side, then the LLaMA-7B-shaped mimetic init timing.
+# That machine has no network, so no `make setup`: its own python3 (torch with CUDA) runs the
+# checkout with PYTHONPATH=src, and the data travels with the checkout (`make gpu-data` here first,
+# then name /gpu-data/ in the device tool's carry). GPU_OUT: where the runs, the page and its
+# pictures go (there: $$OUT/results, so that they come back).
 GPU_JOBS ?= 12
-gpu-check: setup
-	$(VENV)/bin/initlab results --profile gpu --out results --jobs $(GPU_JOBS)
-	$(PY) benchmarks/bench_mimetic.py --shape llama7b --device cuda
+GPU_PY ?= python3
+GPU_OUT ?= results
+gpu-check:
+	PYTHONPATH=src $(GPU_PY) -m initlab results --profile gpu --out $(GPU_OUT) --data-root gpu-data/fashion-mnist \
+		--jobs $(GPU_JOBS) --doc $(GPU_OUT)/results.md --img-dir $(GPU_OUT)/img
+	PYTHONPATH=src $(GPU_PY) benchmarks/bench_mimetic.py --shape llama7b --device cuda
+
+# Fashion-MNIST copied into the checkout (git ignores gpu-data/) for a machine without apt or network
+gpu-data:
+	mkdir -p gpu-data/fashion-mnist
+	cp /usr/share/datasets/fashion-mnist/*-ubyte.gz gpu-data/fashion-mnist/
 
 clean-venv:
 	rm -rf $(VENV)
