@@ -322,6 +322,7 @@ TINY = {
         {**_CMP_LM, "--out": "runs/lm-pos"},
     ("docs/results.md", "initlab results --profile regime --list"): {},
     ("docs/results.md", "initlab results --profile lm-regime --list"): {},
+    ("docs/results.md", "initlab results --profile depth --list"): {},
     ("docs/schemes.md", "initlab schemes"): {},
     ("docs/schemes.md", "initlab schemes --check nt+mimetic"): {},
     ("docs/schemes.md", "initlab schemes --show trunc_normal+mimetic --model vit-micro"): {},
