@@ -275,6 +275,10 @@ def _write_sweep(d, sizes, lrs, values, axis="depth", metric="val_loss"):
 
 def test_depth_profile_sweeps_every_member_across_depth_with_three_seeds():
     steps = plan("depth")
+    longer = [s for s in steps if s.labels.get("budget")]
+    assert {s.labels["param"] for s in longer} == {"standard", "completep"} and len(longer) == 6
+    assert all(s.args[s.args.index("--steps") + 1] == "400" for s in longer)
+    steps = [s for s in steps if not s.labels.get("budget")]
     sweeps = [s for s in steps if s.labels["kind"] == "depth"]
     assert {s.labels["param"] for s in sweeps} == {"standard", "mu", "depth-mup", "completep"}
     assert {s.labels["task"] for s in sweeps} == {"lm", "vision"}
@@ -334,6 +338,9 @@ def test_depth_block_reads_drift_in_grid_steps_and_the_joint_move(tmp_path):
     text = blocks["depth_transfer"]
     assert "*not run yet*" in text  # mu and depth-mup have no sweeps here
     assert "`completep` | 3 | 2: 0.002, 4: 0.002, 8: 0.002, 16: 0.002" in text
+    # standard on the seed-mean table: 8e-3 at depth 2, 1e-3 at depth 16, 3 steps down, and
+    # depth 16 at 8e-3 (4.0) against its best (1.0): 3 nats, 300%
+    assert "| -3; -3.00 ± 0.00 |" in text and "+3.000 (300.0%)" in text
     assert "| `completep` | (256, 16) | 2 | 0.002, 0.002 | 1.1000 ± 0.0000 | 1.0000 ± 0.0000 | 0.004, 0.004 | 0.100 ± 0.000 | 10.0 ± 0.0 |" in text
     assert (tmp_path / "img" / "depth-lm.png").exists()
     assert "initlab sweep --task lm" in text and "--base-depth 2" in text

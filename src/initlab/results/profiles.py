@@ -184,14 +184,16 @@ PROFILE_SETTINGS["lm-regime"] = dict(
 # for some members), a 7-point lr grid of factor 2 (one grid step = the 2x of "transfers"), every
 # member of the family with a depth question (standard, mu, depth-mup, completep), 3 seeds; then
 # the joint move: the lr tuned at (width 64, depth 2) used at (width 256, depth 16) under completep,
-# whose base is (64, 2). The ViT is the preset's regime (fixed 2-D sin-cos table, mean pooling,
-# 16 tokens); the char GPT has a learned table. ~96 sweeps cells of 3-30 s and 42 of 15-110 s.
+# whose base is (64, 2); and the char GPT's standard and completep again at 4x the steps (400),
+# depths 2 and 16, to see whether its verdict depends on the budget. The ViT is the preset's regime
+# (fixed 2-D sin-cos table, mean pooling, 16 tokens); the char GPT has a learned table.
 PROFILE_SETTINGS["depth"] = dict(
     prefix="depth",
     depth=dict(width=64, depths=(2, 4, 8, 16), params=("standard", "mu", "depth-mup", "completep"), seeds=3,
                vision=dict(heads=2, batch=64, steps=100, train_size=5000, test_size=1000, lrs="2.5e-4..1.6e-2:7"),
                lm=dict(heads=4, block=64, batch=16, steps=100, eval_batches=4, lrs="5e-4..3.2e-2:7"),
-               joint=dict(task="lm", width=256, depths=(2, 16), params=("completep",))))
+               joint=dict(task="lm", width=256, depths=(2, 16), params=("completep",)),
+               lm_long=dict(steps=400, depths=(2, 16), params=("standard", "completep"), lrs="2e-3..3.2e-2:5")))
 # Weight decay as a timescale (issue 19 item 5; Wang & Aitchison, arXiv 2405.13698): the same ViT
 # trained for the same 30 epochs on 1k and on 5k images (5x the steps), AdamW with the decay set by
 # τ = 1/(lr·wd) counted in epochs (--wd-tau), 8 timescales of factor 2, 3 seeds: does the best τ stay
@@ -377,6 +379,18 @@ def _depth_steps(prefix: str, d: dict, text: str | None, data_root: str | None) 
                         d[task]["lrs"], "--param", param, "--seed", str(seed)]
                 steps.append(Step(f"{prefix}-{task}-{param}-s{seed}", "depth", "sweep", tuple(args),
                                   dict(task=task, param=param, seed=seed, kind="depth", width=d["width"])))
+    longer = d.get("lm_long")  # the char GPT again at a longer budget: does its verdict hold?
+    if longer:
+        for param in longer["params"]:
+            for seed in range(d["seeds"]):
+                args = [*task_args("lm"), "--widths", str(d["width"]),
+                        "--depths", ",".join(str(x) for x in longer["depths"]), "--lrs", longer["lrs"],
+                        "--param", param, "--seed", str(seed)]
+                i = args.index("--steps")
+                args[i + 1] = args[args.index("--eval-every") + 1] = str(longer["steps"])
+                steps.append(Step(f"{prefix}-lm{longer['steps']}-{param}-s{seed}", "depth", "sweep", tuple(args),
+                                  dict(task="lm", param=param, seed=seed, kind="depth", width=d["width"],
+                                       budget=longer["steps"])))
     j = d.get("joint")
     if j:
         task = j["task"]

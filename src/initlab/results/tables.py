@@ -301,8 +301,12 @@ def depth_block(page: Page, steps: list[Step]) -> str:
     seed-mean table, its drift per seed, the loss lost at the deepest model with the shallowest
     model's lr), the lr-vs-loss picture; then the joint move (width and depth at once)."""
     parts = []
-    for task in ("lm", "vision"):
-        group = [s for s in steps if s.labels["task"] == task and s.labels["kind"] == "depth"]
+    budgets = [(task, b) for task in ("lm", "vision")
+               for b in dict.fromkeys(s.labels.get("budget") for s in steps if s.labels["task"] == task
+                                      and s.labels["kind"] == "depth")]
+    for task, budget in budgets:
+        group = [s for s in steps if s.labels["task"] == task and s.labels["kind"] == "depth"
+                 and s.labels.get("budget") == budget]
         if not group:
             continue
         params = list(dict.fromkeys(s.labels["param"] for s in group))
@@ -311,7 +315,7 @@ def depth_block(page: Page, steps: list[Step]) -> str:
         for param in params:
             res = transfer_summary([page.out / s.key for s in group if s.labels["param"] == param])
             if res is None:
-                rows.append([param, "0", "*not run yet*"] + [""] * 7)
+                rows.append([param, "0", "*not run yet*"] + [""] * 8)
                 continue
             a = res["analysis"]
             curves[param] = a
@@ -321,24 +325,29 @@ def depth_block(page: Page, steps: list[Step]) -> str:
             rows.append([f"`{param}`", str(n), lrs or "—",
                          ", ".join(f"{x:+.2f}" for _, _, x in a.shifts) or "—",
                          fmt(*res["slope"], 2),
-                         fmt(*res["drift"], 2) if n > 1 else f"{res['drift'][0]:+.0f}",
+                         f"{res['drift_mean_table']:+.0f}; " + (fmt(*res["drift"], 2) if n > 1
+                                                                  else f"{res['drift'][0]:+.0f}"),
                          f"{t['value']:.4f}" if t and math.isfinite(t["value"]) else ("diverged" if t else "—"),
                          f"{t['best_value']:.4f} (lr {t['best_lr']:.2g})" if t else "—",
+                         (f"{t['loss']:+.3f} ({100 * t['loss'] / t['best_value']:.1f}%)"
+                          if t and math.isfinite(t["loss"]) and t["best_value"] > 0 else "—"),
                          fmt(*res["lost"], 3), fmt(*res["lost_pct"], 1)])
         first = group[0].labels
-        depths = next((c.widths for c in curves.values()), [])
-        span = f"depth {depths[0]} → {depths[-1]}" if depths else ""
+        depths = [int(x) for x in _arg(group[0], "--depths").split(",")]
+        span = f"depth {depths[0]} → {depths[-1]}"
         table = markdown_table(["param", "seeds", "lr* per depth (seed-mean table; * = on grid edge)",
                                 "log2 lr* shift per doubling", "fit exponent x in lr* ∝ depth^x, per seed",
-                                f"lr* drift {span} (grid steps of 2×), per seed",
+                                f"lr* drift {span} (grid steps of 2×): seed-mean table; per seed",
                                 "deepest at shallowest's lr* (seed mean)", "deepest at its own lr* (seed mean)",
-                                "loss lost by transferring, per seed", "loss lost (% of the best), per seed"], rows)
+                                "loss lost by transferring (seed-mean table)", "loss lost, per seed",
+                                "loss lost (% of the best), per seed"], rows)
         pic = ""
         if curves:
-            p = figures.plot_transfer(curves, page.png(f"{task}.png"), metric)
+            p = figures.plot_transfer(curves, page.png(f"{task}{budget or ''}.png"), metric)
             pic = f"\n\n![{metric} vs lr per depth]({page.link(p)})" if p else ""
         cmds = "\n".join(s.display(page.out) for s in group)
-        parts.append(f"#### {_TITLES[task]}: {metric} after {_step_count(group[0])} steps, width {first['width']}"
+        parts.append(f"#### {_TITLES[task]}: {metric} after {_step_count(group[0])} steps, width {first['width']}, "
+                     f"depths {', '.join(str(x) for x in depths)}"
                      f"\n\n<details><summary>the {len(group)} commands</summary>\n\n```\n{cmds}\n```\n</details>\n\n"
                      f"{table}{pic}\n")
     joint = [s for s in steps if s.labels["kind"] == "joint"]
