@@ -376,3 +376,29 @@ def test_wd_tau_block_finds_the_best_timescale_per_data_size(tmp_path):
     assert f"{len(steps) // 3 * 2}/{len(steps)} runs finished" in text
     assert "- 1,000 images: best τ 8 epochs (wd 17.9); per seed s0: τ 8, s1: τ 8" in text
     assert (tmp_path / "img" / "wdtau-wd-tau.png").exists()
+
+
+def test_an_interrupted_train_step_stops_the_suite_and_is_not_marked_done(tmp_path, monkeypatch):
+    """In-process `initlab train` steps (the wd-tau profile) return their record instead of
+    raising: Ctrl-C or SIGTERM inside one must stop the suite, not write step.json and go on."""
+    import types
+
+    import initlab.experiments.invoke as invoke
+    import initlab.results.run as suite
+    from initlab.errors import Interrupted
+    from initlab.results.profiles import Step
+    step = Step("wdtau-x", "wdtau", "train", ("--data", "fashion-mnist", "--steps", "2"),
+                dict(train_size=1000, tau=1, seed=0, lr=1e-3, epochs=1, batch=8))
+    outcome = {"status": "interrupted"}
+
+    def fake_train(args, progress=None):
+        return types.SimpleNamespace(status=outcome["status"], extra={"signal": 15}), None, None, True
+    monkeypatch.setattr(invoke, "train", fake_train)
+    assert suite._run_in_process(step, tmp_path)[1] == 143
+    outcome["status"] = "diverged"
+    assert suite._run_in_process(step, tmp_path)[1] == 1  # a result, as for compare and sweep
+    outcome["status"] = "interrupted"
+    monkeypatch.setattr(suite, "plan", lambda profile, **kw: [step])
+    with pytest.raises(Interrupted):
+        suite.run_suite("wd-tau", tmp_path / "out", doc=tmp_path / "r.md", img_dir=tmp_path / "img")
+    assert not (tmp_path / "out" / "wdtau-x" / "step.json").exists()

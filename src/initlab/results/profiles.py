@@ -196,12 +196,13 @@ PROFILE_SETTINGS["depth"] = dict(
                lm_long=dict(steps=400, depths=(2, 16), params=("standard", "completep"), lrs="2e-3..3.2e-2:5")))
 # Weight decay as a timescale (issue 19 item 5; Wang & Aitchison, arXiv 2405.13698): the same ViT
 # trained for the same 30 epochs on 1k and on 5k images (5x the steps), AdamW with the decay set by
-# τ = 1/(lr·wd) counted in epochs (--wd-tau), 8 timescales of factor 2, 3 seeds: does the best τ stay
+# τ = 1/(lr·wd) counted in epochs (--wd-tau), 12 timescales of factor 2 (1 to 2,048 epochs; wd 0.05, the
+# engine's default, is τ = 2,857 epochs at 1k images), 3 seeds: does the best τ stay
 # put while the raw decay it implies moves 5.6x (7 -> 39 steps per epoch)? vit-micro width 64, depth 2,
-# 16 tokens; 48 runs of 10 s (1k) and 50 s (5k).
+# 16 tokens; 72 runs of 10 s (1k) and 50 s (5k).
 PROFILE_SETTINGS["wd-tau"] = dict(
     prefix="wdtau", wd_tau=dict(model="vit-micro", width=64, depth=2, heads=2, patch=7, batch=128, lr=1e-3,
-                                epochs=30, sizes=(1000, 5000), taus=(1, 2, 4, 8, 16, 32, 64, 128), seeds=3))
+                                epochs=30, sizes=(1000, 5000), taus=tuple(2 ** k for k in range(12)), seeds=3))
 PROFILES = tuple(PROFILE_SETTINGS)
 
 

@@ -4,6 +4,7 @@ finished steps are skipped, and each invocation's wall clock is recorded for the
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -151,8 +152,14 @@ def _run_in_process(step: Step, out: Path, progress=False) -> tuple[float, int]:
     t0 = time.time()
     try:
         args = invoke.parse_command(step.command, step.argv(out)[1:])
-        getattr(invoke, step.command)(args, progress=progress)
+        result = getattr(invoke, step.command)(args, progress=progress)
         rc = 0
+        if step.command == "train":  # a run's outcome is its record, as `initlab train`'s exit code says
+            record = result[0]
+            if record.status == "interrupted":  # Ctrl-C / SIGTERM: the suite stops, the step is not done
+                rc = 128 + int(record.extra.get("signal") or signal.SIGINT)
+            elif record.status == "diverged":
+                rc = 1
     except InitlabError as exc:
         print(f"initlab {step.command}: error: {exc}", file=sys.stderr)
         rc = 2
