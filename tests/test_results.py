@@ -291,8 +291,11 @@ def test_depth_profile_sweeps_every_member_across_depth_with_three_seeds():
     for s in joint:  # the joint sweep's base is the depth sweeps' (width, shallowest depth)
         args = list(s.args)
         assert args[args.index("--base-width") + 1] == "64" and args[args.index("--base-depth") + 1] == "2"
-        lm = next(t for t in sweeps if t.labels["task"] == "lm")  # the same grid: the tuned lr is on it
-        assert args[args.index("--lrs") + 1] == list(lm.args)[list(lm.args).index("--lrs") + 1]
+        lm = next(t for t in sweeps if t.labels["task"] == "lm")  # a grid containing the tuned one
+        from initlab.experiments.grid import parse_lrs
+        tuned = parse_lrs(list(lm.args)[list(lm.args).index("--lrs") + 1])
+        wide = parse_lrs(args[args.index("--lrs") + 1])
+        assert all(any(math.isclose(a, b, rel_tol=1e-9) for b in wide) for a in tuned)
 
 
 def test_depth_block_reads_drift_in_grid_steps_and_the_joint_move(tmp_path):

@@ -192,7 +192,7 @@ PROFILE_SETTINGS["depth"] = dict(
     depth=dict(width=64, depths=(2, 4, 8, 16), params=("standard", "mu", "depth-mup", "completep"), seeds=3,
                vision=dict(heads=2, batch=64, steps=100, train_size=5000, test_size=1000, lrs="2.5e-4..1.6e-2:7"),
                lm=dict(heads=4, block=64, batch=16, steps=100, eval_batches=4, lrs="5e-4..3.2e-2:7"),
-               joint=dict(task="lm", width=256, depths=(2, 16), params=("completep",)),
+               joint=dict(task="lm", width=256, depths=(2, 16), params=("completep",), lrs="5e-4..6.4e-2:8"),
                lm_long=dict(steps=400, depths=(2, 16), params=("standard", "completep"), lrs="2e-3..3.2e-2:5")))
 # Weight decay as a timescale (issue 19 item 5; Wang & Aitchison, arXiv 2405.13698): the same ViT
 # trained for the same 30 epochs on 1k and on 5k images (5x the steps), AdamW with the decay set by
@@ -397,8 +397,10 @@ def _depth_steps(prefix: str, d: dict, text: str | None, data_root: str | None) 
         task = j["task"]
         for param in j["params"]:
             for seed in range(d["seeds"]):
+                # the depth sweeps' grid, or one that contains it (the wide, deep model's optimum
+                # may lie above it: the language grid gets one more step up)
                 args = [*task_args(task), "--widths", str(j["width"]),
-                        "--depths", ",".join(str(x) for x in j["depths"]), "--lrs", d[task]["lrs"],
+                        "--depths", ",".join(str(x) for x in j["depths"]), "--lrs", j.get("lrs", d[task]["lrs"]),
                         "--param", param, "--base-width", str(d["width"]), "--base-depth", str(min(d["depths"])),
                         "--seed", str(seed)]
                 steps.append(Step(f"{prefix}-joint-{task}-{param}-s{seed}", "depth", "sweep", tuple(args),

@@ -192,7 +192,7 @@ def joint_summary(tuned_outs: list[Path], target_outs: list[Path], *, tuned_at: 
         best = sb.optimum_value[target]
         pairs.append(dict(lr=lr, value=value, best_lr=sb.optimum[target], best_value=best, loss=value - best,
                           loss_pct=100 * (value - best) / best if best > 0 else math.nan,
-                          steps=grid_steps(lr, sb.optimum[target], lrs)))
+                          steps=grid_steps(lr, sb.optimum[target], lrs), edge=sb.edge[target]))
     if not pairs:
         return None
     return dict(pairs=pairs, seeds=len(pairs), loss=mean_std([p["loss"] for p in pairs]),

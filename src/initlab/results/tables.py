@@ -380,11 +380,12 @@ def _joint_table(page: Page, steps: list[Step], joint: list[Step]) -> str:
                 continue
             rows.append([f"`{param}`", where, str(res["seeds"]),
                          ", ".join(f"{p['lr']:.2g}" for p in res["pairs"]), fmt(*res["value"], 4),
-                         fmt(*res["best"], 4), ", ".join(f"{p['best_lr']:.2g}" for p in res["pairs"]),
+                         fmt(*res["best"], 4),
+                         ", ".join(f"{p['best_lr']:.2g}{'*' if p['edge'] else ''}" for p in res["pairs"]),
                          fmt(*res["loss"], 3), fmt(*res["loss_pct"], 1)])
     cmds = "\n".join(s.display(page.out) for s in joint)
     table = markdown_table(["param", "(width, depth)", "seeds", f"lr tuned at ({base_w}, {base_d}), per seed",
-                            "loss there at that lr", "loss there at its own lr*", "its own lr*, per seed",
+                            "loss there at that lr", "loss there at its own lr*", "its own lr*, per seed (* = grid edge)",
                             "loss lost", "loss lost (% of the best)"], rows)
     return (f"#### The joint move: tuned at (width {base_w}, depth {base_d}), used at width {width}\n\n"
             f"```\n{cmds}\n```\n\n{table}\n")
