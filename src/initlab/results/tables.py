@@ -367,8 +367,8 @@ def _joint_table(page: Page, steps: list[Step], joint: list[Step]) -> str:
     base_w, base_d, width = j0["base_width"], j0["base_depth"], j0["width"]
     for param in dict.fromkeys(s.labels["param"] for s in joint):
         mine = sorted((s for s in joint if s.labels["param"] == param), key=lambda s: s.labels["seed"])
-        tuned = {s.labels["seed"]: s for s in steps if s.labels["kind"] == "depth"
-                 and s.labels["param"] == param and s.labels["task"] == j0["task"]}
+        tuned = {s.labels["seed"]: s for s in steps if s.labels["kind"] == "depth" and not s.labels.get("budget")
+                 and s.labels["param"] == param and s.labels["task"] == j0["task"]}  # the same budget
         pairs = [(tuned[s.labels["seed"]], s) for s in mine if s.labels["seed"] in tuned]
         depths = [int(x) for x in _arg(mine[0], "--depths").split(",")]
         for target in depths:
