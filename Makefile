@@ -76,7 +76,7 @@ results-lm: setup
 results-depth: setup
 	$(VENV)/bin/initlab results --profile depth --out results --jobs $(JOBS)
 
-# weight decay as a timescale (section 9b): the best τ at 1k and 5k images, 48 short ViT runs
+# weight decay as a timescale (section 9b): the best τ at 1k and 5k images, 72 short ViT runs (36 min)
 results-wdtau: setup
 	$(VENV)/bin/initlab results --profile wd-tau --out results --jobs $(JOBS)
 

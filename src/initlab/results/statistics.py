@@ -174,7 +174,7 @@ def transfer_summary(step_outs: list[Path]) -> dict | None:
 
 def joint_summary(tuned_outs: list[Path], target_outs: list[Path], *, tuned_at: int, target: int) -> dict | None:
     """The joint move: per seed, the lr tuned in ``tuned_outs``' sweep at size ``tuned_at`` (its grid
-    argmin) used in ``target_outs``' sweep (same seed, same lr grid) at size ``target``, against
+    argmin) used in ``target_outs``' sweep (same seed, a grid that contains it) at size ``target``, against
     the best lr there. Returns the per-seed numbers and their mean ± std (None before any pair)."""
     pairs = []
     for a_dir, b_dir in zip(tuned_outs, target_outs):
