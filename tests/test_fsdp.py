@@ -38,6 +38,24 @@ def _max_diff(ref, sharded) -> float:
     return worst
 
 
+def _shard(m, mesh):
+    """``m`` under fully_shard: each block, then the root."""
+    from torch.distributed.fsdp import fully_shard
+    for b in m.blocks:
+        fully_shard(b, mesh=mesh)
+    fully_shard(m, mesh=mesh)
+    return m
+
+
+def _sharded_pair(key: str, mesh):
+    """MODELS[key] built with the global seed 0, and a sharded deep copy of it."""
+    from initlab.models import create_model
+    name, kw, _ = MODELS[key]
+    torch.manual_seed(0)
+    ref = create_model(name, **kw)
+    return ref, _shard(copy.deepcopy(ref), mesh)
+
+
 def _shard_rank(rank: int, world: int, report: dict) -> None:
     report.update(schemes={}, refused={})
     import initlab
@@ -45,25 +63,11 @@ def _shard_rank(rank: int, world: int, report: dict) -> None:
     from initlab.models import create_model
     from initlab.schemes import init_, schemes
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh("cpu", (world,))
-
-    def shard(m):
-        for b in m.blocks:
-            fully_shard(b, mesh=mesh)
-        fully_shard(m, mesh=mesh)
-        return m
-
-    def pair(key):
-        name, kw, _ = MODELS[key]
-        torch.manual_seed(0)
-        ref = create_model(name, **kw)
-        return ref, shard(copy.deepcopy(ref))
-
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     report["all_schemes"] = [info.name for info in schemes()]
     for key, (_, _, only) in MODELS.items():
-        ref, sh = pair(key)  # one pair per model: each scheme starts where the last left both
+        ref, sh = _sharded_pair(key, mesh)  # one pair per model: each scheme starts where the last left both
         for name in only or report["all_schemes"]:
             try:
                 init_(ref, name, generator=gen())
@@ -75,7 +79,7 @@ def _shard_rank(rank: int, world: int, report: dict) -> None:
                 diff=_max_diff(ref, sh), head=[ref.head_multiplier, sh.head_multiplier],
                 scale=[ref.blocks[0].attn.scale, sh.blocks[0].attn.scale],
                 skip=[ref.blocks[0].skip_scale, sh.blocks[0].skip_scale])
-    ref, sh = pair("gpt")
+    ref, sh = _sharded_pair("gpt", mesh)
     initlab.mimetic_(ref, generator=gen())
     initlab.mimetic_(sh, generator=gen())
     report["mimetic"] = _max_diff(ref, sh)
@@ -98,7 +102,7 @@ def _shard_rank(rank: int, world: int, report: dict) -> None:
     name, kw, _ = MODELS["gpt"]
     with torch.device("meta"):
         meta = create_model(name, **kw)
-    shard(meta)
+    _shard(meta, mesh)
     meta.to_empty(device="cpu")
     initlab.parametrize_(meta, "mu", generator=gen())
     torch.manual_seed(0)
@@ -156,12 +160,9 @@ def _layerwise_rank(rank: int, world: int, report: dict) -> None:
     import contextlib
 
     import initlab.roles.dtensor as dt
-    from initlab.models import create_model
     from initlab.schemes import InitPlan
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh("cpu", (world,))
-    name, kw, _ = MODELS["gpt"]
     live, peak = [0], [0]
     original = dt.full_tensors
 
@@ -179,12 +180,7 @@ def _layerwise_rank(rank: int, world: int, report: dict) -> None:
     try:
         report["diff"], report["peak"] = {}, {}
         for spec in _CHAINS:
-            torch.manual_seed(0)
-            ref = create_model(name, **kw)
-            sh = copy.deepcopy(ref)
-            for b in sh.blocks:
-                fully_shard(b, mesh=mesh)
-            fully_shard(sh, mesh=mesh)
+            ref, sh = _sharded_pair("gpt", mesh)
             plan = InitPlan.build(spec)
             plan.initialize_(ref, seed=11)
             peak[0] = 0
@@ -200,12 +196,7 @@ def _layerwise_rank(rank: int, world: int, report: dict) -> None:
         def undecided(m):
             rm = roles(m)
             return replace(rm, controls=replace(rm.controls, tied_head=None))
-        torch.manual_seed(0)
-        ref = create_model(name, **kw)
-        sh = copy.deepcopy(ref)
-        for b in sh.blocks:
-            fully_shard(b, mesh=mesh)
-        fully_shard(sh, mesh=mesh)
+        ref, sh = _sharded_pair("gpt", mesh)
         plan = InitPlan.build("mu")
         plan.initialize_(ref, seed=11, role_map=undecided(ref))
         plan.initialize_(sh, seed=11, role_map=undecided(sh))
