@@ -385,18 +385,19 @@ def test_wd_tau_block_finds_the_best_timescale_per_data_size(tmp_path):
 def test_an_interrupted_train_step_stops_the_suite_and_is_not_marked_done(tmp_path, monkeypatch):
     """In-process `initlab train` steps (the wd-tau profile) return their record instead of
     raising: Ctrl-C or SIGTERM inside one must stop the suite, not write step.json and go on."""
-    import types
-
     import initlab.experiments.invoke as invoke
     import initlab.results.run as suite
     from initlab.errors import Interrupted
+    from initlab.experiments.records import RunRecord
     from initlab.results.profiles import Step
     step = Step("wdtau-x", "wdtau", "train", ("--data", "fashion-mnist", "--steps", "2"),
                 dict(train_size=1000, tau=1, seed=0, lr=1e-3, epochs=1, batch=8))
     outcome = {"status": "interrupted"}
 
     def fake_train(args, progress=None):
-        return types.SimpleNamespace(status=outcome["status"], extra={"signal": 15}), None, None, True
+        record = RunRecord(labels={}, history=[], final={}, best={}, wall_time_s=0.0, status=outcome["status"],
+                           extra={"signal": 15})
+        return record, None, None, True
     monkeypatch.setattr(invoke, "train", fake_train)
     assert suite._run_in_process(step, tmp_path)[1] == 143
     outcome["status"] = "diverged"

@@ -35,11 +35,11 @@ def _report(record, config, out: str, main: bool) -> int:
     import sys
 
     if record.status == "interrupted":
-        signum = int(record.extra.get("signal") or signal.SIGINT)
+        code = record.exit_code()
         if main:
-            print(f"interrupted by {signal.Signals(signum).name} at step {_last_step(record)}; the "
+            print(f"interrupted by {signal.Signals(code - 128).name} at step {_last_step(record)}; the "
                   f"checkpoint is kept: continue with initlab train --resume {out}", file=sys.stderr)
-        return 128 + signum
+        return code
     if not main:  # other torchrun ranks: rank 0 reports and writes
         return 0 if record.status == "completed" else 1
     from ..experiments.summary import primary_metric
@@ -58,7 +58,7 @@ def _report(record, config, out: str, main: bool) -> int:
         print(f"diverged: the loss became NaN or inf by step {where}; {last}; metrics.csv and "
               f"summary.json in {out} have the evaluations up to there. Lower --lr, raise --warmup "
               f"or set --clip")
-        return 1
+        return record.exit_code()
     print(f"{record.status}: final {metric.key} {show(final)}, best {show(best)}, "
           f"{record.epochs_done():.3g} epochs, {record.wall_time_s:.1f}s; run dir {out}")
     return 0

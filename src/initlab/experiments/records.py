@@ -53,6 +53,14 @@ class RunRecord:
                    best=d.get("best") or {}, wall_time_s=d.get("wall_time_s", 0.0),
                    status=d.get("status", "?"), run_dir=d.get("run_dir"), extra=d.get("extra", {}))
 
+    def exit_code(self) -> int:
+        """What ``initlab train`` exits with for this run: 128 + the signal when interrupted (130
+        SIGINT, 143 SIGTERM), 1 when diverged (a result, not a crash), else 0."""
+        if self.status == "interrupted":
+            import signal
+            return 128 + int(self.extra.get("signal") or signal.SIGINT)
+        return 1 if self.status == "diverged" else 0
+
     # ---- derived numbers ------------------------------------------------------------------
     def final_metric(self, key: str) -> float:
         """The metric at the end of training (``final``, else the last history row that has it)."""

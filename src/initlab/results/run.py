@@ -4,7 +4,6 @@ finished steps are skipped, and each invocation's wall clock is recorded for the
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -67,7 +66,8 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
     if jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
     only = list(only or SECTIONS)
-    keys = {s.key for s in plan(profile)}  # unknown profile: one-line error before anything is made
+    planned = plan(profile)  # unknown profile: one-line error before anything is made
+    keys = {s.key for s in planned}
     bad = [s for s in only if s not in SECTIONS and s not in keys]
     if bad:
         raise ConfigError(f"unknown results section(s) or step(s) {', '.join(bad)}; choose from "
@@ -76,7 +76,7 @@ def run_suite(profile: str, out: str | Path, *, only: list[str] | None = None, d
     out.mkdir(parents=True, exist_ok=True)
     small = None
     test_size = sweep_test_size(profile_settings(profile))
-    sweeps = [s.key for s in plan(profile) if s.command == "sweep"]
+    sweeps = [s.key for s in planned if s.command == "sweep"]
     if run and test_size and any(s in ("transfer", "depth") or s in sweeps for s in only):
         small = prepare_sweep_data(out, data_root, test_size)
     elif (out / "data").exists():
@@ -153,13 +153,9 @@ def _run_in_process(step: Step, out: Path, progress=False) -> tuple[float, int]:
     try:
         args = invoke.parse_command(step.command, step.argv(out)[1:])
         result = getattr(invoke, step.command)(args, progress=progress)
-        rc = 0
-        if step.command == "train":  # a run's outcome is its record, as `initlab train`'s exit code says
-            record = result[0]
-            if record.status == "interrupted":  # Ctrl-C / SIGTERM: the suite stops, the step is not done
-                rc = 128 + int(record.extra.get("signal") or signal.SIGINT)
-            elif record.status == "diverged":
-                rc = 1
+        # train returns its record instead of raising: its exit code (130/143 when interrupted:
+        # the suite stops and the step is not done; 1 when diverged, a result)
+        rc = result[0].exit_code() if step.command == "train" else 0
     except InitlabError as exc:
         print(f"initlab {step.command}: error: {exc}", file=sys.stderr)
         rc = 2
