@@ -14,8 +14,8 @@ from typing import Callable
 
 from ..output import atomic_write_text
 from .profiles import Step, profile_settings
-from .tables import (Page, depth_block, wd_tau_block, lm_block, lm_regime_block, meta_block, regime_block, theory_block, transfer_block,
-                     vision_block)
+from .tables import (Page, depth_block, lm_block, lm_regime_block, meta_block, regime_block, theory_block,
+                     transfer_block, vision_block, wd_tau_block)
 
 
 @dataclass(frozen=True)

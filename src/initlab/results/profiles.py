@@ -361,17 +361,16 @@ def _depth_steps(prefix: str, d: dict, text: str | None, data_root: str | None) 
     steps = []
     depths = ",".join(str(x) for x in d["depths"])
 
-    def task_args(task: str) -> list[str]:
+    def task_args(task: str, steps: int | None = None) -> list[str]:
         s = d[task]
+        n = str(steps or s["steps"])  # one evaluation, at the end
         if task == "vision":
             return ["--data", "fashion-mnist", *(["--data-root", data_root] if data_root else []),
                     "--train-size", str(s["train_size"]), "--model", "vit-micro", "--patch-size", "7",
-                    "--heads", str(s["heads"]), "--batch-size", str(s["batch"]), "--steps", str(s["steps"]),
-                    "--eval-every", str(s["steps"])]
+                    "--heads", str(s["heads"]), "--batch-size", str(s["batch"]), "--steps", n, "--eval-every", n]
         return ["--task", "lm", *(["--data", text] if text else []), "--model", "gpt-mini",
                 "--block-size", str(s["block"]), "--eval-batches", str(s["eval_batches"]), "--heads",
-                str(s["heads"]), "--batch-size", str(s["batch"]), "--steps", str(s["steps"]),
-                "--eval-every", str(s["steps"])]
+                str(s["heads"]), "--batch-size", str(s["batch"]), "--steps", n, "--eval-every", n]
 
     for task in ("lm", "vision"):
         for param in d["params"]:
@@ -384,11 +383,9 @@ def _depth_steps(prefix: str, d: dict, text: str | None, data_root: str | None) 
     if longer:
         for param in longer["params"]:
             for seed in range(d["seeds"]):
-                args = [*task_args("lm"), "--widths", str(d["width"]),
+                args = [*task_args("lm", longer["steps"]), "--widths", str(d["width"]),
                         "--depths", ",".join(str(x) for x in longer["depths"]), "--lrs", longer["lrs"],
                         "--param", param, "--seed", str(seed)]
-                i = args.index("--steps")
-                args[i + 1] = args[args.index("--eval-every") + 1] = str(longer["steps"])
                 steps.append(Step(f"{prefix}-lm{longer['steps']}-{param}-s{seed}", "depth", "sweep", tuple(args),
                                   dict(task="lm", param=param, seed=seed, kind="depth", width=d["width"],
                                        budget=longer["steps"])))

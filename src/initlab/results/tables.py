@@ -346,7 +346,7 @@ def depth_block(page: Page, steps: list[Step]) -> str:
             p = figures.plot_transfer(curves, page.png(f"{task}{budget or ''}.png"), metric)
             pic = f"\n\n![{metric} vs lr per depth]({page.link(p)})" if p else ""
         cmds = "\n".join(s.display(page.out) for s in group)
-        parts.append(f"#### {_TITLES[task]}: {metric} after {_step_count(group[0])} steps, width {first['width']}, "
+        parts.append(f"#### {_TITLES[task]}: {metric} after {_arg(group[0], '--steps')} steps, width {first['width']}, "
                      f"depths {', '.join(str(x) for x in depths)}"
                      f"\n\n<details><summary>the {len(group)} commands</summary>\n\n```\n{cmds}\n```\n</details>\n\n"
                      f"{table}{pic}\n")
@@ -354,11 +354,6 @@ def depth_block(page: Page, steps: list[Step]) -> str:
     if joint:
         parts.append(_joint_table(page, steps, joint))
     return "\n".join(parts)
-
-
-def _step_count(step: Step) -> str:
-    args = list(step.args)
-    return args[args.index("--steps") + 1] if "--steps" in args else "?"
 
 
 def _joint_table(page: Page, steps: list[Step], joint: list[Step]) -> str:
